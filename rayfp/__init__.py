@@ -1,0 +1,3 @@
+"""rayfp: task fingerprinting for medical imaging."""
+
+__version__ = "0.1.0"

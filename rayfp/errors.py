@@ -1,0 +1,104 @@
+"""The rayfp error hierarchy.
+
+Every error says what was wrong, what was expected, what was received and how to fix it.
+Each class also subclasses the closest built-in so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class RayfpError(Exception):
+    """Base class of every error rayfp raises on purpose."""
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+class DecodeError(RayfpError, ValueError):
+    """A file could not be turned into an image. ``reason`` is a short machine-readable tag."""
+
+    reason = "decode_failed"
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = str(path)
+        self.detail = detail
+        super().__init__(f"{self.path}: {self.reason}: {detail}")
+
+
+class EmptyFileError(DecodeError):
+    reason = "zero_bytes"
+
+
+class TruncatedFileError(DecodeError):
+    reason = "truncated"
+
+
+class NotAnImageError(DecodeError):
+    reason = "not_an_image"
+
+
+class BadValueRepresentationError(DecodeError):
+    reason = "bad_vr"
+
+
+class MissingTransferSyntaxError(DecodeError):
+    reason = "missing_transfer_syntax"
+
+
+class UnsupportedTransferSyntaxError(DecodeError):
+    reason = "unsupported_transfer_syntax"
+
+
+class CorruptCodestreamError(DecodeError):
+    reason = "corrupt_codestream"
+
+
+class DecompressionBombError(DecodeError):
+    reason = "decompression_bomb"
+
+
+# --- configuration, registries, data ----------------------------------------------------------
+
+
+class UnknownNameError(RayfpError, KeyError):
+    """A name looked up in a registry (backbone, metric, ...) does not exist."""
+
+    def __init__(self, kind: str, name: str, valid: Iterable[str]) -> None:
+        valid = sorted(valid)
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        self.kind, self.name, self.valid = kind, name, valid
+        super().__init__(f"unknown {kind} {name!r}; expected one of {valid}.{hint}")
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return self.args[0]
+
+
+class ConfigError(RayfpError, ValueError):
+    """A configuration value is out of range or inconsistent."""
+
+
+class MissingWeightsError(RayfpError, FileNotFoundError):
+    """Backbone weights are not on disk; rayfp never downloads implicitly."""
+
+
+class SpaceMismatchError(RayfpError, ValueError):
+    """Two fingerprints (or a fingerprint and an index) live in different fingerprint spaces."""
+
+
+class TooFewImagesError(RayfpError, ValueError):
+    """A task has fewer distinct decodable images than the privacy minimum."""
+
+
+class StoreError(RayfpError, ValueError):
+    """The Parquet store is missing a table or row, or holds data of an unexpected schema."""
+
+
+class NotFoundError(StoreError, KeyError):
+    """A space or task id is not in the store."""
+
+    def __str__(self) -> str:
+        return self.args[0]

@@ -1,0 +1,53 @@
+"""One entry point that sniffs the format and dispatches to the DICOM or raster decoder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from rayfp import errors
+from rayfp.io.dicom import iter_dicom_frames, looks_like_dicom
+from rayfp.io.image import DEFAULT_MAX_PIXELS, DecodedImage
+from rayfp.io.raster import RASTER_SUFFIXES, iter_raster_frames
+
+_PNG_MAGIC = b"\x89PNG"
+_JPEG_MAGIC = b"\xff\xd8"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
+
+
+def _is_raster(head: bytes, path: str) -> bool:
+    # Check DICM first: some DICOM files carry a TIFF header in their preamble (dual personality).
+    if looks_like_dicom(head):
+        return False
+    if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC) or head[:4] in _TIFF_MAGICS:
+        return True
+    return path.lower().endswith(RASTER_SUFFIXES)
+
+
+def iter_frames(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
+                ) -> Iterator[DecodedImage]:
+    """Yield every image (frame) in a file, or raise a :class:`rayfp.errors.DecodeError`.
+
+    >>> frames = list(iter_frames(pydicom.data.get_testdata_file("CT_small.dcm")))  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except FileNotFoundError as exc:
+        raise errors.NotAnImageError(path, "file does not exist") from exc
+    except OSError as exc:
+        raise errors.NotAnImageError(path, f"cannot read: {exc.strerror}") from exc
+    if size == 0:
+        raise errors.EmptyFileError(path, "the file is empty (0 bytes)")
+    if _is_raster(head, path):
+        yield from iter_raster_frames(path, max_pixels=max_pixels)
+    else:
+        yield from iter_dicom_frames(path, max_pixels=max_pixels)
+
+
+def decode_file(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
+                ) -> list[DecodedImage]:
+    """All frames of one file as a list (see :func:`iter_frames`)."""
+    return list(iter_frames(path, max_pixels=max_pixels))

@@ -1,0 +1,174 @@
+"""DICOM decoding: pydicom >= 3 with the pylibjpeg / GDCM plugins for compressed syntaxes.
+
+Order of operations (PS3.3 C.11): stored values -> Modality LUT (Rescale Slope/Intercept) ->
+VOI LUT or Window Center/Width (else a robust percentile window) -> MONOCHROME1 inversion.
+Colour (RGB, YBR_*, PALETTE COLOR) is converted to RGB and scaled by its bit depth.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from rayfp import errors
+from rayfp.io.image import (
+    DecodedImage,
+    ImageMeta,
+    integer_range_to_unit,
+    rescale_to_unit,
+    robust_window,
+)
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_REQUIRED_PIXEL_MODULE = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel")
+
+
+def read_dataset(path: str) -> pydicom.Dataset:
+    """Parse a DICOM file (pixel data left encoded) or raise a typed DecodeError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True)
+    except (EOFError, OSError) as exc:
+        raise errors.TruncatedFileError(path, f"file ends inside a DICOM element ({exc})") from exc
+    except InvalidDicomError as exc:
+        raise errors.NotAnImageError(path, f"not a DICOM file ({exc})") from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        raise errors.BadValueRepresentationError(path, f"unparseable element: {exc}") from exc
+    if len(ds) == 0:
+        raise errors.TruncatedFileError(path, "no data elements could be read: the file is cut short")
+    _ensure_transfer_syntax(ds, path)
+    return ds
+
+
+def _ensure_transfer_syntax(ds: pydicom.Dataset, path: str) -> None:
+    """Files without any meta header (legacy ACR-NEMA style) are native: take the encoding pydicom
+    detected. A meta header that exists but lacks the Transfer Syntax UID is a broken header."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    if meta is not None and len(meta) > 0:
+        raise errors.MissingTransferSyntaxError(
+            path, "the file meta header has no (0002,0010) Transfer Syntax UID; "
+            "rewrite the header (e.g. dcmodify/gdcmconv) with the syntax of the pixel data"
+        )
+    implicit, little = ds.original_encoding
+    syntax = ImplicitVRLittleEndian if implicit else (
+        ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+
+
+def count_frames(ds: pydicom.Dataset, path: str, *, max_pixels: int) -> int:
+    """Validate the image pixel module and the decompression-bomb limit; return the frame count."""
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
+        kind = ds.get("Modality", "") or ds.get("SOPClassUID", "")
+        raise errors.NotAnImageError(path, f"DICOM object without pixel data ({kind or 'no modality'})")
+    missing = [k for k in _REQUIRED_PIXEL_MODULE if k not in ds]
+    if missing:
+        raise errors.NotAnImageError(
+            path, f"has Pixel Data but lacks the image pixel module elements {missing}")
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        n_pixels = int(ds.Rows) * int(ds.Columns) * frames
+    except (ValueError, TypeError) as exc:
+        raise errors.BadValueRepresentationError(path, f"Rows/Columns/NumberOfFrames: {exc}") from exc
+    if n_pixels > max_pixels:
+        raise errors.DecompressionBombError(
+            path, f"{ds.Rows}x{ds.Columns}x{frames} = {n_pixels} pixels exceeds the limit of "
+            f"{max_pixels}; raise max_pixels if the file is trusted")
+    return frames
+
+
+def _decode_pixel_array(ds: pydicom.Dataset, path: str) -> np.ndarray:
+    syntax = ds.file_meta.TransferSyntaxUID
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ds.pixel_array
+    except NotImplementedError as exc:
+        raise errors.UnsupportedTransferSyntaxError(
+            path, f"no installed decoder handles {syntax.name} ({syntax}); install the optional "
+            "codecs: pip install 'rayfp[gpl-codecs]' (pylibjpeg-libjpeg, GPL-3)") from exc
+    except (RuntimeError, ValueError) as exc:
+        text = str(exc)
+        if "less than expected" in text or "too short" in text or "missing" in text.lower():
+            raise errors.TruncatedFileError(path, text.splitlines()[0]) from exc
+        if "does not support" in text and "all available plugins" in text and not any(
+            w in text for w in ("error", "Error", "failed")
+        ):
+            raise errors.UnsupportedTransferSyntaxError(path, text.replace("\n", " ")) from exc
+        if syntax.is_compressed:
+            raise errors.CorruptCodestreamError(
+                path, f"{syntax.name}: " + " | ".join(t.strip() for t in text.splitlines()[1:] if t.strip())
+                or text) from exc
+        raise errors.BadValueRepresentationError(path, text.splitlines()[0]) from exc
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise errors.BadValueRepresentationError(path, str(exc)) from exc
+
+
+def _grey_frame_to_unit(frame: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    values = apply_modality_lut(frame, ds)
+    if "VOILUTSequence" in ds:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = apply_voi_lut(values, ds).astype(np.float32)
+        lo, hi = float(values.min()), float(values.max())
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        center = _first(ds.WindowCenter)
+        width = _first(ds.WindowWidth)
+        lo, hi = center - width / 2.0, center + width / 2.0
+    else:
+        lo, hi = robust_window(values)
+    unit = rescale_to_unit(values, lo, hi)
+    if ds.get("PhotometricInterpretation", "") == "MONOCHROME1":
+        unit = 1.0 - unit
+    return unit
+
+
+def _first(value: object) -> float:
+    return float(value[0]) if isinstance(value, pydicom.multival.MultiValue) else float(value)
+
+
+def _colour_frame_to_unit(frame: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    photometric = ds.get("PhotometricInterpretation", "")
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(frame, ds)
+        # The descriptor may claim 16-bit entries while the writer stored 8-bit values in 16-bit
+        # words (seen in the wild and in pydicom's OBXXXX1A_expb.dcm), so trust the data range.
+        return integer_range_to_unit(rgb, 16 if int(rgb.max()) > 255 else 8)
+    # pydicom converts YBR_* to RGB by default (as_rgb=True).
+    return integer_range_to_unit(frame, int(ds.get("BitsStored", ds.BitsAllocated)))
+
+
+def iter_dicom_frames(path: str, *, max_pixels: int) -> Iterator[DecodedImage]:
+    """Decode every frame of a DICOM file into [0, 1] float32 images."""
+    ds = read_dataset(path)
+    n_frames = count_frames(ds, path, max_pixels=max_pixels)
+    pixels = _decode_pixel_array(ds, path)
+    samples = int(ds.SamplesPerPixel)
+    photometric = ds.get("PhotometricInterpretation", "")
+    colour = samples == 3 or photometric == "PALETTE COLOR"
+    frame_ndim = 3 if samples == 3 else 2
+    if pixels.ndim == frame_ndim:
+        pixels = pixels[None]
+    modality = str(ds.get("Modality", ""))
+    for index, frame in enumerate(pixels):
+        if colour:
+            unit = _colour_frame_to_unit(frame, ds)
+        else:
+            unit = _grey_frame_to_unit(frame, ds)
+        if not np.isfinite(unit).all():
+            raise errors.CorruptCodestreamError(path, f"frame {index} decodes to NaN/inf values")
+        yield DecodedImage(unit, ImageMeta(path, modality, index, n_frames))
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """True when the 128-byte preamble is followed by 'DICM'."""
+    return len(head) >= 132 and head[128:132] == b"DICM"

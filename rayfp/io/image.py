@@ -1,0 +1,59 @@
+"""The decoded-image record and the intensity normalisations shared by all decoders.
+
+Every decoder returns float32 pixels in [0, 1]: (H, W) for grey, (H, W, 3) for colour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+# A robust window for images without a stored one: ignore the extreme 0.5 % on each side.
+ROBUST_PERCENTILES = (0.5, 99.5)
+# Above this many pixels (rows x columns x frames) a file is refused before decoding.
+DEFAULT_MAX_PIXELS = 2**28
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageMeta:
+    """Where a decoded image came from: ``frame`` is its index in a multi-frame file."""
+
+    path: str
+    modality: str = ""
+    frame: int = 0
+    n_frames: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedImage:
+    """pixels: (H, W) or (H, W, 3) float32 in [0, 1]."""
+
+    pixels: np.ndarray
+    meta: ImageMeta
+
+    @property
+    def is_colour(self) -> bool:
+        return self.pixels.ndim == 3
+
+
+def rescale_to_unit(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Linearly map [lo, hi] to [0, 1] and clip; a flat window gives an all-zero image."""
+    values = np.asarray(values, dtype=np.float32)
+    if not hi > lo:
+        return np.zeros_like(values, dtype=np.float32)
+    return np.clip((values - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def robust_window(values: np.ndarray) -> tuple[float, float]:
+    """(lo, hi) = the 0.5 / 99.5 percentiles; falls back to min/max when those coincide."""
+    finite = np.asarray(values, dtype=np.float32)
+    lo, hi = np.percentile(finite, ROBUST_PERCENTILES)
+    if hi <= lo:
+        lo, hi = float(finite.min()), float(finite.max())
+    return float(lo), float(hi)
+
+
+def integer_range_to_unit(values: np.ndarray, bits: int) -> np.ndarray:
+    """Scale unsigned integer samples of ``bits`` significant bits to [0, 1]."""
+    return rescale_to_unit(values, 0.0, float(2**bits - 1))

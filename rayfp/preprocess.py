@@ -1,0 +1,69 @@
+"""The paper's per-sample preprocessing (DESIGN §1.2), split so each image is resized once:
+
+1. ``canonicalize``: grey -> 3 channels, shortest side -> 256, zero-pad to >= 288x288 (centred),
+   resize to 256x256. Deterministic, once per distinct image.
+2. ``crop_views``: the sampled 224 crops and horizontal flips of that canonical image.
+3. ``normalize``: the backbone's mean/std.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rayfp.fingerprint import CANONICAL_SIZE, CROP_SIZE
+
+SHORT_SIDE = 256
+PAD_TO = 288
+
+PREPROCESSING_SPEC = {
+    "grey": "repeat-3",
+    "resize_short_side": SHORT_SIDE,
+    "pad_to": PAD_TO,
+    "resize_to": CANONICAL_SIZE,
+    "random_crop": CROP_SIZE,
+    "hflip_p": 0.5,
+    "interpolation": "bilinear-antialias",
+    "intensity": "unit-[0,1]",
+}
+
+
+def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return F.interpolate(image[None], size=(height, width), mode="bilinear",
+                         align_corners=False, antialias=True)[0]
+
+
+def canonicalize(pixels: np.ndarray) -> torch.Tensor:
+    """pixels: (H, W) or (H, W, 3) float in [0, 1] -> (3, 256, 256) float32 tensor."""
+    array = np.asarray(pixels, dtype=np.float32)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    image = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    _, h, w = image.shape
+    scale = SHORT_SIDE / min(h, w)
+    h2, w2 = max(1, round(h * scale)), max(1, round(w * scale))
+    image = _resize(image, h2, w2)
+    pad_h, pad_w = max(0, PAD_TO - h2), max(0, PAD_TO - w2)
+    image = F.pad(image, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    return _resize(image, CANONICAL_SIZE, CANONICAL_SIZE).clamp_(0.0, 1.0).contiguous()
+
+
+def crop_views(canonical: torch.Tensor, tops: np.ndarray, lefts: np.ndarray,
+               flips: np.ndarray) -> torch.Tensor:
+    """(3, 256, 256) -> (k, 3, 224, 224): one crop (and optional h-flip) per sampled view."""
+    views = torch.stack([
+        canonical[:, int(t):int(t) + CROP_SIZE, int(lft):int(lft) + CROP_SIZE]
+        for t, lft in zip(tops, lefts)
+    ])
+    flip_mask = torch.from_numpy(np.asarray(flips, dtype=bool))
+    if flip_mask.any():
+        views[flip_mask] = views[flip_mask].flip(-1)
+    return views
+
+
+def normalize(views: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(k, 3, H, W) in [0, 1] -> normalised with per-channel mean/std."""
+    m = torch.tensor(mean, dtype=views.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=views.dtype).view(1, 3, 1, 1)
+    return (views - m) / s
