@@ -123,8 +123,8 @@ def build_demo_tasks(data_dir: str | os.PathLike) -> dict[str, tuple[str, str]]:
             task = f"{modality}-{half}"
             tasks[task] = (_write_manifest(chunk, data_dir / f"{task}.csv", modality), modality)
     for half, chunk in zip("ab", _brain_slices(data_dir)):
-        task = f"brain-t1-{half}"
-        tasks[task] = (_write_manifest(chunk, data_dir / f"{task}.csv", "brain-t1"), "brain-t1")
+        task = f"brain-t1-{half}"  # the MNI152 template is a T1-weighted MR image
+        tasks[task] = (_write_manifest(chunk, data_dir / f"{task}.csv", "mr"), "mr")
     return dict(sorted(tasks.items()))
 
 

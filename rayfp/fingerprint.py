@@ -27,7 +27,7 @@ CROP_SIZE = 224
 
 
 def _utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -43,11 +43,20 @@ def cluster_order(matrix: np.ndarray) -> np.ndarray:
     return leaves_list(linkage(squareform(sym, checks=False), method="average"))
 
 
+def standardise_columns(matrix: np.ndarray) -> np.ndarray:
+    """z-score each target column: bKLD has a strong per-target offset (the target's own
+    entropy), which otherwise hides which sources are close to each target."""
+    std = matrix.std(axis=0, keepdims=True)
+    return (matrix - matrix.mean(axis=0, keepdims=True)) / np.where(std > 0, std, 1.0)
+
+
 def plot_distances(matrix: np.ndarray, task_ids: Sequence[str], out: str | os.PathLike, *,
                    metric: str) -> None:
-    """Clustered heat map of a square source x target distance matrix."""
-    order = cluster_order(matrix)
-    shown = matrix[np.ix_(order, order)]
+    """Clustered heat map of a square source x target distance matrix, each target column
+    standardised so the nearest sources of every target stand out."""
+    standardised = standardise_columns(matrix)
+    order = cluster_order(standardised - standardised.min())
+    shown = standardised[np.ix_(order, order)]
     labels = [task_ids[i] for i in order]
     size = max(5.0, 0.45 * len(labels) + 2.5)
     fig, ax = plt.subplots(figsize=(size + 1.5, size), dpi=120)
@@ -56,8 +65,8 @@ def plot_distances(matrix: np.ndarray, task_ids: Sequence[str], out: str | os.Pa
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlabel("target task")
     ax.set_ylabel("source task")
-    ax.set_title(f"{metric} (lower = more similar), clustered")
-    fig.colorbar(image, ax=ax, label=metric)
+    ax.set_title(f"{metric} per target, z-scored (lower = more similar), clustered")
+    fig.colorbar(image, ax=ax, label=f"{metric}, z-score within each target column")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

@@ -75,8 +75,10 @@ def count_frames(ds: pydicom.Dataset, path: str, *, max_pixels: int) -> int:
         raise errors.NotAnImageError(
             path, f"has Pixel Data but lacks the image pixel module elements {missing}")
     try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        n_pixels = int(ds.Rows) * int(ds.Columns) * frames
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns, then int() raises below
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            n_pixels = int(ds.Rows) * int(ds.Columns) * frames
     except (ValueError, TypeError) as exc:
         raise errors.BadValueRepresentationError(path, f"Rows/Columns/NumberOfFrames: {exc}") from exc
     if n_pixels > max_pixels:

@@ -9,7 +9,13 @@ import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from rayfp import errors
-from rayfp.io.image import DecodedImage, ImageMeta, integer_range_to_unit, rescale_to_unit, robust_window
+from rayfp.io.image import (
+    DecodedImage,
+    ImageMeta,
+    integer_range_to_unit,
+    rescale_to_unit,
+    robust_window,
+)
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 

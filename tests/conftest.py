@@ -1,0 +1,32 @@
+"""Shared fixtures: real images from the packages, synthetic fingerprints, a seeded RNG."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rayfp.fingerprint import Fingerprint, FingerprintSpace
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def make_space(dim: int = 8, bins: int = 10, *, lo: float = 0.0, hi: float = 1.0,
+               backbone: str = "synthetic") -> FingerprintSpace:
+    return FingerprintSpace(backbone=backbone, weights_sha256="0" * 64,
+                            preprocessing={"kind": "synthetic"}, dim=dim, bins=bins,
+                            edges_lo=np.full(dim, lo, np.float32),
+                            edges_hi=np.full(dim, hi, np.float32))
+
+
+def random_fingerprint(rng: np.random.Generator, space: FingerprintSpace, task_id: str, *,
+                       n: int = 500, zero_fraction: float = 0.3) -> Fingerprint:
+    """Counts with many empty bins (as real fingerprints have) that sum to n per dimension."""
+    weights = rng.random((space.dim, space.bins)) * (rng.random((space.dim, space.bins))
+                                                     > zero_fraction)
+    weights[:, 0] += 1e-3  # every row needs some mass
+    counts = np.stack([rng.multinomial(n, row / row.sum()) for row in weights])
+    return Fingerprint(task_id=task_id, space_id=space.space_id, counts=counts,
+                       feature_sum=rng.normal(size=space.dim) * n, n_samples=n, n_images=n // 5)

@@ -1,0 +1,124 @@
+"""The CLI end to end on real DICOM files from pydicom's corpus, broken files mixed in."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rayfp.cli import main
+from rayfp.demo import dicom_corpus
+from rayfp.store import Store
+
+SAMPLES = "48"
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    """Two tasks of real DICOM files (MR, US) plus broken files in the MR task."""
+    root = tmp_path_factory.mktemp("archive")
+    corpus = {p.name: p for p in dicom_corpus()}
+    tasks = {
+        "mr": ["MR_small.dcm", "MR_small_RLE.dcm", "emri_small.dcm", "MR2_UNCR.dcm",
+               "MR_truncated.dcm", "badVR.dcm"],
+        "us": ["US1_UNCR.dcm", "OBXXXX1A.dcm", "examples_ybr_color.dcm", "color-pl.dcm"],
+    }
+    for task, names in tasks.items():
+        folder = root / task / "nested"
+        folder.mkdir(parents=True)
+        for name in names:
+            shutil.copy(corpus[name], folder / name)
+    (root / "mr" / "empty.dcm").write_bytes(b"")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cli_store(archive, tmp_path_factory):
+    store = tmp_path_factory.mktemp("cli") / "store"
+    return store
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_edges_fingerprint_compare_nearest_show_plot(archive, cli_store, capsys, tmp_path):
+    code, out, err = run(capsys, "edges", archive / "mr", archive / "us", "--backbone",
+                         "efficientnet_lite0", "--bins", "20", "--samples", "32",
+                         "--store", cli_store, "--quiet")
+    assert code == 0, err
+    space_id = out.strip().splitlines()[-1]
+    assert len(space_id) == 16
+    assert "MR_truncated.dcm: truncated" in err and "empty.dcm: zero_bytes" in err
+    errs = {}
+    for task in ("mr", "us"):
+        code, out, errs[task] = run(capsys, "fingerprint", archive / task, "--task-id", task,
+                             "--space", space_id, "--store", cli_store, "--samples", SAMPLES,
+                             "--min-images", "3", "--quiet")
+        assert code == 0, errs[task]
+        assert f"{task}: {SAMPLES} views" in out
+    assert "3 file(s) skipped" in errs["mr"] and "badVR.dcm: bad_vr" in errs["mr"]
+    assert "skipped" not in errs["us"]
+    store = Store(cli_store)
+    mr = store.get_fingerprint(space_id, "mr")
+    assert mr.n_samples == 48 and mr.n_images == 1 + 1 + 10 + 1  # frames count as images
+    assert (mr.counts.sum(axis=1) == 48).all()
+
+    code, out, _ = run(capsys, "compare", "--store", cli_store, "--space", space_id,
+                       "--metric", "bkld-large", "--format", "csv")
+    lines = out.strip().splitlines()
+    assert lines[0] == "source,mr,us" and len(lines) == 3
+    matrix = np.array([[float(v) for v in line.split(",")[1:]] for line in lines[1:]])
+    assert (matrix > 0).all()
+
+    code, out, _ = run(capsys, "nearest", "--store", cli_store, "--task-id", "mr", "-k", "3")
+    assert code == 0 and "1. us" in out
+
+    code, out, _ = run(capsys, "show", "--store", cli_store)
+    assert space_id in out and "2 fingerprint(s)" in out and "mr" in out
+
+    for what, extra in (("fingerprint", ["--task-id", "mr"]), ("distances", [])):
+        png = tmp_path / f"{what}.png"
+        code, _, _ = run(capsys, "plot", what, "--store", cli_store, "--space", space_id,
+                         "--out", png, *extra)
+        assert code == 0 and Image.open(png).size[0] > 300
+
+
+def test_counts_do_not_depend_on_batch_size(archive, cli_store, capsys):
+    space_id = Store(cli_store).space_ids()[0]
+    counts = []
+    for batch, task in (("7", "us-b7"), ("64", "us-b64")):
+        code, _, err = run(capsys, "fingerprint", archive / "us", "--task-id", task, "--space",
+                           space_id, "--store", cli_store, "--samples", SAMPLES,
+                           "--min-images", "3", "--batch-size", batch, "--quiet")
+        assert code == 0, err
+        counts.append(Store(cli_store).get_fingerprint(space_id, task))
+    assert np.array_equal(counts[0].counts, counts[1].counts)
+    np.testing.assert_allclose(counts[0].feature_sum, counts[1].feature_sum, rtol=1e-12)
+    other_seed = run(capsys, "fingerprint", archive / "us", "--task-id", "us-s1", "--space",
+                     space_id, "--store", cli_store, "--samples", SAMPLES, "--min-images", "3",
+                     "--seed", "1", "--quiet")
+    assert other_seed[0] == 0
+    assert not np.array_equal(Store(cli_store).get_fingerprint(space_id, "us-s1").counts,
+                              counts[0].counts)
+
+
+def test_errors_are_clear_and_exit_2(archive, cli_store, capsys):
+    space_id = Store(cli_store).space_ids()[0]
+    code, _, err = run(capsys, "fingerprint", archive / "us", "--task-id", "x", "--space",
+                       space_id, "--store", cli_store, "--quiet")
+    assert code == 2 and "fewer than the minimum of 50" in err
+    code, _, err = run(capsys, "fingerprint", archive / "us", "--task-id", "x", "--space",
+                       "0000000000000000", "--store", cli_store, "--quiet")
+    assert code == 2 and "known spaces" in err and space_id in err
+    code, _, err = run(capsys, "compare", "--store", cli_store, "--space", space_id,
+                       "--metric", "kl")
+    assert code == 2 and "unknown metric 'kl'" in err
+    code, _, err = run(capsys, "edges", archive / "us", "--backbone", "resnet", "--store",
+                       cli_store, "--quiet")
+    assert code == 2 and "resnet34" in err
