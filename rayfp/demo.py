@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rayfp.api import create_space, fingerprint_task
+from rayfp.api import create_space, extractor_for_space, fingerprint_task
 from rayfp.distance import LinearIndex, distance_matrix
 from rayfp.errors import DecodeError
 from rayfp.io import decode_file
@@ -142,13 +142,12 @@ def run_demo(out: str | os.PathLike, *, samples: int = 200, edge_samples: int | 
                          store=store, samples_per_task=edge_samples or max(samples // 2, 16),
                          reference_names=names, progress=progress).space
     print(f"space {space.space_id}: {space.backbone}, D={space.dim}, B={space.bins}")
-    extractor = None
+    extractor = extractor_for_space(space)  # load the backbone once for all tasks
     for seed, task in enumerate(names):
         result = fingerprint_task([tasks[task][0]], task_id=task, space_id=space.space_id,
                                   store=store, samples=samples, seed=seed,
                                   min_images=DEMO_MIN_IMAGES, modality=tasks[task][1],
                                   extractor=extractor, progress=progress)
-        extractor = extractor or _extractor_of(space)
         print(f"  {task:14s} {result.fingerprint.n_images:4d} images, {len(result.skipped)} skipped")
     fps = store.fingerprints(space.space_id)
     index = LinearIndex(fps)
@@ -169,9 +168,3 @@ def run_demo(out: str | os.PathLike, *, samples: int = 200, edge_samples: int | 
     print(f"\n{summary['same_modality']}/{summary['tasks']} tasks have a same-modality nearest "
           f"neighbour.\nplots: {out / 'distances.png'}, {out / f'fingerprint-{ids[0]}.png'}")
     return summary
-
-
-def _extractor_of(space):
-    from rayfp.api import extractor_for_space
-
-    return extractor_for_space(space)

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from rayfp.backbones import FeatureExtractor
-from rayfp.errors import DecodeError, TooFewImagesError
+from rayfp.errors import DecodeError, SpaceMismatchError, TooFewImagesError
 from rayfp.fingerprint import FingerprintSpace, PartialCounts, SamplePlan, merge_counts, sample_plan
 from rayfp.io import DEFAULT_MAX_PIXELS, ImageSource, decode_file
 from rayfp.preprocess import canonicalize, crop_views
@@ -121,8 +121,6 @@ def fingerprint_images(images: Sequence[ImageRef], space: FingerprintSpace,
                        desc: str = "fingerprint") -> PartialCounts:
     """Histogram the features of N sampled views into the space's bins (exact partial counts)."""
     if extractor.spec.name != space.backbone or extractor.weights_sha256 != space.weights_sha256:
-        from rayfp.errors import SpaceMismatchError
-
         raise SpaceMismatchError(
             f"space {space.space_id} was built with {space.backbone} weights "
             f"{space.weights_sha256[:12]}; the extractor has {extractor.spec.name} weights "
