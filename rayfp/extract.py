@@ -78,11 +78,14 @@ def take_inventory(sources: Sequence[ImageSource], *, max_pixels: int = DEFAULT_
 
 
 def iter_view_batches(images: Sequence[ImageRef], plan: SamplePlan, batch_size: int, *,
-                      max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[torch.Tensor]:
+                      max_pixels: int = DEFAULT_MAX_PIXELS,
+                      device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
     """Yield (<= batch_size, 3, 224, 224) view tensors covering every sample of the plan once.
 
     Samples are visited grouped by image, so each file is decoded once (consecutive frames of a
-    multi-frame file share one decode)."""
+    multi-frame file share one decode). With a GPU ``device`` only the 256x256 canonical image
+    crosses the bus; its crops and flips are cut on the device (measured on an H200: view
+    generation on the CPU took longer than the forward pass)."""
     pending: list[torch.Tensor] = []
     pending_n = 0
     cached_path, cached_frames = None, None
@@ -90,7 +93,7 @@ def iter_view_batches(images: Sequence[ImageRef], plan: SamplePlan, batch_size: 
         ref = images[image_index]
         if ref.path != cached_path:
             cached_path, cached_frames = ref.path, decode_file(ref.path, max_pixels=max_pixels)
-        canonical = canonicalize(cached_frames[ref.frame].pixels)
+        canonical = canonicalize(cached_frames[ref.frame].pixels).to(device)
         views = crop_views(canonical, plan.crop_top[sample_ids], plan.crop_left[sample_ids],
                            plan.flip[sample_ids])
         pending.append(views)
@@ -110,7 +113,7 @@ def iter_features(images: Sequence[ImageRef], extractor: FeatureExtractor, *, n_
     """(<= batch_size, D) float32 feature batches of the task's N sampled views."""
     plan = sample_plan(len(images), n_samples, seed)
     with tqdm(total=len(plan), desc=desc, unit="view", disable=not progress) as bar:
-        for views in iter_view_batches(images, plan, batch_size):
+        for views in iter_view_batches(images, plan, batch_size, device=extractor.device):
             yield extractor.extract(views)
             bar.update(len(views))
 

@@ -56,7 +56,7 @@ def crop_views(canonical: torch.Tensor, tops: np.ndarray, lefts: np.ndarray,
         canonical[:, int(t):int(t) + CROP_SIZE, int(lft):int(lft) + CROP_SIZE]
         for t, lft in zip(tops, lefts)
     ])
-    flip_mask = torch.from_numpy(np.asarray(flips, dtype=bool))
+    flip_mask = torch.from_numpy(np.asarray(flips, dtype=bool)).to(canonical.device)
     if flip_mask.any():
         views[flip_mask] = views[flip_mask].flip(-1)
     return views
@@ -64,6 +64,6 @@ def crop_views(canonical: torch.Tensor, tops: np.ndarray, lefts: np.ndarray,
 
 def normalize(views: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """(k, 3, H, W) in [0, 1] -> normalised with per-channel mean/std."""
-    m = torch.tensor(mean, dtype=views.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=views.dtype).view(1, 3, 1, 1)
+    m = torch.tensor(mean, dtype=views.dtype, device=views.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=views.dtype, device=views.device).view(1, 3, 1, 1)
     return (views - m) / s
