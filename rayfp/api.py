@@ -125,11 +125,11 @@ def fingerprint_task(paths: Sequence[str | os.PathLike], *, task_id: str, space_
                   privacy={"min_images": min_images, "quantisation": None, "dp_epsilon": None})
     store.put_fingerprint(fp)
     main_modality = modality or _most_common(inventory.modalities)
-    _record_task(store, task_id, modality=main_modality, n_images=inventory.n_images)
+    record_task(store, task_id, modality=main_modality, n_images=inventory.n_images)
     return FingerprintResult(fp, inventory.skipped, main_modality)
 
 
-def _record_task(store: Store, task_id: str, *, modality: str, n_images: int) -> None:
+def record_task(store: Store, task_id: str, *, modality: str, n_images: int) -> None:
     """Add the task to the tasks table, keeping metadata registered earlier (name, keywords)."""
     known = [r for r in store.read_table("tasks").to_pylist() if r["task_id"] == task_id]
     row = known[0] if known else {"task_id": task_id, "name": task_id, "keywords": [],

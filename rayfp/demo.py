@@ -106,7 +106,7 @@ def _write_manifest(paths: list[str], path: Path, modality: str) -> str:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "modality"])
-        writer.writerows([p, modality] for p in paths)
+        writer.writerows([os.path.abspath(p), modality] for p in paths)
     return os.fspath(path)
 
 

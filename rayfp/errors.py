@@ -28,6 +28,10 @@ class DecodeError(RayfpError, ValueError):
         super().__init__(f"{self.path}: {self.reason}: {detail}")
 
 
+class MissingFileError(DecodeError):
+    reason = "missing"
+
+
 class EmptyFileError(DecodeError):
     reason = "zero_bytes"
 

@@ -93,7 +93,7 @@ def iter_view_batches(images: Sequence[ImageRef], plan: SamplePlan, batch_size: 
         ref = images[image_index]
         if ref.path != cached_path:
             cached_path, cached_frames = ref.path, decode_file(ref.path, max_pixels=max_pixels)
-        canonical = canonicalize(cached_frames[ref.frame].pixels).to(device)
+        canonical = torch.from_numpy(canonicalize(cached_frames[ref.frame].pixels)).to(device)
         views = crop_views(canonical, plan.crop_top[sample_ids], plan.crop_left[sample_ids],
                            plan.flip[sample_ids])
         pending.append(views)

@@ -4,15 +4,21 @@
    resize to 256x256. Deterministic, once per distinct image.
 2. ``crop_views``: the sampled 224 crops and horizontal flips of that canonical image.
 3. ``normalize``: the backbone's mean/std.
+
+Step 1 is numpy + Pillow (runs in torch-free decode workers); steps 2-3 run where the network is.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
+from PIL import Image
 
 from rayfp.fingerprint import CANONICAL_SIZE, CROP_SIZE
+
+if TYPE_CHECKING:
+    import torch
 
 SHORT_SIDE = 256
 PAD_TO = 288
@@ -24,34 +30,45 @@ PREPROCESSING_SPEC = {
     "resize_to": CANONICAL_SIZE,
     "random_crop": CROP_SIZE,
     "hflip_p": 0.5,
-    "interpolation": "bilinear-antialias",
+    "interpolation": "pillow-bilinear-float32",
     "intensity": "unit-[0,1]",
 }
 
 
-def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    return F.interpolate(image[None], size=(height, width), mode="bilinear",
-                         align_corners=False, antialias=True)[0]
+def _resize_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+    # Pillow's bilinear filter widens its support when shrinking (antialiasing) and is exact
+    # and deterministic on float32 ('F') images; it keeps decode workers free of torch.
+    resized = Image.fromarray(plane, mode="F").resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32)
 
 
-def canonicalize(pixels: np.ndarray) -> torch.Tensor:
-    """pixels: (H, W) or (H, W, 3) float in [0, 1] -> (3, 256, 256) float32 tensor."""
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    return np.stack([_resize_plane(np.ascontiguousarray(c), height, width) for c in image])
+
+
+def canonicalize(pixels: np.ndarray) -> np.ndarray:
+    """pixels: (H, W) or (H, W, 3) float in [0, 1] -> (3, 256, 256) float32 array. Torch-free."""
     array = np.asarray(pixels, dtype=np.float32)
     if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    image = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
-    _, h, w = image.shape
+        array = np.repeat(array[None], 3, axis=0)
+    else:
+        array = np.ascontiguousarray(array.transpose(2, 0, 1))
+    _, h, w = array.shape
     scale = SHORT_SIDE / min(h, w)
     h2, w2 = max(1, round(h * scale)), max(1, round(w * scale))
-    image = _resize(image, h2, w2)
+    image = _resize(array, h2, w2)
     pad_h, pad_w = max(0, PAD_TO - h2), max(0, PAD_TO - w2)
-    image = F.pad(image, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-    return _resize(image, CANONICAL_SIZE, CANONICAL_SIZE).clamp_(0.0, 1.0).contiguous()
+    image = np.pad(image, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                           (pad_w // 2, pad_w - pad_w // 2)))
+    return np.clip(_resize(image, CANONICAL_SIZE, CANONICAL_SIZE), 0.0, 1.0)
 
 
 def crop_views(canonical: torch.Tensor, tops: np.ndarray, lefts: np.ndarray,
                flips: np.ndarray) -> torch.Tensor:
-    """(3, 256, 256) -> (k, 3, 224, 224): one crop (and optional h-flip) per sampled view."""
+    """(3, 256, 256) tensor on any device -> (k, 3, 224, 224): one crop (and optional h-flip)
+    per sampled view, cut where the tensor lives."""
+    import torch
+
     views = torch.stack([
         canonical[:, int(t):int(t) + CROP_SIZE, int(lft):int(lft) + CROP_SIZE]
         for t, lft in zip(tops, lefts)
@@ -64,6 +81,8 @@ def crop_views(canonical: torch.Tensor, tops: np.ndarray, lefts: np.ndarray,
 
 def normalize(views: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """(k, 3, H, W) in [0, 1] -> normalised with per-channel mean/std."""
+    import torch
+
     m = torch.tensor(mean, dtype=views.dtype, device=views.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=views.dtype, device=views.device).view(1, 3, 1, 1)
     return (views - m) / s

@@ -89,6 +89,17 @@ BASELINES = pa.schema([
     ("schema_version", pa.int32()),
 ])
 
+# Files a job could not use: reported, never fatal (one row per task and path, newest wins).
+FAILURES = pa.schema([
+    (TASK_ID, pa.string()),
+    ("path", pa.string()),
+    ("reason", pa.string()),
+    ("detail", pa.string()),
+    ("job_id", pa.string()),
+    ("created_at", pa.string()),
+    ("schema_version", pa.int32()),
+])
+
 
 @dataclasses.dataclass(frozen=True)
 class TableSpec:
@@ -105,5 +116,6 @@ TABLES = {
         TableSpec("components", COMPONENTS, (TASK_ID, "kind", "value", "metric", "seed")),
         TableSpec("transfers", TRANSFERS, ("scenario", "metric", "source", "target", "seed")),
         TableSpec("baselines", BASELINES, ("scenario", "target", "metric", "seed")),
+        TableSpec("failures", FAILURES, (TASK_ID, "path")),
     )
 }

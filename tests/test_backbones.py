@@ -33,7 +33,7 @@ def test_registry_lists_backbones_and_rejects_unknown_names():
 
 
 def _centre_view(image: np.ndarray) -> torch.Tensor:
-    canonical = canonicalize(image.astype(np.float32) / 255.0)
+    canonical = torch.from_numpy(canonicalize(image.astype(np.float32) / 255.0))
     return crop_views(canonical, np.array([16]), np.array([16]), np.array([False]))
 
 
@@ -102,9 +102,9 @@ def test_random_weights_only_when_asked_and_tagged():
 def test_canonicalize_handles_grey_colour_tiny_and_elongated_images(rng):
     for shape in [(3, 3), (64, 64, 3), (50, 900), (1200, 80, 3)]:
         canonical = canonicalize(rng.random(shape, dtype=np.float32))
-        assert tuple(canonical.shape) == (3, 256, 256)
+        assert canonical.shape == (3, 256, 256) and canonical.dtype == np.float32
         assert 0.0 <= float(canonical.min()) <= float(canonical.max()) <= 1.0
-    grey = canonicalize(np.full((10, 10), 0.5, np.float32))
+    grey = torch.from_numpy(canonicalize(np.full((10, 10), 0.5, np.float32)))
     assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
     views = crop_views(grey, np.array([0, 32]), np.array([32, 0]), np.array([True, False]))
     assert tuple(views.shape) == (2, 3, 224, 224)

@@ -166,7 +166,7 @@ def test_bad_files_get_typed_errors_naming_the_file(tmp_path, rng):
     Image.fromarray(rng.integers(0, 255, (200, 200), dtype=np.uint8)).save(png)
     png.write_bytes(png.read_bytes()[:300])
     cases = {empty: errors.EmptyFileError, text: errors.NotAnImageError,
-             png: errors.TruncatedFileError, tmp_path / "missing.png": errors.NotAnImageError}
+             png: errors.TruncatedFileError, tmp_path / "missing.png": errors.MissingFileError}
     for path, kind in cases.items():
         with pytest.raises(kind, match=path.name):
             decode_file(path)
@@ -204,7 +204,7 @@ def test_decoding_and_maths_modules_do_not_import_torch_or_ray():
     import subprocess
     import sys
 
-    code = ("import sys, rayfp.io, rayfp.fingerprint, rayfp.distance, rayfp.store; "
+    code = ("import sys, rayfp.io, rayfp.fingerprint, rayfp.distance, rayfp.store, rayfp.preprocess; "
             "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

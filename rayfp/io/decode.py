@@ -36,7 +36,7 @@ def iter_frames(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
         with open(path, "rb") as handle:
             head = handle.read(132)
     except FileNotFoundError as exc:
-        raise errors.NotAnImageError(path, "file does not exist") from exc
+        raise errors.MissingFileError(path, "file does not exist") from exc
     except OSError as exc:
         raise errors.NotAnImageError(path, f"cannot read: {exc.strerror}") from exc
     if size == 0:

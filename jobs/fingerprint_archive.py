@@ -1,0 +1,116 @@
+"""Fingerprint a whole archive on a Ray cluster (or local Ray) and write Parquet fingerprints.
+
+    ray job submit --working-dir . -- python jobs/fingerprint_archive.py ROOT_OR_MANIFEST \\
+        --store STORE --space SPACE_ID            # or: --backbone NAME --reference-tasks A B
+    python jobs/fingerprint_archive.py ROOT --store STORE --backbone efficientnet_lite0 ...
+
+ROOT has one sub-folder per task (searched recursively); a manifest is a CSV/Parquet with columns
+path, task_id (and optionally modality). Re-running skips tasks already fingerprinted in the
+space (use --overwrite to recompute). Unreadable files go to the store's `failures` table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import ray
+
+from rayfp.archive import list_archive
+from rayfp.backbones import get_backbone_spec, resolve_weights
+from rayfp.errors import ConfigError, RayfpError
+from rayfp.extract import DEFAULT_MIN_IMAGES
+from rayfp.fingerprint import DEFAULT_SAMPLES
+from rayfp.pipeline import (
+    ArchiveJobConfig,
+    create_space_on_ray,
+    fingerprint_archive,
+    take_archive_inventory,
+)
+from rayfp.store import Store
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("archive", help="root folder (one sub-folder per task) or manifest .csv/.parquet")
+    p.add_argument("--store", required=True, help="Parquet store directory (shared filesystem)")
+    p.add_argument("--space", help="existing space id; omit to create one (--backbone, --bins)")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="when creating a space")
+    p.add_argument("--bins", type=int, default=100, help="when creating a space")
+    p.add_argument("--reference-tasks", nargs="*", help="tasks that define the edges of a new "
+                   "space (default: --reference-fraction of the tasks)")
+    p.add_argument("--reference-fraction", type=float, default=1.0)
+    p.add_argument("--edge-samples", type=int, default=1000, help="views per reference task")
+    p.add_argument("--weights", help="backbone weights file (default: the backbone's location)")
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="canonical frames per actor call")
+    p.add_argument("--workers", type=int, default=1, help="feature-extractor actors")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--min-images", type=int, default=DEFAULT_MIN_IMAGES)
+    p.add_argument("--tasks", nargs="*", help="only these task ids")
+    p.add_argument("--overwrite", action="store_true", help="recompute existing fingerprints")
+    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local Ray)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    log = logging.getLogger("rayfp.job")
+    try:
+        files = list_archive(args.archive)
+        if args.tasks:
+            files = [f for f in files if f.task_id in set(args.tasks)]
+        config = ArchiveJobConfig(
+            store=args.store, samples=args.samples, seed=args.seed,
+            frames_per_batch=args.batch_size, workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+            weights=args.weights, min_images=args.min_images, overwrite=args.overwrite,
+            job_id=os.environ.get("RAY_JOB_ID") or ArchiveJobConfig(store=args.store).job_id,
+            source=os.path.abspath(args.archive))
+        ray.init(address=args.address, log_to_driver=True)
+        log.info("%d files in %d tasks; inventory pass", len(files),
+                 len({f.task_id for f in files}))
+        inventories = take_archive_inventory(files)
+        store = Store(args.store)
+        if args.space:
+            space = store.get_space(args.space)
+        else:
+            space = _new_space(args, inventories, config, log)
+        log.info("space %s (%s, D=%d, B=%d)", space.space_id, space.backbone, space.dim,
+                 space.bins)
+        report = fingerprint_archive(inventories, space, config, on_progress=log.info)
+    except RayfpError as exc:
+        print(f"fingerprint_archive: error: {exc}", file=sys.stderr)
+        return 2
+    log.info("done: %d written, %d already present, %d below the image minimum, %d files "
+             "failed (see the store's failures table), %.1f images/s", len(report.written),
+             len(report.skipped_existing), len(report.too_few_images), report.failures,
+             report.views_per_second)
+    print(f"space {space.space_id}")
+    return 0
+
+
+def _new_space(args, inventories, config, log):
+    spec = get_backbone_spec(args.backbone)
+    weights = resolve_weights(spec, args.weights)
+    eligible = [t for t, inv in inventories.items() if inv.n_images > 0]
+    reference = args.reference_tasks or eligible[:max(1, round(len(eligible) *
+                                                              args.reference_fraction))]
+    unknown = sorted(set(reference) - set(eligible))
+    if unknown:
+        raise ConfigError(f"reference tasks {unknown} are not in the archive (or have no "
+                          f"decodable images); tasks: {eligible}")
+    log.info("creating a space from %d reference tasks: %s", len(reference), reference)
+    return create_space_on_ray(inventories, reference, backbone=args.backbone, bins=args.bins,
+                               samples=args.edge_samples, config=config,
+                               weights_sha256=weights.sha256, preprocessing=spec.preprocessing,
+                               dim=spec.feature_dim)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

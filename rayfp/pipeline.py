@@ -1,0 +1,224 @@
+"""The only Ray Data code: archive fingerprinting at cluster scale (DESIGN §3).
+
+Two streaming passes, because the paper samples N views *with replacement from the decodable
+images*, so a task's image count must be known before its views are drawn:
+
+1. inventory: ``map`` over files on CPU tasks -> frames or failure reason per file (small rows);
+2. fingerprint: work items (file + its sampled views) -> ``flat_map`` decode + canonicalise on
+   CPU tasks (torch-free) -> ``map_batches(FingerprintActor)`` on an actor pool (GPU when asked):
+   crops on the device, forward, histogram -> partial counts per task -> summed on the driver,
+   each task written to the store the moment its N views are counted.
+
+Features never reach the driver; it holds one (D, B) count array per unfinished task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import ray
+from ray.data import ActorPoolStrategy
+
+from rayfp.archive import (
+    ArchiveFile,
+    TaskInventory,
+    expected_samples,
+    frames_of_work_item,
+    group_inventory,
+    inventory_file,
+    plan_work,
+)
+from rayfp.errors import ConfigError
+from rayfp.fingerprint import FingerprintSpace, PartialCounts, compute_edges, finalize
+from rayfp.store import Store
+
+log = logging.getLogger("rayfp.pipeline")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ArchiveJobConfig:
+    store: str
+    samples: int = 10_000
+    seed: int = 0
+    frames_per_batch: int = 8  # canonical frames per actor call (each carries its sampled views)
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    weights: str | None = None
+    min_images: int = 50
+    overwrite: bool = False
+    job_id: str = dataclasses.field(default_factory=lambda: f"job-{uuid.uuid4().hex[:12]}")
+    source: str = ""  # the root/manifest the files came from, recorded in each fingerprint
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "frames_per_batch", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class FingerprintActor:
+    """Loads the space's backbone once; maps a batch of canonical frames (with their sampled
+    views) to per-task partial counts, or to raw features when ``emit_features`` (edges pass)."""
+
+    def __init__(self, space: FingerprintSpace, *, weights: str | None = None,
+                 threads: int = 1, emit_features: bool = False) -> None:
+        import torch
+
+        from rayfp.api import extractor_for_space
+
+        torch.set_num_threads(max(1, int(threads)))
+        self.space = space
+        self.emit_features = emit_features
+        self.extractor = extractor_for_space(space, weights=weights, threads=max(1, int(threads)))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from rayfp.preprocess import crop_views
+
+        device = self.extractor.device
+        views, owners = [], []
+        for i, task_id in enumerate(batch["task_id"]):
+            canonical = torch.from_numpy(np.array(batch["canonical"][i], dtype=np.float32)).to(device)
+            cut = crop_views(canonical, np.asarray(batch["top"][i]), np.asarray(batch["left"][i]),
+                             np.asarray(batch["flip"][i]))
+            views.append(cut)
+            owners += [task_id] * len(cut)
+        features = self.extractor.extract(torch.cat(views))
+        owners = np.asarray(owners)
+        if self.emit_features:
+            return {"task_id": owners, "features": features}
+        tasks = sorted(set(owners.tolist()))
+        parts = [PartialCounts.from_features(features[owners == t], self.space) for t in tasks]
+        return {"task_id": np.asarray(tasks),
+                "counts": np.stack([p.counts.ravel() for p in parts]),
+                "feature_sum": np.stack([p.feature_sum for p in parts]),
+                "n": np.asarray([p.n for p in parts], dtype=np.int64)}
+
+
+def take_archive_inventory(files: Sequence[ArchiveFile]) -> dict[str, TaskInventory]:
+    """Pass 1: decode every file once on CPU tasks; returns per-task inventories."""
+    if not files:
+        return {}
+    ds = ray.data.from_items([{"path": f.path, "task_id": f.task_id} for f in files])
+    rows = ds.map(lambda r: inventory_file(r["path"], r["task_id"]), num_cpus=1).take_all()
+    return group_inventory(rows)
+
+
+def _feature_stream(work: list[dict[str, Any]], space: FingerprintSpace, config: ArchiveJobConfig,
+                    *, emit_features: bool):
+    ds = ray.data.from_items(work, override_num_blocks=max(1, min(len(work), 200)))
+    ds = ds.flat_map(frames_of_work_item, num_cpus=1)
+    ds = ds.map_batches(
+        FingerprintActor,
+        fn_constructor_kwargs={"space": space, "weights": config.weights,
+                               "threads": config.cpus_per_worker, "emit_features": emit_features},
+        compute=ActorPoolStrategy(size=config.workers),
+        batch_size=config.frames_per_batch,
+        num_cpus=config.cpus_per_worker,
+        num_gpus=config.gpus_per_worker or None,
+        batch_format="numpy",
+    )
+    return ds.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def create_space_on_ray(inventories: dict[str, TaskInventory], reference: Sequence[str], *,
+                        backbone: str, bins: int, samples: int, config: ArchiveJobConfig,
+                        weights_sha256: str, preprocessing: dict, dim: int) -> FingerprintSpace:
+    """Edges on first use: sample features of the reference tasks (bounded: samples per task),
+    take the 5 %/95 % quantiles, store the space."""
+    provisional = FingerprintSpace(backbone=backbone, weights_sha256=weights_sha256,
+                                   preprocessing=preprocessing, dim=dim, bins=bins,
+                                   edges_lo=np.zeros(dim), edges_hi=np.ones(dim))
+    work = []
+    for index, task_id in enumerate(reference):
+        work += plan_work(inventories[task_id], samples=samples, seed=config.seed + index)
+    features = [b["features"] for b in _feature_stream(work, provisional, config,
+                                                       emit_features=True)]
+    lo, hi = compute_edges(np.concatenate(features))
+    space = dataclasses.replace(provisional, edges_lo=lo, edges_hi=hi,
+                                reference=json.dumps(list(reference)))
+    Store(config.store).put_space(space)
+    return space
+
+
+@dataclasses.dataclass
+class ArchiveReport:
+    written: list[str]
+    skipped_existing: list[str]
+    too_few_images: dict[str, int]
+    failures: int
+    seconds: float
+    views: int
+
+    @property
+    def views_per_second(self) -> float:
+        return self.views / self.seconds if self.seconds > 0 else 0.0
+
+
+def fingerprint_archive(inventories: dict[str, TaskInventory], space: FingerprintSpace,
+                        config: ArchiveJobConfig, *,
+                        on_progress: Callable[[str], None] = log.info) -> ArchiveReport:
+    """Pass 2: fingerprint every task that is not yet in the store (or all with overwrite)."""
+    store = Store(config.store)
+    started = time.perf_counter()
+    failures = [f for inv in inventories.values() for f in inv.failures]
+    if failures:
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        store.upsert("failures", [{"task_id": f["task_id"], "path": f["path"],
+                                   "reason": f["reason"], "detail": f["detail"],
+                                   "job_id": config.job_id, "created_at": now} for f in failures])
+    todo, skipped, too_few = [], [], {}
+    for task_id, inv in inventories.items():
+        if not config.overwrite and store.has_fingerprint(space.space_id, task_id):
+            skipped.append(task_id)
+        elif inv.n_images < config.min_images:
+            too_few[task_id] = inv.n_images
+            on_progress(f"task {task_id}: {inv.n_images} decodable images < minimum "
+                        f"{config.min_images}; not fingerprinted")
+        else:
+            todo.append(task_id)
+    work = [item for t in todo for item in plan_work(inventories[t], samples=config.samples,
+                                                     seed=config.seed)]
+    expected = expected_samples(work)
+    totals: dict[str, PartialCounts] = {}
+    written, views = [], 0
+    if work:
+        for batch in _feature_stream(work, space, config, emit_features=False):
+            for i, task_id in enumerate(batch["task_id"]):
+                part = PartialCounts(space.space_id,
+                                     batch["counts"][i].reshape(space.dim, space.bins),
+                                     batch["feature_sum"][i], int(batch["n"][i]))
+                totals[task_id] = totals[task_id] + part if task_id in totals else part
+                views += part.n
+                if totals[task_id].n == expected[task_id]:
+                    _write_task(store, totals.pop(task_id), inventories[task_id], config)
+                    written.append(task_id)
+                    rate = views / (time.perf_counter() - started)
+                    on_progress(f"task {task_id} done ({len(written)}/{len(todo)} tasks, "
+                                f"{views} views, {rate:.1f} images/s)")
+    if totals:
+        raise RuntimeError(f"tasks {sorted(totals)} did not receive all their views; the "
+                           "pipeline lost data")
+    return ArchiveReport(written, skipped, too_few, len(failures),
+                         time.perf_counter() - started, views)
+
+
+def _write_task(store: Store, partial: PartialCounts, inv: TaskInventory,
+                config: ArchiveJobConfig) -> None:
+    source = json.dumps({"kind": "rayfp-archive-job", "archive": config.source,
+                         "job_id": config.job_id, "seed": config.seed})
+    fp = finalize(partial, task_id=inv.task_id, n_images=inv.n_images, source=source,
+                  privacy={"min_images": config.min_images, "quantisation": None,
+                           "dp_epsilon": None})
+    store.put_fingerprint(fp)
+    from rayfp.api import record_task
+
+    record_task(store, inv.task_id, modality=inv.modality, n_images=inv.n_images)
