@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from rayfp.api import create_space, extractor_for_space, fingerprint_task
-from rayfp.distance import LinearIndex, distance_matrix
+from rayfp.distance import METRICS, LinearIndex, distance_matrix
 from rayfp.errors import DecodeError
 from rayfp.io import decode_file
 from rayfp.store import Store
@@ -158,11 +158,18 @@ def run_demo(out: str | os.PathLike, *, samples: int = 200, edge_samples: int | 
         same = tasks[best][1] == tasks[fp.task_id][1]
         rows.append({"task": fp.task_id, "nearest": best, "distance": dist, "same": same})
         print(f"{fp.task_id:14s} {best:22s} {dist:9.5f}  {'yes' if same else 'NO'}")
+    agreement = {}
+    for metric in METRICS:
+        hits = sum(tasks[index.top_k(fp, 1, metric)[0][0]][1] == tasks[fp.task_id][1]
+                   for fp in fps)
+        agreement[metric] = hits
+    print("\nsame-modality nearest neighbour by metric: " +
+          ", ".join(f"{m} {n}/{len(fps)}" for m, n in agreement.items()))
     matrix = distance_matrix(fps, fps, "bkld-small")
     ids = [fp.task_id for fp in fps]
     plot.plot_distances(matrix, ids, out / "distances.png", metric="bkld-small")
     plot.plot_fingerprint(fps[0], out / f"fingerprint-{fps[0].task_id}.png")
-    summary = {"space_id": space.space_id, "nearest": rows,
+    summary = {"space_id": space.space_id, "nearest": rows, "by_metric": agreement,
                "same_modality": sum(r["same"] for r in rows), "tasks": len(rows)}
     (out / "nearest.json").write_text(json.dumps(summary, indent=2))
     print(f"\n{summary['same_modality']}/{summary['tasks']} tasks have a same-modality nearest "

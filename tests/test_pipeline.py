@@ -1,0 +1,163 @@
+"""The archive job on a real Ray cluster (`ray start --head`, 2 CPUs, shared by this module):
+`ray job submit`, identical counts to the CLI, failures table, idempotent re-runs, kill + resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rayfp.cli import main as rayfp_cli
+from rayfp.demo import dicom_corpus
+from rayfp.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+JOB = ["jobs/fingerprint_archive.py"]
+COMMON = ["--samples", "48", "--min-images", "3", "--batch-size", "4"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    port, dashboard = _free_port(), _free_port()
+    subprocess.run([BIN / "ray", "start", "--head", "--num-cpus=2", "--num-gpus=0",
+                    f"--port={port}", "--node-ip-address=127.0.0.1",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                    "--include-dashboard=true"], env=env, check=True, capture_output=True)
+    try:
+        yield {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}",
+               "env": env}
+    finally:
+        subprocess.run([BIN / "ray", "stop", "--force"], env=env, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("archive")
+    corpus = {p.name: p for p in dicom_corpus()}
+    tasks = {"mr": ["MR_small.dcm", "MR_small_RLE.dcm", "emri_small.dcm", "MR2_UNCR.dcm",
+                    "MR_truncated.dcm", "badVR.dcm"],
+             "us": ["US1_UNCR.dcm", "OBXXXX1A.dcm", "examples_ybr_color.dcm", "color-pl.dcm"]}
+    for task, names in tasks.items():
+        (root / task).mkdir()
+        for name in names:
+            shutil.copy(corpus[name], root / task / name)
+    (root / "mr" / "empty.dcm").write_bytes(b"")
+    return root
+
+
+def run_job(cluster, *args, timeout=600) -> subprocess.CompletedProcess:
+    """Plain `python jobs/fingerprint_archive.py` against the running cluster."""
+    return subprocess.run([sys.executable, *JOB, *map(str, args), "--address", cluster["gcs"]],
+                          cwd=REPO, env=cluster["env"], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def submitted(cluster, archive, tmp_path_factory):
+    """One `ray job submit` that creates a space and fingerprints the archive."""
+    store = tmp_path_factory.mktemp("submit") / "store"
+    out = subprocess.run(
+        [BIN / "ray", "job", "submit", "--address", cluster["dashboard"], "--working-dir", ".",
+         "--", "python", *JOB, str(archive), "--store", str(store), "--edge-samples", "32",
+         "--bins", "20", *COMMON],
+        cwd=REPO, env=cluster["env"], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    space_id = out.stdout.split("space ")[-1].split()[0]
+    return {"store": store, "space": space_id, "log": out.stdout}
+
+
+def test_job_submit_fingerprints_every_task_and_reports_failures(submitted):
+    store = Store(submitted["store"])
+    assert "task mr done" in submitted["log"] and "images/s" in submitted["log"]
+    fps = store.fingerprints(submitted["space"])
+    assert [fp.task_id for fp in fps] == ["mr", "us"]
+    assert [fp.n_images for fp in fps] == [13, 33] and all(fp.n_samples == 48 for fp in fps)
+    failures = store.read_table("failures").to_pylist()
+    assert sorted((Path(f["path"]).name, f["reason"]) for f in failures) == [
+        ("MR_truncated.dcm", "truncated"), ("badVR.dcm", "bad_vr"), ("empty.dcm", "zero_bytes")]
+    assert all(f["job_id"] and f["task_id"] == "mr" for f in failures)
+    assert "rayfp-archive-job" in fps[0].source and str(Path(fps[0].source).name) != ""
+
+
+def test_ray_job_and_cli_give_identical_counts(submitted, archive, capsys):
+    code = rayfp_cli(["fingerprint", str(archive / "us"), "--task-id", "us-cli", "--space",
+                      submitted["space"], "--store", str(submitted["store"]), "--samples", "48",
+                      "--min-images", "3", "--quiet"])
+    assert code == 0
+    store = Store(submitted["store"])
+    ray_fp = store.get_fingerprint(submitted["space"], "us")
+    cli_fp = store.get_fingerprint(submitted["space"], "us-cli")
+    assert np.array_equal(ray_fp.counts, cli_fp.counts)
+    np.testing.assert_allclose(ray_fp.feature_sum, cli_fp.feature_sum, rtol=1e-12)
+
+
+def test_rerun_skips_and_minimum_is_reported(cluster, submitted, archive):
+    store = Store(submitted["store"])
+    path = store._fingerprint_path(submitted["space"], "us")
+    before = path.stat().st_mtime_ns
+    again = run_job(cluster, archive, "--store", submitted["store"], "--space",
+                    submitted["space"], *COMMON)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 written, 2 already present" in again.stdout
+    assert path.stat().st_mtime_ns == before
+    strict = run_job(cluster, archive, "--store", submitted["store"], "--space",
+                     submitted["space"], "--overwrite", "--tasks", "mr", "--samples", "48",
+                     "--min-images", "20")
+    assert strict.returncode == 0, strict.stderr[-3000:]
+    assert "task mr: 13 decodable images < minimum 20" in strict.stdout
+
+
+def test_killed_job_resumes_to_the_uninterrupted_store(cluster, submitted, archive, tmp_path):
+    big = tmp_path / "big"
+    for copy in ("a", "b"):
+        for task in ("mr", "us"):
+            shutil.copytree(archive / task, big / f"{task}-{copy}")
+    space = submitted["space"]
+    reference = tmp_path / "reference"
+    resumed = tmp_path / "resumed"
+    for store in (reference, resumed):  # both stores share the space
+        shutil.copytree(submitted["store"] / "spaces", store / "spaces")
+    full = run_job(cluster, big, "--store", reference, "--space", space, *COMMON)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    proc = subprocess.Popen([sys.executable, *JOB, str(big), "--store", str(resumed), "--space",
+                             space, *COMMON, "--address", cluster["gcs"]], cwd=REPO,
+                            env=cluster["env"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    folder = resumed / "fingerprints" / f"space_id={space}"
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(folder.glob("*.parquet")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list(folder.glob("*.parquet")))
+    assert 1 <= done_at_kill < 4, "the kill must land mid-way"
+
+    rerun = run_job(cluster, big, "--store", resumed, "--space", space, *COMMON)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"{done_at_kill} already present" in rerun.stdout
+    want = {fp.task_id: fp for fp in Store(reference).fingerprints(space)}
+    got = {fp.task_id: fp for fp in Store(resumed).fingerprints(space)}
+    assert sorted(got) == sorted(want) == ["mr-a", "mr-b", "us-a", "us-b"]
+    for task_id, fp in want.items():
+        assert np.array_equal(got[task_id].counts, fp.counts)
+        assert got[task_id].n_samples == fp.n_samples
+    assert len(list(folder.iterdir())) == 4  # nothing duplicated, no temporary leftovers
