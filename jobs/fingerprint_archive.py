@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="feature-extractor actors")
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--threads", type=int, help="torch threads per actor (default: its CPUs)")
     p.add_argument("--min-images", type=int, default=DEFAULT_MIN_IMAGES)
     p.add_argument("--tasks", nargs="*", help="only these task ids")
     p.add_argument("--overwrite", action="store_true", help="recompute existing fingerprints")
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             store=args.store, samples=args.samples, seed=args.seed,
             frames_per_batch=args.batch_size, workers=args.workers,
             gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+            threads=args.threads,
             weights=args.weights, min_images=args.min_images, overwrite=args.overwrite,
             job_id=os.environ.get("RAY_JOB_ID") or ArchiveJobConfig(store=args.store).job_id,
             source=os.path.abspath(args.archive))

@@ -51,6 +51,9 @@ class ArchiveJobConfig:
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
+    # torch threads per actor (default: its CPUs). More threads than reserved CPUs lets a small
+    # node overlap light decode tasks with the forward pass.
+    threads: int | None = None
     weights: str | None = None
     min_images: int = 50
     overwrite: bool = False
@@ -119,7 +122,8 @@ def _feature_stream(work: list[dict[str, Any]], space: FingerprintSpace, config:
     ds = ds.map_batches(
         FingerprintActor,
         fn_constructor_kwargs={"space": space, "weights": config.weights,
-                               "threads": config.cpus_per_worker, "emit_features": emit_features},
+                               "threads": config.threads or max(1, int(config.cpus_per_worker)),
+                               "emit_features": emit_features},
         compute=ActorPoolStrategy(size=config.workers),
         batch_size=config.frames_per_batch,
         num_cpus=config.cpus_per_worker,
@@ -165,9 +169,13 @@ class ArchiveReport:
 
 def fingerprint_archive(inventories: dict[str, TaskInventory], space: FingerprintSpace,
                         config: ArchiveJobConfig, *,
-                        on_progress: Callable[[str], None] = log.info) -> ArchiveReport:
-    """Pass 2: fingerprint every task that is not yet in the store (or all with overwrite)."""
+                        on_progress: Callable[[str], None] = log.info,
+                        task_sources: dict[str, dict] | None = None) -> ArchiveReport:
+    """Pass 2: fingerprint every task that is not yet in the store (or all with overwrite).
+    ``task_sources`` overrides the image source recorded per task (re-fingerprinting keeps the
+    original one)."""
     store = Store(config.store)
+    store.get_space(space.space_id)  # fail before any work, not when the first task is written
     started = time.perf_counter()
     failures = [f for inv in inventories.values() for f in inv.failures]
     if failures:
@@ -199,7 +207,8 @@ def fingerprint_archive(inventories: dict[str, TaskInventory], space: Fingerprin
                 totals[task_id] = totals[task_id] + part if task_id in totals else part
                 views += part.n
                 if totals[task_id].n == expected[task_id]:
-                    _write_task(store, totals.pop(task_id), inventories[task_id], config)
+                    _write_task(store, totals.pop(task_id), inventories[task_id], config,
+                                (task_sources or {}).get(task_id))
                     written.append(task_id)
                     rate = views / (time.perf_counter() - started)
                     on_progress(f"task {task_id} done ({len(written)}/{len(todo)} tasks, "
@@ -212,9 +221,10 @@ def fingerprint_archive(inventories: dict[str, TaskInventory], space: Fingerprin
 
 
 def _write_task(store: Store, partial: PartialCounts, inv: TaskInventory,
-                config: ArchiveJobConfig) -> None:
-    source = json.dumps({"kind": "rayfp-archive-job", "archive": config.source,
-                         "job_id": config.job_id, "seed": config.seed})
+                config: ArchiveJobConfig, origin: dict | None) -> None:
+    recorded = dict(origin or {"kind": "rayfp-archive-job", "archive": config.source})
+    recorded.update(job_id=config.job_id, seed=config.seed)
+    source = json.dumps(recorded)
     fp = finalize(partial, task_id=inv.task_id, n_images=inv.n_images, source=source,
                   privacy={"min_images": config.min_images, "quantisation": None,
                            "dp_epsilon": None})

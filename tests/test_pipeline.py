@@ -161,3 +161,38 @@ def test_killed_job_resumes_to_the_uninterrupted_store(cluster, submitted, archi
         assert np.array_equal(got[task_id].counts, fp.counts)
         assert got[task_id].n_samples == fp.n_samples
     assert len(list(folder.iterdir())) == 4  # nothing duplicated, no temporary leftovers
+
+
+def test_refingerprint_moves_every_task_into_the_new_space(cluster, submitted, tmp_path):
+    import dataclasses
+
+    store_dir = tmp_path / "store"
+    shutil.copytree(submitted["store"], store_dir)
+    store = Store(store_dir)
+    old = store.get_space(submitted["space"])
+    # Same backbone, weights and edges, half the bins: a new space whose counts must be the old
+    # ones with neighbouring bins added, if the same views were drawn again.
+    new = dataclasses.replace(old, bins=10, created_at="2099-01-01T00:00:00+00:00")
+    store.put_space(new)
+    before = {fp.task_id: fp for fp in store.fingerprints(old.space_id)}
+
+    def refingerprint(*args):
+        return subprocess.run([sys.executable, "jobs/refingerprint.py", "--store", str(store_dir),
+                               "--backbone", "efficientnet_lite0", *args, "--address",
+                               cluster["gcs"]], cwd=REPO, env=cluster["env"],
+                              capture_output=True, text=True, timeout=600)
+
+    dry = refingerprint("--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert f"target space {new.space_id}" in dry.stdout
+    assert f"{len(before)} task(s) to re-fingerprint" in dry.stdout
+    assert store.fingerprints(new.space_id) == []  # a dry run changes nothing
+    real = refingerprint()
+    assert real.returncode == 0, real.stdout[-3000:] + real.stderr[-3000:]
+    after = {fp.task_id: fp for fp in store.fingerprints(new.space_id)}
+    assert sorted(after) == sorted(before)
+    for task_id, fp in before.items():
+        merged = fp.counts.reshape(fp.dim, 10, 2).sum(axis=2)
+        assert np.array_equal(after[task_id].counts, merged), task_id
+    assert [f.task_id for f in store.fingerprints(old.space_id)] == sorted(before)  # kept
+    assert "0 task(s) to re-fingerprint" in refingerprint().stdout

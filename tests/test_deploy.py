@@ -1,0 +1,28 @@
+"""cluster.yaml validates against Ray's own cluster-launcher schema; deploy manifests parse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import ray.autoscaler
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_cluster_yaml_is_a_valid_ray_cluster_config():
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(config, schema)
+    assert config["available_node_types"]["gpu_worker"]["max_workers"] >= 1
+    assert any("pip install -e" in c for c in config["setup_commands"])
+
+
+def test_deploy_manifests_name_the_refingerprint_job():
+    rayjob = yaml.safe_load((REPO / "deploy" / "refingerprint-rayjob.yaml").read_text())
+    assert rayjob["kind"] == "RayJob" and "jobs/refingerprint.py" in rayjob["spec"]["entrypoint"]
+    cron = yaml.safe_load((REPO / "deploy" / "refingerprint-cronjob.yaml").read_text())
+    assert cron["kind"] == "CronJob" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert "jobs/refingerprint.py" in (REPO / "deploy" / "README.md").read_text()
