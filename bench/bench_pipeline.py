@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import machine, write_section  # noqa: E402
+from bench_core import write_section  # noqa: E402
 
 from rayfp.api import extractor_for_space, load_extractor  # noqa: E402
 from rayfp.archive import list_archive  # noqa: E402
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         write_section(rows, "Archive pipeline vs bare loop (issue 3)",
                       f"python bench/bench_pipeline.py --samples {args.samples} --tasks "
-                      f"{args.tasks} --threads {args.threads}  ({machine()})")
+                      f"{args.tasks} --threads {args.threads}")
     return 0
 
 
