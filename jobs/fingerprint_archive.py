@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             weights=args.weights, min_images=args.min_images, overwrite=args.overwrite,
             job_id=os.environ.get("RAY_JOB_ID") or ArchiveJobConfig(store=args.store).job_id,
-            source=os.path.abspath(args.archive))
+            source=args.archive if "://" in args.archive else os.path.abspath(args.archive))
         ray.init(address=args.address, log_to_driver=True)
         log.info("%d files in %d tasks; inventory pass", len(files),
                  len({f.task_id for f in files}))

@@ -17,6 +17,8 @@ import numpy as np
 from rayfp.errors import ConfigError, DecodeError
 from rayfp.fingerprint import sample_plan
 from rayfp.io import DEFAULT_MAX_PIXELS, decode_file, discover_sources
+from rayfp.io.decode import is_uri
+from rayfp.io.discover import is_candidate
 
 MANIFEST_COLUMNS = ("path", "task_id")
 
@@ -31,6 +33,8 @@ class ArchiveFile:
 def list_archive(source: str | os.PathLike) -> list[ArchiveFile]:
     """A root folder (one sub-folder per task, searched recursively) or a manifest (.csv or
     .parquet with columns path, task_id and optional modality) -> files sorted by task, path."""
+    if is_uri(os.fspath(source)):
+        return sorted(_list_uri(os.fspath(source)))
     source = Path(source)
     if source.is_dir():
         files = []
@@ -47,22 +51,53 @@ def list_archive(source: str | os.PathLike) -> list[ArchiveFile]:
                       "manifest")
 
 
-def _read_manifest(path: Path) -> list[ArchiveFile]:
+def _list_uri(uri: str) -> list[ArchiveFile]:
+    """The same two layouts behind a URI (s3://, gs://, file://...), via pyarrow's filesystems."""
+    import pyarrow.fs as pafs
+
+    scheme = uri[:uri.index("://") + 3]
+    filesystem, inner = pafs.FileSystem.from_uri(uri)
+    info = filesystem.get_file_info(inner)
+    if info.type == pafs.FileType.Directory:
+        root = inner.rstrip("/")
+        files = []
+        for entry in filesystem.get_file_info(pafs.FileSelector(root, recursive=True)):
+            parts = entry.path[len(root):].lstrip("/").split("/")
+            if (entry.type == pafs.FileType.File and len(parts) >= 2
+                    and not parts[0].startswith(".") and is_candidate(Path(entry.base_name))):
+                files.append(ArchiveFile(parts[0], scheme + entry.path))
+        if not files:
+            raise ConfigError(f"{uri} has no task sub-folders with files")
+        return files
+    if info.type == pafs.FileType.File and uri.lower().endswith((".csv", ".parquet")):
+        with filesystem.open_input_file(inner) as handle:
+            data = handle.read()
+        return _read_manifest(Path(inner), data=data, base=uri.rsplit("/", 1)[0])
+    raise ConfigError(f"archive {uri!r} is neither a folder nor a .csv/.parquet manifest")
+
+
+def _read_manifest(path: Path, *, data: bytes | None = None, base: str | None = None
+                   ) -> list[ArchiveFile]:
+    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path) if path.suffix.lower() == ".parquet" else pacsv.read_csv(path)
+    source = pa.BufferReader(data) if data is not None else path
+    table = pq.read_table(source) if path.suffix.lower() == ".parquet" else pacsv.read_csv(source)
     missing = [c for c in MANIFEST_COLUMNS if c not in table.column_names]
     if missing:
         raise ConfigError(f"manifest {path} lacks columns {missing}; it has {table.column_names}")
     rows = table.to_pylist()
     out = []
     for row in rows:
-        file_path = Path(str(row["path"]))
-        if not file_path.is_absolute() and "://" not in str(row["path"]):
-            file_path = path.parent / file_path
-        out.append(ArchiveFile(str(row["task_id"]), os.fspath(file_path),
-                               str(row.get("modality") or "")))
+        name = str(row["path"])
+        if is_uri(name) or Path(name).is_absolute():
+            location = name
+        elif base is not None:  # relative to a manifest behind a URI
+            location = f"{base}/{name}"
+        else:
+            location = os.fspath(path.parent / name)
+        out.append(ArchiveFile(str(row["task_id"]), location, str(row.get("modality") or "")))
     return out
 
 

@@ -82,3 +82,20 @@ def test_work_plan_is_the_cli_plan(archive):
     assert sum(len(r["top"]) for r in frames) == len(emri["frame"])
     assert all(r["canonical"].shape == (3, 256, 256) for r in frames)
     assert np.isfinite(frames[0]["canonical"]).all()
+
+
+def test_archives_behind_uris_list_and_decode_like_local_ones(archive, tmp_path):
+    """file:// goes through the same pyarrow filesystem code as s3:// or gs://."""
+    local = list_archive(archive)
+    remote = list_archive(f"file://{archive}")
+    assert [(f.task_id, f.path) for f in remote] == [(f.task_id, f"file://{f.path}")
+                                                      for f in local]
+    rows = {Path(r["path"]).name: r for r in (inventory_file(f.path, f.task_id) for f in remote)}
+    assert rows["emri_small.dcm"]["n_frames"] == 10 and rows["badVR.dcm"]["reason"] == "bad_vr"
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,task_id\n" + "\n".join(
+        f"{Path(f.path).relative_to(archive)},{f.task_id}" for f in local))
+    shutil.copy(manifest, archive / "m.csv")
+    via_uri = list_archive(f"file://{archive}/m.csv")
+    assert [f.path for f in via_uri] == [f"file://{f.path}" for f in local]
+    (archive / "m.csv").unlink()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -118,11 +119,14 @@ def test_rerun_skips_and_minimum_is_reported(cluster, submitted, archive):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 written, 2 already present" in again.stdout
     assert path.stat().st_mtime_ns == before
-    strict = run_job(cluster, archive, "--store", submitted["store"], "--space",
-                     submitted["space"], "--overwrite", "--tasks", "mr", "--samples", "48",
-                     "--min-images", "20")
+    strict = run_job(cluster, f"file://{archive}", "--store", submitted["store"], "--space",
+                     submitted["space"], "--overwrite", "--tasks", "mr", "us", "--samples",
+                     "48", "--min-images", "20")
     assert strict.returncode == 0, strict.stderr[-3000:]
     assert "task mr: 13 decodable images < minimum 20" in strict.stdout
+    via_uri = Store(submitted["store"]).get_fingerprint(submitted["space"], "us")
+    assert json.loads(via_uri.source)["archive"] == f"file://{archive}"  # recomputed from a URI
+    assert via_uri.n_images == 33
 
 
 def test_killed_job_resumes_to_the_uninterrupted_store(cluster, submitted, archive, tmp_path):

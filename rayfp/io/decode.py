@@ -24,27 +24,52 @@ def _is_raster(head: bytes, path: str) -> bool:
     return path.lower().endswith(RASTER_SUFFIXES)
 
 
+def is_uri(path: str) -> bool:
+    """True for 's3://...', 'gs://...', 'file://...': anything pyarrow's filesystems open."""
+    return "://" in path
+
+
+def read_uri(uri: str) -> bytes:
+    """The bytes of a file behind a URI, through pyarrow's filesystems (S3, GCS, HDFS, file)."""
+    import pyarrow.fs as pafs
+
+    try:
+        filesystem, inner = pafs.FileSystem.from_uri(uri)
+        with filesystem.open_input_file(inner) as handle:
+            return handle.read()
+    except FileNotFoundError as exc:
+        raise errors.MissingFileError(uri, "file does not exist") from exc
+    except (OSError, ValueError) as exc:
+        raise errors.NotAnImageError(uri, f"cannot read: {exc}") from exc
+
+
 def iter_frames(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
                 ) -> Iterator[DecodedImage]:
     """Yield every image (frame) in a file, or raise a :class:`rayfp.errors.DecodeError`.
+    ``path`` is a local path or a URI (``s3://bucket/a.dcm``, ``file:///data/a.png``).
 
     >>> frames = list(iter_frames(pydicom.data.get_testdata_file("CT_small.dcm")))  # doctest: +SKIP
     """
     path = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as handle:
-            head = handle.read(132)
-    except FileNotFoundError as exc:
-        raise errors.MissingFileError(path, "file does not exist") from exc
-    except OSError as exc:
-        raise errors.NotAnImageError(path, f"cannot read: {exc.strerror}") from exc
+    data = None
+    if is_uri(path):
+        data = read_uri(path)
+        size, head = len(data), data[:132]
+    else:
+        try:
+            size = os.path.getsize(path)
+            with open(path, "rb") as handle:
+                head = handle.read(132)
+        except FileNotFoundError as exc:
+            raise errors.MissingFileError(path, "file does not exist") from exc
+        except OSError as exc:
+            raise errors.NotAnImageError(path, f"cannot read: {exc.strerror}") from exc
     if size == 0:
         raise errors.EmptyFileError(path, "the file is empty (0 bytes)")
     if _is_raster(head, path):
-        yield from iter_raster_frames(path, max_pixels=max_pixels)
+        yield from iter_raster_frames(path, max_pixels=max_pixels, data=data)
     else:
-        yield from iter_dicom_frames(path, max_pixels=max_pixels)
+        yield from iter_dicom_frames(path, max_pixels=max_pixels, data=data)
 
 
 def decode_file(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS

@@ -7,6 +7,7 @@ Colour (RGB, YBR_*, PALETTE COLOR) is converted to RGB and scaled by its bit dep
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterator
 
@@ -29,12 +30,13 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _REQUIRED_PIXEL_MODULE = ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel")
 
 
-def read_dataset(path: str) -> pydicom.Dataset:
-    """Parse a DICOM file (pixel data left encoded) or raise a typed DecodeError."""
+def read_dataset(path: str, data: bytes | None = None) -> pydicom.Dataset:
+    """Parse a DICOM file (pixel data left encoded) or raise a typed DecodeError. ``data``: the
+    file's bytes when it was fetched from a URI (``path`` then only names it)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True)
+            ds = pydicom.dcmread(io.BytesIO(data) if data is not None else path, force=True)
     except (EOFError, OSError) as exc:
         raise errors.TruncatedFileError(path, f"file ends inside a DICOM element ({exc})") from exc
     except InvalidDicomError as exc:
@@ -149,9 +151,10 @@ def _colour_frame_to_unit(frame: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     return integer_range_to_unit(frame, int(ds.get("BitsStored", ds.BitsAllocated)))
 
 
-def iter_dicom_frames(path: str, *, max_pixels: int) -> Iterator[DecodedImage]:
+def iter_dicom_frames(path: str, *, max_pixels: int, data: bytes | None = None
+                      ) -> Iterator[DecodedImage]:
     """Decode every frame of a DICOM file into [0, 1] float32 images."""
-    ds = read_dataset(path)
+    ds = read_dataset(path, data)
     n_frames = count_frames(ds, path, max_pixels=max_pixels)
     pixels = _decode_pixel_array(ds, path)
     samples = int(ds.SamplesPerPixel)

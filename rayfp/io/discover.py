@@ -30,7 +30,8 @@ class ImageSource:
     modality: str = ""
 
 
-def _is_candidate(path: Path) -> bool:
+def is_candidate(path: Path) -> bool:
+    """Could this file be an image? (DICOM often has no suffix at all.)"""
     if path.name.startswith("."):
         return False
     suffix = path.suffix.lower()
@@ -67,7 +68,7 @@ def discover_sources(inputs: Iterable[str | os.PathLike]) -> list[ImageSource]:
         path = Path(item)
         if path.is_dir():
             for child in sorted(path.rglob("*")):
-                if child.is_file() and _is_candidate(child):
+                if child.is_file() and is_candidate(child):
                     found.setdefault(os.fspath(child), ImageSource(os.fspath(child)))
         elif path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
             for source in read_manifest(path):

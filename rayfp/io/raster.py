@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterator
 
@@ -38,13 +39,14 @@ def _page_to_unit(page: Image.Image) -> np.ndarray:
     return rescale_to_unit(array, *robust_window(array))
 
 
-def iter_raster_frames(path: str, *, max_pixels: int) -> Iterator[DecodedImage]:
+def iter_raster_frames(path: str, *, max_pixels: int, data: bytes | None = None
+                       ) -> Iterator[DecodedImage]:
     """Decode every page of a raster image into [0, 1] float32 images."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": pixels are still fine
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(data) if data is not None else path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise errors.DecompressionBombError(path, str(exc)) from exc
     except UnidentifiedImageError as exc:
