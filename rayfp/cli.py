@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default=DEFAULT_METRIC)
     p.add_argument("--out", required=True, help="output .png")
 
+    from rayfp.evaluate.command import add_parser as add_evaluate_parser
+
+    add_evaluate_parser(sub)
+
     p = sub.add_parser("demo", help="fingerprint demo tasks built from images in the packages")
     p.add_argument("--out", default="demo-output", help="folder for data, store and plots")
     p.add_argument("--samples", type=int, default=200, help="views per task")
@@ -211,8 +215,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rayfp.evaluate.command import run
+
+    return run(args)
+
+
 COMMANDS = {"edges": cmd_edges, "fingerprint": cmd_fingerprint, "compare": cmd_compare,
-            "nearest": cmd_nearest, "show": cmd_show, "plot": cmd_plot, "demo": cmd_demo}
+            "nearest": cmd_nearest, "show": cmd_show, "plot": cmd_plot, "demo": cmd_demo,
+            "evaluate": cmd_evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

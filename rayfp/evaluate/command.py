@@ -1,0 +1,78 @@
+"""`rayfp evaluate`: score selectors against the paper's measured transfer outcomes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rayfp.errors import ConfigError
+from rayfp.evaluate.data import PAPER_SELECTORS, SCENARIOS, PaperData, read_selector_matrix
+from rayfp.evaluate.protocol import MODES, SEED_STRATEGIES, EvalConfig, evaluate
+from rayfp.evaluate.report import aggregate, format_tables, plot_curves, plot_win_rates, win_rates
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    """'3' -> (3,), '1-5' -> (1, 2, 3, 4, 5), '1,3,5' -> (1, 3, 5)."""
+    try:
+        if "-" in text:
+            lo, hi = (int(v) for v in text.split("-", 1))
+            return tuple(range(lo, hi + 1))
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"-k expects N, A-B or A,B,C; got {text!r}") from None
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="score task selectors against measured transfer outcomes")
+    p.add_argument("--data", required=True,
+                   help="the paper repository's cache/ folder or ../shared/paper-data")
+    p.add_argument("--splits", help="task_splits.json (default: DATA/task_splits.json)")
+    p.add_argument("--targets", choices=("development", "validation"), default="development")
+    p.add_argument("--selectors", nargs="*", default=[], metavar="NAME=FILE",
+                   help="extra selectors: a distance CSV (rows sources, columns targets, e.g. "
+                        "`rayfp compare --format csv`) or a stem of DATA/distances/")
+    p.add_argument("--only", action="store_true", help="evaluate only --selectors")
+    p.add_argument("-k", type=parse_ks, default=(1, 2, 3, 4, 5), help="N, A-B or A,B,C")
+    p.add_argument("--mode", choices=MODES, default="best")
+    p.add_argument("--seeds", choices=SEED_STRATEGIES, default="per-seed")
+    p.add_argument("--scenarios", nargs="*", default=list(SCENARIOS), choices=SCENARIOS)
+    p.add_argument("--format", choices=("table", "csv"), default="table")
+    p.add_argument("--plots", help="folder for the PNGs (fraction improved / improvement vs k, "
+                                   "win rates)")
+
+
+def load_selectors(data: PaperData, specs: list[str], only: bool) -> dict:
+    selectors = {} if only else {n: data.distances(s) for n, s in PAPER_SELECTORS.items()}
+    for spec in specs:
+        name, sep, where = spec.partition("=")
+        if not sep or not name or not where:
+            raise ConfigError(f"--selectors expects NAME=FILE, got {spec!r}")
+        selectors[name] = (read_selector_matrix(where) if Path(where).is_file()
+                           else data.distances(where))
+    if not selectors:
+        raise ConfigError("no selectors to evaluate: give --selectors NAME=FILE or drop --only")
+    return selectors
+
+
+def run(args: argparse.Namespace) -> int:
+    data = PaperData(args.data, splits=args.splits)
+    selectors = load_selectors(data, args.selectors, args.only)
+    config = EvalConfig(setting=args.targets, ks=args.k, mode=args.mode, seeds=args.seeds,
+                        scenarios=tuple(args.scenarios))
+    scores = evaluate(data, selectors, config)
+    summary = aggregate(scores)
+    if args.format == "csv":
+        summary.to_csv(sys.stdout, index=False, lineterminator="\n")
+    else:
+        print(f"{args.targets} targets, {len(selectors)} selectors, k={list(args.k)}, "
+              f"mode={args.mode}, seeds={args.seeds}")
+        sys.stdout.write(format_tables(summary))
+        rates = win_rates(scores)
+        print("\nwin rates (share of metric x seed x target x meta-metric x k groups won; "
+              "ties all win)")
+        print(rates.round(3).to_string())
+    if args.plots:
+        paths = plot_curves(summary, args.plots) + [plot_win_rates(win_rates(scores), args.plots)]
+        print("plots: " + ", ".join(map(str, paths)), file=sys.stderr)
+    return 0

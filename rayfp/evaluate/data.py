@@ -1,0 +1,113 @@
+"""The paper's released evaluation data: task facts, task lists, distance matrices, transfer
+outcomes and no-transfer baselines (PROTOCOL.md §1-§2). DIR is the paper repository's `cache/`
+folder or `../shared/paper-data` (same names: exp/, distances/, task_infos.csv)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rayfp.errors import ConfigError, UnknownNameError
+
+SCENARIOS = ("arch", "pretrain", "augmentation", "multi_task")  # the paper's order
+SCENARIO_NAMES = {"arch": "Model Architecture", "pretrain": "Pretraining Data",
+                  "augmentation": "Augmentation Policy", "multi_task": "Co-Training Data"}
+OUTCOME_METRICS = ("BA", "AUROC")
+SETTINGS = ("development", "validation")
+# Printable name -> cache file stem (PROTOCOL.md §1).
+PAPER_SELECTORS = {
+    "bKLD (small)": "KLD-PP:NS-W:TS-100-BINS",
+    "bKLD (large)": "KLD-PP:NS-1000-BINS",
+    "Manual": "SEMANTIC",
+    "FID": "FID",
+    "VDNA": "VDNA-PP:NN-1000-BINS",
+    "FED": "FED",
+    "P2L": "KLD-PP:NN",
+    "Sinkhorn": "MMD-geo-sinkhorn-0.01",
+}
+_SHRUNK_LOADERS = {"arch", "multi_task"}  # their loaders take shrunk=True (PROTOCOL §2.1)
+
+
+def outcome_file(scenario: str, metric: str, validation: bool) -> str:
+    if scenario in _SHRUNK_LOADERS:
+        return f"load_{scenario}_experiment%{metric}%True%{validation}.csv"
+    return f"load_{scenario}_experiment%{metric}%{validation}.csv"
+
+
+def baseline_file(metric: str, shrunk: bool, validation: bool) -> str:
+    return f"load_baseline_experiment%{metric}%{shrunk}%{validation}.csv"
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSplits:
+    development: tuple[str, ...]
+    validation: tuple[str, ...]
+    groups: dict[str, tuple[str, ...]]
+    non_shrinkable: frozenset[str]
+    shrink_tag: str
+
+    @classmethod
+    def load(cls, path: Path) -> TaskSplits:
+        raw = json.loads(path.read_text())
+        return cls(tuple(raw["development_tasks"]), tuple(raw["validation_tasks"]),
+                   {k: tuple(v) for k, v in raw["image_sharing_groups"].items()},
+                   frozenset(raw["non_shrinkable_tasks"]), raw["shrink_tag"])
+
+
+class PaperData:
+    """Lazy access to one data folder; every missing file is an error naming it."""
+
+    def __init__(self, root: str | Path, *, splits: str | Path | None = None) -> None:
+        self.root = Path(root)
+        if not (self.root / "exp").is_dir() or not (self.root / "distances").is_dir():
+            raise ConfigError(f"{self.root} is not a paper data folder: expected exp/ and "
+                              "distances/ (the paper repository's cache/ or ../shared/paper-data)")
+        splits_path = Path(splits) if splits else self.root / "task_splits.json"
+        if not splits_path.is_file():
+            raise ConfigError(f"no task lists at {splits_path}; pass --splits FILE "
+                              "(task_splits.json of ../shared/paper-data)")
+        self.splits = TaskSplits.load(splits_path)
+
+    @cached_property
+    def task_infos(self) -> pd.DataFrame:
+        return pd.read_csv(self.root / "task_infos.csv", index_col=0).set_index("name")
+
+    def _csv(self, *parts: str) -> pd.DataFrame:
+        path = self.root.joinpath(*parts)
+        if not path.is_file():
+            raise ConfigError(f"missing file {path}")
+        return pd.read_csv(path, index_col=0, header=0)
+
+    def available_selectors(self) -> list[str]:
+        return sorted(p.stem for p in (self.root / "distances").glob("*.csv"))
+
+    def distances(self, stem: str) -> pd.DataFrame:
+        """Rows: sources (full tasks); columns: targets (incl. shrunk variants); lower = closer."""
+        if not (self.root / "distances" / f"{stem}.csv").is_file():
+            raise UnknownNameError("distance matrix", stem, self.available_selectors())
+        return self._csv("distances", f"{stem}.csv").astype(float)
+
+    def outcomes(self, scenario: str, metric: str, validation: bool) -> pd.DataFrame:
+        """Columns r (seed), s (source), t (base target), p (outcome)."""
+        if scenario not in SCENARIOS:
+            raise UnknownNameError("scenario", scenario, SCENARIOS)
+        return self._csv("exp", outcome_file(scenario, metric, validation))
+
+    def baselines(self, metric: str, shrunk: bool, validation: bool) -> pd.DataFrame:
+        """3 rows (seed 0, 1, 2) x one column per target."""
+        return self._csv("exp", baseline_file(metric, shrunk, validation))
+
+
+def read_selector_matrix(path: str | Path) -> pd.DataFrame:
+    """A user's distance matrix (`rayfp compare --format csv` or the paper's layout): first column
+    the source names, header the target names, lower = closer."""
+    frame = pd.read_csv(path, index_col=0, header=0)
+    if frame.empty or not np.issubdtype(frame.to_numpy().dtype, np.number):
+        raise ConfigError(f"{path}: expected a numeric source x target matrix with a header row "
+                          "of target names and a first column of source names")
+    return frame.astype(float)

@@ -1,0 +1,225 @@
+"""The paper's selection-evaluation protocol (PROTOCOL.md §3-§6), exactly: targets, valid
+sources, target variant, affinity, top-k, seed strategies and the meta metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import weightedtau
+
+from rayfp.errors import ConfigError, UnknownNameError
+from rayfp.evaluate.data import OUTCOME_METRICS, SCENARIOS, SETTINGS, PaperData
+
+MODES = ("best", "avg")
+SEED_STRATEGIES = ("per-seed", "mean")
+TOP_META_METRICS = ("delta", "gain", "regret", "rank")
+META_METRICS = (*TOP_META_METRICS, "weightedtau")
+N_SEEDS = 3
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    setting: str = "development"
+    ks: tuple[int, ...] = (1, 2, 3, 4, 5)
+    mode: str = "best"
+    seeds: str = "per-seed"
+    scenarios: tuple[str, ...] = SCENARIOS
+    metrics: tuple[str, ...] = OUTCOME_METRICS
+
+    def __post_init__(self) -> None:
+        for value, valid, what in ((self.setting, SETTINGS, "setting"), (self.mode, MODES, "mode"),
+                                   (self.seeds, SEED_STRATEGIES, "seed strategy")):
+            if value not in valid:
+                raise UnknownNameError(what, value, valid)
+        for s in self.scenarios:
+            if s not in SCENARIOS:
+                raise UnknownNameError("scenario", s, SCENARIOS)
+        for m in self.metrics:
+            if m not in OUTCOME_METRICS:
+                raise UnknownNameError("outcome metric", m, OUTCOME_METRICS)
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigError(f"k must be >= 1, got {self.ks}")
+
+
+class Protocol:
+    """Task lists and rules of one data folder and setting."""
+
+    def __init__(self, data: PaperData, setting: str) -> None:
+        if setting not in SETTINGS:
+            raise UnknownNameError("setting", setting, SETTINGS)
+        self.data, self.setting = data, setting
+        self.splits = data.splits
+
+    @property
+    def validation(self) -> bool:
+        return self.setting == "validation"
+
+    def targets(self) -> list[str]:
+        """43 validation tasks, or the development tasks with fewer than 40 classes (23)."""
+        if self.validation:
+            return list(self.splits.validation)
+        classes = self.data.task_infos["num_classes"]
+        return [t for t in self.splits.development if classes[t] < 40]
+
+    def valid_sources(self, target: str) -> list[str]:
+        """Candidates (development tasks for a development target, all 71 otherwise) minus the
+        target's image-sharing group and the target itself (PROTOCOL §3)."""
+        if target in self.splits.development:
+            candidates = list(self.splits.development)
+        else:
+            candidates = [*self.splits.development, *self.splits.validation]
+        excluded = {target}
+        for group in self.splits.groups.values():
+            if target in group:
+                excluded.update(group)
+        return [c for c in candidates if c not in excluded]
+
+    def target_ref(self, target: str, columns: Sequence[str] | None = None) -> str:
+        """The distance column: the shrunk variant for shrinkable tasks. A matrix without that
+        column (e.g. from `rayfp compare`) falls back to the full task."""
+        ref = target if target in self.splits.non_shrinkable else target + self.splits.shrink_tag
+        if columns is not None and ref not in columns and target in columns:
+            return target
+        return ref
+
+    def baseline_is_shrunk(self, target: str) -> bool:
+        return target not in self.splits.non_shrinkable
+
+
+def affinity(distances: pd.DataFrame) -> pd.DataFrame:
+    """inf and exact zeros -> NaN, z-score over the whole matrix (ddof 0), negated."""
+    values = distances.to_numpy(dtype=float, copy=True)
+    values[~np.isfinite(values)] = np.nan
+    values[values == 0] = np.nan
+    mean, std = np.nanmean(values), np.nanstd(values)
+    return pd.DataFrame(-(values - mean) / std, index=distances.index, columns=distances.columns)
+
+
+def select_top_k(affinities: pd.Series, k: int) -> list[str]:
+    """nlargest(k, keep='all') over non-NaN affinities, stable; a tie at the k-th place raises
+    (as the paper's code does; it never happens with the released matrices)."""
+    ordered = affinities.dropna().sort_values(ascending=False, kind="stable")
+    if len(ordered) > k and ordered.iloc[k - 1] == ordered.iloc[k]:
+        raise ConfigError(f"tie at the {k}-th place for target {affinities.name!r}: "
+                          f"{list(ordered.index[k - 1:k + 1])}")
+    return list(ordered.index[:k])
+
+
+# --- meta metrics (PROTOCOL §6) ------------------------------------------------------------------
+
+
+def regret_score(p: float, oracle: float) -> float:
+    """1 - (o - p) / (1 - p), stored inverted (higher = better); o = 1 scores 0 for every p."""
+    if oracle == 1.0 or p == 1.0:
+        return 0.0
+    return 1.0 - (oracle - p) / (1.0 - min(oracle, p))
+
+
+def percentile_ranks(values: np.ndarray) -> np.ndarray:
+    """pandas rank(method='average', pct=True): average 1-based rank / n."""
+    return pd.Series(values).rank(method="average", pct=True).to_numpy()
+
+
+def top_meta_scores(selected: np.ndarray, pool: np.ndarray, baseline: float, mode: str
+                    ) -> dict[str, float]:
+    """selected: outcomes of the top-k sources, in rank order; pool: outcomes of all valid
+    sources. Returns delta, gain, regret, rank for the k-shot outcome."""
+    oracle = float(np.nanmax(pool))
+    ranks = pd.Series(pool).rank(method="average", pct=True)
+    pool_index = {v: ranks[i] for i, v in enumerate(pool)}  # equal values share a rank
+    if mode == "best":
+        scored = np.array([np.max(selected)])
+        rank = max(pool_index[v] for v in selected)
+    else:
+        scored = np.asarray(selected, dtype=float)
+        rank = float(np.mean([pool_index[v] for v in selected]))
+    return {
+        "delta": float(np.mean(scored - baseline)),
+        "gain": float(np.mean(scored > baseline)),
+        "regret": float(np.mean([regret_score(float(p), oracle) for p in scored])),
+        "rank": float(rank),
+    }
+
+
+def weighted_tau(affinities: np.ndarray, outcomes: np.ndarray) -> float:
+    """scipy's weightedtau (hyperbolic, additive, rank=True) with NaN pairs dropped; NaN when
+    either vector is constant."""
+    keep = ~(np.isnan(affinities) | np.isnan(outcomes))
+    x, y = affinities[keep], outcomes[keep]
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return float("nan")
+    return float(weightedtau(x, y)[0])
+
+
+# --- the evaluation loop -------------------------------------------------------------------------
+
+
+def _outcome_tables(proto: Protocol, scenario: str, metric: str, strategy: str
+                    ) -> list[tuple[str, pd.DataFrame, dict[str, float]]]:
+    """(seed label, outcome matrix P[source, target], baseline per target) per seed or mean."""
+    data, validation = proto.data, proto.validation
+    rows = data.outcomes(scenario, metric, validation)
+    shrunk_b = data.baselines(metric, True, validation)
+    full_b = data.baselines(metric, False, validation)
+
+    def baseline_of(table_row) -> dict[str, float]:
+        out = {}
+        for t in proto.targets():
+            source = shrunk_b if proto.baseline_is_shrunk(t) else full_b
+            out[t] = float(table_row(source)[t])
+        return out
+
+    if strategy == "mean":
+        matrix = rows.groupby(["s", "t"])["p"].mean().unstack("t")
+        return [("mean", matrix, baseline_of(lambda b: b.mean(axis=0)))]
+    tables = []
+    for seed in range(N_SEEDS):
+        matrix = rows[rows["r"] == seed].set_index(["s", "t"])["p"].unstack("t")
+        tables.append((str(seed), matrix, baseline_of(lambda b, s=seed: b.iloc[s])))
+    return tables
+
+
+def evaluate(data: PaperData, selectors: Mapping[str, pd.DataFrame], config: EvalConfig
+             ) -> pd.DataFrame:
+    """Long-form scores: one row per (scenario, metric, selector, k, seed, target, meta metric).
+    weightedtau does not depend on k or mode and is reported with k = 0."""
+    proto = Protocol(data, config.setting)
+    targets = proto.targets()
+    sources = {t: proto.valid_sources(t) for t in targets}
+    affinities = {name: affinity(matrix) for name, matrix in selectors.items()}
+    selections: dict[tuple[str, str, int], list[str]] = {}
+    refs: dict[tuple[str, str], str] = {}
+    for name, aff in affinities.items():
+        for t in targets:
+            ref = proto.target_ref(t, aff.columns)
+            if ref not in aff.columns:
+                raise ConfigError(f"selector {name!r} has no column for target {t!r} ({ref!r})")
+            refs[name, t] = ref
+            column = aff.reindex(sources[t])[ref]
+            column.name = t
+            for k in config.ks:
+                selections[name, t, k] = select_top_k(column, k)
+    records = []
+    for scenario in config.scenarios:
+        for metric in config.metrics:
+            for seed, matrix, baselines in _outcome_tables(proto, scenario, metric,
+                                                           config.seeds):
+                for t in targets:
+                    pool = matrix[t].reindex(sources[t]).to_numpy(dtype=float)
+                    by_source = dict(zip(sources[t], pool))
+                    common = dict(setting=config.setting, scenario=scenario, metric=metric,
+                                  mode=config.mode, seeds=config.seeds, seed=seed, target=t)
+                    for name, aff in affinities.items():
+                        tau = weighted_tau(aff.reindex(sources[t])[refs[name, t]].to_numpy(),
+                                           pool)
+                        records.append({**common, "selector": name, "k": 0,
+                                        "meta_metric": "weightedtau", "score": tau})
+                        for k in config.ks:
+                            chosen = np.array([by_source[s] for s in selections[name, t, k]])
+                            scores = top_meta_scores(chosen, pool, baselines[t], config.mode)
+                            records += [{**common, "selector": name, "k": k, "meta_metric": m,
+                                         "score": v} for m, v in scores.items()]
+    return pd.DataFrame.from_records(records)
