@@ -1,0 +1,193 @@
+"""The paper's selection-evaluation protocol on its released development data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy.stats import weightedtau
+
+from rayfp.cli import main as rayfp_cli
+from rayfp.errors import ConfigError
+from rayfp.evaluate import PAPER_SELECTORS, SCENARIOS, EvalConfig, PaperData, Protocol, evaluate
+from rayfp.evaluate.protocol import (
+    _outcome_tables,
+    affinity,
+    regret_score,
+    select_top_k,
+    top_meta_scores,
+    weighted_tau,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "paper-data"
+
+
+@pytest.fixture(scope="module")
+def data() -> PaperData:
+    return PaperData(DATA)
+
+
+@pytest.fixture(scope="module")
+def dev(data) -> Protocol:
+    return Protocol(data, "development")
+
+
+@pytest.fixture(scope="module")
+def dev_scores(data) -> pd.DataFrame:
+    selectors = {n: data.distances(s) for n, s in PAPER_SELECTORS.items()}
+    return evaluate(data, selectors, EvalConfig())  # raises on any boundary tie
+
+
+def test_targets(data, dev):
+    targets = dev.targets()
+    assert len(targets) == 23
+    excluded = set(data.splits.development) - set(targets)
+    assert {t.split("_")[0] for t in excluded} == {"stanford", "caltech101", "caltech256",
+                                                   "cifar100", "emnist"}
+    assert len(Protocol(data, "validation").targets()) == 43
+
+
+def test_valid_sources_follow_the_groups_and_settings(data, dev):
+    counts = [len(dev.valid_sources(t)) for t in dev.targets()]
+    assert 20 <= min(counts) and max(counts) <= 27
+    val = Protocol(data, "validation")
+    val_counts = [len(val.valid_sources(t)) for t in val.targets()]
+    assert 58 <= min(val_counts) and max(val_counts) <= 70
+    chexpert = data.splits.groups["chexpert"]
+    target = next(t for t in val.targets() if t in chexpert)
+    sources = val.valid_sources(target)
+    assert not set(chexpert) & set(sources)
+    assert set(data.splits.validation) & set(sources)  # validation targets may use them
+    assert "lapgyn4_instrument_count" in data.splits.groups["cholec80"]
+    cholec = dev.valid_sources("lapgyn4_instrument_count")
+    assert not [s for s in cholec if s.startswith("cholec80")]
+    assert "lapgyn4_surgical_actions" in cholec  # siblings outside a group stay valid
+    assert "lapgyn4_instrument_count" not in cholec
+
+
+def test_released_outcomes_use_exactly_the_valid_sources(data, dev):
+    expected_rows = {"arch": 2100, "multi_task": 2100, "pretrain": 1695, "augmentation": 1695}
+    for scenario, rows in expected_rows.items():
+        frame = data.outcomes(scenario, "BA", False)
+        assert len(frame) == rows
+        for t in dev.targets():
+            for seed in range(3):
+                got = set(frame[(frame.t == t) & (frame.r == seed)].s)
+                assert got == set(dev.valid_sources(t)), (scenario, t, seed)
+
+
+def test_target_variant_and_fallback(data, dev):
+    shrinkable = next(t for t in dev.targets() if t not in data.splits.non_shrinkable)
+    assert dev.target_ref(shrinkable) == shrinkable + " --shrink_train 800"
+    fixed = next(t for t in data.splits.non_shrinkable)
+    assert dev.target_ref(fixed) == fixed
+    assert dev.target_ref(shrinkable, columns=[shrinkable]) == shrinkable
+
+
+def test_affinity_drops_self_and_inf_and_keeps_order():
+    distances = pd.DataFrame([[0.0, 1.0, 3.0], [2.0, 0.0, np.inf], [1.5, 0.5, 0.0]],
+                             index=list("abc"), columns=list("abc"))
+    aff = affinity(distances)
+    assert aff.isna().to_numpy().sum() == 4
+    finite = distances.to_numpy()[np.isfinite(distances.to_numpy()) & (distances.to_numpy() > 0)]
+    z = (finite - finite.mean()) / finite.std()
+    np.testing.assert_allclose(np.sort(-aff.to_numpy()[~aff.isna().to_numpy()]), np.sort(z))
+    column = aff["a"].rename("a")
+    assert select_top_k(column, 1) == ["c"] and select_top_k(column, 5) == ["c", "b"]
+
+
+def test_top_k_refuses_a_boundary_tie():
+    column = pd.Series([0.9, 0.5, 0.5, 0.1], index=list("wxyz"), name="t")
+    assert select_top_k(column, 1) == ["w"] and select_top_k(column, 3) == ["w", "x", "y"]
+    with pytest.raises(ConfigError, match="tie at the 2-th place"):
+        select_top_k(column, 2)
+
+
+def test_meta_metrics_on_hand_checked_cases():
+    pool = np.array([0.5, 0.7, 0.9, 0.6])
+    best = top_meta_scores(np.array([0.6, 0.9]), pool, baseline=0.6, mode="best")
+    assert best == pytest.approx({"delta": 0.3, "gain": 1.0, "regret": 1.0, "rank": 1.0})
+    avg = top_meta_scores(np.array([0.6, 0.9]), pool, baseline=0.6, mode="avg")
+    assert avg["gain"] == 0.5  # 0.6 > 0.6 is false: strict
+    assert avg["delta"] == pytest.approx(0.15) and avg["rank"] == pytest.approx((0.5 + 1.0) / 2)
+    assert avg["regret"] == pytest.approx((1 - (0.9 - 0.6) / (1 - 0.6) + 1.0) / 2)
+    assert regret_score(0.8, 1.0) == 0.0 and regret_score(1.0, 1.0) == 0.0  # o = 1 case
+    tied = top_meta_scores(np.array([0.7]), np.array([0.7, 0.7, 0.2, 0.9]), 0.0, "best")
+    assert tied["rank"] == pytest.approx(2.5 / 4)  # average rank of a tie
+
+
+def test_weighted_tau_matches_scipy_and_is_nan_on_constant(rng):
+    x, y = rng.random(30), rng.random(30)
+    assert weighted_tau(x, y) == pytest.approx(weightedtau(x, y)[0], abs=1e-15)
+    x_nan = x.copy()
+    x_nan[3] = np.nan
+    keep = ~np.isnan(x_nan)
+    assert weighted_tau(x_nan, y) == pytest.approx(weightedtau(x[keep], y[keep])[0])
+    assert np.isnan(weighted_tau(x, np.full(30, 0.5)))
+
+
+def test_development_evaluation_reproduces_the_protocol_facts(dev_scores):
+    scores = dev_scores
+    per_cell = scores.groupby(["scenario", "metric", "seed", "selector", "k",
+                               "meta_metric"]).size()
+    assert (per_cell == 23).all()
+    assert set(scores["scenario"]) == set(SCENARIOS)
+    nan_tau = scores[(scores.meta_metric == "weightedtau") & scores.score.isna()]
+    assert len(nan_tau) == 8  # one target/seed/metric, once per selector (PROTOCOL §12)
+    assert set(nan_tau.target) == {"nerthus_bowel_cleansing_quality"}
+    assert set(nan_tau.scenario) == {"augmentation"} and set(nan_tau.seed) == {"1"}
+    assert scores[scores.meta_metric != "weightedtau"].score.notna().all()
+    gains = scores[scores.meta_metric == "gain"]
+    assert set(gains.score.unique()) <= {0.0, 1.0}  # mode best: one outcome, improved or not
+    ranks = scores[scores.meta_metric == "rank"].score
+    assert ranks.between(0, 1).all()
+    # More shots never hurt in best-of-k mode.
+    wide = scores[scores.meta_metric == "delta"].pivot_table(
+        index=["scenario", "metric", "seed", "selector", "target"], columns="k", values="score")
+    assert (wide.diff(axis=1).iloc[:, 1:] >= -1e-12).all().all()
+
+
+def test_oracle_equal_to_one_occurs_46_times_in_development(data, dev):
+    count = 0
+    for scenario in SCENARIOS:
+        for metric in ("BA", "AUROC"):
+            for strategy in ("mean", "per-seed"):
+                for _, matrix, _ in _outcome_tables(dev, scenario, metric, strategy):
+                    for t in dev.targets():
+                        count += matrix[t].reindex(dev.valid_sources(t)).max() == 1.0
+    assert count == 46  # PROTOCOL §6
+
+
+def test_cli_tables_csv_plots_and_own_selectors(data, tmp_path, capsys):
+    assert rayfp_cli(["evaluate", "--data", str(DATA), "-k", "1-2"]) == 0
+    table = capsys.readouterr().out
+    assert "gain — Model Architecture — BA" in table and "bKLD (small)" in table
+    assert "win rates" in table
+    # A user's matrix in `rayfp compare --format csv` layout, without shrunk columns.
+    manual = data.distances("SEMANTIC")
+    mine = manual[[c for c in manual.columns if "shrink" not in c]]
+    mine.index.name = "source"
+    path = tmp_path / "mine.csv"
+    mine.to_csv(path)
+    code = rayfp_cli(["evaluate", "--data", str(DATA), "--selectors", f"Mine={path}",
+                      "Semantic-again=SEMANTIC", "-k", "3", "--mode", "avg", "--seeds",
+                      "mean", "--format", "csv", "--plots", str(tmp_path / "plots")])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    assert out[0] == "setting,scenario,metric,selector,k,mode,seeds,meta_metric,value,std"
+    rows = pd.read_csv(pd.io.common.StringIO("\n".join(out)))
+    assert set(rows.selector) == {*PAPER_SELECTORS, "Mine", "Semantic-again"}
+    assert set(rows.k) == {0, 3} and set(rows["mode"]) == {"avg"}
+    same = rows.set_index(["scenario", "metric", "k", "meta_metric", "selector"])["value"]
+    # Dropping the shrunk columns changes the manual selection only for shrunk targets, and a
+    # stem of DATA/distances is the same selector as the paper's.
+    assert same.xs("Semantic-again", level="selector").equals(
+        same.xs("Manual", level="selector"))
+    for name in ("gain_vs_k.png", "delta_vs_k.png", "win_rates.png"):
+        assert Image.open(tmp_path / "plots" / name).size[0] > 400
+    assert rayfp_cli(["evaluate", "--data", str(DATA), "--selectors", "X=no-such-matrix",
+                      "--only"]) == 2
+    assert "unknown distance matrix 'no-such-matrix'" in capsys.readouterr().err
