@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 
 from rayfp.errors import ConfigError
-from rayfp.evaluate.data import PAPER_SELECTORS, SCENARIOS, PaperData, read_selector_matrix
+from rayfp.evaluate.data import (
+    FLOAT_PARSERS,
+    PAPER_SELECTORS,
+    SCENARIOS,
+    PaperData,
+    read_selector_matrix,
+)
 from rayfp.evaluate.protocol import MODES, SEED_STRATEGIES, EvalConfig, evaluate
 from rayfp.evaluate.report import aggregate, format_tables, plot_curves, plot_win_rates, win_rates
 
@@ -38,6 +44,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", choices=SEED_STRATEGIES, default="per-seed")
     p.add_argument("--scenarios", nargs="*", default=list(SCENARIOS), choices=SCENARIOS)
     p.add_argument("--format", choices=("table", "csv"), default="table")
+    p.add_argument("--float-parser", choices=FLOAT_PARSERS, default="pandas2",
+                   help="how DATA's CSV numbers are parsed: pandas2 reproduces the paper's exact "
+                        "ties (PROTOCOL.md §10), exact rounds correctly")
     p.add_argument("--plots", help="folder for the PNGs (fraction improved / improvement vs k, "
                                    "win rates)")
 
@@ -56,7 +65,7 @@ def load_selectors(data: PaperData, specs: list[str], only: bool) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    data = PaperData(args.data, splits=args.splits)
+    data = PaperData(args.data, splits=args.splits, float_parser=args.float_parser)
     selectors = load_selectors(data, args.selectors, args.only)
     config = EvalConfig(setting=args.targets, ks=args.k, mode=args.mode, seeds=args.seeds,
                         scenarios=tuple(args.scenarios))

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from rayfp.errors import ConfigError, UnknownNameError
+from rayfp.evaluate.csvfloat import pandas2_float
 
 SCENARIOS = ("arch", "pretrain", "augmentation", "multi_task")  # the paper's order
 SCENARIO_NAMES = {"arch": "Model Architecture", "pretrain": "Pretraining Data",
@@ -30,7 +31,10 @@ PAPER_SELECTORS = {
     "P2L": "KLD-PP:NN",
     "Sinkhorn": "MMD-geo-sinkhorn-0.01",
 }
-_SHRUNK_LOADERS = {"arch", "multi_task"}  # their loaders take shrunk=True (PROTOCOL §2.1)
+_SHRUNK_LOADERS = {"arch", "multi_task"}
+# "pandas2": parse numbers like the notebooks did (bit-exact ties, PROTOCOL §10);
+# "exact": correctly rounded (pandas >= 3); they differ by 1 ulp in ~20 % of the cells.
+FLOAT_PARSERS = ("pandas2", "exact")  # their loaders take shrunk=True (PROTOCOL §2.1)
 
 
 def outcome_file(scenario: str, metric: str, validation: bool) -> str:
@@ -62,8 +66,12 @@ class TaskSplits:
 class PaperData:
     """Lazy access to one data folder; every missing file is an error naming it."""
 
-    def __init__(self, root: str | Path, *, splits: str | Path | None = None) -> None:
+    def __init__(self, root: str | Path, *, splits: str | Path | None = None,
+                 float_parser: str = "pandas2") -> None:
+        if float_parser not in FLOAT_PARSERS:
+            raise UnknownNameError("CSV float parser", float_parser, FLOAT_PARSERS)
         self.root = Path(root)
+        self.float_parser = float_parser
         if not (self.root / "exp").is_dir() or not (self.root / "distances").is_dir():
             raise ConfigError(f"{self.root} is not a paper data folder: expected exp/ and "
                               "distances/ (the paper repository's cache/ or ../shared/paper-data)")
@@ -81,7 +89,9 @@ class PaperData:
         path = self.root.joinpath(*parts)
         if not path.is_file():
             raise ConfigError(f"missing file {path}")
-        return pd.read_csv(path, index_col=0, header=0)
+        if self.float_parser == "exact":
+            return pd.read_csv(path, index_col=0, header=0)
+        return read_csv_pandas2(path)
 
     def available_selectors(self) -> list[str]:
         return sorted(p.stem for p in (self.root / "distances").glob("*.csv"))
@@ -101,6 +111,28 @@ class PaperData:
     def baselines(self, metric: str, shrunk: bool, validation: bool) -> pd.DataFrame:
         """3 rows (seed 0, 1, 2) x one column per target."""
         return self._csv("exp", baseline_file(metric, shrunk, validation))
+
+
+def read_csv_pandas2(path: str | Path) -> pd.DataFrame:
+    """pd.read_csv(index_col=0) with pandas 2's float parser for every numeric column."""
+    raw = pd.read_csv(path, index_col=0, header=0, dtype=str, keep_default_na=False)
+    out = {}
+    for column in raw.columns:
+        try:
+            values = [pandas2_float(v) for v in raw[column]]
+        except ValueError:
+            out[column] = raw[column]  # a text column (source / target names)
+            continue
+        series = pd.Series(values, index=raw.index, dtype=float)
+        is_int = series.notna().all() and (series == series.round()).all() and not any(
+            "." in v or "e" in v.lower() for v in raw[column])
+        out[column] = series.astype(int) if is_int else series
+    frame = pd.DataFrame(out, index=raw.index)
+    try:
+        frame.index = frame.index.astype(int)
+    except (TypeError, ValueError):
+        pass
+    return frame
 
 
 def read_selector_matrix(path: str | Path) -> pd.DataFrame:
