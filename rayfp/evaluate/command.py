@@ -47,6 +47,9 @@ def add_parser(sub) -> None:
     p.add_argument("--float-parser", choices=FLOAT_PARSERS, default="pandas2",
                    help="how DATA's CSV numbers are parsed: pandas2 reproduces the paper's exact "
                         "ties (PROTOCOL.md §10), exact rounds correctly")
+    p.add_argument("--meta", default="gain,delta",
+                   help="meta metrics shown in the tables (csv has all): gain, delta, regret, "
+                        "rank, weightedtau")
     p.add_argument("--plots", help="folder for the PNGs (fraction improved / improvement vs k, "
                                    "win rates)")
 
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{args.targets} targets, {len(selectors)} selectors, k={list(args.k)}, "
               f"mode={args.mode}, seeds={args.seeds}")
-        sys.stdout.write(format_tables(summary))
+        sys.stdout.write(format_tables(summary, meta_metrics=tuple(args.meta.split(","))))
         rates = win_rates(scores)
         print("\nwin rates (share of metric x seed x target x meta-metric x k groups won; "
               "ties all win)")
