@@ -27,6 +27,7 @@ from rayfp.pipeline import (
     ArchiveJobConfig,
     create_space_on_ray,
     fingerprint_archive,
+    new_job_id,
     take_archive_inventory,
 )
 from rayfp.store import Store
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
             threads=args.threads,
             weights=args.weights, min_images=args.min_images, overwrite=args.overwrite,
-            job_id=os.environ.get("RAY_JOB_ID") or ArchiveJobConfig(store=args.store).job_id,
+            job_id=os.environ.get("RAY_JOB_ID") or new_job_id(),
             source=args.archive if "://" in args.archive else os.path.abspath(args.archive))
         ray.init(address=args.address, log_to_driver=True)
         log.info("%d files in %d tasks; inventory pass", len(files),

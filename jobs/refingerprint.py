@@ -67,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, store, target, items, log) -> int:
     import ray
 
-    from rayfp.pipeline import ArchiveJobConfig, fingerprint_archive, take_archive_inventory
+    from rayfp.pipeline import (
+        ArchiveJobConfig,
+        fingerprint_archive,
+        new_job_id,
+        take_archive_inventory,
+    )
 
     ray.init(address=args.address)
     # Tasks sharing a recipe (samples, seed, minimum) run as one pipeline.
@@ -80,7 +85,7 @@ def _run(args, store, target, items, log) -> int:
             store=args.store, samples=samples, seed=seed, min_images=min_images,
             frames_per_batch=args.batch_size, workers=args.workers,
             gpus_per_worker=args.gpus_per_worker, weights=args.weights,
-            job_id=os.environ.get("RAY_JOB_ID") or ArchiveJobConfig(store=args.store).job_id)
+            job_id=os.environ.get("RAY_JOB_ID") or new_job_id())
         report = fingerprint_archive(take_archive_inventory(files), target, config,
                                      on_progress=log.info,
                                      task_sources={i.task_id: i.source for i in group})

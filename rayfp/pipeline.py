@@ -42,6 +42,10 @@ from rayfp.store import Store
 log = logging.getLogger("rayfp.pipeline")
 
 
+def new_job_id() -> str:
+    return f"job-{uuid.uuid4().hex[:12]}"
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ArchiveJobConfig:
     store: str
@@ -57,7 +61,7 @@ class ArchiveJobConfig:
     weights: str | None = None
     min_images: int = 50
     overwrite: bool = False
-    job_id: str = dataclasses.field(default_factory=lambda: f"job-{uuid.uuid4().hex[:12]}")
+    job_id: str = dataclasses.field(default_factory=new_job_id)
     source: str = ""  # the root/manifest the files came from, recorded in each fingerprint
 
     def __post_init__(self) -> None:
