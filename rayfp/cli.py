@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="files, folders (recursive) or manifest CSVs")
     p.add_argument("--task-id", required=True)
     p.add_argument("--space", required=True, help="space id (see `rayfp show`)")
+    p.add_argument("--space-from", metavar="URL",
+                   help="fetch the space from a knowledge-cloud server into --store first")
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                    help=f"augmented views, drawn with replacement (default {DEFAULT_SAMPLES}; "
                         "1000 is a legitimate fast mode)")
@@ -86,9 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default=DEFAULT_METRIC)
     p.add_argument("--out", required=True, help="output .png")
 
+    from rayfp.cloud_cli import add_parsers as add_cloud_parsers
     from rayfp.evaluate.command import add_parser as add_evaluate_parser
 
     add_evaluate_parser(sub)
+    add_cloud_parsers(sub)
 
     p = sub.add_parser("demo", help="fingerprint demo tasks built from images in the packages")
     p.add_argument("--out", default="demo-output", help="folder for data, store and plots")
@@ -120,6 +124,10 @@ def cmd_edges(args: argparse.Namespace) -> int:
 def cmd_fingerprint(args: argparse.Namespace) -> int:
     from rayfp.api import fingerprint_task
 
+    if args.space_from:
+        from rayfp.client import CloudClient
+
+        Store(args.store).put_space(CloudClient(args.space_from).space(args.space))
     result = fingerprint_task(args.paths, task_id=args.task_id, space_id=args.space,
                               store=Store(args.store), samples=args.samples, seed=args.seed,
                               min_images=args.min_images, batch_size=args.batch_size,
@@ -221,9 +229,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cloud(name: str):
+    def run(args: argparse.Namespace) -> int:
+        from rayfp import cloud_cli
+
+        return getattr(cloud_cli, name)(args)
+
+    return run
+
+
 COMMANDS = {"edges": cmd_edges, "fingerprint": cmd_fingerprint, "compare": cmd_compare,
             "nearest": cmd_nearest, "show": cmd_show, "plot": cmd_plot, "demo": cmd_demo,
-            "evaluate": cmd_evaluate}
+            "evaluate": cmd_evaluate, "import-paper": _cloud("cmd_import_paper"),
+            "serve": _cloud("cmd_serve"), "query": _cloud("cmd_query"),
+            "recommend": _cloud("cmd_query")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -199,13 +199,18 @@ class LinearIndex:
     def top_k(self, target: Fingerprint, k: int = 5, metric: str = DEFAULT_METRIC, *,
               exclude_self: bool = True) -> list[tuple[str, float]]:
         """The k nearest sources as (task_id, distance), nearest first; ties by task id."""
+        return self.rank(self.distances(target, metric), k,
+                         exclude=target.task_id if exclude_self else None)
+
+    def rank(self, distances: np.ndarray, k: int, *, exclude: str | None = None
+             ) -> list[tuple[str, float]]:
+        """The k smallest of precomputed distances (index order), ties by task id."""
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
-        d = self.distances(target, metric)
         ids = np.array(self.task_ids)
-        keep = ids != target.task_id if exclude_self else np.ones(len(ids), bool)
-        order = np.lexsort((ids[keep], d[keep]))[:k]
-        return [(str(ids[keep][i]), float(d[keep][i])) for i in order]
+        keep = ids != exclude if exclude is not None else np.ones(len(ids), bool)
+        order = np.lexsort((ids[keep], distances[keep]))[:k]
+        return [(str(ids[keep][i]), float(distances[keep][i])) for i in order]
 
 
 def distance_matrix(sources: Sequence[Fingerprint], targets: Sequence[Fingerprint],

@@ -100,6 +100,17 @@ FAILURES = pa.schema([
     ("schema_version", pa.int32()),
 ])
 
+# Distance matrices imported from elsewhere (the paper's released ones): for tasks without a
+# fingerprint, nearest-task answers come from here, labelled by selector.
+IMPORTED_DISTANCES = pa.schema([
+    ("selector", pa.string()),
+    ("source", pa.string()),
+    ("target", pa.string()),
+    ("distance", pa.float64()),
+    ("provenance", pa.string()),
+    ("schema_version", pa.int32()),
+])
+
 
 @dataclasses.dataclass(frozen=True)
 class TableSpec:
@@ -117,5 +128,6 @@ TABLES = {
         TableSpec("transfers", TRANSFERS, ("scenario", "metric", "source", "target", "seed")),
         TableSpec("baselines", BASELINES, ("scenario", "target", "metric", "seed")),
         TableSpec("failures", FAILURES, (TASK_ID, "path")),
+        TableSpec("imported_distances", IMPORTED_DISTANCES, ("selector", "source", "target")),
     )
 }

@@ -30,3 +30,16 @@ def random_fingerprint(rng: np.random.Generator, space: FingerprintSpace, task_i
     counts = np.stack([rng.multinomial(n, row / row.sum()) for row in weights])
     return Fingerprint(task_id=task_id, space_id=space.space_id, counts=counts,
                        feature_sum=rng.normal(size=space.dim) * n, n_samples=n, n_images=n // 5)
+
+
+def paper_data_dir():
+    """../shared/paper-data beside the checkout (CI lays a copy there), or $RAYFP_PAPER_DATA."""
+    import os
+    from pathlib import Path
+
+    default = Path(__file__).resolve().parents[2] / "shared" / "paper-data"
+    path = Path(os.environ.get("RAYFP_PAPER_DATA", default))
+    if not (path / "task_splits.json").is_file():
+        raise FileNotFoundError(f"the paper's released data is expected at {path} (the shared/ "
+                                "folder beside the checkout) or at $RAYFP_PAPER_DATA")
+    return path

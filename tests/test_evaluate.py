@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import paper_data_dir
 from PIL import Image
 from scipy.stats import weightedtau
 
@@ -22,7 +21,7 @@ from rayfp.evaluate.protocol import (
     weighted_tau,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "paper-data"
+DATA = paper_data_dir()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Ray Serve deployment of the rayfp knowledge cloud (see app.py)."""

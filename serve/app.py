@@ -1,0 +1,173 @@
+"""The knowledge cloud over HTTP: a Ray Serve deployment with a FastAPI ingress.
+
+    serve run serve/config.yaml          # or: rayfp serve --store STORE
+Handlers call rayfp.knowledge / rayfp.recommend; no science here. Concurrent nearest-task queries
+are batched (@serve.batch) so each space and metric is ranked with one GEMM.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve import Application
+
+from rayfp.distance import get_metric
+from rayfp.errors import NotFoundError, RayfpError
+from rayfp.fingerprint import Fingerprint
+from rayfp.knowledge import (
+    KnowledgeBase,
+    fingerprint_from_payload,
+    space_as_dict,
+)
+from rayfp.recommend import recommend
+from serve.models import (
+    AppArgs,
+    ComponentIn,
+    FingerprintIn,
+    NearestOut,
+    Neighbour,
+    Query,
+    RecommendOut,
+    RecommendQuery,
+    TaskIn,
+)
+
+api = FastAPI(title="rayfp knowledge cloud", version="1",
+              description="Nearest known tasks and what worked for them, from task fingerprints.")
+
+
+@api.exception_handler(RayfpError)
+async def _rayfp_error(_: Request, exc: RayfpError) -> JSONResponse:
+    status = 404 if isinstance(exc, NotFoundError) else 400
+    return JSONResponse(status_code=status, content={"detail": str(exc)})
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1})
+@serve.ingress(api)
+class KnowledgeCloud:
+    def __init__(self, args: AppArgs) -> None:
+        self.args = args
+        self.kb = KnowledgeBase(args.store, min_images=args.min_images)
+        for space_id in self.kb.store.space_ids():
+            self.kb.index(space_id)  # load before taking traffic
+
+    def check_health(self) -> None:
+        for space_id in self.kb.store.space_ids():
+            self.kb.index(space_id)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _require_token(self, authorization: str | None) -> None:
+        expected = f"Bearer {self.args.token}"
+        if not self.args.token or not authorization or not hmac.compare_digest(
+                authorization.encode(), expected.encode()):
+            raise HTTPException(status_code=401, detail="writes need 'Authorization: Bearer "
+                                "<token>' with the server's token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    def _fingerprint(self, payload: FingerprintIn, task_id: str, min_images: int = 1
+                     ) -> Fingerprint:
+        space = self.kb.store.get_space(payload.space_id)
+        return fingerprint_from_payload(space, task_id=task_id, counts=payload.counts,
+                                        feature_sum=payload.feature_sum, n=payload.n,
+                                        n_images=payload.n_images, min_images=min_images)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _rank_batch(self, requests: list[tuple[Fingerprint, int, str]]
+                          ) -> list[list[tuple[str, float]]]:
+        """Queries in one batch that share a space and a bKLD metric: one GEMM."""
+        results: list[list[tuple[str, float]] | None] = [None] * len(requests)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (fp, _, metric) in enumerate(requests):
+            groups.setdefault((fp.space_id, metric), []).append(i)
+        for (space_id, metric), members in groups.items():
+            index = self.kb.index(space_id)
+            if index is None:
+                for i in members:
+                    results[i] = []
+                continue
+            spec = get_metric(metric)
+            if spec.weighting is not None:
+                matrix = index.bkld_many([requests[i][0] for i in members],
+                                         weighting=spec.weighting)
+                for column, i in enumerate(members):
+                    results[i] = index.rank(matrix[:, column], requests[i][1],
+                                            exclude=requests[i][0].task_id)
+            else:
+                for i in members:
+                    fp, k, _ = requests[i]
+                    results[i] = index.top_k(fp, k, metric)
+        return results
+
+    async def _neighbours(self, query: Query) -> tuple[list[Neighbour], str, int]:
+        k = query.k or self.args.default_k
+        metric = query.metric or self.args.default_metric
+        get_metric(metric)
+        if (query.fingerprint is None) == (query.task_id is None):
+            raise HTTPException(status_code=422, detail="give exactly one of 'fingerprint' and "
+                                                        "'task_id'")
+        if query.fingerprint is not None:
+            fp = self._fingerprint(query.fingerprint, task_id="<query>")
+            ranked = await self._rank_batch((fp, k, metric))
+            basis = f"fingerprint:{fp.space_id}"
+            found = [Neighbour(rank=r, task_id=t, distance=d, basis=basis)
+                     for r, (t, d) in enumerate(ranked, start=1)]
+        else:
+            found = [Neighbour(rank=r, task_id=n.task_id, distance=n.distance, basis=n.basis)
+                     for r, n in enumerate(self.kb.nearest_to_task(
+                         query.task_id, k=k, metric=metric, space_id=query.space_id), start=1)]
+        return found, metric, k
+
+    # -- routes -------------------------------------------------------------------------------
+    @api.get("/v1/health")
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "spaces": len(self.kb.store.space_ids())}
+
+    @api.get("/v1/spaces")
+    def spaces(self) -> list[dict[str, Any]]:
+        return self.kb.store.summary()["spaces"]
+
+    @api.get("/v1/spaces/{space_id}")
+    def space(self, space_id: str) -> dict[str, Any]:
+        return space_as_dict(self.kb.store.get_space(space_id))
+
+    @api.get("/v1/tasks")
+    def tasks(self, space_id: str | None = None) -> list[dict[str, Any]]:
+        return self.kb.tasks(space_id)
+
+    @api.post("/v1/nearest", response_model=NearestOut)
+    async def nearest(self, query: Query) -> NearestOut:
+        found, metric, k = await self._neighbours(query)
+        return NearestOut(metric=metric, k=k, neighbours=found)
+
+    @api.post("/v1/recommend", response_model=RecommendOut)
+    async def recommend_route(self, query: RecommendQuery) -> RecommendOut:
+        found, metric, k = await self._neighbours(query)
+        from rayfp.knowledge import Neighbour as KnownNeighbour
+
+        plain = [KnownNeighbour(n.task_id, n.distance, n.basis) for n in found]
+        return RecommendOut(metric=metric, k=k, neighbours=found,
+                            recommendations=recommend(self.kb, plain, query.kinds))
+
+    @api.post("/v1/tasks", status_code=201)
+    def register(self, task: TaskIn, authorization: str | None = Header(None)) -> dict[str, Any]:
+        self._require_token(authorization)
+        fp = self._fingerprint(task.fingerprint, task.task_id, min_images=self.args.min_images)
+        meta = task.model_dump(exclude={"fingerprint"})
+        self.kb.register_task(meta, fp)
+        return {"task_id": fp.task_id, "space_id": fp.space_id, "n_samples": fp.n_samples}
+
+    @api.post("/v1/tasks/{task_id}/components", status_code=201)
+    def component(self, task_id: str, component: ComponentIn,
+                  authorization: str | None = Header(None)) -> dict[str, Any]:
+        self._require_token(authorization)
+        self.kb.record_component({"task_id": task_id, **component.model_dump()})
+        return {"task_id": task_id, "kind": component.kind, "value": component.value}
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Typed app builder: `serve run serve.app:build_app store=STORE token=...`."""
+    return KnowledgeCloud.bind(AppArgs(**args))

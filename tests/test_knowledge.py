@@ -1,0 +1,97 @@
+"""Knowledge base, recommendations and the paper import, without Ray."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+from conftest import make_space, paper_data_dir, random_fingerprint
+
+from rayfp.errors import ConfigError, NotFoundError, TooFewImagesError
+from rayfp.knowledge import KnowledgeBase, fingerprint_from_payload, space_as_dict, space_from_dict
+from rayfp.paper_import import import_paper
+from rayfp.recommend import recommend
+from rayfp.store import Store
+
+DATA = paper_data_dir()
+
+
+@pytest.fixture(scope="module")
+def paper_store(tmp_path_factory) -> tuple[Store, dict]:
+    store = Store(tmp_path_factory.mktemp("paper") / "store")
+    return store, import_paper(DATA, store)
+
+
+def test_import_paper_counts(paper_store):
+    store, counts = paper_store
+    assert counts == {"tasks": 71, "components": 213, "transfers": 15180, "baselines": 288,
+                      "imported_distances": 8 * 71 * 71}  # 8 selectors, full-task columns
+    policies = store.read_table("components").to_pandas()
+    assert (policies.groupby("task_id").size() == 3).all() and policies.task_id.nunique() == 71
+    assert "breast_cancer_classification_v2" in set(policies.task_id)
+
+
+def test_paper_tasks_answer_from_imported_distances(paper_store):
+    store, _ = paper_store
+    kb = KnowledgeBase(store)
+    found = kb.nearest_to_task("svhn", k=3)
+    assert [n.basis for n in found] == ["imported:KLD-PP:NS-W:TS-100-BINS"] * 3
+    assert [n.distance for n in found] == sorted(n.distance for n in found)
+    assert "svhn" not in [n.task_id for n in found]
+    with pytest.raises(NotFoundError, match="imported selectors"):
+        kb.nearest_to_task("svhn", metric="cosine")
+    recs = recommend(kb, found, ["augmentation", "pretraining", "architecture"])
+    assert [c["source"] for c in recs["augmentation"]] == [n.task_id for n in found]
+    assert all("FasterAutoAugment search 0" in c["provenance"] for c in recs["augmentation"])
+    pre = recs["pretraining"][0]
+    assert pre["evidence"] == "transfer" and pre["value"] == found[0].task_id
+    assert pre["n_seeds"] == 3 and 0 < pre["score"] <= 1
+    assert recs["architecture"] == []  # the paper released no per-task best architecture
+
+
+def test_registration_components_and_best_by_own_score(tmp_path, rng):
+    store = Store(tmp_path / "s")
+    space = make_space(dim=6, bins=8)
+    store.put_space(space)
+    kb = KnowledgeBase(store, min_images=10)
+    fps = [random_fingerprint(rng, space, f"t{i}") for i in range(4)]
+    for fp in fps:
+        kb.register_task({"modality": "CT"}, fp)
+    assert [t["task_id"] for t in kb.tasks(space.space_id)] == ["t0", "t1", "t2", "t3"]
+    for seed, (value, score) in enumerate([("resnet50", 0.7), ("vit_s", 0.9), ("vit_s", 0.8)]):
+        kb.record_component({"task_id": "t1", "kind": "architecture", "value": value,
+                             "metric": "AUROC", "score": score, "seed": seed,
+                             "provenance": "site A"})
+    found = kb.nearest_to_task("t0", k=3)
+    recs = recommend(kb, found, ["architecture"])["architecture"]
+    assert [c["source"] for c in recs] == ["t1"]
+    assert recs[0]["value"] == "vit_s" and recs[0]["score"] == 0.9 and recs[0]["n_seeds"] == 2
+    with pytest.raises(NotFoundError, match="POST /v1/tasks"):
+        kb.record_component({"task_id": "nope", "kind": "architecture", "value": "x"})
+    with pytest.raises(ConfigError, match="kind"):
+        kb.record_component({"task_id": "t1", "kind": "optimizer", "value": "x"})
+    small = random_fingerprint(rng, space, "small", n=40)  # n_images = 8 < 10
+    with pytest.raises(TooFewImagesError):
+        kb.register_task({}, small)
+
+
+def test_payload_validation_names_each_problem(rng):
+    space = make_space(dim=3, bins=4)
+    fp = random_fingerprint(rng, space, "q", n=20)
+    good = dict(counts=fp.counts.ravel().tolist(), feature_sum=fp.feature_sum.tolist(), n=20)
+    assert np.array_equal(fingerprint_from_payload(space, task_id="q", **good).counts, fp.counts)
+    b64 = dict(counts=base64.b64encode(fp.counts.astype("<u4").tobytes()).decode(),
+               feature_sum=base64.b64encode(fp.feature_sum.astype("<f8").tobytes()).decode(), n=20)
+    assert np.array_equal(fingerprint_from_payload(space, task_id="q", **b64).counts, fp.counts)
+    bad_cases = {
+        "expected 3 x 4 = 12": {**good, "counts": good["counts"][:-1]},
+        "non-negative finite integers": {**good, "counts": [-1.0] + good["counts"][1:]},
+        "feature_sum: expected finite": {**good, "feature_sum": [float("nan")] * 3},
+        "must hold n = 21": {**good, "n": 21},
+        "not valid base64": {**good, "counts": "%%%"},
+    }
+    for message, payload in bad_cases.items():
+        with pytest.raises(ConfigError, match=message):
+            fingerprint_from_payload(space, task_id="q", **payload)
+    assert space_from_dict(space_as_dict(space)).space_id == space.space_id
