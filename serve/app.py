@@ -1,3 +1,4 @@
+# No `from __future__ import annotations` here: FastAPI must see real types in Serve replicas.
 """The knowledge cloud over HTTP: a Ray Serve deployment with a FastAPI ingress.
 
     serve run serve/config.yaml          # or: rayfp serve --store STORE
@@ -5,7 +6,6 @@ Handlers call rayfp.knowledge / rayfp.recommend; no science here. Concurrent nea
 are batched (@serve.batch) so each space and metric is ranked with one GEMM.
 """
 
-from __future__ import annotations
 
 import hmac
 from typing import Any

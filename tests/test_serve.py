@@ -1,0 +1,185 @@
+"""The knowledge cloud as a real Ray Serve deployment on local Ray, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_space, paper_data_dir, random_fingerprint
+
+from rayfp.client import CloudClient, ServerError, fingerprint_payload
+from rayfp.distance import bkld
+from rayfp.knowledge import KnowledgeBase
+from rayfp.paper_import import import_paper
+from rayfp.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "s3cret"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+
+    store = Store(tmp_path_factory.mktemp("cloud") / "store")
+    import_paper(paper_data_dir(), store)
+    space = make_space(dim=16, bins=10)
+    store.put_space(space)
+    rng = np.random.default_rng(7)
+    known = [random_fingerprint(rng, space, f"site-{i}", n=300) for i in range(6)]
+    kb = KnowledgeBase(store)
+    for fp in known[:5]:  # the sixth is registered over HTTP by a test
+        kb.register_task({"modality": "synthetic"}, fp)
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"store": str(store.root), "token": TOKEN, "min_images": 20}),
+              name="rayfp", route_prefix="/")
+    try:
+        yield {"url": f"http://127.0.0.1:{port}", "space": space, "known": known, "store": store}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def http(cloud, method, path, payload=None, token=None):
+    data = None if payload is None else json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(cloud["url"] + path, data=data, headers=headers,
+                                     method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_health_spaces_and_openapi(cloud):
+    assert http(cloud, "GET", "/v1/health") == (200, {"status": "ok", "spaces": 1})
+    status, spaces = http(cloud, "GET", "/v1/spaces")
+    assert status == 200 and spaces[0]["space_id"] == cloud["space"].space_id
+    assert spaces[0]["fingerprints"] == 5
+    fetched = CloudClient(cloud["url"]).space(cloud["space"].space_id)  # hash re-checked
+    assert np.array_equal(fetched.edges_hi, cloud["space"].edges_hi)
+    status, schema = http(cloud, "GET", "/openapi.json")
+    assert status == 200 and "/v1/recommend" in schema["paths"]
+
+
+def test_register_then_query_then_recommend(cloud):
+    client = CloudClient(cloud["url"], token=TOKEN)
+    new = cloud["known"][5]
+    with pytest.raises(ServerError) as info:
+        CloudClient(cloud["url"]).register(new)
+    assert info.value.status == 401
+    with pytest.raises(ServerError) as info:
+        CloudClient(cloud["url"], token="wrong").register(new)
+    assert info.value.status == 401
+    assert client.register(new, modality="CT")["task_id"] == "site-5"
+    status, tasks = http(cloud, "GET", f"/v1/tasks?space_id={cloud['space'].space_id}")
+    assert [t["task_id"] for t in tasks] == [f"site-{i}" for i in range(6)]  # no restart
+
+    answer = client.nearest(task_id="site-5", k=3)
+    exhaustive = sorted((bkld(new, s), s.task_id) for s in cloud["known"][:5])
+    assert [n["task_id"] for n in answer["neighbours"]] == [t for _, t in exhaustive[:3]]
+    assert answer["neighbours"][0]["distance"] == pytest.approx(exhaustive[0][0], abs=1e-9)
+    as_lists = {"fingerprint": {**fingerprint_payload(new),
+                                "counts": new.counts.ravel().tolist(),
+                                "feature_sum": new.feature_sum.tolist()}, "k": 3}
+    status, by_lists = http(cloud, "POST", "/v1/nearest", as_lists)
+    assert status == 200  # an anonymous fingerprint is ranked against every task, site-5 too
+    everything = sorted((bkld(new, s), s.task_id) for s in cloud["known"])
+    assert [n["task_id"] for n in by_lists["neighbours"]] == [t for _, t in everything[:3]]
+
+    best = exhaustive[0][1]
+    status, _ = http(cloud, "POST", f"/v1/tasks/{best}/components",
+                     {"kind": "architecture", "value": "convnext_tiny", "metric": "AUROC",
+                      "score": 0.91, "seed": 0, "provenance": "site A, 5-fold CV"}, token=TOKEN)
+    assert status == 201
+    rec = client.recommend(task_id="site-5", kinds=["architecture"], k=3)
+    first = rec["recommendations"]["architecture"][0]
+    assert (first["source"], first["value"], first["rank"]) == (best, "convnext_tiny", 1)
+    assert first["provenance"] == "site A, 5-fold CV" and first["n_seeds"] == 1
+
+
+def test_paper_tasks_are_answered_from_imported_distances(cloud):
+    rec = CloudClient(cloud["url"]).recommend(task_id="svhn", kinds=["augmentation",
+                                                                     "pretraining"], k=3)
+    assert all(n["basis"].startswith("imported:") for n in rec["neighbours"])
+    assert len(rec["recommendations"]["augmentation"]) == 3
+    assert rec["recommendations"]["pretraining"][0]["evidence"] == "transfer"
+
+
+def test_bad_input_gets_4xx_that_says_what_to_fix(cloud):
+    good = fingerprint_payload(cloud["known"][0])
+    cases = [
+        ({"fingerprint": {**good, "space_id": "feedfacefeedface"}}, 404, "known spaces"),
+        ({"fingerprint": {**good, "counts": [1.0, 2.0]}}, 400, "expected 16 x 10"),
+        ({"fingerprint": {**good, "n": 0}}, 400, "n: expected >= 1"),
+        ({"task_id": "site-1", "metric": "kl"}, 400, "unknown metric"),
+        ({"task_id": "site-1", "kinds": ["optimizer"]}, 400, "kinds: expected"),
+        ({}, 422, "exactly one"),
+        ({"task_id": "no-such-task"}, 404, "no-such-task"),
+    ]
+    for payload, status, message in cases:
+        route = "/v1/recommend" if "kinds" in payload else "/v1/nearest"
+        got, body = http(cloud, "POST", route, payload)
+        assert (got, message in json.dumps(body)) == (status, True), (payload, got, body)
+    negative = cloud["known"][0].counts.ravel().astype(float)
+    negative[0] = -1
+    got, body = http(cloud, "POST", "/v1/tasks", {"task_id": "x", "fingerprint": {
+        **good, "counts": negative.tolist()}}, token=TOKEN)
+    assert got == 400 and "non-negative" in body["detail"]
+    few = {**good, "n_images": 3}
+    got, body = http(cloud, "POST", "/v1/tasks", {"task_id": "x", "fingerprint": few},
+                     token=TOKEN)
+    assert got == 400 and "minimum of 20" in body["detail"]
+
+
+def test_concurrent_queries_are_batched_and_identical(cloud):
+    client = CloudClient(cloud["url"])
+    targets = cloud["known"][:5] * 4
+    sequential = [client.nearest(fingerprint=fp, k=2)["neighbours"] for fp in targets[:5]]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        parallel = list(pool.map(lambda fp: client.nearest(fingerprint=fp, k=2)["neighbours"],
+                                 targets))
+    for i, answer in enumerate(parallel):  # a GEMM and a GEMV agree to rounding
+        expected = sequential[i % 5]
+        assert [n["task_id"] for n in answer] == [n["task_id"] for n in expected]
+        np.testing.assert_allclose([n["distance"] for n in answer],
+                                   [n["distance"] for n in expected], rtol=1e-12)
+
+
+def test_cli_query_and_recommend_against_the_server(cloud, tmp_path, capsys):
+    from rayfp.cli import main
+
+    local = Store(tmp_path / "local")
+    local.put_space(cloud["space"])
+    local.put_fingerprint(cloud["known"][2])
+    assert main(["query", "--server", cloud["url"], "--task-id", "site-2",
+                 "--fingerprint-from", str(local.root), "-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "nearest to site-2" in out and "fingerprint:" in out
+    assert main(["recommend", "--server", cloud["url"], "--task-id", "svhn", "--kinds",
+                 "augmentation", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert len(answer["recommendations"]["augmentation"]) == 3
+    os.environ.pop("RAYFP_TOKEN", None)
