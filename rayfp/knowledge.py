@@ -93,6 +93,13 @@ class KnowledgeBase:
         self.store = store if isinstance(store, Store) else Store(store)
         self.min_images = min_images
         self._indexes: dict[str, tuple[tuple, LinearIndex | None]] = {}
+        self._spaces: dict[str, FingerprintSpace] = {}
+
+    def space(self, space_id: str) -> FingerprintSpace:
+        """A space by id; cached, since a space's content is its id."""
+        if space_id not in self._spaces:
+            self._spaces[space_id] = self.store.get_space(space_id)
+        return self._spaces[space_id]
 
     # -- spaces and indexes ---------------------------------------------------------------
     def _version(self, space_id: str) -> tuple:
@@ -114,7 +121,7 @@ class KnowledgeBase:
     def nearest_to_fingerprint(self, target: Fingerprint, *, k: int = 3,
                                metric: str = DEFAULT_METRIC) -> list[Neighbour]:
         get_metric(metric)
-        self.store.get_space(target.space_id)
+        self.space(target.space_id)
         index = self.index(target.space_id)
         if index is None:
             return []

@@ -19,6 +19,7 @@ class AppArgs(BaseModel):
     default_k: int = Field(3, ge=1, le=100)
     default_metric: str = DEFAULT_METRIC
     min_images: int = Field(DEFAULT_MIN_IMAGES, ge=1)
+    threads: int = Field(2, ge=1, description="BLAS threads of the replica (Ray sets 1)")
 
 
 class FingerprintIn(BaseModel):

@@ -1,0 +1,132 @@
+"""Knowledge-cloud latency over HTTP on loopback, next to the pure compute time per query.
+
+    .venv/bin/python bench/bench_serve.py [--sources 1000 10000] [--queries 200]
+
+Synthetic fingerprints (D = 512, B = 100, N = 1,000 samples each) are registered in a fresh
+store; a real Ray Serve deployment answers POST /v1/nearest (k = 5, bKLD small) for 1 and 8
+concurrent clients. Checks that every HTTP answer equals the exhaustive direct-formula top-5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
+from bench_core import realistic_fingerprint, synthetic_space, write_section  # noqa: E402
+
+from rayfp.client import fingerprint_payload  # noqa: E402
+from rayfp.distance import bkld  # noqa: E402
+from rayfp.knowledge import KnowledgeBase  # noqa: E402
+from rayfp.store import Store  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, payload: dict) -> tuple[float, dict]:
+    data = json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type":
+                                                              "application/json"})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=120) as response:
+        body = json.loads(response.read())
+    return (time.perf_counter() - t0) * 1e3, body
+
+
+def ask(url: str, payloads: list[dict], wanted: list[list[str]], i: int) -> tuple[float, bool]:
+    """One query; returns its latency and whether it matched the exhaustive top-5."""
+    ms, body = post(url, payloads[i % len(payloads)])
+    return ms, [n["task_id"] for n in body["neighbours"]] == wanted[i % len(wanted)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sources", type=int, nargs="+", default=[1000])
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    rng = np.random.default_rng(0)
+    space = synthetic_space(512, 100)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n_sources in args.sources:
+            store = Store(Path(tmp) / f"store-{n_sources}")
+            store.put_space(space)
+            t0 = time.perf_counter()
+            sources = [realistic_fingerprint(rng, space, f"s{i:05d}", 1000)
+                       for i in range(n_sources)]
+            for fp in sources:
+                store.put_fingerprint(fp)
+            print(f"{n_sources} fingerprints written in {time.perf_counter() - t0:.0f} s",
+                  flush=True)
+            queries = [realistic_fingerprint(rng, space, f"q{i}", 1000) for i in range(20)]
+            index = KnowledgeBase(store).index(space.space_id)
+            compute = []
+            for q in queries:
+                t0 = time.perf_counter()
+                index.top_k(q, 5)
+                compute.append((time.perf_counter() - t0) * 1e3)
+            expected = {q.task_id: [t for t, _ in index.top_k(q, 5)] for q in queries}
+            direct = sorted((bkld(queries[0], s), s.task_id) for s in sources)[:5]
+            assert [t for _, t in direct] == expected[queries[0].task_id]
+            serve.run(build_app({"store": str(store.root), "token": "x", "min_images": 1}),
+                      name="bench", route_prefix="/")
+            url = f"http://127.0.0.1:{port}/v1/nearest"
+            payloads = [{"fingerprint": fingerprint_payload(q), "k": 5} for q in queries]
+            post(url, payloads[0])  # warm-up
+            wanted = [expected[q.task_id] for q in queries]
+            for clients in (1, 8):
+                t0 = time.perf_counter()
+                with ThreadPoolExecutor(max_workers=clients) as pool:
+                    results = list(pool.map(lambda i, u=url, p=payloads, w=wanted: ask(u, p, w, i),
+                                            range(args.queries)))
+                wall = time.perf_counter() - t0
+                latencies = [ms for ms, _ in results]
+                identical = all(ok for _, ok in results)
+                p50, p99 = np.percentile(latencies, [50, 99])
+                rows.append((f"{n_sources:,} sources, {clients} client(s), HTTP POST /v1/nearest",
+                             f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, {args.queries / wall:.1f} "
+                             f"queries/s; identical to exhaustive top-5: {identical}"))
+                print(rows[-1], flush=True)
+            rows.append((f"{n_sources:,} sources, pure compute per query (float64 linear form, "
+                         f"index {index.matrix.nbytes / 2**20:.0f} MiB)",
+                         f"p50 {np.percentile(compute, 50):.1f} ms"))
+            print(rows[-1], flush=True)
+            serve.delete("bench")
+    serve.shutdown()
+    ray.shutdown()
+    if not args.no_write:
+        write_section(rows, "Knowledge cloud over HTTP (issue 4)",
+                      "python bench/bench_serve.py --sources " +
+                      " ".join(map(str, args.sources)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
