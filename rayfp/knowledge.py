@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from rayfp.distance import DEFAULT_METRIC, LinearIndex, get_metric
+from rayfp.distance import DEFAULT_METRIC, get_metric
 from rayfp.errors import ConfigError, NotFoundError, SpaceMismatchError, TooFewImagesError
 from rayfp.extract import DEFAULT_MIN_IMAGES
 from rayfp.fingerprint import Fingerprint, FingerprintSpace
+from rayfp.index import ScreenedIndex
 from rayfp.schemas import COMPONENT_KINDS
 from rayfp.store import Store
 
@@ -92,7 +93,7 @@ class KnowledgeBase:
                  min_images: int = DEFAULT_MIN_IMAGES) -> None:
         self.store = store if isinstance(store, Store) else Store(store)
         self.min_images = min_images
-        self._indexes: dict[str, tuple[tuple, LinearIndex | None]] = {}
+        self._indexes: dict[str, tuple[tuple, ScreenedIndex | None]] = {}
         self._spaces: dict[str, FingerprintSpace] = {}
 
     def space(self, space_id: str) -> FingerprintSpace:
@@ -109,12 +110,12 @@ class KnowledgeBase:
         stat = folder.stat()  # renames into the folder (our atomic writes) change its mtime
         return (stat.st_mtime_ns, stat.st_nlink, stat.st_size)
 
-    def index(self, space_id: str) -> LinearIndex | None:
+    def index(self, space_id: str) -> ScreenedIndex | None:
         version = self._version(space_id)
         cached = self._indexes.get(space_id)
         if cached is None or cached[0] != version:
             fps = self.store.fingerprints(space_id)
-            self._indexes[space_id] = (version, LinearIndex(fps) if fps else None)
+            self._indexes[space_id] = (version, ScreenedIndex(fps) if fps else None)
         return self._indexes[space_id][1]
 
     # -- queries ------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ class KnowledgeBase:
         if index is None:
             return []
         return [Neighbour(t, d, f"fingerprint:{target.space_id}")
-                for t, d in index.top_k(target, k, metric)]
+                for t, d in index.top_k_metric(target, k, metric)]
 
     def nearest_to_task(self, task_id: str, *, k: int = 3, metric: str = DEFAULT_METRIC,
                         space_id: str | None = None) -> list[Neighbour]:

@@ -96,15 +96,15 @@ class KnowledgeCloud:
                 continue
             spec = get_metric(metric)
             if spec.weighting is not None:
-                matrix = index.bkld_many([requests[i][0] for i in members],
-                                         weighting=spec.weighting)
-                for column, i in enumerate(members):
-                    results[i] = index.rank(matrix[:, column], requests[i][1],
-                                            exclude=requests[i][0].task_id)
+                k_max = max(requests[i][1] for i in members)
+                ranked = index.top_k_many([requests[i][0] for i in members], k_max,
+                                          weighting=spec.weighting)
+                for i, found in zip(members, ranked):
+                    results[i] = found[:requests[i][1]]
             else:
                 for i in members:
                     fp, k, _ = requests[i]
-                    results[i] = index.top_k(fp, k, metric)
+                    results[i] = index.top_k_metric(fp, k, metric)
         return results
 
     async def _neighbours(self, query: Query) -> tuple[list[Neighbour], str, int]:

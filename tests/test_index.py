@@ -1,0 +1,52 @@
+"""The service's screened index returns exactly the exhaustive top-k."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_space, random_fingerprint
+
+from rayfp.distance import METRICS, TARGET_SOFTMAX, UNIFORM, LinearIndex, distance
+from rayfp.errors import SpaceMismatchError
+from rayfp.index import ScreenedIndex
+
+
+@pytest.fixture(scope="module")
+def sources():
+    rng = np.random.default_rng(11)
+    space = make_space(dim=32, bins=40)
+    return space, [random_fingerprint(rng, space, f"s{i:03d}", n=400, zero_fraction=0.5)
+                   for i in range(300)]
+
+
+@pytest.mark.parametrize("weighting", [TARGET_SOFTMAX, UNIFORM])
+def test_screened_top_k_equals_the_exhaustive_linear_form(sources, weighting):
+    space, fps = sources
+    screened, linear = ScreenedIndex(fps), LinearIndex(fps)
+    rng = np.random.default_rng(5)
+    targets = [random_fingerprint(rng, space, f"t{i}", n=400) for i in range(6)] + fps[:3]
+    for k in (1, 5, 400):
+        got = screened.top_k_many(targets, k, weighting=weighting)
+        for target, answer in zip(targets, got):
+            want = linear.rank(linear.bkld_all(target, weighting=weighting), k,
+                               exclude=target.task_id)
+            assert [t for t, _ in answer] == [t for t, _ in want]
+            np.testing.assert_allclose([d for _, d in answer], [d for _, d in want],
+                                       rtol=0, atol=1e-12)
+    assert screened.top_k(fps[0], 3)[0][0] != "s000"  # itself excluded
+
+
+def test_screening_prunes_and_other_metrics_use_the_direct_formula(sources):
+    space, fps = sources
+    screened = ScreenedIndex(fps)
+    target = random_fingerprint(np.random.default_rng(9), space, "t", n=400)
+    screened.top_k(target, 5)
+    assert 5 <= screened.last_candidates < len(fps) // 2
+    for metric in ("cosine", "js", "emd", "p2l"):
+        want = sorted((distance(target, s, metric), s.task_id) for s in fps)[:4]
+        assert screened.top_k_metric(target, 4, metric) == [(t, d) for d, t in want]
+    assert set(METRICS) >= {"bkld-small", "bkld-large"}
+    other = random_fingerprint(np.random.default_rng(1), make_space(dim=32, bins=40, hi=2.0),
+                               "x")
+    with pytest.raises(SpaceMismatchError):
+        screened.top_k(other, 1)
