@@ -13,7 +13,7 @@ import numpy as np
 from scipy.special import logsumexp, softmax
 
 from rayfp.errors import ConfigError, SpaceMismatchError, UnknownNameError
-from rayfp.fingerprint import Fingerprint, check_same_space
+from rayfp.fingerprint import Fingerprint, check_same_space, common_space
 
 # --- bKLD ---------------------------------------------------------------------------------------
 
@@ -145,11 +145,7 @@ class LinearIndex:
     """
 
     def __init__(self, sources: Sequence[Fingerprint]) -> None:
-        if not sources:
-            raise ConfigError("an index needs at least one source fingerprint")
-        first = sources[0]
-        for s in sources[1:]:
-            check_same_space(first, s)
+        first = common_space(sources)
         self.space_id = first.space_id
         self.dim, self.bins = first.dim, first.bins
         self.task_ids = [s.task_id for s in sources]

@@ -11,7 +11,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -273,3 +273,14 @@ def check_same_space(a: Fingerprint, b: Fingerprint) -> None:
             f"(space {b.space_id}, {b.counts.shape}) are in different spaces; re-fingerprint "
             "one of them in the other's space"
         )
+
+
+def common_space(fingerprints: Sequence[Fingerprint]) -> Fingerprint:
+    """Check that there is at least one fingerprint and all share one space; returns the first
+    (whose space_id, dim and bins describe them all)."""
+    if not fingerprints:
+        raise ConfigError("an index needs at least one source fingerprint")
+    first = fingerprints[0]
+    for fp in fingerprints[1:]:
+        check_same_space(first, fp)
+    return first

@@ -25,18 +25,14 @@ from rayfp.distance import (
     plogp_rows,
 )
 from rayfp.errors import ConfigError, SpaceMismatchError
-from rayfp.fingerprint import Fingerprint, check_same_space
+from rayfp.fingerprint import Fingerprint, common_space
 
 _U32 = 2.0**-24
 
 
 class ScreenedIndex:
     def __init__(self, sources: Sequence[Fingerprint]) -> None:
-        if not sources:
-            raise ConfigError("an index needs at least one source fingerprint")
-        first = sources[0]
-        for s in sources[1:]:
-            check_same_space(first, s)
+        first = common_space(sources)
         self.space_id, self.dim, self.bins = first.space_id, first.dim, first.bins
         self.task_ids = np.array([s.task_id for s in sources])
         n = len(sources)
