@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import urllib.error
 import urllib.request
 from typing import Any
 
-import numpy as np
-
 from rayfp.errors import RayfpError
 from rayfp.fingerprint import Fingerprint, FingerprintSpace
 from rayfp.knowledge import space_from_dict
+from rayfp.wire import encode_fingerprint
 
 
 class ServerError(RayfpError):
@@ -46,14 +44,6 @@ def _request(url: str, payload: dict | None = None, token: str | None = None,
         raise ServerError(0, f"cannot reach {url}: {exc.reason}") from None
 
 
-def fingerprint_payload(fp: Fingerprint) -> dict[str, Any]:
-    """Compact wire form: base64 little-endian uint32 counts and float64 sums."""
-    return {"space_id": fp.space_id,
-            "counts": base64.b64encode(np.asarray(fp.counts, "<u4").tobytes()).decode(),
-            "feature_sum": base64.b64encode(np.asarray(fp.feature_sum, "<f8").tobytes()).decode(),
-            "n": fp.n_samples, "n_images": fp.n_images}
-
-
 class CloudClient:
     def __init__(self, server: str, token: str | None = None) -> None:
         self.server = server.rstrip("/")
@@ -73,14 +63,14 @@ class CloudClient:
         return _request(f"{self.server}/v1/recommend", payload)
 
     def register(self, fp: Fingerprint, **meta: Any) -> dict[str, Any]:
-        payload = {"task_id": fp.task_id, **meta, "fingerprint": fingerprint_payload(fp)}
+        payload = {"task_id": fp.task_id, **meta, "fingerprint": encode_fingerprint(fp)}
         return _request(f"{self.server}/v1/tasks", payload, token=self.token)
 
     @staticmethod
     def _query(task_id, fingerprint, k, metric) -> dict[str, Any]:
         query: dict[str, Any] = {"k": k, "metric": metric}
         if fingerprint is not None:
-            query["fingerprint"] = fingerprint_payload(fingerprint)
+            query["fingerprint"] = encode_fingerprint(fingerprint)
         else:
             query["task_id"] = task_id
         return {key: v for key, v in query.items() if v is not None}

@@ -1,13 +1,16 @@
-"""The service's exact top-k index for bKLD: a float32 screen, then an exact float64 re-rank.
+"""The service's exact top-k index for bKLD: an integer screen, then an exact float64 re-rank.
 
 bKLD(t, s)·Σw = Σ_d w_d Σ_b P_t log P_t + Σ_d w_d LSE(P_s,d) − Σ_d w_d ⟨P_t,d, P_s,d⟩   (DESIGN §1.4)
 
-The inner-product term dominates the work (N x D·B). It is computed in float32 (half the bytes
-of float64: measured 6.4 vs 13.8 ms for 1,000 sources, D=512, B=100). Every term of it is
-non-negative, so its float32 error has a rigorous bound proportional to its own value:
-|error| <= (L + 2)·u / (1 − (L + 2)·u) · value (L terms, u = 2^-24). Every source whose lower
-bound reaches the k-th best upper bound is re-ranked with the exact float64 formula from its
-integer counts, so the answer is exactly the exhaustive top-k.
+The inner-product term dominates the work (N sources x D·B). Its source side is made of integer
+counts, so the index keeps them as int8 (1 byte each; counts above 127 go to a small sparse
+overflow matrix) and writes each query vector q = w ⊙ P_t as a few balanced base-β integer digits
+(q ≈ scale · Σ_j x_j β^-j, |x_j| <= 127). One int8 GEMM with int32 accumulation then gives every
+digit's dot product *exactly*; only the last digit's remainder is unknown, and it is bounded by
+scale/2 · β^-(J-1) · Σ counts. Measured on a 2-core Xeon for 10,000 sources (D=512, B=100):
+31 ms per query vs 63 ms for a float32 GEMV over 4x the bytes, and a bound ~1e-8 of the value
+instead of float32's ~3e-3. Every source whose lower bound reaches the k-th best upper bound is
+re-ranked with the float64 formula from its counts, so the answer is exactly the exhaustive top-k.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import sparse
 from scipy.special import logsumexp
 
 from rayfp.distance import (
@@ -27,28 +31,81 @@ from rayfp.distance import (
 from rayfp.errors import ConfigError, SpaceMismatchError
 from rayfp.fingerprint import Fingerprint, common_space
 
-_U32 = 2.0**-24
+INT8_MAX = 127
+DIGIT = 127  # largest digit magnitude; the base is 2·DIGIT
+DIGITS = 3  # remainder <= 0.5 · 254^-2 ≈ 8e-6 of the query's largest entry / 127
+_INT32_MAX = 2**31 - 1
+_FLOAT_SLACK = 1e-12  # relative, covers float64 rounding when the digit products are combined
+
+
+def configure_threads(threads: int) -> None:
+    """Give the int8 GEMM (torch's OpenMP pool) the cores and keep numpy/scipy BLAS at one
+    thread: OpenBLAS threads spin-wait after each small call and measured 4 ms instead of
+    1.7 ms for torch's GEMM at 1,000 sources on 2 cores when both pools had 2 threads."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(1, user_api="blas")
+
+
+def _dimension_chunks(dim: int, max_row_total: int) -> list[tuple[int, int]]:
+    """Dimension ranges small enough that no int32 digit dot product can overflow:
+    |Σ x c| <= DIGIT · Σ c and Σ c over a dimension is at most the source's n."""
+    per_chunk = max(1, _INT32_MAX // (DIGIT * max(1, max_row_total)))
+    return [(lo, min(dim, lo + per_chunk)) for lo in range(0, dim, per_chunk)]
+
+
+def query_digits(queries: np.ndarray, digits: int = DIGITS) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced base-(2·DIGIT) digits of each column of `queries` (L, T), all >= 0:
+    queries[:, t] ≈ scale[t] · Σ_j digits[:, t, j] · base^-j, remainder <= scale/2 · base^-(J-1).
+    Returns int8 digits (L, T, J) and float64 scales (T,)."""
+    base = 2.0 * DIGIT
+    top = queries.max(axis=0)
+    scale = np.where(top > 0, top / DIGIT, 1.0)
+    rest = queries / scale
+    out = np.empty((*queries.shape, digits), np.int8)
+    for j in range(digits):
+        d = np.rint(rest)
+        out[..., j] = d
+        rest = (rest - d) * base
+    return out, scale
 
 
 class ScreenedIndex:
     def __init__(self, sources: Sequence[Fingerprint]) -> None:
+        import torch  # the int8 GEMM; imported here so the rest of rayfp stays torch-free
+
         first = common_space(sources)
         self.space_id, self.dim, self.bins = first.space_id, first.dim, first.bins
         self.task_ids = np.array([s.task_id for s in sources])
         n = len(sources)
-        wide = max(s.n_samples for s in sources) >= 2**16
-        self.counts = np.empty((n, self.dim * self.bins), np.uint32 if wide else np.uint16)
+        length = self.dim * self.bins
+        low = np.empty((n, length), np.int8)
+        overflow_rows, overflow_cols, overflow_vals = [], [], []
         self.n = np.empty(n, np.float64)
+        self.count_total = np.empty(n, np.float64)  # Σ counts (= D·n for a valid fingerprint)
         self.lse = np.empty((n, self.dim), np.float64)
         self.feature_sum = np.stack([s.feature_sum for s in sources]).astype(np.float64)
         self.n_images = np.array([s.n_images for s in sources], np.int64)
-        self.probabilities32 = np.empty((n, self.dim * self.bins), np.float32)
+        max_row_total = 0
         for i, s in enumerate(sources):
-            p = s.probabilities
-            self.counts[i] = s.counts.ravel()
+            counts = np.asarray(s.counts, np.int64).ravel()
+            np.minimum(counts, INT8_MAX, out=low[i], casting="unsafe")
+            big = np.flatnonzero(counts > INT8_MAX)
+            overflow_rows.append(np.full(big.size, i))
+            overflow_cols.append(big)
+            overflow_vals.append(counts[big] - INT8_MAX)
             self.n[i] = s.n_samples
-            self.lse[i] = logsumexp(p, axis=1)
-            self.probabilities32[i] = p.ravel()
+            self.count_total[i] = counts.sum()
+            max_row_total = max(max_row_total, int(s.counts.sum(axis=1).max()))
+            self.lse[i] = logsumexp(s.probabilities, axis=1)
+        self.overflow = sparse.csr_matrix(
+            (np.concatenate(overflow_vals).astype(np.float64),
+             (np.concatenate(overflow_rows), np.concatenate(overflow_cols))), shape=(n, length))
+        self.chunks = [(lo * self.bins, hi * self.bins)
+                       for lo, hi in _dimension_chunks(self.dim, max_row_total)]
+        self.low = [torch.from_numpy(np.ascontiguousarray(low[:, a:b])) for a, b in self.chunks]
         self.last_candidates = 0  # how many sources the last query re-ranked exactly
 
     def __len__(self) -> int:
@@ -56,13 +113,23 @@ class ScreenedIndex:
 
     @property
     def nbytes(self) -> int:
-        return (self.counts.nbytes + self.lse.nbytes + self.probabilities32.nbytes
+        overflow = self.overflow.data.nbytes + self.overflow.indices.nbytes
+        return (sum(t.numel() for t in self.low) + overflow + self.lse.nbytes
                 + self.feature_sum.nbytes)
+
+    def counts(self, rows: np.ndarray) -> np.ndarray:
+        """Exact integer counts of the given sources: (len(rows), D·B) int64."""
+        out = np.concatenate([t.numpy()[rows] for t in self.low], axis=1).astype(np.int64)
+        ptr = self.overflow.indptr
+        for r, row in enumerate(rows):  # few rows, and most have no overflow at all
+            a, b = ptr[row], ptr[row + 1]
+            out[r, self.overflow.indices[a:b]] += self.overflow.data[a:b].astype(np.int64)
+        return out
 
     def source(self, i: int) -> Fingerprint:
         """The i-th source as a Fingerprint (for metrics without a fast path)."""
         return Fingerprint(task_id=str(self.task_ids[i]), space_id=self.space_id,
-                           counts=self.counts[i].reshape(self.dim, self.bins).astype(np.int64),
+                           counts=self.counts(np.array([i]))[0].reshape(self.dim, self.bins),
                            feature_sum=self.feature_sum[i], n_samples=int(self.n[i]),
                            n_images=int(self.n_images[i]))
 
@@ -84,6 +151,26 @@ class ScreenedIndex:
             raise SpaceMismatchError(f"target {target.task_id!r} is in space {target.space_id}, "
                                      f"the index in {self.space_id}")
 
+    def _inner_products(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Σ_i queries[i, t] · P_s,i for every source s and query t, with a rigorous bound on
+        each value's error: two (N, T) float64 arrays."""
+        import torch
+
+        digits, scale = query_digits(queries)
+        length, n_queries, n_digits = digits.shape
+        flat = digits.reshape(length, n_queries * n_digits)
+        exact = np.zeros((len(self), n_queries * n_digits))
+        for (a, b), low in zip(self.chunks, self.low):
+            exact += torch._int_mm(low, torch.from_numpy(np.ascontiguousarray(flat[a:b]))
+                                   ).numpy()
+        if self.overflow.nnz:  # counts above 127; integer products, exact in float64
+            exact += self.overflow @ flat.astype(np.float64)
+        powers = (2.0 * DIGIT) ** -np.arange(n_digits)
+        combined = exact.reshape(len(self), n_queries, n_digits) @ powers * scale
+        remainder = scale * 0.5 * (2.0 * DIGIT) ** -(n_digits - 1)
+        error = np.outer(self.count_total, remainder) + _FLOAT_SLACK * np.abs(combined)
+        return combined / self.n[:, None], error / self.n[:, None]
+
     def top_k_many(self, targets: Sequence[Fingerprint], k: int, *,
                    weighting: str = TARGET_SOFTMAX, exclude_self: bool = True
                    ) -> list[list[tuple[str, float]]]:
@@ -95,12 +182,10 @@ class ScreenedIndex:
         weights = np.stack([dimension_weights(t, weighting) for t in targets], axis=1)  # (D, T)
         probs = [t.probabilities for t in targets]
         queries = np.stack([(p * w[:, None]).ravel() for p, w in zip(probs, weights.T)], axis=1)
-        inner = (self.probabilities32 @ queries.astype(np.float32)).astype(np.float64)
-        terms = self.dim * self.bins + 2
-        slack = terms * _U32 / (1 - terms * _U32) * 1.01
-        error = np.abs(inner) * slack + 1e-300
+        inner, error = self._inner_products(queries)
         lse_term = self.lse @ weights
         approx = lse_term - inner
+        error = error + _FLOAT_SLACK * np.abs(lse_term)
         results = []
         for j, target in enumerate(targets):
             rows = np.arange(len(self))
@@ -115,8 +200,8 @@ class ScreenedIndex:
             rows = rows[approx[rows, j] - error[rows, j] <= threshold]
             self.last_candidates = len(rows)
             w, p_t = weights[:, j], probs[j]
-            p_s = self.counts[rows].reshape(len(rows), self.dim, self.bins) / self.n[rows, None,
-                                                                                       None]
+            p_s = self.counts(rows).reshape(len(rows), self.dim, self.bins) / self.n[rows, None,
+                                                                                      None]
             exact = ((self.lse[rows] - np.einsum("sdb,db->sd", p_s, p_t)) @ w
                      + float((w * plogp_rows(p_t)).sum())) / w.sum()
             order = np.lexsort((self.task_ids[rows], exact))[:kk]

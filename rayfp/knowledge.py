@@ -5,7 +5,6 @@ Plain functions and one class over a Store; serve/ calls these, nothing here imp
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ from rayfp.fingerprint import Fingerprint, FingerprintSpace
 from rayfp.index import ScreenedIndex
 from rayfp.schemas import COMPONENT_KINDS
 from rayfp.store import Store
+from rayfp.wire import COUNT_DTYPES, decode_array
 
 # Our metric names -> the paper's released matrices, used for tasks without fingerprints.
 IMPORTED_SELECTOR_FOR_METRIC = {
@@ -37,29 +37,21 @@ class Neighbour:
     basis: str  # "fingerprint:<space_id>" or "imported:<selector>"
 
 
-def decode_array(value: Any, dtype: str, field: str) -> np.ndarray:
-    """A JSON list, or base64 of little-endian ``dtype`` values, as a 1-D array."""
-    if isinstance(value, str):
-        try:
-            raw = base64.b64decode(value, validate=True)
-            return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{field}: not valid base64 of little-endian {dtype} ({exc})") from exc
-    try:
-        return np.asarray(value, dtype=float).ravel()
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{field}: expected a list of numbers or base64, got {type(value).__name__}"
-                          ) from exc
-
-
 def fingerprint_from_payload(space: FingerprintSpace, *, task_id: str, counts: Any,
                              feature_sum: Any, n: int, n_images: int | None = None,
-                             min_images: int = 1) -> Fingerprint:
-    """Validate a client's fingerprint against its space: shapes, non-negative finite integer
-    counts summing to n per dimension, finite sums, n and image minimums."""
-    flat = decode_array(counts, "<u4", "counts")
-    sums = decode_array(feature_sum, "<f8", "feature_sum")
+                             min_images: int = 1, counts_dtype: str = "u4",
+                             compression: str = "none") -> Fingerprint:
+    """Validate a client's fingerprint (wire form of rayfp.wire) against its space: shapes,
+    non-negative finite integer counts summing to n per dimension, finite sums, n and image
+    minimums."""
+    if counts_dtype not in COUNT_DTYPES:
+        raise ConfigError(f"counts_dtype: expected one of {sorted(COUNT_DTYPES)}, got "
+                          f"{counts_dtype!r}")
     expected = space.dim * space.bins
+    flat = decode_array(counts, COUNT_DTYPES[counts_dtype], "counts", items=expected,
+                        compression=compression)
+    sums = decode_array(feature_sum, "<f8", "feature_sum", items=space.dim,
+                        compression=compression)
     if flat.size != expected:
         raise ConfigError(f"counts: expected {space.dim} x {space.bins} = {expected} values "
                           f"(dimension-major) for space {space.space_id}, got {flat.size}")

@@ -25,8 +25,10 @@ class AppArgs(BaseModel):
 class FingerprintIn(BaseModel):
     space_id: str
     counts: list[float] | str = Field(description="D*B counts, dimension-major; JSON list or "
-                                                  "base64 of little-endian uint32")
+                                                  "base64 of little-endian counts_dtype")
     feature_sum: list[float] | str = Field(description="D sums; list or base64 little-endian f64")
+    counts_dtype: str = Field("u4", description="base64 counts: 'u4' (uint32) or 'u2' (uint16)")
+    compression: str = Field("none", description="base64 arrays: 'none' or 'zlib'")
     n: int = Field(description="samples (views) per dimension")
     n_images: int | None = Field(None, description="distinct images (default: n)")
 

@@ -8,7 +8,7 @@ from conftest import make_space, random_fingerprint
 
 from rayfp.distance import METRICS, TARGET_SOFTMAX, UNIFORM, LinearIndex, distance
 from rayfp.errors import SpaceMismatchError
-from rayfp.index import ScreenedIndex
+from rayfp.index import DIGIT, DIGITS, ScreenedIndex, query_digits
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_screening_prunes_and_other_metrics_use_the_direct_formula(sources):
     screened = ScreenedIndex(fps)
     target = random_fingerprint(np.random.default_rng(9), space, "t", n=400)
     screened.top_k(target, 5)
-    assert 5 <= screened.last_candidates < len(fps) // 2
+    assert 5 <= screened.last_candidates <= 10  # the integer screen leaves few to re-rank
     for metric in ("cosine", "js", "emd", "p2l"):
         want = sorted((distance(target, s, metric), s.task_id) for s in fps)[:4]
         assert screened.top_k_metric(target, 4, metric) == [(t, d) for d, t in want]
@@ -50,3 +50,36 @@ def test_screening_prunes_and_other_metrics_use_the_direct_formula(sources):
                                "x")
     with pytest.raises(SpaceMismatchError):
         screened.top_k(other, 1)
+
+
+def test_query_digits_reconstruct_within_the_stated_remainder():
+    rng = np.random.default_rng(3)
+    queries = rng.random((500, 4)) * np.array([1.0, 1e-6, 3e3, 0.0])  # incl. an all-zero query
+    digits, scale = query_digits(queries)
+    assert digits.dtype == np.int8 and np.abs(digits.astype(int)).max() <= DIGIT
+    base = 2.0 * DIGIT
+    rebuilt = (digits * base ** -np.arange(DIGITS)).sum(axis=-1) * scale
+    bound = scale * 0.5 * base ** -(DIGITS - 1)
+    assert (np.abs(rebuilt - queries) <= bound * (1 + 1e-9)).all()
+    assert (np.abs(rebuilt - queries).max(axis=0)[:3] > 0).all()  # the bound is not vacuous
+
+
+def test_large_counts_overflow_and_dimension_chunks_stay_exact():
+    """Counts above 127 live in the sparse overflow matrix; huge n splits the int8 GEMM by
+    dimension so int32 sums cannot overflow. Both must leave the top-k exact."""
+    rng = np.random.default_rng(8)
+    space = make_space(dim=24, bins=10)
+    fps = [random_fingerprint(rng, space, f"s{i:02d}", n=int(n), zero_fraction=0.4)
+           for i, n in enumerate(rng.choice([300, 5_000, 2_000_000], size=40))]
+    index = ScreenedIndex(fps)
+    assert index.overflow.nnz > 0 and len(index.chunks) > 1
+    for i, fp in enumerate(fps[:3]):
+        np.testing.assert_array_equal(index.source(i).counts, fp.counts)
+    linear = LinearIndex(fps)
+    for weighting in (TARGET_SOFTMAX, UNIFORM):
+        for target in [random_fingerprint(rng, space, "t", n=2_000_000)] + fps[:2]:
+            got = index.top_k(target, 6, weighting=weighting)
+            want = linear.rank(linear.bkld_all(target, weighting=weighting), 6,
+                               exclude=target.task_id)
+            assert [t for t, _ in got] == [t for t, _ in want]
+            np.testing.assert_allclose([d for _, d in got], [d for _, d in want], atol=1e-12)

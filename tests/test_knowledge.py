@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import base64
+import zlib
 
 import numpy as np
 import pytest
 from conftest import make_space, paper_data_dir, random_fingerprint
 
 from rayfp.errors import ConfigError, NotFoundError, TooFewImagesError
+from rayfp.fingerprint import Fingerprint
 from rayfp.knowledge import KnowledgeBase, fingerprint_from_payload, space_as_dict, space_from_dict
 from rayfp.paper_import import import_paper
 from rayfp.recommend import recommend
 from rayfp.store import Store
+from rayfp.wire import encode_fingerprint
 
 DATA = paper_data_dir()
 
@@ -95,3 +98,32 @@ def test_payload_validation_names_each_problem(rng):
         with pytest.raises(ConfigError, match=message):
             fingerprint_from_payload(space, task_id="q", **payload)
     assert space_from_dict(space_as_dict(space)).space_id == space.space_id
+
+
+def test_wire_format_round_trips_and_refuses_bombs(rng):
+    space = make_space(dim=3, bins=4)
+    small = random_fingerprint(rng, space, "q", n=20)
+    huge = Fingerprint(task_id="h", space_id=space.space_id, counts=small.counts * 10_000,
+                       feature_sum=small.feature_sum, n_samples=200_000, n_images=50)
+    for fp, dtype in ((small, "u2"), (huge, "u4")):
+        for compression in ("zlib", "none"):
+            wire = encode_fingerprint(fp, compression=compression)
+            assert (wire["counts_dtype"], wire["compression"]) == (dtype, compression)
+            back = fingerprint_from_payload(space, task_id="q", **{k: v for k, v in wire.items()
+                                                                   if k != "space_id"})
+            assert np.array_equal(back.counts, fp.counts)
+            assert np.array_equal(back.feature_sum, fp.feature_sum)
+    wire = {k: v for k, v in encode_fingerprint(small).items() if k != "space_id"}
+    zeros = base64.b64encode(zlib.compress(bytes(10**7))).decode()  # 10 MB from ~10 KB
+    truncated = base64.b64encode(zlib.compress(bytes(24))[:-3]).decode()
+    bad_cases = {
+        "does not hold exactly 12 uint16": {**wire, "counts": zeros},
+        "counts: not a valid zlib stream|does not hold exactly": {**wire, "counts": truncated},
+        "compression: expected one of": {**wire, "compression": "gzip"},
+        "counts_dtype: expected one of": {**wire, "counts_dtype": "u8"},
+        "not a whole number of uint16": {**wire, "compression": "none", "counts":
+                                         base64.b64encode(b"abc").decode()},
+    }
+    for message, payload in bad_cases.items():
+        with pytest.raises(ConfigError, match=message):
+            fingerprint_from_payload(space, task_id="q", **payload)

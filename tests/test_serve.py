@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -14,11 +15,12 @@ import numpy as np
 import pytest
 from conftest import make_space, paper_data_dir, random_fingerprint
 
-from rayfp.client import CloudClient, ServerError, fingerprint_payload
+from rayfp.client import CloudClient, ServerError
 from rayfp.distance import bkld
 from rayfp.knowledge import KnowledgeBase
 from rayfp.paper_import import import_paper
 from rayfp.store import Store
+from rayfp.wire import encode_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret"
@@ -101,7 +103,7 @@ def test_register_then_query_then_recommend(cloud):
     exhaustive = sorted((bkld(new, s), s.task_id) for s in cloud["known"][:5])
     assert [n["task_id"] for n in answer["neighbours"]] == [t for _, t in exhaustive[:3]]
     assert answer["neighbours"][0]["distance"] == pytest.approx(exhaustive[0][0], abs=1e-9)
-    as_lists = {"fingerprint": {**fingerprint_payload(new),
+    as_lists = {"fingerprint": {**encode_fingerprint(new),
                                 "counts": new.counts.ravel().tolist(),
                                 "feature_sum": new.feature_sum.tolist()}, "k": 3}
     status, by_lists = http(cloud, "POST", "/v1/nearest", as_lists)
@@ -129,7 +131,7 @@ def test_paper_tasks_are_answered_from_imported_distances(cloud):
 
 
 def test_bad_input_gets_4xx_that_says_what_to_fix(cloud):
-    good = fingerprint_payload(cloud["known"][0])
+    good = encode_fingerprint(cloud["known"][0])
     cases = [
         ({"fingerprint": {**good, "space_id": "feedfacefeedface"}}, 404, "known spaces"),
         ({"fingerprint": {**good, "counts": [1.0, 2.0]}}, 400, "expected 16 x 10"),
@@ -166,6 +168,18 @@ def test_concurrent_queries_are_batched_and_identical(cloud):
         assert [n["task_id"] for n in answer] == [n["task_id"] for n in expected]
         np.testing.assert_allclose([n["distance"] for n in answer],
                                    [n["distance"] for n in expected], rtol=1e-12)
+
+
+def test_answers_carry_the_time_spent_inside_the_app(cloud):
+    body = json.dumps({"fingerprint": encode_fingerprint(cloud["known"][0]), "k": 2}).encode()
+    request = urllib.request.Request(cloud["url"] + "/v1/nearest", data=body,
+                                     headers={"Content-Type": "application/json"})
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=60) as response:
+        timing = response.headers["Server-Timing"]
+    total_ms = (time.perf_counter() - started) * 1e3
+    name, duration = timing.split(";dur=")
+    assert name == "app" and 0 < float(duration) < total_ms
 
 
 def test_cli_query_and_recommend_against_the_server(cloud, tmp_path, capsys):
