@@ -71,13 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import build_app, start_local_serve
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_local_serve("127.0.0.1", port, num_cpus=2, log_to_driver=False)  # as `rayfp serve`
     rng = np.random.default_rng(0)
     space = synthetic_space(512, 100)
     rows = []

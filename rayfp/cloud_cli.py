@@ -52,16 +52,11 @@ def cmd_import_paper(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:  # pragma: no cover - blocking server
-    import ray
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import build_app, start_local_serve
 
-    # Serve replicas import serve.app: give them this checkout on their path.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ray.init(address="local", include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": root}})
-    serve.start(http_options={"host": args.host, "port": args.port})
+    start_local_serve(args.host, args.port)
     serve.run(build_app({"store": args.store, "token": args.token,
                          "min_images": args.min_images}), blocking=True)
     return 0

@@ -15,6 +15,7 @@ re-ranked with the float64 formula from its counts, so the answer is exactly the
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -65,48 +66,104 @@ def query_digits(queries: np.ndarray, digits: int = DIGITS) -> tuple[np.ndarray,
     scale = np.where(top > 0, top / DIGIT, 1.0)
     rest = queries / scale
     out = np.empty((*queries.shape, digits), np.int8)
+    d = np.empty_like(rest)
     for j in range(digits):
-        d = np.rint(rest)
+        np.rint(rest, out=d)
         out[..., j] = d
-        rest = (rest - d) * base
+        rest -= d
+        rest *= base
     return out, scale
 
 
-class ScreenedIndex:
-    def __init__(self, sources: Sequence[Fingerprint]) -> None:
-        import torch  # the int8 GEMM; imported here so the rest of rayfp stays torch-free
+@dataclasses.dataclass
+class _Rows:
+    """Per-source arrays of the index, row i = source i (concatenated on updates)."""
 
-        first = common_space(sources)
-        self.space_id, self.dim, self.bins = first.space_id, first.dim, first.bins
-        self.task_ids = np.array([s.task_id for s in sources])
+    task_ids: np.ndarray
+    low: np.ndarray  # (N, D·B) int8: min(count, 127)
+    overflow: sparse.csr_matrix  # (N, D·B): count − 127 where positive
+    n: np.ndarray  # samples per dimension
+    count_total: np.ndarray  # Σ counts (= D·n for a valid fingerprint)
+    dimension_total: np.ndarray  # the largest per-dimension count sum (int32 overflow guard)
+    lse: np.ndarray  # (N, D) LSE_b(P_s,d,·)
+    feature_sum: np.ndarray
+    n_images: np.ndarray
+
+    @classmethod
+    def encode(cls, sources: Sequence[Fingerprint], length: int) -> _Rows:
         n = len(sources)
-        length = self.dim * self.bins
         low = np.empty((n, length), np.int8)
-        overflow_rows, overflow_cols, overflow_vals = [], [], []
-        self.n = np.empty(n, np.float64)
-        self.count_total = np.empty(n, np.float64)  # Σ counts (= D·n for a valid fingerprint)
-        self.lse = np.empty((n, self.dim), np.float64)
-        self.feature_sum = np.stack([s.feature_sum for s in sources]).astype(np.float64)
-        self.n_images = np.array([s.n_images for s in sources], np.int64)
-        max_row_total = 0
+        big_rows, big_cols, big_vals = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [
+            np.empty(0, np.int64)]
         for i, s in enumerate(sources):
             counts = np.asarray(s.counts, np.int64).ravel()
             np.minimum(counts, INT8_MAX, out=low[i], casting="unsafe")
             big = np.flatnonzero(counts > INT8_MAX)
-            overflow_rows.append(np.full(big.size, i))
-            overflow_cols.append(big)
-            overflow_vals.append(counts[big] - INT8_MAX)
-            self.n[i] = s.n_samples
-            self.count_total[i] = counts.sum()
-            max_row_total = max(max_row_total, int(s.counts.sum(axis=1).max()))
-            self.lse[i] = logsumexp(s.probabilities, axis=1)
-        self.overflow = sparse.csr_matrix(
-            (np.concatenate(overflow_vals).astype(np.float64),
-             (np.concatenate(overflow_rows), np.concatenate(overflow_cols))), shape=(n, length))
-        self.chunks = [(lo * self.bins, hi * self.bins)
-                       for lo, hi in _dimension_chunks(self.dim, max_row_total)]
-        self.low = [torch.from_numpy(np.ascontiguousarray(low[:, a:b])) for a, b in self.chunks]
+            big_rows.append(np.full(big.size, i))
+            big_cols.append(big)
+            big_vals.append(counts[big] - INT8_MAX)
+        overflow = sparse.csr_matrix((np.concatenate(big_vals).astype(np.float64),
+                                      (np.concatenate(big_rows), np.concatenate(big_cols))),
+                                     shape=(n, length))
+        return cls(task_ids=np.array([s.task_id for s in sources]), low=low,
+                   overflow=overflow,
+                   n=np.array([s.n_samples for s in sources], np.float64),
+                   count_total=np.array([np.sum(s.counts) for s in sources], np.float64),
+                   dimension_total=np.array([np.max(np.sum(s.counts, axis=1)) for s in sources],
+                                            np.int64),
+                   lse=np.stack([logsumexp(s.probabilities, axis=1) for s in sources]),
+                   feature_sum=np.stack([s.feature_sum for s in sources]).astype(np.float64),
+                   n_images=np.array([s.n_images for s in sources], np.int64))
+
+    def select(self, keep: np.ndarray) -> _Rows:
+        return _Rows(**{f.name: getattr(self, f.name)[keep] for f in dataclasses.fields(self)})
+
+    def concat(self, other: _Rows) -> _Rows:
+        def join(a, b):
+            return sparse.vstack([a, b], format="csr") if sparse.issparse(a) else np.concatenate(
+                [a, b])
+        return _Rows(**{f.name: join(getattr(self, f.name), getattr(other, f.name))
+                        for f in dataclasses.fields(self)})
+
+
+class ScreenedIndex:
+    def __init__(self, sources: Sequence[Fingerprint]) -> None:
+        first = common_space(sources)
+        self.space_id, self.dim, self.bins = first.space_id, first.dim, first.bins
+        self._assemble(_Rows.encode(sources, self.dim * self.bins))
+
+    def _assemble(self, rows: _Rows) -> None:
+        import torch  # the int8 GEMM; imported here so the rest of rayfp stays torch-free
+
+        self.rows = rows
+        self.task_ids = rows.task_ids
+        self.n, self.count_total, self.lse = rows.n, rows.count_total, rows.lse
+        self.feature_sum, self.n_images, self.overflow = (rows.feature_sum, rows.n_images,
+                                                          rows.overflow)
+        self.chunks = [(lo * self.bins, hi * self.bins) for lo, hi in
+                       _dimension_chunks(self.dim, int(rows.dimension_total.max()))]
+        # One chunk (the usual case) shares the array's memory; several need contiguous copies.
+        self.low = [torch.from_numpy(rows.low if len(self.chunks) == 1
+                                     else np.ascontiguousarray(rows.low[:, a:b]))
+                    for a, b in self.chunks]
         self.last_candidates = 0  # how many sources the last query re-ranked exactly
+
+    def with_changes(self, upserts: Sequence[Fingerprint], removed: Sequence[str] = ()
+                     ) -> ScreenedIndex:
+        """A new index with these fingerprints added or replaced and these task ids removed;
+        only the changed fingerprints are encoded (a registration does not re-read the store)."""
+        gone = set(removed) | {fp.task_id for fp in upserts}
+        kept = self.rows.select(np.array([t not in gone for t in self.task_ids], bool))
+        rows = kept
+        if upserts:
+            common_space([self.source(0), *upserts] if len(self) else upserts)
+            rows = kept.concat(_Rows.encode(upserts, self.dim * self.bins))
+        if len(rows.task_ids) == 0:
+            raise ConfigError("an index needs at least one fingerprint")
+        new = object.__new__(ScreenedIndex)
+        new.space_id, new.dim, new.bins = self.space_id, self.dim, self.bins
+        new._assemble(rows)
+        return new
 
     def __len__(self) -> int:
         return len(self.task_ids)
@@ -114,12 +171,13 @@ class ScreenedIndex:
     @property
     def nbytes(self) -> int:
         overflow = self.overflow.data.nbytes + self.overflow.indices.nbytes
-        return (sum(t.numel() for t in self.low) + overflow + self.lse.nbytes
+        copies = sum(t.numel() for t in self.low) if len(self.low) > 1 else 0
+        return (self.rows.low.nbytes + copies + overflow + self.lse.nbytes
                 + self.feature_sum.nbytes)
 
     def counts(self, rows: np.ndarray) -> np.ndarray:
         """Exact integer counts of the given sources: (len(rows), D·B) int64."""
-        out = np.concatenate([t.numpy()[rows] for t in self.low], axis=1).astype(np.int64)
+        out = self.rows.low[rows].astype(np.int64)
         ptr = self.overflow.indptr
         for r, row in enumerate(rows):  # few rows, and most have no overflow at all
             a, b = ptr[row], ptr[row + 1]
@@ -200,9 +258,9 @@ class ScreenedIndex:
             rows = rows[approx[rows, j] - error[rows, j] <= threshold]
             self.last_candidates = len(rows)
             w, p_t = weights[:, j], probs[j]
-            p_s = self.counts(rows).reshape(len(rows), self.dim, self.bins) / self.n[rows, None,
-                                                                                      None]
-            exact = ((self.lse[rows] - np.einsum("sdb,db->sd", p_s, p_t)) @ w
+            c_s = self.counts(rows).astype(np.float64).reshape(len(rows), self.dim, self.bins)
+            inner_exact = np.einsum("sdb,db->sd", c_s, p_t) / self.n[rows, None]
+            exact = ((self.lse[rows] - inner_exact) @ w
                      + float((w * plogp_rows(p_t)).sum())) / w.sum()
             order = np.lexsort((self.task_ids[rows], exact))[:kk]
             results.append([(str(self.task_ids[rows][i]), float(exact[i])) for i in order])

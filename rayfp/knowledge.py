@@ -77,6 +77,14 @@ def fingerprint_from_payload(space: FingerprintSpace, *, task_id: str, counts: A
                        feature_sum=sums.astype(np.float64), n_samples=int(n), n_images=int(images))
 
 
+@dataclasses.dataclass
+class _CachedIndex:
+    version: tuple  # the space folder's stat when the index was brought up to date
+    files: dict  # fingerprint file -> signature it had when read
+    task_of: dict  # fingerprint file -> task id
+    index: ScreenedIndex | None
+
+
 class KnowledgeBase:
     """Tasks, fingerprints, components and imported distances of one store, with a cached
     linear-form index per space that is rebuilt when the space's fingerprints change."""
@@ -85,7 +93,7 @@ class KnowledgeBase:
                  min_images: int = DEFAULT_MIN_IMAGES) -> None:
         self.store = store if isinstance(store, Store) else Store(store)
         self.min_images = min_images
-        self._indexes: dict[str, tuple[tuple, ScreenedIndex | None]] = {}
+        self._indexes: dict[str, _CachedIndex] = {}
         self._spaces: dict[str, FingerprintSpace] = {}
 
     def space(self, space_id: str) -> FingerprintSpace:
@@ -103,12 +111,28 @@ class KnowledgeBase:
         return (stat.st_mtime_ns, stat.st_nlink, stat.st_size)
 
     def index(self, space_id: str) -> ScreenedIndex | None:
+        """The space's index, brought up to date with the store: only fingerprint files that
+        were added, replaced or removed since the last call are read (a registration into a
+        10,000-task space reads one file, not 10,000)."""
         version = self._version(space_id)
         cached = self._indexes.get(space_id)
-        if cached is None or cached[0] != version:
-            fps = self.store.fingerprints(space_id)
-            self._indexes[space_id] = (version, ScreenedIndex(fps) if fps else None)
-        return self._indexes[space_id][1]
+        if cached is not None and cached.version == version:
+            return cached.index
+        files = self.store.fingerprint_files(space_id)
+        old_files = cached.files if cached is not None and cached.index is not None else {}
+        changed = [path for path, signature in files.items() if old_files.get(path) != signature]
+        removed = [cached.task_of[path] for path in old_files if path not in files]
+        fresh = self.store.read_fingerprints(changed, space_id)
+        task_of = {**(cached.task_of if old_files else {}),
+                   **{path: fp.task_id for path, fp in zip(changed, fresh)}}
+        if not files:
+            index = None
+        elif old_files:
+            index = cached.index.with_changes(fresh, removed)
+        else:
+            index = ScreenedIndex(fresh)
+        self._indexes[space_id] = _CachedIndex(version, files, task_of, index)
+        return index
 
     # -- queries ------------------------------------------------------------------------------
     def nearest_to_fingerprint(self, target: Fingerprint, *, k: int = 3,

@@ -16,7 +16,8 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,7 @@ class Store:
             privacy=json.loads(row["privacy"] or "{}"), created_at=row["created_at"])
 
     def _read_fingerprint_file(self, path: Path, space_id: str) -> Fingerprint:
-        table = pq.read_table(path, schema=schemas.FINGERPRINTS)
+        table = pq.read_table(path, schema=schemas.FINGERPRINTS, use_threads=False)
         _check_version(table, path)
         columns = {name: table.column(name) for name in table.column_names}
         row = {name: col[0].as_py() for name, col in columns.items()
@@ -174,11 +175,33 @@ class Store:
 
     def fingerprints(self, space_id: str) -> list[Fingerprint]:
         """Every fingerprint of a space, sorted by task id."""
+        return sorted(self.read_fingerprints(self.fingerprint_files(space_id), space_id),
+                      key=lambda fp: fp.task_id)
+
+    def fingerprint_files(self, space_id: str) -> dict[Path, tuple[int, int, int]]:
+        """The fingerprint files of a space, each with a signature (inode, mtime, size) that
+        changes whenever the file is rewritten (writes replace the file by a rename)."""
         self.get_space(space_id)
         folder = self.root / "fingerprints" / f"{schemas.SPACE_ID}={space_id}"
-        files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-        return sorted((self._read_fingerprint_file(f, space_id) for f in files),
-                      key=lambda fp: fp.task_id)
+        if not folder.is_dir():
+            return {}
+        files = {}
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.endswith(".parquet") and not entry.name.startswith("."):
+                    stat = entry.stat()
+                    files[Path(entry.path)] = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        return files
+
+    def read_fingerprints(self, paths: Iterable[Path], space_id: str, *, threads: int = 4
+                          ) -> list[Fingerprint]:
+        """Read fingerprint files in parallel (Parquet decoding releases the GIL): 10,000
+        files measured ~2 ms each one at a time."""
+        paths = list(paths)
+        if len(paths) < 8:
+            return [self._read_fingerprint_file(p, space_id) for p in paths]
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return list(pool.map(lambda p: self._read_fingerprint_file(p, space_id), paths))
 
     def find_fingerprints(self, task_id: str) -> list[Fingerprint]:
         """The fingerprints of one task in every space it has one."""

@@ -11,6 +11,7 @@ from conftest import make_space, paper_data_dir, random_fingerprint
 
 from rayfp.errors import ConfigError, NotFoundError, TooFewImagesError
 from rayfp.fingerprint import Fingerprint
+from rayfp.index import ScreenedIndex
 from rayfp.knowledge import KnowledgeBase, fingerprint_from_payload, space_as_dict, space_from_dict
 from rayfp.paper_import import import_paper
 from rayfp.recommend import recommend
@@ -77,6 +78,33 @@ def test_registration_components_and_best_by_own_score(tmp_path, rng):
     small = random_fingerprint(rng, space, "small", n=40)  # n_images = 8 < 10
     with pytest.raises(TooFewImagesError):
         kb.register_task({}, small)
+
+
+def test_index_follows_the_store_reading_only_changed_files(tmp_path, rng, monkeypatch):
+    store = Store(tmp_path / "s")
+    space = make_space(dim=6, bins=8)
+    store.put_space(space)
+    kb = KnowledgeBase(store, min_images=10)
+    for i in range(12):
+        kb.register_task({}, random_fingerprint(rng, space, f"t{i:02d}"))
+    assert len(kb.index(space.space_id)) == 12
+    reads = []
+    original = store.read_fingerprints
+    monkeypatch.setattr(store, "read_fingerprints",
+                        lambda paths, sid, **kw: reads.append(len(list(paths))) or
+                        original(paths, sid, **kw))
+    kb.register_task({}, random_fingerprint(rng, space, "t99"))  # added
+    kb.register_task({}, random_fingerprint(rng, space, "t03"))  # replaced
+    next(p for p, task in kb._indexes[space.space_id].task_of.items() if task == "t07").unlink()
+    index = kb.index(space.space_id)
+    assert reads == [2] and kb.index(space.space_id) is index  # unchanged store: no work
+    fresh = ScreenedIndex(store.fingerprints(space.space_id))
+    assert sorted(index.task_ids) == sorted(fresh.task_ids) and "t07" not in index.task_ids
+    target = random_fingerprint(rng, space, "q")
+    assert index.top_k(target, 13) == fresh.top_k(target, 13)
+    for path in store.fingerprint_files(space.space_id):
+        path.unlink()
+    assert kb.index(space.space_id) is None
 
 
 def test_payload_validation_names_each_problem(rng):

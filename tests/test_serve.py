@@ -37,7 +37,7 @@ def cloud(tmp_path_factory):
     import ray
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import build_app, start_local_serve
 
     store = Store(tmp_path_factory.mktemp("cloud") / "store")
     import_paper(paper_data_dir(), store)
@@ -48,10 +48,8 @@ def cloud(tmp_path_factory):
     kb = KnowledgeBase(store)
     for fp in known[:5]:  # the sixth is registered over HTTP by a test
         kb.register_task({"modality": "synthetic"}, fp)
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_local_serve("127.0.0.1", port, num_cpus=2)  # as `rayfp serve` does
     serve.run(build_app({"store": str(store.root), "token": TOKEN, "min_images": 20}),
               name="rayfp", route_prefix="/")
     try:
