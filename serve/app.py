@@ -49,10 +49,22 @@ async def _rayfp_error(_: Request, exc: RayfpError) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": str(exc)})
 
 
-def _server_timing(started: float) -> str:
-    """W3C Server-Timing: the time inside the app (decode, rank, recommend), so a client can
-    tell it apart from Serve's proxying and the network."""
-    return f"app;dur={(time.perf_counter() - started) * 1e3:.3f}"
+class _Timings:
+    """W3C Server-Timing for one request (decode, rank, app = the whole handler), so a client
+    can tell the app's time apart from Serve's proxying and the network."""
+
+    def __init__(self) -> None:
+        self.started = self._last = time.perf_counter()
+        self.entries: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.entries.append((name, now - self._last))
+        self._last = now
+
+    def header(self) -> str:
+        entries = [*self.entries, ("app", time.perf_counter() - self.started)]
+        return ", ".join(f"{name};dur={seconds * 1e3:.3f}" for name, seconds in entries)
 
 
 # max_ongoing_requests >= the batch size, or Serve holds queries back at the proxy (default 5)
@@ -120,7 +132,8 @@ class KnowledgeCloud:
                     results[i] = index.top_k_metric(fp, k, metric)
         return results
 
-    async def _neighbours(self, query: Query) -> tuple[list[Neighbour], str, int]:
+    async def _neighbours(self, query: Query, timings: _Timings
+                          ) -> tuple[list[Neighbour], str, int]:
         k = query.k or self.args.default_k
         metric = query.metric or self.args.default_metric
         get_metric(metric)
@@ -129,7 +142,9 @@ class KnowledgeCloud:
                                                         "'task_id'")
         if query.fingerprint is not None:
             fp = self._fingerprint(query.fingerprint, task_id="<query>")
+            timings.mark("decode")
             ranked = await self._rank_batch((fp, k, metric))
+            timings.mark("rank")
             basis = f"fingerprint:{fp.space_id}"
             found = [Neighbour(rank=r, task_id=t, distance=d, basis=basis)
                      for r, (t, d) in enumerate(ranked, start=1)]
@@ -158,20 +173,20 @@ class KnowledgeCloud:
 
     @api.post("/v1/nearest", response_model=NearestOut)
     async def nearest(self, query: Query, response: Response) -> NearestOut:
-        started = time.perf_counter()
-        found, metric, k = await self._neighbours(query)
-        response.headers["Server-Timing"] = _server_timing(started)
+        timings = _Timings()
+        found, metric, k = await self._neighbours(query, timings)
+        response.headers["Server-Timing"] = timings.header()
         return NearestOut(metric=metric, k=k, neighbours=found)
 
     @api.post("/v1/recommend", response_model=RecommendOut)
     async def recommend_route(self, query: RecommendQuery, response: Response) -> RecommendOut:
-        started = time.perf_counter()
-        found, metric, k = await self._neighbours(query)
+        timings = _Timings()
+        found, metric, k = await self._neighbours(query, timings)
         from rayfp.knowledge import Neighbour as KnownNeighbour
 
         plain = [KnownNeighbour(n.task_id, n.distance, n.basis) for n in found]
         recommendations = recommend(self.kb, plain, query.kinds)
-        response.headers["Server-Timing"] = _server_timing(started)
+        response.headers["Server-Timing"] = timings.header()
         return RecommendOut(metric=metric, k=k, neighbours=found,
                             recommendations=recommendations)
 
