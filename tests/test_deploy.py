@@ -26,3 +26,15 @@ def test_deploy_manifests_name_the_refingerprint_job():
     cron = yaml.safe_load((REPO / "deploy" / "refingerprint-cronjob.yaml").read_text())
     assert cron["kind"] == "CronJob" and cron["spec"]["concurrencyPolicy"] == "Forbid"
     assert "jobs/refingerprint.py" in (REPO / "deploy" / "README.md").read_text()
+
+
+def test_serve_config_is_valid_and_its_args_build_the_app():
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve.models import AppArgs
+
+    config = ServeDeploySchema.model_validate(
+        yaml.safe_load((REPO / "serve" / "config.yaml").read_text()))
+    app = config.applications[0]
+    assert app.import_path == "serve.app:build_app"
+    assert AppArgs(**app.args).default_metric == "bkld-small"  # the builder's typed arguments
