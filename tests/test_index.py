@@ -7,7 +7,7 @@ import pytest
 from conftest import make_space, random_fingerprint
 
 from rayfp.distance import METRICS, TARGET_SOFTMAX, UNIFORM, LinearIndex, distance
-from rayfp.errors import SpaceMismatchError
+from rayfp.errors import ConfigError, SpaceMismatchError
 from rayfp.index import DIGIT, DIGITS, ScreenedIndex, query_digits
 
 
@@ -72,7 +72,7 @@ def test_large_counts_overflow_and_dimension_chunks_stay_exact():
     fps = [random_fingerprint(rng, space, f"s{i:02d}", n=int(n), zero_fraction=0.4)
            for i, n in enumerate(rng.choice([300, 5_000, 2_000_000], size=40))]
     index = ScreenedIndex(fps)
-    assert index.overflow.nnz > 0 and len(index.chunks) > 1
+    assert index.segments[0].rows.overflow.nnz > 0 and len(index.segments[0].chunks) > 1
     for i, fp in enumerate(fps[:3]):
         np.testing.assert_array_equal(index.source(i).counts, fp.counts)
     linear = LinearIndex(fps)
@@ -83,3 +83,30 @@ def test_large_counts_overflow_and_dimension_chunks_stay_exact():
                                exclude=target.task_id)
             assert [t for t, _ in got] == [t for t, _ in want]
             np.testing.assert_allclose([d for _, d in got], [d for _, d in want], atol=1e-12)
+
+
+def test_changes_go_to_new_segments_then_compact_and_stay_exact(sources):
+    space, fps = sources
+    rng = np.random.default_rng(4)
+    index = ScreenedIndex(fps[:200])
+    live = {fp.task_id: fp for fp in fps[:200]}
+    steps = [(fps[200:203], ["s005"]),                                   # add 3, remove 1
+             ([random_fingerprint(rng, space, "s201", n=400)], []),      # replace a new one
+             ([random_fingerprint(rng, space, "s010", n=400)], ["s011"]),  # replace an old one
+             (fps[203:300], [])]                                          # enough to compact
+    for step, (upserts, removed) in enumerate(steps):
+        index = index.with_changes(upserts, removed)
+        assert len(index.segments) == (step + 2 if step < 3 else 1)  # no copy until compaction
+        for t in removed:
+            live.pop(t)
+        live.update({fp.task_id: fp for fp in upserts})
+        fresh = ScreenedIndex(list(live.values()))
+        assert sorted(index.task_ids) == sorted(live)
+        for target in [random_fingerprint(rng, space, "t", n=400), live["s010"]]:
+            for weighting in (TARGET_SOFTMAX, UNIFORM):
+                assert (index.top_k(target, 7, weighting=weighting)
+                        == fresh.top_k(target, 7, weighting=weighting))
+            assert index.top_k_metric(target, 3, "js") == fresh.top_k_metric(target, 3, "js")
+    assert index.alive.all()
+    with pytest.raises(ConfigError, match="at least one"):
+        ScreenedIndex(fps[:1]).with_changes([], ["s000"])
