@@ -168,12 +168,12 @@ class _Segment:
             exact += self.rows.overflow @ flat.astype(np.float64)
         return exact
 
-    def counts(self, rows: np.ndarray) -> np.ndarray:
-        out = self.rows.low[rows].astype(np.int64)
+    def counts(self, rows: np.ndarray, dtype: type = np.int64) -> np.ndarray:
+        out = self.rows.low[rows].astype(dtype)
         overflow = self.rows.overflow
         for r, row in enumerate(rows):  # few rows, and most have no overflow at all
             a, b = overflow.indptr[row], overflow.indptr[row + 1]
-            out[r, overflow.indices[a:b]] += overflow.data[a:b].astype(np.int64)
+            out[r, overflow.indices[a:b]] += overflow.data[a:b].astype(dtype)
         return out
 
 
@@ -245,15 +245,17 @@ class ScreenedIndex:
     def _locate(self, rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.offsets, rows, side="right") - 1
 
-    def counts(self, rows: np.ndarray) -> np.ndarray:
+    def counts(self, rows: np.ndarray, dtype: type = np.int64) -> np.ndarray:
         """Exact integer counts of the given sources (rows of the whole index, live or not):
-        (len(rows), D·B) int64."""
+        (len(rows), D·B), int64 or any type that holds them exactly (float64 for the maths)."""
         rows = np.asarray(rows, np.int64)
-        out = np.empty((len(rows), self.dim * self.bins), np.int64)
         where = self._locate(rows)
+        if len(self.segments) == 1:
+            return self.segments[0].counts(rows, dtype)
+        out = np.empty((len(rows), self.dim * self.bins), dtype)
         for seg in np.unique(where):
             mine = where == seg
-            out[mine] = self.segments[seg].counts(rows[mine] - self.offsets[seg])
+            out[mine] = self.segments[seg].counts(rows[mine] - self.offsets[seg], dtype)
         return out
 
     def _lse_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -332,7 +334,7 @@ class ScreenedIndex:
             rows = rows[approx[rows, j] - error[rows, j] <= threshold]
             self.last_candidates = len(rows)
             w, p_t = weights[:, j], probs[j]
-            c_s = self.counts(rows).astype(np.float64).reshape(len(rows), self.dim, self.bins)
+            c_s = self.counts(rows, np.float64).reshape(len(rows), self.dim, self.bins)
             inner_exact = np.einsum("sdb,db->sd", c_s, p_t) / self.n[rows, None]
             exact = ((self._lse_rows(rows) - inner_exact) @ w
                      + float((w * plogp_rows(p_t)).sum())) / w.sum()
