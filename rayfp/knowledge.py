@@ -57,7 +57,8 @@ def fingerprint_from_payload(space: FingerprintSpace, *, task_id: str, counts: A
                           f"(dimension-major) for space {space.space_id}, got {flat.size}")
     if sums.size != space.dim:
         raise ConfigError(f"feature_sum: expected {space.dim} values, got {sums.size}")
-    if not np.isfinite(flat).all() or (flat < 0).any() or (flat != np.round(flat)).any():
+    if flat.dtype.kind != "u" and (not np.isfinite(flat).all() or (flat < 0).any()
+                                   or (flat != np.round(flat)).any()):  # lists: JSON numbers
         raise ConfigError("counts: expected non-negative finite integers")
     if not np.isfinite(sums).all():
         raise ConfigError("feature_sum: expected finite numbers")

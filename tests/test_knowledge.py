@@ -131,9 +131,10 @@ def test_payload_validation_names_each_problem(rng):
 def test_wire_format_round_trips_and_refuses_bombs(rng):
     space = make_space(dim=3, bins=4)
     small = random_fingerprint(rng, space, "q", n=20)
-    huge = Fingerprint(task_id="h", space_id=space.space_id, counts=small.counts * 10_000,
-                       feature_sum=small.feature_sum, n_samples=200_000, n_images=50)
-    for fp, dtype in ((small, "u2"), (huge, "u4")):
+    def scaled(factor):
+        return Fingerprint(task_id="h", space_id=space.space_id, counts=small.counts * factor,
+                           feature_sum=small.feature_sum, n_samples=20 * factor, n_images=50)
+    for fp, dtype in ((small, "u1"), (scaled(100), "u2"), (scaled(10_000), "u4")):
         for compression in ("zlib", "none"):
             wire = encode_fingerprint(fp, compression=compression)
             assert (wire["counts_dtype"], wire["compression"]) == (dtype, compression)
@@ -145,12 +146,12 @@ def test_wire_format_round_trips_and_refuses_bombs(rng):
     zeros = base64.b64encode(zlib.compress(bytes(10**7))).decode()  # 10 MB from ~10 KB
     truncated = base64.b64encode(zlib.compress(bytes(24))[:-3]).decode()
     bad_cases = {
-        "does not hold exactly 12 uint16": {**wire, "counts": zeros},
+        "does not hold exactly 12 uint8": {**wire, "counts": zeros},
         "counts: not a valid zlib stream|does not hold exactly": {**wire, "counts": truncated},
         "compression: expected one of": {**wire, "compression": "gzip"},
         "counts_dtype: expected one of": {**wire, "counts_dtype": "u8"},
-        "not a whole number of uint16": {**wire, "compression": "none", "counts":
-                                         base64.b64encode(b"abc").decode()},
+        "not a whole number of uint16": {**wire, "compression": "none", "counts_dtype": "u2",
+                                         "counts": base64.b64encode(b"abc").decode()},
     }
     for message, payload in bad_cases.items():
         with pytest.raises(ConfigError, match=message):
