@@ -78,6 +78,18 @@ def float32_screen_ms(index, queries) -> float:
     return float(np.percentile(times, 50))
 
 
+def serve_floor(url: str, n_sources: int, repeats: int = 200) -> tuple[str, str]:
+    """What Serve + HTTP cost alone on this box right now: an empty GET, same run."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        urllib.request.urlopen(url, timeout=60).read()
+        times.append((time.perf_counter() - t0) * 1e3)
+    p50, p99 = np.percentile(times, [50, 99])
+    return (f"{n_sources:,} sources, GET /v1/health (Serve + HTTP alone, for scale)",
+            f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+
+
 def register_then_query(server: str, fp, n_sources: int, index) -> tuple[str, str]:
     """Register one more task over HTTP, then time the first query after it (the index is
     brought up to date from the one new file inside that query); its answer is checked against
@@ -157,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                       for q in queries]
             for body in bodies:
                 post(url, body)  # warm-up
+            rows.append(serve_floor(f"http://127.0.0.1:{port}/v1/health", n_sources))
+            print(rows[-1], flush=True)
             queries, bodies = queries[:args.checked], bodies[:args.checked]
             wanted = [expected[q.task_id] for q in queries]
             for clients in (1, 8):
