@@ -150,7 +150,8 @@ def bench_fingerprint(samples: int) -> list[tuple[str, str]]:
 def write_section(rows: list[tuple[str, str]], title: str, command: str) -> None:
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# rayfp benchmarks\n"
-    lines = [f"## {title}", "", f"Machine: {machine()}  ", f"Date: {time.strftime('%Y-%m-%d')}  ",
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())  # shared VMs drift within a day
+    lines = [f"## {title}", "", f"Machine: {machine()}  ", f"Date: {stamp}  ",
              f"Command: `{command}`", "", "| what | result |", "|---|---|"]
     lines += [f"| {what} | {result} |" for what, result in rows]
     section = "\n".join(lines) + "\n"
