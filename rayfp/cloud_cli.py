@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from rayfp.distance import DEFAULT_METRIC
 from rayfp.errors import ConfigError
@@ -51,12 +52,27 @@ def cmd_import_paper(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_app_module():
+    """serve/app.py lives beside the rayfp package in the checkout and is not installed: import
+    it from there whatever the working directory (a console script's sys.path has no
+    checkout on it)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "serve" / "app.py").is_file():
+        raise ConfigError(f"rayfp serve needs the checkout's serve/ beside rayfp/ in {root}: "
+                          "install rayfp with `pip install -e <checkout>`")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import serve.app
+
+    return serve.app
+
+
 def cmd_serve(args: argparse.Namespace) -> int:  # pragma: no cover - blocking server
     from ray import serve
 
-    from serve.app import build_app, start_local_serve
-
-    start_local_serve(args.host, args.port)
+    app = serve_app_module()
+    app.start_local_serve(args.host, args.port)
+    build_app = app.build_app
     serve.run(build_app({"store": args.store, "token": args.token,
                          "min_images": args.min_images}), blocking=True)
     return 0

@@ -38,3 +38,16 @@ def test_serve_config_is_valid_and_its_args_build_the_app():
     app = config.applications[0]
     assert app.import_path == "serve.app:build_app"
     assert AppArgs(**app.args).default_metric == "bkld-small"  # the builder's typed arguments
+
+
+def test_rayfp_serve_finds_the_app_from_any_working_directory(tmp_path):
+    """A console script has no checkout on sys.path; `rayfp serve` must still import serve/."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from rayfp.cloud_cli import serve_app_module; "
+             "app = serve_app_module(); print(app.build_app.__module__, app.SERVE_ENVIRONMENT)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("serve.app {'RAY_SERVE_PROXY_USE_GRPC': '1'}")
