@@ -212,6 +212,15 @@ class Store:
     def _table_path(self, name: str) -> Path:
         return self.root / name / f"{name}.parquet"
 
+    def table_signature(self, name: str) -> tuple[int, int, int] | None:
+        """(inode, mtime, size) of a small table's file, None before its first write: changes
+        whenever the table is rewritten (writes replace the file by a rename)."""
+        try:
+            stat = self._table_path(name).stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
     def read_table(self, name: str) -> pa.Table:
         """A whole small table (empty with the right schema when nothing was written yet)."""
         spec = _table_spec(name)

@@ -54,6 +54,25 @@ def test_paper_tasks_answer_from_imported_distances(paper_store):
     assert recs["architecture"] == []  # the paper released no per-task best architecture
 
 
+def test_imported_distances_are_cached_until_the_table_changes(tmp_path, monkeypatch):
+    store = Store(tmp_path / "s")
+    row = {"selector": "KLD-PP:NS-W:TS-100-BINS", "target": "t", "provenance": "test"}
+    store.upsert("imported_distances", [{**row, "source": "a", "distance": 2.0},
+                                        {**row, "source": "b", "distance": 1.0},
+                                        {**row, "source": "t", "distance": 0.0}])
+    kb = KnowledgeBase(store)
+    reads = []
+    original = store.read_table
+    monkeypatch.setattr(store, "read_table", lambda name: reads.append(name) or original(name))
+    assert [n.task_id for n in kb.nearest_to_task("t", k=3)] == ["b", "a"]  # never itself
+    assert [n.task_id for n in kb.nearest_to_task("t", k=3)] == ["b", "a"]
+    assert reads.count("imported_distances") == 1
+    store.upsert("imported_distances", [{**row, "source": "c", "distance": 0.5}])
+    before = reads.count("imported_distances")  # the upsert reads it too
+    assert [n.task_id for n in kb.nearest_to_task("t", k=3)] == ["c", "b", "a"]
+    assert reads.count("imported_distances") == before + 1
+
+
 def test_registration_components_and_best_by_own_score(tmp_path, rng):
     store = Store(tmp_path / "s")
     space = make_space(dim=6, bins=8)
