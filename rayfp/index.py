@@ -125,12 +125,14 @@ class _Rows:
     def select(self, keep: np.ndarray) -> _Rows:
         return _Rows(**{f.name: getattr(self, f.name)[keep] for f in dataclasses.fields(self)})
 
-    def concat(self, other: _Rows) -> _Rows:
-        def join(a, b):
-            return sparse.vstack([a, b], format="csr") if sparse.issparse(a) else np.concatenate(
-                [a, b])
-        return _Rows(**{f.name: join(getattr(self, f.name), getattr(other, f.name))
-                        for f in dataclasses.fields(self)})
+    @staticmethod
+    def join(parts: Sequence[_Rows]) -> _Rows:
+        """All parts' rows in one copy (not one copy per part)."""
+        def stack(arrays):
+            return (sparse.vstack(arrays, format="csr") if sparse.issparse(arrays[0])
+                    else np.concatenate(arrays))
+        return _Rows(**{f.name: stack([getattr(part, f.name) for part in parts])
+                        for f in dataclasses.fields(_Rows)})
 
 
 class _Segment:
@@ -223,11 +225,8 @@ class ScreenedIndex:
         waste = (~alive).sum() + sum(len(seg) for seg in segments[1:])
         if len(segments) > self.MAX_SEGMENTS or waste > self.MAX_WASTE * len(segments[0]):
             bounds = np.cumsum([0] + [len(seg) for seg in segments])
-            rows = [seg.rows.select(alive[a:b])
-                    for seg, a, b in zip(segments, bounds, bounds[1:])]
-            merged = rows[0]
-            for more in rows[1:]:
-                merged = merged.concat(more)
+            merged = _Rows.join([seg.rows.select(alive[a:b])
+                                 for seg, a, b in zip(segments, bounds, bounds[1:])])
             segments, alive = [_Segment(merged, self.dim, self.bins)], np.ones(len(merged.n),
                                                                                bool)
         new = object.__new__(ScreenedIndex)
@@ -245,36 +244,39 @@ class ScreenedIndex:
     def _locate(self, rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.offsets, rows, side="right") - 1
 
+    def _per_segment(self, rows: np.ndarray, fetch) -> np.ndarray:
+        """fetch(segment, its local rows) for rows of the whole index, stacked in their order."""
+        rows = np.asarray(rows, np.int64)
+        if len(self.segments) == 1 or len(rows) == 0:
+            return fetch(self.segments[0], rows)
+        where = self._locate(rows)
+        parts = {seg: fetch(self.segments[seg], rows[where == seg] - self.offsets[seg])
+                 for seg in np.unique(where)}
+        first = next(iter(parts.values()))
+        out = np.empty((len(rows), *first.shape[1:]), first.dtype)
+        for seg, part in parts.items():
+            out[where == seg] = part
+        return out
+
     def counts(self, rows: np.ndarray, dtype: type = np.int64) -> np.ndarray:
         """Exact integer counts of the given sources (rows of the whole index, live or not):
         (len(rows), D·B), int64 or any type that holds them exactly (float64 for the maths)."""
-        rows = np.asarray(rows, np.int64)
-        where = self._locate(rows)
-        if len(self.segments) == 1:
-            return self.segments[0].counts(rows, dtype)
-        out = np.empty((len(rows), self.dim * self.bins), dtype)
-        for seg in np.unique(where):
-            mine = where == seg
-            out[mine] = self.segments[seg].counts(rows[mine] - self.offsets[seg], dtype)
-        return out
+        return self._per_segment(rows, lambda seg, local: seg.counts(local, dtype))
 
     def _lse_rows(self, rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), self.dim))
-        where = self._locate(rows)
-        for seg in np.unique(where):
-            mine = where == seg
-            out[mine] = self.segments[seg].rows.lse[rows[mine] - self.offsets[seg]]
-        return out
+        return self._per_segment(rows, lambda seg, local: seg.rows.lse[local])
 
     def source(self, row: int) -> Fingerprint:
         """The source in a row of the whole index as a Fingerprint (for metrics without a fast
         path)."""
         seg = int(self._locate(np.array([row]))[0])
-        local, rows = row - int(self.offsets[seg]), self.segments[seg].rows
+        segment, local = self.segments[seg], row - int(self.offsets[seg])
         return Fingerprint(task_id=str(self._ids[row]), space_id=self.space_id,
-                           counts=self.counts(np.array([row]))[0].reshape(self.dim, self.bins),
-                           feature_sum=rows.feature_sum[local], n_samples=int(rows.n[local]),
-                           n_images=int(rows.n_images[local]))
+                           counts=segment.counts(np.array([local]))[0].reshape(self.dim,
+                                                                               self.bins),
+                           feature_sum=segment.rows.feature_sum[local],
+                           n_samples=int(segment.rows.n[local]),
+                           n_images=int(segment.rows.n_images[local]))
 
     def top_k_metric(self, target: Fingerprint, k: int, metric: str = DEFAULT_METRIC, *,
                      exclude_self: bool = True) -> list[tuple[str, float]]:

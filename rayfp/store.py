@@ -42,6 +42,11 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _signature(stat: os.stat_result) -> tuple[int, int, int]:
+    """Changes whenever a file is rewritten: writes replace files by a rename (new inode)."""
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
 def _check_version(table: pa.Table, path: Path) -> None:
     versions = set(table.column("schema_version").to_pylist()) if table.num_rows else set()
     if any(v is None or v > schemas.SCHEMA_VERSION for v in versions):
@@ -189,8 +194,7 @@ class Store:
         with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.name.endswith(".parquet") and not entry.name.startswith("."):
-                    stat = entry.stat()
-                    files[Path(entry.path)] = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+                    files[Path(entry.path)] = _signature(entry.stat())
         return files
 
     def read_fingerprints(self, paths: Iterable[Path], space_id: str, *, threads: int = 4
@@ -216,10 +220,9 @@ class Store:
         """(inode, mtime, size) of a small table's file, None before its first write: changes
         whenever the table is rewritten (writes replace the file by a rename)."""
         try:
-            stat = self._table_path(name).stat()
+            return _signature(self._table_path(name).stat())
         except FileNotFoundError:
             return None
-        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
     def read_table(self, name: str) -> pa.Table:
         """A whole small table (empty with the right schema when nothing was written yet)."""
