@@ -1,7 +1,7 @@
-"""Core benchmarks (issue 2): fingerprint size on disk, top-k speed (linear form vs direct
+"""Core benchmarks: fingerprint size on disk, top-k speed (linear form vs direct
 formula), DICOM decode throughput, local fingerprinting throughput per backbone.
 
-    .venv/bin/python bench/bench_core.py [--quick]
+    python -m bench.bench_core [--quick]
 
 Prints a table and writes/updates the "core" section of BENCHMARKS.md with the machine it ran on.
 """
@@ -20,14 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rayfp.backbones import FeatureExtractor
-from rayfp.demo import dicom_corpus
-from rayfp.distance import TARGET_SOFTMAX, LinearIndex, bkld
+from rayfp.cli.demo import dicom_corpus
+from rayfp.core.distance import TARGET_SOFTMAX, LinearIndex, bkld
+from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
+from rayfp.core.store import Store
 from rayfp.errors import DecodeError
-from rayfp.extract import fingerprint_images, take_inventory
-from rayfp.fingerprint import Fingerprint, FingerprintSpace
+from rayfp.extract.backbones import FeatureExtractor
+from rayfp.extract.views import fingerprint_inventory
 from rayfp.io import ImageSource, decode_file
-from rayfp.store import Store
+from rayfp.io.inventory import take_inventory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,9 +138,9 @@ def bench_fingerprint(samples: int) -> list[tuple[str, str]]:
         space = FingerprintSpace(backbone=backbone, weights_sha256=extractor.weights_sha256,
                                  preprocessing={}, dim=dim, bins=100, edges_lo=np.zeros(dim),
                                  edges_hi=np.full(dim, 2.0))
-        fingerprint_images(inventory.images, space, extractor, n_samples=32, seed=0)  # warm-up
+        fingerprint_inventory(inventory, space, extractor, samples=32, seed=0)  # warm-up
         t0 = time.perf_counter()
-        fingerprint_images(inventory.images, space, extractor, n_samples=samples, seed=1)
+        fingerprint_inventory(inventory, space, extractor, samples=samples, seed=1)
         elapsed = time.perf_counter() - t0
         note = " (untrained weights: same compute)" if random_weights else ""
         rows.append((f"local fingerprinting, {backbone}{note}, {samples} views of "
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     for what, result in rows:
         print(f"{what.ljust(width)}  {result}")
     if not args.quick:
-        write_section(rows, "Core (issue 2)", "python bench/bench_core.py")
+        write_section(rows, "Core", "python -m bench.bench_core")
     return 0
 
 

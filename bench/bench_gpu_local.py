@@ -1,6 +1,6 @@
 """Local fingerprinting on a GPU (no Ray): where does the time go, per backbone?
 
-    python bench/bench_gpu_local.py [--samples 10000] [--json OUT.json]
+    python -m bench.bench_gpu_local [--samples 10000] [--json OUT.json]
 
 Measures, for each backbone: (1) the bare network forward (fixed micro-batches, fp32) and
 (2) the whole local path of `rayfp fingerprint` (decode -> canonicalise -> crop/flip -> forward ->
@@ -20,10 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rayfp.backbones import FeatureExtractor
-from rayfp.extract import iter_view_batches, take_inventory
-from rayfp.fingerprint import FingerprintSpace, PartialCounts, merge_counts, sample_plan
-from rayfp.io import discover_sources
+from rayfp import defaults
+from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
+from rayfp.extract.backbones import FeatureExtractor
+from rayfp.extract.views import counts_of_frames, iter_frame_batches
+from rayfp.io.inventory import TaskInventory, take_inventory
+from rayfp.io.sources import discover_sources
+from rayfp.io.work import plan_work
 
 
 def sync() -> None:
@@ -35,10 +38,10 @@ def images():
     import pydicom.data
 
     folder = Path(pydicom.data.__file__).parent / "test_files"
-    return take_inventory(discover_sources([folder])).images
+    return take_inventory(discover_sources([folder]), task_id="pydicom")
 
 
-def bench_backbone(name: str, refs, samples: int, batch_size: int) -> dict:
+def bench_backbone(name: str, refs: TaskInventory, samples: int, batch_size: int) -> dict:
     extractor = FeatureExtractor(name, random_weights=(name == "resnet34"))
     dim = extractor.spec.feature_dim
     space = FingerprintSpace(backbone=name, weights_sha256=extractor.weights_sha256,
@@ -53,35 +56,32 @@ def bench_backbone(name: str, refs, samples: int, batch_size: int) -> dict:
     sync()
     forward_only = 3 * len(views) / (time.perf_counter() - t0)
 
-    plan = sample_plan(len(refs), samples, seed=0)
-    t_views = t_forward = t_bin = 0.0
-    parts = []
-    t_start = time.perf_counter()
-    t0 = time.perf_counter()
-    for batch in iter_view_batches(refs, plan, batch_size, device=extractor.device):
+    # The path every fingerprint takes: decode + canonicalise on the CPU (frames), then crops,
+    # forward and histogram where the extractor lives (counts).
+    t_frames = t_counts = 0.0
+    merged = PartialCounts.empty(space)
+    t_start = t0 = time.perf_counter()
+    for frames in iter_frame_batches(plan_work(refs, samples=samples, seed=0),
+                                     views_per_batch=batch_size):
         t1 = time.perf_counter()
-        features = extractor.extract(batch)
-        t2 = time.perf_counter()
-        parts.append(PartialCounts.from_features(features, space))
-        t3 = time.perf_counter()
-        t_views += t1 - t0
-        t_forward += t2 - t1
-        t_bin += t3 - t2
+        for part in counts_of_frames(frames, extractor, space).values():
+            merged = merged + part
+        sync()
+        t_frames += t1 - t0
+        t_counts += time.perf_counter() - t1
         t0 = time.perf_counter()
     total = time.perf_counter() - t_start
-    merged = merge_counts(parts)
     assert merged.n == samples
     return {"backbone": name, "device": str(extractor.device), "micro_batch": extractor.micro_batch,
             "forward_only_img_s": round(forward_only, 1),
             "pipeline_img_s": round(samples / total, 1), "samples": samples,
-            "images": len(refs), "seconds": {"views": round(t_views, 2),
-                                             "forward": round(t_forward, 2),
-                                             "binning": round(t_bin, 2)}}
+            "images": refs.n_images, "seconds": {"frames": round(t_frames, 2),
+                                                 "counts": round(t_counts, 2)}}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=10_000)
+    parser.add_argument("--samples", type=int, default=defaults.SAMPLES)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)

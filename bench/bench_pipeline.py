@@ -1,6 +1,6 @@
 """Ray Data pipeline vs a bare single-process PyTorch loop, side by side on the same images.
 
-    .venv/bin/python bench/bench_pipeline.py [--samples 256] [--tasks 4] [--threads 2]
+    python -m bench.bench_pipeline [--samples 256] [--tasks 4] [--threads 2]
 
 (a) bare loop: decode -> preprocess -> forward -> histogram in this process (rayfp.extract);
 (b) the archive job's pipeline on a local Ray (2 CPUs here): inventory pass + fingerprint pass.
@@ -21,16 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import write_section  # noqa: E402
-
-from rayfp.api import extractor_for_space, load_extractor  # noqa: E402
-from rayfp.archive import list_archive  # noqa: E402
-from rayfp.demo import dicom_corpus  # noqa: E402
-from rayfp.extract import fingerprint_images, take_inventory  # noqa: E402
-from rayfp.fingerprint import FingerprintSpace  # noqa: E402
+from bench.bench_core import write_section
+from rayfp.cli.demo import dicom_corpus
+from rayfp.core.fingerprint import FingerprintSpace  # noqa: E402
+from rayfp.core.store import Store  # noqa: E402
+from rayfp.extract.api import extractor_for_space, load_extractor
+from rayfp.extract.views import fingerprint_inventory
 from rayfp.io import discover_sources  # noqa: E402
-from rayfp.store import Store  # noqa: E402
+from rayfp.io.inventory import take_inventory
+from rayfp.io.sources import list_archive
 
 TASK_FILES = {
     "mr": ["MR_small.dcm", "emri_small.dcm", "MR2_UNCR.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm"],
@@ -118,15 +117,15 @@ def bare_loop(archive: Path, space: FingerprintSpace, samples: int, threads: int
     views = 0
     t0 = time.perf_counter()
     for task_dir in sorted(archive.iterdir()):
-        inventory = take_inventory(discover_sources([task_dir]))
-        fingerprint_images(inventory.images, space, extractor, n_samples=samples, seed=0)
+        inventory = take_inventory(discover_sources([task_dir]), task_id=task_dir.name)
+        fingerprint_inventory(inventory, space, extractor, samples=samples, seed=0)
         views += samples
     return time.perf_counter() - t0, views
 
 
 def ray_pipeline(archive: Path, space: FingerprintSpace, store: Path, samples: int,
                  threads: int) -> tuple[float, int]:
-    from rayfp.pipeline import ArchiveJobConfig, fingerprint_archive, take_archive_inventory
+    from rayfp.cluster.pipeline import ArchiveJobConfig, fingerprint_archive, take_archive_inventory
 
     Store(store).put_space(space)
     config = ArchiveJobConfig(store=str(store), samples=samples, min_images=1, threads=threads,
@@ -178,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     for what, result in rows:
         print(f"{what}: {result}")
     if not args.no_write:
-        write_section(rows, "Archive pipeline vs bare loop (issue 3)",
-                      f"python bench/bench_pipeline.py --samples {args.samples} --tasks "
+        write_section(rows, "Archive pipeline vs bare loop",
+                      f"python -m bench.bench_pipeline --samples {args.samples} --tasks "
                       f"{args.tasks} --threads {args.threads}")
     return 0
 

@@ -1,6 +1,6 @@
 """Knowledge-cloud latency over HTTP on loopback, next to the pure compute time per query.
 
-    .venv/bin/python bench/bench_serve.py [--sources 1000 10000] [--queries 200]
+    python -m bench.bench_serve [--sources 1000 10000] [--queries 200]
 
 Synthetic fingerprints (D = 512, B = 100, N = 1,000 samples each) are registered in a fresh
 store; a real Ray Serve deployment answers POST /v1/nearest (k = 5, bKLD small) for 1 and 8
@@ -24,16 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT))
-from bench_core import realistic_fingerprint, synthetic_space, write_section  # noqa: E402
-
-from rayfp.distance import bkld  # noqa: E402
-from rayfp.index import configure_threads  # noqa: E402
-from rayfp.knowledge import KnowledgeBase  # noqa: E402
-from rayfp.store import Store  # noqa: E402
-from rayfp.wire import encode_fingerprint  # noqa: E402
+from bench.bench_core import realistic_fingerprint, synthetic_space, write_section
+from rayfp.cloud.knowledge import KnowledgeBase
+from rayfp.core.distance import bkld
+from rayfp.core.index import configure_threads
+from rayfp.core.store import Store
+from rayfp.core.wire import encode_fingerprint
 
 
 def free_port() -> int:
@@ -124,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from serve.app import build_app, start_local_serve
+    from rayfp.cloud.app import build_app, start_local_serve
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     port = free_port()
@@ -153,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                 index.top_k(q, 5)  # warm-up
             for q in queries:
                 t0 = time.perf_counter()
-                index.top_k(q, 5)
+                found = index.search_many([q], 5)[0]
                 compute.append((time.perf_counter() - t0) * 1e3)
-                candidates.append(index.last_candidates)
+                candidates.append(found.candidates)
             float32_ms = float32_screen_ms(index, queries)
             # The reference: the direct formula against every source, nothing shared.
             expected = {q.task_id: [t for _, t in sorted((bkld(q, s), s.task_id)
@@ -207,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.shutdown()
     ray.shutdown()
     if not args.no_write:
-        write_section(rows, "Knowledge cloud over HTTP (issue 4)",
-                      "python bench/bench_serve.py --sources " +
+        write_section(rows, "Knowledge cloud over HTTP",
+                      "python -m bench.bench_serve --sources " +
                       " ".join(map(str, args.sources)))
     return 0
 

@@ -5,7 +5,8 @@
     python jobs/fingerprint_archive.py ROOT --store STORE --backbone efficientnet_lite0 ...
 
 ROOT has one sub-folder per task (searched recursively); a manifest is a CSV/Parquet with columns
-path, task_id (and optionally modality). Re-running skips tasks already fingerprinted in the
+path and optionally task_id (without it the manifest is one task named after its file) and
+modality. Re-running skips tasks already fingerprinted in the
 space (use --overwrite to recompute). Unreadable files go to the store's `failures` table.
 """
 
@@ -18,19 +19,18 @@ import sys
 
 import ray
 
-from rayfp.archive import list_archive
-from rayfp.backbones import get_backbone_spec, resolve_weights
-from rayfp.errors import ConfigError, RayfpError
-from rayfp.extract import DEFAULT_MIN_IMAGES
-from rayfp.fingerprint import DEFAULT_SAMPLES
-from rayfp.pipeline import (
+from rayfp import defaults
+from rayfp.cluster.pipeline import (
     ArchiveJobConfig,
     create_space_on_ray,
     fingerprint_archive,
     new_job_id,
     take_archive_inventory,
 )
-from rayfp.store import Store
+from rayfp.core.store import Store
+from rayfp.errors import ConfigError, RayfpError
+from rayfp.extract.backbones import get_backbone_spec, resolve_weights
+from rayfp.io.sources import list_archive
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,20 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="Parquet store directory (shared filesystem)")
     p.add_argument("--space", help="existing space id; omit to create one (--backbone, --bins)")
     p.add_argument("--backbone", default="efficientnet_lite0", help="when creating a space")
-    p.add_argument("--bins", type=int, default=100, help="when creating a space")
+    p.add_argument("--bins", type=int, default=defaults.BINS, help="when creating a space")
     p.add_argument("--reference-tasks", nargs="*", help="tasks that define the edges of a new "
                    "space (default: --reference-fraction of the tasks)")
     p.add_argument("--reference-fraction", type=float, default=1.0)
-    p.add_argument("--edge-samples", type=int, default=1000, help="views per reference task")
+    p.add_argument("--edge-samples", type=int, default=defaults.EDGE_SAMPLES,
+                   help="views per reference task")
     p.add_argument("--weights", help="backbone weights file (default: the backbone's location)")
-    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=defaults.SAMPLES)
+    p.add_argument("--seed", type=int, default=defaults.SEED)
     p.add_argument("--batch-size", type=int, default=8, help="canonical frames per actor call")
     p.add_argument("--workers", type=int, default=1, help="feature-extractor actors")
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--threads", type=int, help="torch threads per actor (default: its CPUs)")
-    p.add_argument("--min-images", type=int, default=DEFAULT_MIN_IMAGES)
+    p.add_argument("--min-images", type=int, default=defaults.MIN_IMAGES)
     p.add_argument("--tasks", nargs="*", help="only these task ids")
     p.add_argument("--overwrite", action="store_true", help="recompute existing fingerprints")
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local Ray)")
@@ -111,8 +112,7 @@ def _new_space(args, inventories, config, log):
     log.info("creating a space from %d reference tasks: %s", len(reference), reference)
     return create_space_on_ray(inventories, reference, backbone=args.backbone, bins=args.bins,
                                samples=args.edge_samples, config=config,
-                               weights_sha256=weights.sha256, preprocessing=spec.preprocessing,
-                               dim=spec.feature_dim)
+                               weights_sha256=weights.sha256)
 
 
 if __name__ == "__main__":

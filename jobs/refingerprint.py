@@ -17,9 +17,9 @@ import os
 import sys
 from pathlib import Path
 
+from rayfp.cluster.refingerprint import current_space, files_for, plan_refingerprint
+from rayfp.core.store import Store
 from rayfp.errors import RayfpError
-from rayfp.refingerprint import current_space, files_for, plan_refingerprint
-from rayfp.store import Store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    log = logging.getLogger("rayfp.refingerprint")
+    log = logging.getLogger("rayfp.cluster.refingerprint")
     store = Store(args.store)
     try:
         target = store.get_space(args.space) if args.space else current_space(store, args.backbone)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, store, target, items, log) -> int:
     import ray
 
-    from rayfp.pipeline import (
+    from rayfp.cluster.pipeline import (
         ArchiveJobConfig,
         fingerprint_archive,
         new_job_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rayfp.fingerprint import Fingerprint, FingerprintSpace
+from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ import pytest
 import torch
 from skimage import data
 
-from rayfp.backbones import (
+from rayfp.errors import MissingWeightsError, UnknownNameError
+from rayfp.extract.backbones import (
     MICRO_BATCH,
     FeatureExtractor,
     build_efficientnet_lite0_classifier,
@@ -14,8 +15,7 @@ from rayfp.backbones import (
     list_backbones,
     resolve_weights,
 )
-from rayfp.errors import MissingWeightsError, UnknownNameError
-from rayfp.preprocess import canonicalize, crop_views, normalize
+from rayfp.io.canonical import canonicalize, crop_views, normalize
 
 ESPRESSO = 967
 CATS = range(281, 286)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 from pathlib import Path
 
@@ -9,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rayfp.cli import main
-from rayfp.demo import dicom_corpus
-from rayfp.store import Store
+from rayfp.cli.demo import dicom_corpus
+from rayfp.cli.main import METRIC_HELP, main
+from rayfp.core.store import Store
 
 SAMPLES = "48"
 
@@ -35,22 +37,34 @@ def archive(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def cli_store(archive, tmp_path_factory):
-    store = tmp_path_factory.mktemp("cli") / "store"
-    return store
-
-
 def run(capsys, *argv) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out = capsys.readouterr()
     return code, out.out, out.err
 
 
-def test_edges_fingerprint_compare_nearest_show_plot(archive, cli_store, capsys, tmp_path):
-    code, out, err = run(capsys, "edges", archive / "mr", archive / "us", "--backbone",
-                         "efficientnet_lite0", "--bins", "20", "--samples", "32",
-                         "--store", cli_store, "--quiet")
+@pytest.fixture(scope="module")
+def edges_run(archive, tmp_path_factory):
+    """`rayfp edges` once per module, so every test finds the space whatever the order."""
+    store = tmp_path_factory.mktemp("cli") / "store"
+    # capsys is function-scoped, so this module-scoped run captures its output itself.
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in ("edges", archive / "mr", archive / "us", "--backbone",
+                                      "efficientnet_lite0", "--bins", "20", "--samples", "32",
+                                      "--store", store, "--quiet")])
+    return store, code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def cli_store(edges_run):
+    return edges_run[0]
+
+
+def test_edges_fingerprint_compare_nearest_show_plot(archive, edges_run, cli_store, capsys,
+                                                     tmp_path):
+    _, code, out, err = edges_run
     assert code == 0, err
     space_id = out.strip().splitlines()[-1]
     assert len(space_id) == 16
@@ -87,6 +101,13 @@ def test_edges_fingerprint_compare_nearest_show_plot(archive, cli_store, capsys,
         code, _, _ = run(capsys, "plot", what, "--store", cli_store, "--space", space_id,
                          "--out", png, *extra)
         assert code == 0 and Image.open(png).size[0] > 300
+
+
+def test_metric_help_lists_the_registry():
+    from rayfp.core.distance import METRICS
+
+    listed = METRIC_HELP.split(" (default")[0].replace(" or ", ", ").split(", ")
+    assert listed == METRICS.names()
 
 
 def test_counts_do_not_depend_on_batch_size(archive, cli_store, capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from rayfp.demo import run_demo
+from rayfp.cli.demo import run_demo
 
 
 def test_demo_tasks_of_the_same_modality_are_nearest_neighbours(tmp_path, capsys):

@@ -31,12 +31,12 @@ def test_deploy_manifests_name_the_refingerprint_job():
 def test_serve_config_is_valid_and_its_args_build_the_app():
     from ray.serve.schema import ServeDeploySchema
 
-    from serve.models import AppArgs
+    from rayfp.cloud.models import AppArgs
 
     config = ServeDeploySchema.model_validate(
         yaml.safe_load((REPO / "serve" / "config.yaml").read_text()))
     app = config.applications[0]
-    assert app.import_path == "serve.app:build_app"
+    assert app.import_path == "rayfp.cloud.app:build_app"
     assert AppArgs(**app.args).default_metric == "bkld-small"  # the builder's typed arguments
 
 
@@ -45,9 +45,9 @@ def test_rayfp_serve_finds_the_app_from_any_working_directory(tmp_path):
     import subprocess
     import sys
 
-    probe = ("import sys; from rayfp.cloud_cli import serve_app_module; "
+    probe = ("import sys; from rayfp.cli.cloud import serve_app_module; "
              "app = serve_app_module(); print(app.build_app.__module__, app.SERVE_ENVIRONMENT)")
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("serve.app {'RAY_SERVE_PROXY_USE_GRPC': '1'}")
+    assert done.stdout.startswith("rayfp.cloud.app {'RAY_SERVE_PROXY_USE_GRPC': '1'}")

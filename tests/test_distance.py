@@ -5,7 +5,7 @@ import pytest
 from conftest import make_space, random_fingerprint
 from scipy.special import softmax
 
-from rayfp.distance import (
+from rayfp.core.distance import (
     METRICS,
     TARGET_SOFTMAX,
     UNIFORM,
@@ -16,8 +16,8 @@ from rayfp.distance import (
     get_metric,
     per_dimension_kl,
 )
+from rayfp.core.fingerprint import Fingerprint
 from rayfp.errors import SpaceMismatchError, UnknownNameError
-from rayfp.fingerprint import Fingerprint
 
 
 def _reference_bkld(t: Fingerprint, s: Fingerprint, weighting: str) -> float:

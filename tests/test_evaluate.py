@@ -9,7 +9,7 @@ from conftest import paper_data_dir
 from PIL import Image
 from scipy.stats import weightedtau
 
-from rayfp.cli import main as rayfp_cli
+from rayfp.cli.main import main as rayfp_cli
 from rayfp.errors import ConfigError
 from rayfp.evaluate import PAPER_SELECTORS, SCENARIOS, EvalConfig, PaperData, Protocol, evaluate
 from rayfp.evaluate.protocol import (

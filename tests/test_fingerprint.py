@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from conftest import make_space
 
-from rayfp.errors import ConfigError, SpaceMismatchError
-from rayfp.fingerprint import (
+from rayfp.core.fingerprint import (
     FingerprintSpace,
     PartialCounts,
     bin_indices,
@@ -14,6 +13,7 @@ from rayfp.fingerprint import (
     merge_counts,
     sample_plan,
 )
+from rayfp.errors import ConfigError, SpaceMismatchError
 
 
 def test_space_id_is_stable_and_changes_with_every_part():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from conftest import make_space, random_fingerprint
 
-from rayfp.distance import METRICS, TARGET_SOFTMAX, UNIFORM, LinearIndex, distance
+from rayfp.core.distance import METRICS, TARGET_SOFTMAX, UNIFORM, LinearIndex, distance
+from rayfp.core.index import DIGIT, DIGITS, ScreenedIndex, query_digits
 from rayfp.errors import ConfigError, SpaceMismatchError
-from rayfp.index import DIGIT, DIGITS, ScreenedIndex, query_digits
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,9 @@ def test_screening_prunes_and_other_metrics_use_the_direct_formula(sources):
     space, fps = sources
     screened = ScreenedIndex(fps)
     target = random_fingerprint(np.random.default_rng(9), space, "t", n=400)
-    screened.top_k(target, 5)
-    assert 5 <= screened.last_candidates <= 10  # the integer screen leaves few to re-rank
+    found = screened.search_many([target], 5)[0]
+    assert found.neighbours == screened.top_k(target, 5)
+    assert 5 <= found.candidates <= 10  # the integer screen leaves few to re-rank
     for metric in ("cosine", "js", "emd", "p2l"):
         want = sorted((distance(target, s, metric), s.task_id) for s in fps)[:4]
         assert screened.top_k_metric(target, 4, metric) == [(t, d) for d, t in want]

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from rayfp import errors
-from rayfp.demo import dicom_corpus
+from rayfp.cli.demo import dicom_corpus
 from rayfp.io import decode_file, discover_sources
 
 # Files of the corpus that are broken on purpose, and the typed error each must give.
@@ -197,14 +197,3 @@ def test_discover_sources_walks_folders_and_manifests(tmp_path):
         bad = tmp_path / "bad.csv"
         bad.write_text("file\nx\n")
         discover_sources([bad])
-
-
-def test_decoding_and_maths_modules_do_not_import_torch_or_ray():
-    """Ray read workers decode; they must stay small (no torch) and Ray stays at the edges."""
-    import subprocess
-    import sys
-
-    code = ("import sys, rayfp.io, rayfp.fingerprint, rayfp.distance, rayfp.store, rayfp.preprocess; "
-            "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"

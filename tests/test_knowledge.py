@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from conftest import make_space, paper_data_dir, random_fingerprint
 
+from rayfp.cloud.knowledge import KnowledgeBase, fingerprint_from_payload, space_as_dict, space_from_dict
+from rayfp.cloud.paper_import import import_paper
+from rayfp.cloud.recommend import recommend
+from rayfp.core.fingerprint import Fingerprint
+from rayfp.core.index import ScreenedIndex
+from rayfp.core.store import Store
+from rayfp.core.wire import encode_fingerprint
 from rayfp.errors import ConfigError, NotFoundError, TooFewImagesError
-from rayfp.fingerprint import Fingerprint
-from rayfp.index import ScreenedIndex
-from rayfp.knowledge import KnowledgeBase, fingerprint_from_payload, space_as_dict, space_from_dict
-from rayfp.paper_import import import_paper
-from rayfp.recommend import recommend
-from rayfp.store import Store
-from rayfp.wire import encode_fingerprint
 
 DATA = paper_data_dir()
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rayfp.cli import main as rayfp_cli
-from rayfp.demo import dicom_corpus
-from rayfp.store import Store
+from rayfp.cli.demo import dicom_corpus
+from rayfp.cli.main import main as rayfp_cli
+from rayfp.core.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

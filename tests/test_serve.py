@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from conftest import make_space, paper_data_dir, random_fingerprint
 
-from rayfp.client import CloudClient, ServerError
-from rayfp.distance import bkld
-from rayfp.knowledge import KnowledgeBase
-from rayfp.paper_import import import_paper
-from rayfp.store import Store
-from rayfp.wire import encode_fingerprint
+from rayfp.cloud.client import CloudClient, ServerError
+from rayfp.cloud.knowledge import KnowledgeBase
+from rayfp.cloud.paper_import import import_paper
+from rayfp.core.distance import bkld
+from rayfp.core.store import Store
+from rayfp.core.wire import encode_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret"
@@ -37,7 +37,7 @@ def cloud(tmp_path_factory):
     import ray
     from ray import serve
 
-    from serve.app import build_app, start_local_serve
+    from rayfp.cloud.app import build_app, start_local_serve
 
     store = Store(tmp_path_factory.mktemp("cloud") / "store")
     import_paper(paper_data_dir(), store)
@@ -183,7 +183,7 @@ def test_answers_carry_the_time_spent_inside_the_app(cloud):
 
 
 def test_cli_query_and_recommend_against_the_server(cloud, tmp_path, capsys):
-    from rayfp.cli import main
+    from rayfp.cli.main import main
 
     local = Store(tmp_path / "local")
     local.put_space(cloud["space"])

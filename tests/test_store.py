@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_space, random_fingerprint
 
-from rayfp import schemas
+from rayfp.core import schemas
+from rayfp.core.store import Store
 from rayfp.errors import ConfigError, NotFoundError, StoreError
-from rayfp.store import Store
 
 
 @pytest.fixture

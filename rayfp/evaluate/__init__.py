@@ -1,9 +1,24 @@
 """Scoring task selectors against measured transfer outcomes, exactly as the paper does
-(../shared/paper-data/PROTOCOL.md). Pure pandas/numpy; no Ray, no torch."""
+(../shared/paper-data/PROTOCOL.md). Pure pandas/numpy; no Ray, no torch.
 
-from rayfp.evaluate.data import PAPER_SELECTORS, SCENARIOS, PaperData, read_selector_matrix
-from rayfp.evaluate.protocol import EvalConfig, Protocol, evaluate
-from rayfp.evaluate.report import aggregate, format_tables, win_rates
+The names below load their module on first use (PEP 562), so `rayfp.evaluate.names` and the CLI
+parser stay free of pandas and scipy."""
 
-__all__ = ["PAPER_SELECTORS", "SCENARIOS", "EvalConfig", "PaperData", "Protocol", "aggregate",
-           "evaluate", "format_tables", "read_selector_matrix", "win_rates"]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "PAPER_SELECTORS": "rayfp.evaluate.names", "SCENARIOS": "rayfp.evaluate.names",
+    "PaperData": "rayfp.evaluate.data", "read_selector_matrix": "rayfp.evaluate.data",
+    "EvalConfig": "rayfp.evaluate.protocol", "Protocol": "rayfp.evaluate.protocol",
+    "evaluate": "rayfp.evaluate.protocol", "aggregate": "rayfp.evaluate.report",
+    "format_tables": "rayfp.evaluate.report", "win_rates": "rayfp.evaluate.report",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rayfp.evaluate' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -5,17 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rayfp.errors import ConfigError
-from rayfp.evaluate.data import (
-    FLOAT_PARSERS,
-    PAPER_SELECTORS,
-    SCENARIOS,
-    PaperData,
-    read_selector_matrix,
-)
-from rayfp.evaluate.protocol import MODES, SEED_STRATEGIES, EvalConfig, evaluate
-from rayfp.evaluate.report import aggregate, format_tables, plot_curves, plot_win_rates, win_rates
+from rayfp.evaluate.names import FLOAT_PARSERS, MODES, PAPER_SELECTORS, SCENARIOS, SEED_STRATEGIES
+
+if TYPE_CHECKING:
+    from rayfp.evaluate.data import PaperData
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -55,6 +51,8 @@ def add_parser(sub) -> None:
 
 
 def load_selectors(data: PaperData, specs: list[str], only: bool) -> dict:
+    from rayfp.evaluate.data import read_selector_matrix
+
     selectors = {} if only else {n: data.distances(s) for n, s in PAPER_SELECTORS.items()}
     for spec in specs:
         name, sep, where = spec.partition("=")
@@ -68,6 +66,16 @@ def load_selectors(data: PaperData, specs: list[str], only: bool) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rayfp.evaluate.data import PaperData
+    from rayfp.evaluate.protocol import EvalConfig, evaluate
+    from rayfp.evaluate.report import (
+        aggregate,
+        format_tables,
+        plot_curves,
+        plot_win_rates,
+        win_rates,
+    )
+
     data = PaperData(args.data, splits=args.splits, float_parser=args.float_parser)
     selectors = load_selectors(data, args.selectors, args.only)
     config = EvalConfig(setting=args.targets, ks=args.k, mode=args.mode, seeds=args.seeds,

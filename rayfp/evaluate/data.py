@@ -14,27 +14,16 @@ import pandas as pd
 
 from rayfp.errors import ConfigError, UnknownNameError
 from rayfp.evaluate.csvfloat import pandas2_float
+from rayfp.evaluate.names import (  # noqa: F401 - re-exported for the protocol's users
+    FLOAT_PARSERS,
+    OUTCOME_METRICS,
+    PAPER_SELECTORS,
+    SCENARIO_NAMES,
+    SCENARIOS,
+    SETTINGS,
+)
 
-SCENARIOS = ("arch", "pretrain", "augmentation", "multi_task")  # the paper's order
-SCENARIO_NAMES = {"arch": "Model Architecture", "pretrain": "Pretraining Data",
-                  "augmentation": "Augmentation Policy", "multi_task": "Co-Training Data"}
-OUTCOME_METRICS = ("BA", "AUROC")
-SETTINGS = ("development", "validation")
-# Printable name -> cache file stem (PROTOCOL.md §1).
-PAPER_SELECTORS = {
-    "bKLD (small)": "KLD-PP:NS-W:TS-100-BINS",
-    "bKLD (large)": "KLD-PP:NS-1000-BINS",
-    "Manual": "SEMANTIC",
-    "FID": "FID",
-    "VDNA": "VDNA-PP:NN-1000-BINS",
-    "FED": "FED",
-    "P2L": "KLD-PP:NN",
-    "Sinkhorn": "MMD-geo-sinkhorn-0.01",
-}
-_SHRUNK_LOADERS = {"arch", "multi_task"}
-# "pandas2": parse numbers like the notebooks did (bit-exact ties, PROTOCOL §10);
-# "exact": correctly rounded (pandas >= 3); they differ by 1 ulp in ~20 % of the cells.
-FLOAT_PARSERS = ("pandas2", "exact")  # their loaders take shrunk=True (PROTOCOL §2.1)
+_SHRUNK_LOADERS = {"arch", "multi_task"}  # their loaders take shrunk=True (PROTOCOL §2.1)
 
 
 def outcome_file(scenario: str, metric: str, validation: bool) -> str:

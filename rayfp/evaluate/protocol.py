@@ -12,11 +12,13 @@ from scipy.stats import weightedtau
 
 from rayfp.errors import ConfigError, UnknownNameError
 from rayfp.evaluate.data import OUTCOME_METRICS, SCENARIOS, SETTINGS, PaperData
+from rayfp.evaluate.names import (  # noqa: F401 - re-exported for the protocol's users
+    META_METRICS,
+    MODES,
+    SEED_STRATEGIES,
+    TOP_META_METRICS,
+)
 
-MODES = ("best", "avg")
-SEED_STRATEGIES = ("per-seed", "mean")
-TOP_META_METRICS = ("delta", "gain", "regret", "rank")
-META_METRICS = (*TOP_META_METRICS, "weightedtau")
 N_SEEDS = 3
 
 

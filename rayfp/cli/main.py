@@ -1,0 +1,278 @@
+"""`rayfp` command line: local fingerprinting and comparison for a site that never uploads images.
+
+Parsing and printing only; the work is in rayfp.extract.api, rayfp.core.distance and rayfp.cli.plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from rayfp import __version__, defaults
+from rayfp.errors import ConfigError, RayfpError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from rayfp.core.store import Store
+
+# Imports of numpy, pyarrow, torch or Ray happen inside the commands that need them, so
+# `rayfp --help` and the light commands start fast (tests/test_layout.py checks which load what).
+
+
+# Spelled out so that --help needs no scipy; tests/test_cli.py keeps it equal to the registry.
+METRIC_HELP = f"bkld-small, bkld-large, p2l, cosine, js or emd (default {defaults.METRIC})"
+
+
+def _store(args: argparse.Namespace) -> Store:
+    from rayfp.core.store import Store
+
+    return Store(args.store)
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", required=True, help="store directory (created on first write)")
+
+
+def _add_extraction(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=defaults.SEED, help="sampling seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE,
+                   help="views per forward batch; does not change the result")
+    p.add_argument("--weights", help="backbone weights file (default: the backbone's location)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rayfp", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"rayfp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("edges", help="create a fingerprint space from reference tasks")
+    p.add_argument("paths", nargs="+", help="one reference task per path (file, folder, CSV)")
+    p.add_argument("--backbone", required=True, help="resnet34 | efficientnet_lite0")
+    p.add_argument("--bins", type=int, default=defaults.BINS,
+                   help="bins per dimension (paper: 100/1000)")
+    p.add_argument("--samples", type=int, default=defaults.EDGE_SAMPLES,
+                   help="sampled views per reference task")
+    p.add_argument("--random-weights", action="store_true",
+                   help="untrained backbone (tests only; recorded in the space)")
+    _add_store(p)
+    _add_extraction(p)
+
+    p = sub.add_parser("fingerprint", help="fingerprint one task's images in a space")
+    p.add_argument("paths", nargs="+", help="files, folders (recursive) or manifest CSVs")
+    p.add_argument("--task-id", required=True)
+    p.add_argument("--space", required=True, help="space id (see `rayfp show`)")
+    p.add_argument("--space-from", metavar="URL",
+                   help="fetch the space from a knowledge-cloud server into --store first")
+    p.add_argument("--samples", type=int, default=defaults.SAMPLES,
+                   help=f"augmented views, drawn with replacement (default {defaults.SAMPLES}; "
+                        "1000 is a legitimate fast mode)")
+    p.add_argument("--min-images", type=int, default=defaults.MIN_IMAGES,
+                   help=f"refuse tasks with fewer distinct images (default {defaults.MIN_IMAGES})")
+    p.add_argument("--modality", default="", help="override the modality read from DICOM")
+    _add_store(p)
+    _add_extraction(p)
+
+    p = sub.add_parser("compare", help="distance matrix of all tasks of a space")
+    _add_store(p)
+    p.add_argument("--space", required=True)
+    p.add_argument("--metric", default=defaults.METRIC, help=METRIC_HELP)
+    p.add_argument("--format", choices=("table", "csv"), default="table")
+
+    p = sub.add_parser("nearest", help="the k most similar tasks of one task")
+    _add_store(p)
+    p.add_argument("--task-id", required=True)
+    p.add_argument("--space", help="needed when the task has fingerprints in several spaces")
+    p.add_argument("-k", type=int, default=defaults.NEAREST_K)
+    p.add_argument("--metric", default=defaults.METRIC, help=METRIC_HELP)
+
+    p = sub.add_parser("show", help="spaces, fingerprints and tables in a store")
+    _add_store(p)
+
+    p = sub.add_parser("plot", help="write a PNG")
+    p.add_argument("what", choices=("fingerprint", "distances"))
+    _add_store(p)
+    p.add_argument("--space", required=True)
+    p.add_argument("--task-id", help="for `plot fingerprint`")
+    p.add_argument("--metric", default=defaults.METRIC)
+    p.add_argument("--out", required=True, help="output .png")
+
+    from rayfp.cli.cloud import add_parsers as add_cloud_parsers
+    from rayfp.evaluate.command import add_parser as add_evaluate_parser
+
+    add_evaluate_parser(sub)
+    add_cloud_parsers(sub)
+
+    p = sub.add_parser("demo", help="fingerprint demo tasks built from images in the packages")
+    p.add_argument("--out", default="demo-output", help="folder for data, store and plots")
+    p.add_argument("--samples", type=int, default=200, help="views per task")
+    p.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _print_skipped(skipped) -> None:
+    for s in skipped:
+        print(f"skipped {s.path}: {s.reason}: {s.detail}", file=sys.stderr)
+    if skipped:
+        print(f"{len(skipped)} file(s) skipped", file=sys.stderr)
+
+
+def cmd_edges(args: argparse.Namespace) -> int:
+    from rayfp.extract.api import create_space
+
+    result = create_space([[p] for p in args.paths], backbone=args.backbone, bins=args.bins,
+                          store=_store(args), samples_per_task=args.samples, seed=args.seed,
+                          weights=args.weights, random_weights=args.random_weights,
+                          batch_size=args.batch_size, threads=args.threads,
+                          progress=not args.quiet)
+    _print_skipped(result.skipped)
+    print(result.space.space_id)
+    return 0
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> int:
+    from rayfp.extract.api import fingerprint_task
+
+    if args.space_from:
+        from rayfp.cloud.client import CloudClient
+
+        _store(args).put_space(CloudClient(args.space_from).space(args.space))
+    result = fingerprint_task(args.paths, task_id=args.task_id, space_id=args.space,
+                              store=_store(args), samples=args.samples, seed=args.seed,
+                              min_images=args.min_images, batch_size=args.batch_size,
+                              weights=args.weights, modality=args.modality,
+                              threads=args.threads, progress=not args.quiet)
+    _print_skipped(result.skipped)
+    fp = result.fingerprint
+    print(f"{fp.task_id}: {fp.n_samples} views of {fp.n_images} images "
+          f"({result.modality or 'unknown modality'}) -> space {fp.space_id}")
+    return 0
+
+
+def format_matrix(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], fmt: str) -> str:
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["source", *cols])
+        for name, row in zip(rows, matrix):
+            writer.writerow([name, *(repr(float(v)) for v in row)])
+        return out.getvalue()
+    width = max(len(c) for c in [*rows, *cols, "source \\ target"])
+    lines = ["source \\ target".ljust(width) + " " + " ".join(c[:10].rjust(10) for c in cols)]
+    for name, row in zip(rows, matrix):
+        lines.append(name.ljust(width) + " " + " ".join(f"{v:10.4g}" for v in row))
+    return "\n".join(lines) + "\n"
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rayfp.core.distance import distance_matrix
+
+    fps = _store(args).fingerprints(args.space)
+    if not fps:
+        raise ConfigError(f"space {args.space} has no fingerprints yet")
+    ids = [fp.task_id for fp in fps]
+    sys.stdout.write(format_matrix(distance_matrix(fps, fps, args.metric), ids, ids, args.format))
+    return 0
+
+
+def _resolve_space(store: Store, task_id: str, space: str | None) -> str:
+    if space:
+        return space
+    spaces = [fp.space_id for fp in store.find_fingerprints(task_id)]
+    if len(spaces) != 1:
+        raise ConfigError(f"task {task_id!r} has fingerprints in {len(spaces)} spaces "
+                          f"{spaces}; choose one with --space")
+    return spaces[0]
+
+
+def cmd_nearest(args: argparse.Namespace) -> int:
+    from rayfp.core.distance import LinearIndex
+
+    store = _store(args)
+    space_id = _resolve_space(store, args.task_id, args.space)
+    target = store.get_fingerprint(space_id, args.task_id)
+    index = LinearIndex(store.fingerprints(space_id))
+    print(f"nearest to {args.task_id} by {args.metric} (space {space_id}):")
+    for rank, (task_id, d) in enumerate(index.top_k(target, args.k, args.metric), start=1):
+        print(f"{rank:3d}. {task_id:30s} {d:.6g}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    summary = _store(args).summary()
+    print(f"store {summary['store']}")
+    for s in summary["spaces"]:
+        print(f"space {s['space_id']}  {s['backbone']}  D={s['dim']} B={s['bins']}  "
+              f"{s['fingerprints']} fingerprint(s)  reference={s['reference']}")
+    tasks = _store(args).read_table("tasks").to_pylist()
+    for t in sorted(tasks, key=lambda r: r["task_id"]):
+        print(f"task  {t['task_id']:30s} {t['modality'] or '-':8s} {t['n_images']} images")
+    print("tables: " + ", ".join(f"{k}={v}" for k, v in summary["tables"].items()))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from rayfp.cli import plot
+    from rayfp.core.distance import distance_matrix
+
+    store = _store(args)
+    if args.what == "fingerprint":
+        if not args.task_id:
+            raise ConfigError("`rayfp plot fingerprint` needs --task-id")
+        plot.plot_fingerprint(store.get_fingerprint(args.space, args.task_id), args.out)
+    else:
+        fps = store.fingerprints(args.space)
+        if len(fps) < 2:
+            raise ConfigError(f"space {args.space} needs >= 2 fingerprints to plot distances")
+        matrix = distance_matrix(fps, fps, args.metric)
+        plot.plot_distances(matrix, [fp.task_id for fp in fps], args.out, metric=args.metric)
+    print(args.out)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rayfp.cli.demo import run_demo
+
+    run_demo(args.out, samples=args.samples, progress=not args.quiet)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rayfp.evaluate.command import run
+
+    return run(args)
+
+
+def _cloud(name: str):
+    def run(args: argparse.Namespace) -> int:
+        from rayfp.cli import cloud as cloud_cli
+
+        return getattr(cloud_cli, name)(args)
+
+    return run
+
+
+COMMANDS = {"edges": cmd_edges, "fingerprint": cmd_fingerprint, "compare": cmd_compare,
+            "nearest": cmd_nearest, "show": cmd_show, "plot": cmd_plot, "demo": cmd_demo,
+            "evaluate": cmd_evaluate, "import-paper": _cloud("cmd_import_paper"),
+            "serve": _cloud("cmd_serve"), "query": _cloud("cmd_query"),
+            "recommend": _cloud("cmd_query")}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RayfpError as exc:
+        print(f"rayfp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

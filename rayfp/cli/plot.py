@@ -1,0 +1,72 @@
+"""Pictures people want to look at: a fingerprint heat map and a clustered distance matrix."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy.cluster.hierarchy import leaves_list, linkage  # noqa: E402
+from scipy.spatial.distance import squareform  # noqa: E402
+
+from rayfp.core.fingerprint import Fingerprint  # noqa: E402
+
+
+def plot_fingerprint(fp: Fingerprint, out: str | os.PathLike) -> None:
+    """Heat map of P (dimensions x bins) with dimensions ordered by their mean bin."""
+    p = fp.probabilities
+    centre = (p * np.arange(fp.bins)).sum(axis=1)
+    order = np.argsort(centre, kind="stable")
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=120)
+    image = ax.imshow(np.sqrt(p[order]), aspect="auto", cmap="magma", interpolation="nearest")
+    ax.set_xlabel(f"bin (B = {fp.bins})")
+    ax.set_ylabel(f"feature dimension (D = {fp.dim}), sorted by mean bin")
+    ax.set_title(f"fingerprint of {fp.task_id}\n{fp.n_samples} views of {fp.n_images} images, "
+                 f"space {fp.space_id}")
+    fig.colorbar(image, ax=ax, label="sqrt(probability)")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def cluster_order(matrix: np.ndarray) -> np.ndarray:
+    """Leaf order of average-linkage clustering on the symmetrised distances."""
+    if len(matrix) < 3:
+        return np.arange(len(matrix))
+    sym = 0.5 * (matrix + matrix.T)
+    sym = sym - np.diag(np.diag(sym))
+    sym = np.clip(sym, 0.0, None)
+    return leaves_list(linkage(squareform(sym, checks=False), method="average"))
+
+
+def standardise_columns(matrix: np.ndarray) -> np.ndarray:
+    """z-score each target column: bKLD has a strong per-target offset (the target's own
+    entropy), which otherwise hides which sources are close to each target."""
+    std = matrix.std(axis=0, keepdims=True)
+    return (matrix - matrix.mean(axis=0, keepdims=True)) / np.where(std > 0, std, 1.0)
+
+
+def plot_distances(matrix: np.ndarray, task_ids: Sequence[str], out: str | os.PathLike, *,
+                   metric: str) -> None:
+    """Clustered heat map of a square source x target distance matrix, each target column
+    standardised so the nearest sources of every target stand out."""
+    standardised = standardise_columns(matrix)
+    order = cluster_order(standardised - standardised.min())
+    shown = standardised[np.ix_(order, order)]
+    labels = [task_ids[i] for i in order]
+    size = max(5.0, 0.45 * len(labels) + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size), dpi=120)
+    image = ax.imshow(shown, cmap="viridis_r", interpolation="nearest")
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("target task")
+    ax.set_ylabel("source task")
+    ax.set_title(f"{metric} per target, z-scored (lower = more similar), clustered")
+    fig.colorbar(image, ax=ax, label=f"{metric}, z-score within each target column")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)

@@ -1,0 +1,75 @@
+"""A small HTTP client for the knowledge cloud (stdlib only): what `rayfp query`,
+`rayfp recommend` and `rayfp fingerprint --space-from` use."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
+from rayfp.core.wire import encode_fingerprint
+from rayfp.errors import RayfpError
+
+
+class ServerError(RayfpError):
+    """The server answered with an error status (its message is kept)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        super().__init__(f"server answered {status}: {detail}")
+
+
+def _request(url: str, payload: dict | None = None, token: str | None = None,
+             timeout: float = 60) -> Any:
+    data = json.dumps(payload).encode() if payload is not None else None
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, headers=headers,
+                                     method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace")
+        try:
+            detail = json.loads(body).get("detail", body)
+        except json.JSONDecodeError:
+            detail = body
+        raise ServerError(exc.code, str(detail)) from None
+    except urllib.error.URLError as exc:
+        raise ServerError(0, f"cannot reach {url}: {exc.reason}") from None
+
+
+class CloudClient:
+    def __init__(self, server: str, token: str | None = None) -> None:
+        self.server = server.rstrip("/")
+        self.token = token
+
+    def space(self, space_id: str) -> FingerprintSpace:
+        return FingerprintSpace.from_record(_request(f"{self.server}/v1/spaces/{space_id}"))
+
+    def nearest(self, *, task_id: str | None = None, fingerprint: Fingerprint | None = None,
+                k: int | None = None, metric: str | None = None) -> dict[str, Any]:
+        return _request(f"{self.server}/v1/nearest", self._query(task_id, fingerprint, k, metric))
+
+    def recommend(self, *, kinds: list[str], task_id: str | None = None,
+                  fingerprint: Fingerprint | None = None, k: int | None = None,
+                  metric: str | None = None) -> dict[str, Any]:
+        payload = {**self._query(task_id, fingerprint, k, metric), "kinds": kinds}
+        return _request(f"{self.server}/v1/recommend", payload)
+
+    def register(self, fp: Fingerprint, **meta: Any) -> dict[str, Any]:
+        payload = {"task_id": fp.task_id, **meta, "fingerprint": encode_fingerprint(fp)}
+        return _request(f"{self.server}/v1/tasks", payload, token=self.token)
+
+    @staticmethod
+    def _query(task_id, fingerprint, k, metric) -> dict[str, Any]:
+        query: dict[str, Any] = {"k": k, "metric": metric}
+        if fingerprint is not None:
+            query["fingerprint"] = encode_fingerprint(fingerprint)
+        else:
+            query["task_id"] = task_id
+        return {key: v for key, v in query.items() if v is not None}

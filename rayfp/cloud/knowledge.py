@@ -1,0 +1,206 @@
+"""The knowledge cloud's data access: tasks, their fingerprints and components, nearest tasks.
+
+Plain functions and one class over a Store; serve/ calls these, nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rayfp import defaults
+from rayfp.core.distance import DEFAULT_METRIC, get_metric
+from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
+from rayfp.core.index import ScreenedIndex
+from rayfp.core.schemas import COMPONENT_KINDS
+from rayfp.core.store import Store
+from rayfp.errors import ConfigError, NotFoundError, TooFewImagesError
+from rayfp.registry import look_up
+
+# Our metric names -> the paper's released matrices, used for tasks without fingerprints.
+IMPORTED_SELECTOR_FOR_METRIC = {
+    "bkld-small": "KLD-PP:NS-W:TS-100-BINS",
+    "bkld-large": "KLD-PP:NS-1000-BINS",
+    "p2l": "KLD-PP:NN",
+    "emd": "VDNA-PP:NN-1000-BINS",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Neighbour:
+    task_id: str
+    distance: float
+    basis: str  # "fingerprint:<space_id>" or "imported:<selector>"
+
+
+@dataclasses.dataclass
+class _CachedIndex:
+    version: tuple  # the space folder's stat when the index was brought up to date
+    files: dict  # fingerprint file -> signature it had when read
+    task_of: dict  # fingerprint file -> task id
+    index: ScreenedIndex | None
+
+
+class KnowledgeBase:
+    """Tasks, fingerprints, components and imported distances of one store, with a cached
+    linear-form index per space that is rebuilt when the space's fingerprints change."""
+
+    def __init__(self, store: Store | str | os.PathLike, *,
+                 min_images: int = defaults.MIN_IMAGES) -> None:
+        self.store = store if isinstance(store, Store) else Store(store)
+        self.min_images = min_images
+        self._indexes: dict[str, _CachedIndex] = {}
+        self._spaces: dict[str, FingerprintSpace] = {}
+        self._imported: tuple | None = None  # (file signature, frame, rows per key)
+
+    def space(self, space_id: str) -> FingerprintSpace:
+        """A space by id; cached, since a space's content is its id."""
+        if space_id not in self._spaces:
+            self._spaces[space_id] = self.store.get_space(space_id)
+        return self._spaces[space_id]
+
+    # -- spaces and indexes ---------------------------------------------------------------
+    def _version(self, space_id: str) -> tuple:
+        folder = self.store.root / "fingerprints" / f"space_id={space_id}"
+        if not folder.is_dir():
+            return (0,)
+        stat = folder.stat()  # renames into the folder (our atomic writes) change its mtime
+        return (stat.st_mtime_ns, stat.st_nlink, stat.st_size)
+
+    def index(self, space_id: str) -> ScreenedIndex | None:
+        """The space's index, brought up to date with the store: only fingerprint files that
+        were added, replaced or removed since the last call are read (a registration into a
+        10,000-task space reads one file, not 10,000)."""
+        version = self._version(space_id)
+        cached = self._indexes.get(space_id)
+        if cached is not None and cached.version == version:
+            return cached.index
+        files = self.store.fingerprint_files(space_id)
+        old_files = cached.files if cached is not None and cached.index is not None else {}
+        changed = [path for path, signature in files.items() if old_files.get(path) != signature]
+        removed = [cached.task_of[path] for path in old_files if path not in files]
+        fresh = self.store.read_fingerprints(changed, space_id)
+        task_of = {**(cached.task_of if old_files else {}),
+                   **{path: fp.task_id for path, fp in zip(changed, fresh)}}
+        if not files:
+            index = None
+        elif old_files:
+            index = cached.index.with_changes(fresh, removed)
+        else:
+            index = ScreenedIndex(fresh)
+        self._indexes[space_id] = _CachedIndex(version, files, task_of, index)
+        return index
+
+    # -- queries ------------------------------------------------------------------------------
+    def nearest_many(self, queries: Sequence[tuple[Fingerprint, int, str]]
+                     ) -> list[list[Neighbour]]:
+        """The k nearest sources of each (target, k, metric) query. Queries that share a space
+        and a bKLD metric are ranked together (one GEMM for the whole group); other metrics
+        use their direct formula."""
+        results: list[list[Neighbour]] = [[] for _ in queries]
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (target, _, metric) in enumerate(queries):
+            get_metric(metric)
+            self.space(target.space_id)
+            groups.setdefault((target.space_id, metric), []).append(i)
+        for (space_id, metric), members in groups.items():
+            index = self.index(space_id)
+            if index is None:
+                continue
+            basis = f"fingerprint:{space_id}"
+            weighting = get_metric(metric).weighting
+            if weighting is not None:
+                k_max = max(queries[i][1] for i in members)
+                ranked = index.top_k_many([queries[i][0] for i in members], k_max,
+                                          weighting=weighting)
+            else:
+                ranked = [index.top_k_metric(queries[i][0], queries[i][1], metric)
+                          for i in members]
+            for i, found in zip(members, ranked):
+                results[i] = [Neighbour(t, d, basis) for t, d in found[:queries[i][1]]]
+        return results
+
+    def nearest_to_fingerprint(self, target: Fingerprint, *, k: int = defaults.K,
+                               metric: str = DEFAULT_METRIC) -> list[Neighbour]:
+        return self.nearest_many([(target, k, metric)])[0]
+
+    def nearest_to_task(self, task_id: str, *, k: int = defaults.K, metric: str = DEFAULT_METRIC,
+                        space_id: str | None = None) -> list[Neighbour]:
+        """By the task's fingerprint when it has one (in ``space_id`` or its only space),
+        else from imported distance matrices (the paper's tasks)."""
+        fps = [fp for fp in self.store.find_fingerprints(task_id)
+               if space_id is None or fp.space_id == space_id]
+        if len(fps) > 1:
+            raise ConfigError(f"task {task_id!r} has fingerprints in spaces "
+                              f"{[fp.space_id for fp in fps]}; choose one with space_id")
+        if fps:
+            return self.nearest_to_fingerprint(fps[0], k=k, metric=metric)
+        return self._nearest_imported(task_id, k=k, metric=metric)
+
+    def _imported_distances(self) -> tuple[Any, dict]:
+        """The imported distance table and its row numbers per (selector, target), re-read
+        only when the table file changes (reading it measured ~10 ms per query)."""
+        signature = self.store.table_signature("imported_distances")
+        if self._imported is None or self._imported[0] != signature:
+            frame = self.store.read_table("imported_distances").to_pandas()
+            groups = frame.groupby(["selector", "target"]).indices if len(frame) else {}
+            self._imported = (signature, frame, groups)
+        return self._imported[1], self._imported[2]
+
+    def _nearest_imported(self, task_id: str, *, k: int, metric: str) -> list[Neighbour]:
+        selector = IMPORTED_SELECTOR_FOR_METRIC.get(metric, metric)
+        frame, groups = self._imported_distances()
+        if frame.empty:
+            raise NotFoundError(f"task {task_id!r} has no fingerprint and the store has no "
+                                "imported distances (see `rayfp import-paper`)")
+        rows = frame.iloc[groups.get((selector, task_id), [])]
+        rows = rows[rows.source != task_id].dropna(subset=["distance"])
+        if rows.empty:
+            known = sorted(frame.selector.unique())
+            raise NotFoundError(f"no fingerprint of task {task_id!r}, and no imported distances "
+                                f"for it under {selector!r} (metric {metric!r}); imported "
+                                f"selectors: {known}")
+        rows = rows.sort_values(["distance", "source"], kind="stable").head(k)
+        return [Neighbour(r.source, float(r.distance), f"imported:{selector}")
+                for r in rows.itertuples()]
+
+    # -- registration -------------------------------------------------------------------------
+    def register_task(self, task: Mapping[str, Any], fingerprint: Fingerprint) -> None:
+        """Store a task's metadata and its fingerprint (replacing an earlier one in the space)."""
+        self.store.get_space(fingerprint.space_id)
+        if fingerprint.n_images < self.min_images:
+            raise TooFewImagesError(f"task {fingerprint.task_id!r}: {fingerprint.n_images} "
+                                    f"distinct images, below the minimum of {self.min_images}")
+        row = {"task_id": fingerprint.task_id, "name": fingerprint.task_id, "modality": "",
+               "keywords": [], "task_type": "", "n_classes": None, "owner": "",
+               **{k: v for k, v in task.items() if v is not None},
+               "n_images": fingerprint.n_images}
+        self.store.put_fingerprint(fingerprint)
+        self.store.upsert("tasks", [row])
+
+    def record_component(self, row: Mapping[str, Any]) -> None:
+        look_up("component kind", row.get("kind"), COMPONENT_KINDS)
+        if not self.has_task(row["task_id"]):
+            raise NotFoundError(f"task {row['task_id']!r} is not registered; POST /v1/tasks first")
+        self.store.upsert("components", [dict(row)])
+
+    def has_task(self, task_id: str) -> bool:
+        tasks = self.store.read_table("tasks").column("task_id").to_pylist()
+        return task_id in tasks
+
+    def tasks(self, space_id: str | None = None) -> list[dict[str, Any]]:
+        rows = self.store.read_table("tasks").to_pylist()
+        if space_id is not None:
+            self.store.get_space(space_id)
+            rows = [r for r in rows if self.store.has_fingerprint(space_id, r["task_id"])]
+        for r in rows:
+            r.pop("schema_version", None)
+        return sorted(rows, key=lambda r: r["task_id"])
+
+
+def ensure_kinds(kinds: Sequence[str]) -> list[str]:
+    if not kinds:
+        raise ConfigError(f"kinds: expected some of {list(COMPONENT_KINDS)}, got none")
+    return [look_up("component kind", k, COMPONENT_KINDS) for k in kinds]

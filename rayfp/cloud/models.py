@@ -1,0 +1,104 @@
+"""Request/response models of the /v1 API (pydantic), and the typed app arguments.
+
+Choices (metrics, component kinds, count dtypes, compressions) are generated from the registries,
+so /docs lists the real ones and a wrong value is refused before any handler runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from rayfp import defaults
+from rayfp.core.distance import METRICS
+from rayfp.core.schemas import COMPONENT_KINDS
+from rayfp.core.wire import COMPRESSIONS, COUNT_DTYPES
+
+MetricName = Literal[tuple(METRICS.names())]  # type: ignore[valid-type]
+ComponentKind = Literal[COMPONENT_KINDS]  # type: ignore[valid-type]
+CountsDtype = Literal[tuple(COUNT_DTYPES)]  # type: ignore[valid-type]
+Compression = Literal[COMPRESSIONS]  # type: ignore[valid-type]
+
+
+class AppArgs(BaseModel):
+    """What `serve run serve/config.yaml` (or `rayfp serve`) passes to the app builder."""
+
+    store: str = Field(description="Parquet store directory")
+    token: str = Field("", description="bearer token for writes; empty refuses every write")
+    default_k: int = Field(defaults.K, ge=1, le=100)
+    default_metric: MetricName = defaults.METRIC
+    min_images: int = Field(defaults.MIN_IMAGES, ge=1)
+    threads: int = Field(2, ge=1, description="BLAS threads of the replica (Ray sets 1)")
+    max_request_bytes: int = Field(defaults.MAX_REQUEST_BYTES, ge=1024,
+                                   description="larger request bodies get 413")
+
+
+class FingerprintIn(BaseModel):
+    space_id: str
+    counts: list[float] | str = Field(description="D*B counts, dimension-major; JSON list or "
+                                                  "base64 of little-endian counts_dtype")
+    feature_sum: list[float] | str = Field(description="D sums; list or base64 little-endian f64")
+    counts_dtype: CountsDtype = Field("u4", description="base64 counts: uint32, uint16 or uint8")
+    compression: Compression = Field("none", description="of the base64 arrays")
+    n: int = Field(description="samples (views) per dimension")
+    n_images: int | None = Field(None, description="distinct images (default: n)")
+
+
+class Query(BaseModel):
+    task_id: str | None = Field(None, description="a known task (instead of a fingerprint)")
+    fingerprint: FingerprintIn | None = None
+    space_id: str | None = Field(None, description="for a task with several fingerprints")
+    k: int | None = Field(None, ge=1, le=100)
+    metric: MetricName | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Query:
+        if (self.fingerprint is None) == (self.task_id is None):
+            raise ValueError("give exactly one of 'fingerprint' and 'task_id'")
+        return self
+
+
+class RecommendQuery(Query):
+    kinds: list[ComponentKind] = Field(default_factory=lambda: list(COMPONENT_KINDS),
+                                       min_length=1)
+
+
+class Neighbour(BaseModel):
+    rank: int
+    task_id: str
+    distance: float
+    basis: str
+
+
+class NearestOut(BaseModel):
+    metric: str
+    k: int
+    neighbours: list[Neighbour]
+
+
+class TaskIn(BaseModel):
+    task_id: str
+    name: str | None = None
+    modality: str | None = None
+    keywords: list[str] | None = None
+    task_type: str | None = None
+    n_classes: int | None = None
+    owner: str | None = None
+    fingerprint: FingerprintIn
+
+
+class ComponentIn(BaseModel):
+    kind: ComponentKind
+    value: str
+    metric: str = ""
+    score: float | None = None
+    seed: int | None = None
+    provenance: str = ""
+
+
+class RecommendOut(BaseModel):
+    metric: str
+    k: int
+    neighbours: list[Neighbour]
+    recommendations: dict[str, list[dict[str, Any]]]

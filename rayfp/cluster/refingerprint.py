@@ -1,0 +1,80 @@
+"""Re-fingerprinting: which tasks must move into a backbone's current space, and from what images.
+
+A fingerprint records where its images came from (``source`` JSON: the archive job's root or
+manifest, or the CLI's inputs) and its seed, so it can be recomputed in a new space (new weights,
+preprocessing or edges) with the same sampling. Old fingerprints stay readable; spaces never mix.
+Ray-free: jobs/refingerprint.py runs the plan with rayfp.cluster.pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+
+from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
+from rayfp.core.store import Store
+from rayfp.errors import ConfigError, NotFoundError
+from rayfp.io.sources import ImageSource, discover_sources, list_archive
+
+
+@dataclasses.dataclass(frozen=True)
+class RefingerprintItem:
+    task_id: str
+    from_space: str
+    samples: int
+    seed: int
+    source: dict
+    min_images: int
+
+    def describe(self) -> str:
+        where = self.source.get("archive") or ", ".join(self.source.get("inputs", [])) or "?"
+        return (f"{self.task_id}: from space {self.from_space}, {self.samples} views, seed "
+                f"{self.seed}, images from {where}")
+
+
+def current_space(store: Store, backbone: str) -> FingerprintSpace:
+    """The newest space of a backbone (by creation time, then id)."""
+    spaces = [store.get_space(s) for s in store.space_ids()]
+    mine = [s for s in spaces if s.backbone == backbone]
+    if not mine:
+        raise NotFoundError(f"store {store.root} has no space for backbone {backbone!r}; "
+                            f"spaces: {[(s.space_id, s.backbone) for s in spaces]}")
+    return max(mine, key=lambda s: (s.created_at, s.space_id))
+
+
+def _newest(fps: Sequence[Fingerprint]) -> Fingerprint:
+    return max(fps, key=lambda fp: (fp.created_at, fp.space_id))
+
+
+def plan_refingerprint(store: Store, target: FingerprintSpace) -> list[RefingerprintItem]:
+    """Every task with a fingerprint somewhere but none in ``target``, newest fingerprint first
+    as the recipe (its samples, seed and image source)."""
+    by_task: dict[str, list[Fingerprint]] = {}
+    for space_id in store.space_ids():
+        if space_id == target.space_id:
+            continue
+        for fp in store.fingerprints(space_id):
+            by_task.setdefault(fp.task_id, []).append(fp)
+    items = []
+    for task_id, fps in sorted(by_task.items()):
+        if store.has_fingerprint(target.space_id, task_id):
+            continue
+        recipe = _newest(fps)
+        source = json.loads(recipe.source) if recipe.source.startswith("{") else {}
+        items.append(RefingerprintItem(task_id, recipe.space_id, recipe.n_samples,
+                                       int(source.get("seed", 0)), source,
+                                       int(recipe.privacy.get("min_images", 1) or 1)))
+    return items
+
+
+def files_for(item: RefingerprintItem) -> list[ImageSource]:
+    """The task's image files, from the recorded source."""
+    kind = item.source.get("kind")
+    if kind == "rayfp-archive-job":
+        return [f for f in list_archive(item.source["archive"]) if f.task_id == item.task_id]
+    if kind == "rayfp-cli":
+        return [dataclasses.replace(s, task_id=item.task_id)
+                for s in discover_sources(item.source["inputs"])]
+    raise ConfigError(f"task {item.task_id!r}: its fingerprint does not record where its images "
+                      f"came from (source={item.source}); fingerprint it again by hand")

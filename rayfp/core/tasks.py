@@ -1,0 +1,33 @@
+"""Saving a task's fingerprint and its row in the tasks table: the last step of every path
+(the local client, the Ray job, re-fingerprinting), so all of them record the same fields."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from rayfp.core.fingerprint import Fingerprint, PartialCounts, finalize
+from rayfp.core.store import Store
+
+
+def save_task_fingerprint(store: Store, partial: PartialCounts, *, task_id: str, n_images: int,
+                          modality: str, source: Mapping[str, Any], min_images: int
+                          ) -> Fingerprint:
+    """Finalise merged counts, write the fingerprint (replacing an older one in its space) and
+    the task's row. ``source`` (JSON-able) records where the images came from."""
+    fp = finalize(partial, task_id=task_id, n_images=n_images,
+                  source=json.dumps(dict(source)),
+                  privacy={"min_images": min_images, "quantisation": None, "dp_epsilon": None})
+    store.put_fingerprint(fp)
+    record_task(store, task_id, modality=modality, n_images=n_images)
+    return fp
+
+
+def record_task(store: Store, task_id: str, *, modality: str, n_images: int) -> None:
+    """Add the task to the tasks table, keeping metadata registered earlier (name, keywords)."""
+    known = [r for r in store.read_table("tasks").to_pylist() if r["task_id"] == task_id]
+    row = known[0] if known else {"task_id": task_id, "name": task_id, "keywords": [],
+                                  "task_type": "", "n_classes": None, "owner": ""}
+    row.update(modality=modality or row.get("modality") or "", n_images=n_images)
+    store.upsert("tasks", [row])

@@ -1,0 +1,113 @@
+"""How a fingerprint travels over HTTP: one module for both the client and the server.
+
+Arrays are JSON lists (small cases) or base64 of little-endian binary: counts as uint32 ("u4",
+the default), uint16 ("u2") or uint8 ("u1") when every count fits, feature sums as float64;
+optionally zlib-compressed ("compression": "zlib"). A D=512, B=100 query (N=1,000) is 273 KB as
+base64 uint32 and ~38 KB as zlib uint8: measured ~1.5 ms less per request through Ray Serve on
+loopback.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from typing import Any
+
+import numpy as np
+
+from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
+from rayfp.errors import ConfigError, TooFewImagesError
+from rayfp.registry import look_up
+
+COUNT_DTYPES = {"u4": "<u4", "u2": "<u2", "u1": "u1"}
+COMPRESSIONS = ("none", "zlib")
+
+
+def _b64(raw: bytes, compression: str) -> str:
+    if compression == "zlib":
+        raw = zlib.compress(raw, 1)  # level 1: 4x smaller already, 6x faster than the default
+    return base64.b64encode(raw).decode()
+
+
+def encode_fingerprint(fp: Fingerprint, *, compression: str = "zlib") -> dict[str, Any]:
+    """The `fingerprint` object of a request: space_id, counts, feature_sum, n, n_images."""
+    look_up("compression", compression, COMPRESSIONS)
+    largest = int(np.max(fp.counts, initial=0))
+    counts_dtype = "u1" if largest < 2**8 else "u2" if largest < 2**16 else "u4"
+    return {"space_id": fp.space_id,
+            "counts": _b64(np.asarray(fp.counts, COUNT_DTYPES[counts_dtype]).tobytes(),
+                           compression),
+            "feature_sum": _b64(np.asarray(fp.feature_sum, "<f8").tobytes(), compression),
+            "counts_dtype": counts_dtype, "compression": compression,
+            "n": fp.n_samples, "n_images": fp.n_images}
+
+
+def decode_array(value: Any, dtype: str, field: str, *, items: int,
+                 compression: str = "none") -> np.ndarray:
+    """A JSON list, or base64 of (optionally zlib-compressed) little-endian ``dtype`` values, as
+    a 1-D array. ``items`` is the length the space expects: a compressed stream is never
+    inflated beyond it (a small request cannot make the server allocate gigabytes)."""
+    look_up("compression", compression, COMPRESSIONS)
+    if not isinstance(value, str):
+        try:
+            return np.asarray(value, dtype=float).ravel()
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{field}: expected a list of numbers or base64, got "
+                              f"{type(value).__name__}") from exc
+    kind = np.dtype(dtype)
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError as exc:
+        raise ConfigError(f"{field}: not valid base64 ({exc})") from exc
+    if compression == "zlib":
+        limit = items * kind.itemsize
+        inflater = zlib.decompressobj()
+        try:
+            raw = inflater.decompress(raw, limit + 1)
+        except zlib.error as exc:
+            raise ConfigError(f"{field}: not a valid zlib stream ({exc})") from exc
+        if len(raw) > limit or not inflater.eof:
+            raise ConfigError(f"{field}: the zlib stream does not hold exactly {items} "
+                              f"{kind.name} values")
+    if len(raw) % kind.itemsize:
+        raise ConfigError(f"{field}: {len(raw)} bytes is not a whole number of {kind.name} "
+                          f"values ({kind.itemsize} bytes each)")
+    return np.frombuffer(raw, dtype=kind).astype(kind.newbyteorder("="))
+
+
+def decode_fingerprint(space: FingerprintSpace, *, task_id: str, counts: Any, feature_sum: Any,
+                       n: int, n_images: int | None = None, min_images: int = 1,
+                       counts_dtype: str = "u4", compression: str = "none") -> Fingerprint:
+    """A client's fingerprint (the wire form above), validated against its space: shapes,
+    non-negative finite integer counts summing to n per dimension, finite sums, n and image
+    minimums."""
+    look_up("counts_dtype", counts_dtype, COUNT_DTYPES)
+    expected = space.dim * space.bins
+    flat = decode_array(counts, COUNT_DTYPES[counts_dtype], "counts", items=expected,
+                        compression=compression)
+    sums = decode_array(feature_sum, "<f8", "feature_sum", items=space.dim,
+                        compression=compression)
+    if flat.size != expected:
+        raise ConfigError(f"counts: expected {space.dim} x {space.bins} = {expected} values "
+                          f"(dimension-major) for space {space.space_id}, got {flat.size}")
+    if sums.size != space.dim:
+        raise ConfigError(f"feature_sum: expected {space.dim} values, got {sums.size}")
+    if flat.dtype.kind != "u" and (not np.isfinite(flat).all() or (flat < 0).any()
+                                   or (flat != np.round(flat)).any()):  # lists: JSON numbers
+        raise ConfigError("counts: expected non-negative finite integers")
+    if not np.isfinite(sums).all():
+        raise ConfigError("feature_sum: expected finite numbers")
+    if n < 1:
+        raise ConfigError(f"n: expected >= 1 samples, got {n}")
+    matrix = flat.astype(np.int64).reshape(space.dim, space.bins)
+    row_sums = matrix.sum(axis=1)
+    if (row_sums != n).any():
+        bad = int(np.argmax(row_sums != n))
+        raise ConfigError(f"counts: every dimension must hold n = {n} samples; dimension {bad} "
+                          f"holds {int(row_sums[bad])}")
+    images = n if n_images is None else n_images
+    if images < min_images:
+        raise TooFewImagesError(f"n_images = {images} is below this server's minimum of "
+                                f"{min_images} distinct images")
+    return Fingerprint(task_id=task_id, space_id=space.space_id, counts=matrix,
+                       feature_sum=sums.astype(np.float64), n_samples=int(n), n_images=int(images))

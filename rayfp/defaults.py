@@ -1,0 +1,22 @@
+"""Defaults and names shared by the CLI, the Ray job and the service, in one torch-free place.
+
+Importing this module costs nothing, so light commands (`rayfp --help`, `show`, `query`) can
+show the defaults in their help without loading torch or Ray.
+"""
+
+from __future__ import annotations
+
+SAMPLES = 10_000  # N augmented views per task (DESIGN §1.2, the paper's default)
+FAST_SAMPLES = 1_000  # a legitimate fast mode: rankings are nearly flat from 100 to 10,000
+EDGE_SAMPLES = FAST_SAMPLES  # views per reference task when a space's edges are computed
+BINS = 100  # bins per dimension: bKLD(small); the paper's bKLD(large) uses 1,000
+MIN_IMAGES = 50  # DESIGN §5: the privacy floor of distinct images per task
+SEED = 0
+BATCH_SIZE = 64  # views per forward call on the local path; does not change the result
+METRIC = "bkld-small"
+K = 3  # sources per recommendation (the paper's k-shot protocol)
+NEAREST_K = 5  # rows `rayfp nearest` prints
+MAX_REQUEST_BYTES = 16 * 2**20  # the service refuses larger bodies with 413
+
+# What a knowledge cloud records per task (DESIGN §2 `components`).
+COMPONENT_KINDS = ("architecture", "augmentation", "pretraining", "cotraining")

@@ -1,0 +1,128 @@
+"""The site-side operations the CLI, the demo and the jobs share (no Ray, no printing).
+
+>>> space = create_space([["ref_a/"], ["ref_b/"]], backbone="efficientnet_lite0", bins=100,
+...                      store=Store("store"))                                # doctest: +SKIP
+>>> result = fingerprint_task(["site/"], task_id="my-task", space_id=space.space_id,
+...                           store=Store("store"))                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from rayfp import defaults
+from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, compute_edges
+from rayfp.core.store import Store
+from rayfp.core.tasks import save_task_fingerprint
+from rayfp.errors import ConfigError, SpaceMismatchError
+from rayfp.extract.backbones import RANDOM_WEIGHTS_TAG, FeatureExtractor, get_backbone_spec
+from rayfp.extract.views import fingerprint_inventory, iter_features
+from rayfp.io.inventory import SkippedFile, TaskInventory, take_inventory
+from rayfp.io.sources import discover_sources
+
+
+def load_extractor(backbone: str, *, weights: str | os.PathLike | None = None,
+                   random_weights: bool = False, threads: int | None = None) -> FeatureExtractor:
+    return FeatureExtractor(backbone, weights=weights, random_weights=random_weights,
+                            threads=threads)
+
+
+def extractor_for_space(space: FingerprintSpace, *, weights: str | os.PathLike | None = None,
+                        threads: int | None = None) -> FeatureExtractor:
+    """The backbone of a space, with weights whose sha256 must match the space's."""
+    random_weights = space.weights_sha256 == RANDOM_WEIGHTS_TAG
+    extractor = load_extractor(space.backbone, weights=None if random_weights else weights,
+                               random_weights=random_weights, threads=threads)
+    if extractor.weights_sha256 != space.weights_sha256:
+        raise SpaceMismatchError(
+            f"space {space.space_id} needs {space.backbone} weights with sha256 "
+            f"{space.weights_sha256}, but {extractor.weights.path} has "
+            f"{extractor.weights_sha256}; pass the right file with --weights")
+    return extractor
+
+
+def space_from_features(features: np.ndarray, *, backbone: str, weights_sha256: str, bins: int,
+                        reference: Sequence[str]) -> FingerprintSpace:
+    """A space whose edges are the 5 %/95 % quantiles of the reference features (N, D)."""
+    lo, hi = compute_edges(features)
+    spec = get_backbone_spec(backbone)
+    return FingerprintSpace(backbone=backbone, weights_sha256=weights_sha256,
+                            preprocessing=spec.preprocessing, dim=spec.feature_dim, bins=bins,
+                            edges_lo=lo, edges_hi=hi, reference=json.dumps(list(reference)))
+
+
+@dataclasses.dataclass
+class SpaceResult:
+    space: FingerprintSpace
+    skipped: list[SkippedFile]
+    n_features: int
+
+
+def create_space(reference_tasks: Sequence[Sequence[str | os.PathLike]], *, backbone: str,
+                 bins: int, store: Store, samples_per_task: int = defaults.EDGE_SAMPLES,
+                 seed: int = defaults.SEED, weights: str | os.PathLike | None = None,
+                 random_weights: bool = False, batch_size: int = defaults.BATCH_SIZE,
+                 reference_names: Sequence[str] | None = None, threads: int | None = None,
+                 progress: bool = False) -> SpaceResult:
+    """Sample features of each reference task, take per-dimension 5 %/95 % quantiles as edges,
+    store the space. Each reference task contributes the same number of samples (task i is
+    sampled with seed + i, as the Ray job does)."""
+    if not reference_tasks:
+        raise ConfigError("edges need at least one reference task (a path)")
+    extractor = load_extractor(backbone, weights=weights, random_weights=random_weights,
+                               threads=threads)
+    names = list(reference_names or [", ".join(map(str, paths)) for paths in reference_tasks])
+    features, skipped = [], []
+    for index, paths in enumerate(reference_tasks):
+        inventory = take_inventory(discover_sources(paths), task_id=names[index],
+                                   progress=progress)
+        skipped.extend(inventory.skipped)
+        inventory.require(1)
+        features.extend(iter_features(inventory, extractor, samples=samples_per_task,
+                                      seed=seed + index, batch_size=batch_size,
+                                      progress=progress, desc=f"edges {names[index]}"))
+    stacked = np.concatenate(features)
+    space = space_from_features(stacked, backbone=backbone,
+                                weights_sha256=extractor.weights_sha256, bins=bins,
+                                reference=names)
+    store.put_space(space)
+    return SpaceResult(space, skipped, len(stacked))
+
+
+@dataclasses.dataclass
+class FingerprintResult:
+    fingerprint: Fingerprint
+    inventory: TaskInventory
+    modality: str
+
+    @property
+    def skipped(self) -> list[SkippedFile]:
+        return self.inventory.skipped
+
+
+def fingerprint_task(paths: Sequence[str | os.PathLike], *, task_id: str, space_id: str,
+                     store: Store, samples: int = defaults.SAMPLES, seed: int = defaults.SEED,
+                     min_images: int = defaults.MIN_IMAGES,
+                     batch_size: int = defaults.BATCH_SIZE,
+                     weights: str | os.PathLike | None = None,
+                     extractor: FeatureExtractor | None = None, modality: str = "",
+                     threads: int | None = None, progress: bool = False) -> FingerprintResult:
+    """Fingerprint one task's images in a stored space and write it (replacing an older one).
+    ``modality`` overrides the one read from the manifest or the files."""
+    space = store.get_space(space_id)
+    inventory = take_inventory(discover_sources(paths), task_id=task_id, progress=progress)
+    inventory.require(min_images)
+    extractor = extractor or extractor_for_space(space, weights=weights, threads=threads)
+    partial = fingerprint_inventory(inventory, space, extractor, samples=samples, seed=seed,
+                                    batch_size=batch_size, progress=progress)
+    main_modality = modality or inventory.modality
+    fp = save_task_fingerprint(
+        store, partial, task_id=task_id, n_images=inventory.n_images, modality=main_modality,
+        source={"kind": "rayfp-cli", "inputs": [os.fspath(p) for p in paths], "seed": seed},
+        min_images=min_images)
+    return FingerprintResult(fp, inventory, main_modality)

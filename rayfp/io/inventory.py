@@ -1,0 +1,131 @@
+"""What a task's files hold: the decodable images (frames) and the files that cannot be used.
+
+One model for every path. `inventory_file` decodes one file and never raises (a job must not
+die on one bad file); `group_inventory` turns per-file records into per-task inventories. The
+local client maps `inventory_file` in a loop, the Ray job maps it over a cluster: both group the
+same records with the same code, so they agree on image lists, skipped files and modality.
+Torch-free and Ray-free.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+from tqdm import tqdm
+
+from rayfp.errors import DecodeError, TooFewImagesError
+from rayfp.io.decode import decode_file
+from rayfp.io.image import DEFAULT_MAX_PIXELS
+from rayfp.io.sources import ImageSource
+
+UNKNOWN_MODALITY = "unknown"
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class ImageRef:
+    """One distinct image: a frame of a file."""
+
+    path: str
+    frame: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedFile:
+    """A file that gave no image, with a machine-readable reason (DecodeError.reason)."""
+
+    path: str
+    task_id: str
+    reason: str
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRecord:
+    """One file's inventory: its frame count and modality, or why it cannot be used."""
+
+    path: str
+    task_id: str
+    n_frames: int
+    modality: str
+    reason: str = ""
+    detail: str = ""
+
+    def to_record(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, row: dict) -> FileRecord:
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+
+
+def inventory_file(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> FileRecord:
+    """Decode one file. The modality is the manifest's, else the file's own, else 'unknown'.
+    Never raises for a bad file: unexpected decoder crashes are recorded too."""
+    try:
+        frames = decode_file(source.path, max_pixels=max_pixels)
+    except DecodeError as exc:
+        return FileRecord(source.path, source.task_id, 0, "", exc.reason, exc.detail)
+    except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not kill the job
+        return FileRecord(source.path, source.task_id, 0, "", "decoder_crash",
+                          f"{type(exc).__name__}: {exc}")
+    modality = source.modality or frames[0].meta.modality or UNKNOWN_MODALITY
+    return FileRecord(source.path, source.task_id, len(frames), modality)
+
+
+@dataclasses.dataclass
+class TaskInventory:
+    """The decodable images of one task (sorted: sampling indexes into this list), the files
+    that were skipped, and the images per modality."""
+
+    task_id: str
+    images: list[ImageRef]
+    skipped: list[SkippedFile]
+    modalities: collections.Counter
+
+    @property
+    def n_images(self) -> int:
+        return len(self.images)
+
+    @property
+    def modality(self) -> str:
+        """The modality of most images; ties go to the alphabetically first ('' if none)."""
+        if not self.modalities:
+            return ""
+        return min(self.modalities, key=lambda name: (-self.modalities[name], name))
+
+    def require(self, min_images: int) -> None:
+        if self.n_images < min_images:
+            raise TooFewImagesError(
+                f"task {self.task_id!r} has {self.n_images} decodable distinct images, fewer "
+                f"than the minimum of {min_images} ({len(self.skipped)} files skipped); add "
+                "images or lower --min-images if your privacy policy allows")
+
+
+def group_inventory(records: Iterable[FileRecord]) -> dict[str, TaskInventory]:
+    """Per-file records -> per-task inventories, sorted by task id (images by path, frame)."""
+    tasks: dict[str, TaskInventory] = {}
+    for record in records:
+        task = tasks.setdefault(record.task_id, TaskInventory(record.task_id, [], [],
+                                                              collections.Counter()))
+        if record.reason:
+            task.skipped.append(SkippedFile(record.path, record.task_id, record.reason,
+                                            record.detail))
+            continue
+        task.images.extend(ImageRef(record.path, f) for f in range(record.n_frames))
+        task.modalities[record.modality] += record.n_frames
+    for task in tasks.values():
+        task.images.sort()
+        task.skipped.sort(key=lambda s: s.path)
+    return dict(sorted(tasks.items()))
+
+
+def take_inventory(sources: Sequence[ImageSource], *, task_id: str = "",
+                   max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False
+                   ) -> TaskInventory:
+    """All sources as one task (the local client's case): each file decoded once, here."""
+    records = [dataclasses.replace(inventory_file(s, max_pixels=max_pixels), task_id=task_id)
+               for s in tqdm(sources, desc="decode", unit="file", disable=not progress)]
+    return group_inventory(records).get(
+        task_id, TaskInventory(task_id, [], [], collections.Counter()))

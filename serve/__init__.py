@@ -1,1 +1,0 @@
-"""Ray Serve deployment of the rayfp knowledge cloud (see app.py)."""
