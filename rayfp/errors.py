@@ -67,8 +67,13 @@ class DecompressionBombError(DecodeError):
 # --- configuration, registries, data ----------------------------------------------------------
 
 
-class UnknownNameError(RayfpError, KeyError):
-    """A name looked up in a registry (backbone, metric, ...) does not exist."""
+class ConfigError(RayfpError, ValueError):
+    """A configuration value is out of range or inconsistent."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name looked up in a registry (backbone, metric, ...) does not exist. A ConfigError, so
+    every bad choice is caught the same way; a KeyError, as a failed lookup."""
 
     def __init__(self, kind: str, name: str, valid: Iterable[str]) -> None:
         valid = sorted(valid)
@@ -79,10 +84,6 @@ class UnknownNameError(RayfpError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
         return self.args[0]
-
-
-class ConfigError(RayfpError, ValueError):
-    """A configuration value is out of range or inconsistent."""
 
 
 class MissingWeightsError(RayfpError, FileNotFoundError):

@@ -13,9 +13,11 @@ from rayfp.extract.backbones import (
     file_sha256,
     get_backbone_spec,
     list_backbones,
+    normalize,
     resolve_weights,
 )
-from rayfp.io.canonical import canonicalize, crop_views, normalize
+from rayfp.extract.views import crop_views
+from rayfp.io.canonical import canonicalize
 
 ESPRESSO = 967
 CATS = range(281, 286)

@@ -107,3 +107,23 @@ def test_sample_plan_draws_with_replacement_and_is_seeded():
     assert 0.4 < plan.flip.mean() < 0.6
     covered = np.concatenate([ids for _, ids in plan.grouped_by_image()])
     assert sorted(covered.tolist()) == list(range(1000))
+
+
+def test_space_and_fingerprint_records_round_trip(rng):
+    import json
+
+    from conftest import random_fingerprint
+
+    from rayfp.core.fingerprint import Fingerprint
+
+    space = make_space(dim=4, bins=6, hi=2.0)
+    record = space.to_record()
+    assert json.loads(json.dumps(record)) == record  # plain values: a JSON answer as it is
+    assert FingerprintSpace.from_record(record).to_record() == record
+    with pytest.raises(SpaceMismatchError, match="altered"):
+        FingerprintSpace.from_record({**record, "edges_hi": [3.0] * 4})
+    fp = random_fingerprint(rng, space, "t")
+    back = Fingerprint.from_record(fp.to_record())
+    assert np.array_equal(back.counts, fp.counts) and back.privacy == fp.privacy
+    assert (back.task_id, back.n_samples, back.n_images) == (fp.task_id, fp.n_samples,
+                                                             fp.n_images)
