@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -40,14 +41,75 @@ def test_serve_config_is_valid_and_its_args_build_the_app():
     assert AppArgs(**app.args).default_metric == "bkld-small"  # the builder's typed arguments
 
 
-def test_rayfp_serve_finds_the_app_from_any_working_directory(tmp_path):
-    """A console script has no checkout on sys.path; `rayfp serve` must still import serve/."""
+def test_an_installed_wheel_serves_from_anywhere(tmp_path):
+    """rayfp built as a wheel and installed into a fresh venv outside the checkout: `rayfp serve`
+    starts and answers /v1/health. Nothing of the checkout is on any path (no sys.path or
+    PYTHONPATH tricks); the fresh venv borrows only the third-party packages of this one."""
+    import shutil
+    import signal
+    import site
+    import socket
     import subprocess
     import sys
+    import sysconfig
+    import time
+    import urllib.request
 
-    probe = ("import sys; from rayfp.cli.cloud import serve_app_module; "
-             "app = serve_app_module(); print(app.build_app.__module__, app.SERVE_ENVIRONMENT)")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("rayfp.cloud.app {'RAY_SERVE_PROXY_USE_GRPC': '1'}")
+    source = tmp_path / "src"  # build from a copy: the checkout stays clean
+    shutil.copytree(REPO / "rayfp", source / "rayfp",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "dist"), str(source)], check=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("rayfp-*.whl"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path("
+                              "'purelib'))"], capture_output=True, text=True, check=True)
+    # The dependencies (torch, Ray, ...) as plain path entries: this venv's own .pth files, and
+    # with them the editable checkout, are not processed.
+    ours = sysconfig.get_path("purelib")
+    assert ours in site.getsitepackages()
+    (Path(purelib.stdout.strip()) / "deps.pth").write_text(ours + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+                    "--no-deps", "--no-index", str(wheel)], check=True, timeout=300)
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    where = subprocess.run([python, "-c", "import rayfp.cloud.app, rayfp; print(rayfp.__file__)"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert where.returncode == 0, where.stderr
+    assert where.stdout.startswith(str(venv)), where.stdout  # the wheel's copy, not the checkout
+    shipped = subprocess.run([python, "-c", "from rayfp.evaluate.data import PUBLISHED_SPLITS; "
+                              "print(PUBLISHED_SPLITS.is_file())"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert shipped.stdout.strip() == "True", shipped.stderr  # package data travels
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "store").mkdir()
+    server = subprocess.Popen([venv / "bin" / "rayfp", "serve", "--store", "store", "--port",
+                               str(port)], cwd=tmp_path, env=env, start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, health = time.monotonic() + 240, None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health",
+                                            timeout=5) as answer:
+                    health = json.loads(answer.read())
+                    break
+            except OSError:
+                time.sleep(1)
+        assert health == {"status": "ok", "spaces": 0}, server.stdout.read1().decode()
+    finally:
+        server.send_signal(signal.SIGINT)  # serve.run(blocking) shuts Ray down on Ctrl-C
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(server.pid, signal.SIGKILL)  # whatever of Ray is left in its session
+        except ProcessLookupError:
+            pass

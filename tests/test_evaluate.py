@@ -209,3 +209,20 @@ def test_pandas2_float_parser_reproduces_the_documented_ulp_differences(data):
     assert total == 19032
     assert pandas2_float("0.1") == 0.1 and pandas2_float("-2.5e-3") == -0.0025
     assert np.isnan(pandas2_float("")) and pandas2_float("1e400") == np.inf
+
+
+def test_the_papers_task_lists_ship_with_rayfp(tmp_path):
+    """A bare copy of the paper repository's cache/ has no task_splits.json: evaluate anyway."""
+    import json
+
+    from rayfp.evaluate.data import PUBLISHED_SPLITS
+
+    assert json.loads(PUBLISHED_SPLITS.read_text()) == json.loads(
+        (DATA / "task_splits.json").read_text())
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in ("exp", "distances", "task_infos.csv"):
+        (cache / name).symlink_to(DATA / name)
+    assert PaperData(cache).splits.development == PaperData(DATA).splits.development
+    with pytest.raises(ConfigError, match="no task lists"):
+        PaperData(cache, splits=tmp_path / "missing.json")

@@ -119,3 +119,23 @@ def test_index_follows_the_store_reading_only_changed_files(tmp_path, rng, monke
     for path in store.fingerprint_files(space.space_id):
         path.unlink()
     assert kb.index(space.space_id) is None
+
+
+def test_nearest_many_ranks_mixed_batches_like_single_queries(tmp_path, rng):
+    store = Store(tmp_path / "s")
+    spaces = [make_space(dim=5, bins=6), make_space(dim=4, bins=7, hi=2.0)]
+    kb = KnowledgeBase(store, min_images=1)
+    for space in spaces:
+        store.put_space(space)
+        for i in range(6):
+            kb.register_task({}, random_fingerprint(rng, space, f"{space.space_id[:4]}-{i}"))
+    queries = [(random_fingerprint(rng, space, f"q{i}"), k, metric)
+               for i, (space, k, metric) in enumerate([
+                   (spaces[0], 3, "bkld-small"), (spaces[1], 2, "bkld-small"),
+                   (spaces[0], 5, "bkld-small"), (spaces[0], 2, "js"),
+                   (spaces[1], 4, "bkld-large")])]
+    batched = kb.nearest_many(queries)
+    assert batched == [kb.nearest_to_fingerprint(t, k=k, metric=m) for t, k, m in queries]
+    assert [len(found) for found in batched] == [3, 2, 5, 2, 4]
+    assert all(n.basis == f"fingerprint:{t.space_id}" for (t, _, _), found in
+               zip(queries, batched) for n in found)

@@ -18,12 +18,13 @@ from conftest import make_space, paper_data_dir, random_fingerprint
 from rayfp.cloud.client import CloudClient, ServerError
 from rayfp.cloud.knowledge import KnowledgeBase
 from rayfp.cloud.paper_import import import_paper
-from rayfp.core.distance import bkld
+from rayfp.core.distance import METRICS, bkld
 from rayfp.core.store import Store
 from rayfp.core.wire import encode_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret"
+MAX_BYTES = 2 * 2**20
 
 
 def _free_port() -> int:
@@ -50,7 +51,8 @@ def cloud(tmp_path_factory):
         kb.register_task({"modality": "synthetic"}, fp)
     port = _free_port()
     start_local_serve("127.0.0.1", port, num_cpus=2)  # as `rayfp serve` does
-    serve.run(build_app({"store": str(store.root), "token": TOKEN, "min_images": 20}),
+    serve.run(build_app({"store": str(store.root), "token": TOKEN, "min_images": 20,
+                         "max_request_bytes": MAX_BYTES}),
               name="rayfp", route_prefix="/")
     try:
         yield {"url": f"http://127.0.0.1:{port}", "space": space, "known": known, "store": store}
@@ -82,6 +84,11 @@ def test_health_spaces_and_openapi(cloud):
     assert np.array_equal(fetched.edges_hi, cloud["space"].edges_hi)
     status, schema = http(cloud, "GET", "/openapi.json")
     assert status == 200 and "/v1/recommend" in schema["paths"]
+    # /docs shows the real choices and how writes authenticate
+    assert schema["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
+    assert schema["paths"]["/v1/tasks"]["post"]["security"] == [{"token": []}]
+    metric = json.dumps(schema["components"]["schemas"]["Query"]["properties"]["metric"])
+    assert all(f'"{name}"' in metric for name in METRICS.names())
 
 
 def test_register_then_query_then_recommend(cloud):
@@ -134,9 +141,12 @@ def test_bad_input_gets_4xx_that_says_what_to_fix(cloud):
         ({"fingerprint": {**good, "space_id": "feedfacefeedface"}}, 404, "known spaces"),
         ({"fingerprint": {**good, "counts": [1.0, 2.0]}}, 400, "expected 16 x 10"),
         ({"fingerprint": {**good, "n": 0}}, 400, "n: expected >= 1"),
-        ({"task_id": "site-1", "metric": "kl"}, 400, "unknown metric"),
-        ({"task_id": "site-1", "kinds": ["optimizer"]}, 400, "kinds: expected"),
+        ({"task_id": "site-1", "metric": "kl"}, 422, "'bkld-small', 'bkld-large'"),
+        ({"task_id": "site-1", "kinds": ["optimizer"]}, 422, "'architecture'"),
+        ({"task_id": "site-1", "kinds": []}, 422, "at least 1 item"),
+        ({"fingerprint": {**good, "compression": "gzip"}}, 422, "'zlib'"),
         ({}, 422, "exactly one"),
+        ({"task_id": "site-1", "fingerprint": good}, 422, "exactly one"),
         ({"task_id": "no-such-task"}, 404, "no-such-task"),
     ]
     for payload, status, message in cases:
@@ -152,6 +162,55 @@ def test_bad_input_gets_4xx_that_says_what_to_fix(cloud):
     got, body = http(cloud, "POST", "/v1/tasks", {"task_id": "x", "fingerprint": few},
                      token=TOKEN)
     assert got == 400 and "minimum of 20" in body["detail"]
+
+
+def test_writes_check_the_token_before_the_body(cloud):
+    """An anonymous write learns nothing about the schema: 401, not 422."""
+    for body in ({"nonsense": True}, {"task_id": "x"}):
+        assert http(cloud, "POST", "/v1/tasks", body)[0] == 401
+        assert http(cloud, "POST", "/v1/tasks/site-1/components", body, token="wrong")[0] == 401
+    assert http(cloud, "POST", "/v1/tasks", {"nonsense": True}, token=TOKEN)[0] == 422
+
+
+def declared_post(cloud, path: str, *, declared: int, sent: bytes = b"", chunked: bool = False
+                  ) -> tuple[int, dict]:
+    """A POST that announces ``declared`` body bytes (or is chunked) but sends only ``sent``:
+    the answer must come from the announcement, before a big body is read."""
+    import http.client
+
+    host, port = cloud["url"].removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.putrequest("POST", path)
+    connection.putheader("Content-Type", "application/json")
+    if chunked:
+        connection.putheader("Transfer-Encoding", "chunked")
+    else:
+        connection.putheader("Content-Length", str(declared))
+    connection.endheaders()
+    if chunked:
+        for start in range(0, len(sent), 2**20):
+            piece = sent[start:start + 2**20]
+            connection.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        connection.send(b"0\r\n\r\n")
+    else:
+        connection.send(sent)
+    response = connection.getresponse()
+    try:
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
+def test_oversized_bodies_get_413_not_500(cloud):
+    payload = {"task_id": "site-1", "pad": "x" * (MAX_BYTES + 1)}
+    got, body = http(cloud, "POST", "/v1/nearest", payload)
+    assert got == 413 and str(MAX_BYTES) in body["detail"], (got, body)
+    got, body = declared_post(cloud, "/v1/nearest", declared=30 * 2**20, sent=b"{")
+    assert got == 413 and "31457280 bytes" in body["detail"], (got, body)
+    pad = json.dumps({"task_id": "site-1", "pad": "x" * (3 * 2**20)}).encode()
+    got, body = declared_post(cloud, "/v1/nearest", declared=0, sent=pad, chunked=True)
+    assert got == 413 and str(MAX_BYTES) in body["detail"], (got, body)
+    assert http(cloud, "GET", "/v1/health")[0] == 200  # and the server is fine afterwards
 
 
 def test_concurrent_queries_are_batched_and_identical(cloud):

@@ -23,6 +23,9 @@ from rayfp.evaluate.names import (  # noqa: F401 - re-exported for the protocol'
     SETTINGS,
 )
 
+# The paper's task lists (published facts, MIT: published/LICENSE-task-splits.txt), so a bare
+# `cache/` folder of the paper's repository, which lacks them, can be evaluated as it is.
+PUBLISHED_SPLITS = Path(__file__).parent / "published" / "task_splits.json"
 _SHRUNK_LOADERS = {"arch", "multi_task"}  # their loaders take shrunk=True (PROTOCOL §2.1)
 
 
@@ -65,6 +68,8 @@ class PaperData:
             raise ConfigError(f"{self.root} is not a paper data folder: expected exp/ and "
                               "distances/ (the paper repository's cache/ or ../shared/paper-data)")
         splits_path = Path(splits) if splits else self.root / "task_splits.json"
+        if splits is None and not splits_path.is_file():
+            splits_path = PUBLISHED_SPLITS  # the paper's task lists ship with rayfp
         if not splits_path.is_file():
             raise ConfigError(f"no task lists at {splits_path}; pass --splits FILE "
                               "(task_splits.json of ../shared/paper-data)")
