@@ -110,6 +110,34 @@ def test_ray_job_and_cli_give_identical_counts(submitted, archive, capsys):
     np.testing.assert_allclose(ray_fp.feature_sum, cli_fp.feature_sum, rtol=1e-12)
 
 
+def test_a_manifest_gives_the_same_task_row_and_counts_through_cli_and_ray(
+        cluster, submitted, archive, tmp_path, capsys):
+    """One manifest reader, one inventory: the `modality` column is honoured by both paths
+    (the Ray job used to drop it), and both record the same task row."""
+    space = submitted["space"]
+    stores = {}
+    for way in ("cli", "ray"):
+        stores[way] = tmp_path / way
+        shutil.copytree(submitted["store"] / "spaces", stores[way] / "spaces")
+    files = sorted(p for p in (archive / "us").iterdir())
+    manifest = tmp_path / "us-scan.csv"  # no task_id column: one task named after the file
+    manifest.write_text("path,modality\n" + "\n".join(f"{p},doppler" for p in files))
+    job = run_job(cluster, manifest, "--store", stores["ray"], "--space", space, *COMMON)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert rayfp_cli(["fingerprint", str(manifest), "--task-id", "us-scan", "--space", space,
+                      "--store", str(stores["cli"]), "--samples", "48", "--min-images", "3",
+                      "--quiet"]) == 0
+    assert "us-scan" in capsys.readouterr().out
+    rows = {way: [{k: v for k, v in row.items() if k != "schema_version"}
+                  for row in Store(store).read_table("tasks").to_pylist()]
+            for way, store in stores.items()}
+    assert rows["ray"] == rows["cli"]
+    assert rows["ray"][0]["modality"] == "doppler" and rows["ray"][0]["task_id"] == "us-scan"
+    fps = {way: Store(store).get_fingerprint(space, "us-scan") for way, store in stores.items()}
+    assert np.array_equal(fps["ray"].counts, fps["cli"].counts)
+    assert fps["ray"].n_images == fps["cli"].n_images == 33
+
+
 def test_rerun_skips_and_minimum_is_reported(cluster, submitted, archive):
     store = Store(submitted["store"])
     path = store._fingerprint_path(submitted["space"], "us")
