@@ -112,3 +112,19 @@ def pa_int32(values):
     import pyarrow as pa
 
     return pa.array(values, pa.int32())
+
+
+def test_fingerprint_of_a_task_needs_a_space_only_when_it_has_several(tmp_path, rng):
+    store = Store(tmp_path)
+    spaces = [make_space(dim=4, bins=5), make_space(dim=4, bins=6)]
+    for space in spaces:
+        store.put_space(space)
+    store.put_fingerprint(random_fingerprint(rng, spaces[0], "one"))
+    for space in spaces:
+        store.put_fingerprint(random_fingerprint(rng, space, "two"))
+    assert store.fingerprint_of("one").space_id == spaces[0].space_id
+    assert store.fingerprint_of("two", spaces[1].space_id).space_id == spaces[1].space_id
+    with pytest.raises(ConfigError, match="choose one with --space"):
+        store.fingerprint_of("two")
+    with pytest.raises(NotFoundError, match="no fingerprint of task 'three'"):
+        store.fingerprint_of("three")

@@ -9,7 +9,6 @@ import os
 import sys
 
 from rayfp import defaults
-from rayfp.errors import ConfigError
 
 
 def add_parsers(sub) -> None:
@@ -66,13 +65,7 @@ def _local_fingerprint(args):
         return None
     from rayfp.core.store import Store
 
-    store = Store(args.fingerprint_from)
-    fps = [fp for fp in store.find_fingerprints(args.task_id)
-           if args.space is None or fp.space_id == args.space]
-    if len(fps) != 1:
-        raise ConfigError(f"{args.fingerprint_from} has {len(fps)} fingerprints of "
-                          f"{args.task_id!r}; choose one with --space")
-    return fps[0]
+    return Store(args.fingerprint_from).fingerprint_of(args.task_id, args.space)
 
 
 def cmd_query(args: argparse.Namespace) -> int:

@@ -181,22 +181,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_space(store: Store, task_id: str, space: str | None) -> str:
-    if space:
-        return space
-    spaces = [fp.space_id for fp in store.find_fingerprints(task_id)]
-    if len(spaces) != 1:
-        raise ConfigError(f"task {task_id!r} has fingerprints in {len(spaces)} spaces "
-                          f"{spaces}; choose one with --space")
-    return spaces[0]
-
-
 def cmd_nearest(args: argparse.Namespace) -> int:
     from rayfp.core.distance import LinearIndex
 
     store = _store(args)
-    space_id = _resolve_space(store, args.task_id, args.space)
-    target = store.get_fingerprint(space_id, args.task_id)
+    target = store.fingerprint_of(args.task_id, args.space)
+    space_id = target.space_id
     index = LinearIndex(store.fingerprints(space_id))
     print(f"nearest to {args.task_id} by {args.metric} (space {space_id}):")
     for rank, (task_id, d) in enumerate(index.top_k(target, args.k, args.metric), start=1):

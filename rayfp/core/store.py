@@ -177,6 +177,18 @@ class Store:
         return [self.get_fingerprint(s, task_id) for s in self.space_ids()
                 if self.has_fingerprint(s, task_id)]
 
+    def fingerprint_of(self, task_id: str, space_id: str | None = None) -> Fingerprint:
+        """The task's fingerprint in ``space_id``, or in its only space when none is given."""
+        if space_id:
+            return self.get_fingerprint(space_id, task_id)
+        found = self.find_fingerprints(task_id)
+        if not found:
+            raise NotFoundError(f"store {self.root} has no fingerprint of task {task_id!r}")
+        if len(found) > 1:
+            raise ConfigError(f"task {task_id!r} has fingerprints in {len(found)} spaces "
+                              f"{[fp.space_id for fp in found]}; choose one with --space")
+        return found[0]
+
     # -- small upserted tables ----------------------------------------------------------------
     def _table_path(self, name: str) -> Path:
         return self.root / name / f"{name}.parquet"
