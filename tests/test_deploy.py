@@ -102,7 +102,8 @@ def test_an_installed_wheel_serves_from_anywhere(tmp_path):
                     break
             except OSError:
                 time.sleep(1)
-        assert health == {"status": "ok", "spaces": 0}, server.stdout.read1().decode()
+        assert health is not None, server.stdout.read1().decode()
+        assert (health["status"], health["spaces"], health["kernels"]) == ("ok", 0, {})
     finally:
         server.send_signal(signal.SIGINT)  # serve.run(blocking) shuts Ray down on Ctrl-C
         try:

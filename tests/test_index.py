@@ -7,8 +7,12 @@ import pytest
 from conftest import make_space, random_fingerprint
 
 from rayfp.core.distance import METRICS, TARGET_SOFTMAX, UNIFORM, LinearIndex, distance
+from rayfp.core.fingerprint import Fingerprint
 from rayfp.core.index import DIGIT, DIGITS, ScreenedIndex, query_digits
+from rayfp.core.kernels import KERNELS, Float32Screen, Int8Counts, choose_kernel
 from rayfp.errors import ConfigError, SpaceMismatchError
+
+ALL_KERNELS = sorted(KERNELS)
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +23,12 @@ def sources():
                    for i in range(300)]
 
 
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
 @pytest.mark.parametrize("weighting", [TARGET_SOFTMAX, UNIFORM])
-def test_screened_top_k_equals_the_exhaustive_linear_form(sources, weighting):
+def test_screened_top_k_equals_the_exhaustive_linear_form(sources, weighting, kernel):
     space, fps = sources
-    screened, linear = ScreenedIndex(fps), LinearIndex(fps)
+    screened, linear = ScreenedIndex(fps, kernel=kernel), LinearIndex(fps)
+    assert screened.kernel == kernel and screened.kernel_timings == {}  # forced: not measured
     rng = np.random.default_rng(5)
     targets = [random_fingerprint(rng, space, f"t{i}", n=400) for i in range(6)] + fps[:3]
     for k in (1, 5, 400):
@@ -65,20 +71,42 @@ def test_query_digits_reconstruct_within_the_stated_remainder():
     assert (np.abs(rebuilt - queries).max(axis=0)[:3] > 0).all()  # the bound is not vacuous
 
 
-def test_large_counts_overflow_and_dimension_chunks_stay_exact():
-    """Counts above 127 live in the sparse overflow matrix; huge n splits the int8 GEMM by
-    dimension so int32 sums cannot overflow. Both must leave the top-k exact."""
+def concentrated(space, task_id: str, n: int) -> Fingerprint:
+    """All n samples of every dimension in one bin: counts as large as they get."""
+    counts = np.zeros((space.dim, space.bins), np.int64)
+    counts[:, 3] = n
+    return Fingerprint(task_id=task_id, space_id=space.space_id, counts=counts,
+                       feature_sum=np.ones(space.dim), n_samples=n, n_images=n)
+
+
+@pytest.mark.parametrize("kernel,largest", [("int8-gemm", 2_000_000),
+                                            ("float32-screen", 2_000_000), ("auto", 2_000_000)])
+def test_large_counts_overflow_and_dimension_chunks_stay_exact(kernel, largest):
+    """int8: counts above 127 live in the sparse overflow matrix, and huge n splits the GEMM by
+    dimension so int32 sums cannot overflow. float32: large counts are exact up to 2^24. Every
+    way must leave the top-k exact; "auto" must leave out a kernel that cannot hold the counts
+    exactly (float32 once a count reaches 2^24)."""
     rng = np.random.default_rng(8)
     space = make_space(dim=24, bins=10)
     fps = [random_fingerprint(rng, space, f"s{i:02d}", n=int(n), zero_fraction=0.4)
-           for i, n in enumerate(rng.choice([300, 5_000, 2_000_000], size=40))]
-    index = ScreenedIndex(fps)
-    assert index.segments[0].rows.overflow.nnz > 0 and len(index.segments[0].chunks) > 1
+           for i, n in enumerate(rng.choice([300, 5_000, largest], size=40))]
+    if kernel == "auto":
+        fps.append(concentrated(space, "s99", 2**24))
+    index = ScreenedIndex(fps, kernel=kernel)
+    matrix = index.segments[0].rows.counts
+    if kernel == "auto":
+        assert index.kernel == "int8-gemm" and list(index.kernel_timings) == ["int8-gemm"]
+    if isinstance(matrix, Int8Counts):
+        assert matrix.overflow.nnz > 0 and len(matrix.chunks) > 1
+    else:
+        assert isinstance(matrix, Float32Screen) and matrix.matrix.max() > 2**20
+        with pytest.raises(ConfigError, match="not exact in float32"):
+            ScreenedIndex(fps + [concentrated(space, "huge", 2**24)], kernel="float32-screen")
     for i, fp in enumerate(fps[:3]):
         np.testing.assert_array_equal(index.source(i).counts, fp.counts)
     linear = LinearIndex(fps)
     for weighting in (TARGET_SOFTMAX, UNIFORM):
-        for target in [random_fingerprint(rng, space, "t", n=2_000_000)] + fps[:2]:
+        for target in [random_fingerprint(rng, space, "t", n=largest)] + fps[:2]:
             got = index.top_k(target, 6, weighting=weighting)
             want = linear.rank(linear.bkld_all(target, weighting=weighting), 6,
                                exclude=target.task_id)
@@ -86,10 +114,11 @@ def test_large_counts_overflow_and_dimension_chunks_stay_exact():
             np.testing.assert_allclose([d for _, d in got], [d for _, d in want], atol=1e-12)
 
 
-def test_changes_go_to_new_segments_then_compact_and_stay_exact(sources):
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
+def test_changes_go_to_new_segments_then_compact_and_stay_exact(sources, kernel):
     space, fps = sources
     rng = np.random.default_rng(4)
-    index = ScreenedIndex(fps[:200])
+    index = ScreenedIndex(fps[:200], kernel=kernel)
     live = {fp.task_id: fp for fp in fps[:200]}
     steps = [(fps[200:203], ["s005"]),                                   # add 3, remove 1
              ([random_fingerprint(rng, space, "s201", n=400)], []),      # replace a new one
@@ -101,7 +130,8 @@ def test_changes_go_to_new_segments_then_compact_and_stay_exact(sources):
         for t in removed:
             live.pop(t)
         live.update({fp.task_id: fp for fp in upserts})
-        fresh = ScreenedIndex(list(live.values()))
+        fresh = ScreenedIndex(list(live.values()), kernel=kernel)
+        assert index.kernel == kernel
         assert sorted(index.task_ids) == sorted(live)
         for target in [random_fingerprint(rng, space, "t", n=400), live["s010"]]:
             for weighting in (TARGET_SOFTMAX, UNIFORM):
@@ -111,3 +141,30 @@ def test_changes_go_to_new_segments_then_compact_and_stay_exact(sources):
     assert index.alive.all()
     with pytest.raises(ConfigError, match="at least one"):
         ScreenedIndex(fps[:1]).with_changes([], ["s000"])
+
+
+def test_every_kernels_error_bound_holds_and_auto_keeps_the_fastest(sources):
+    """Each kernel's inner products lie within its stated bound of the exact float64 value,
+    also for queries spanning many orders of magnitude (underflow in float32)."""
+    space, fps = sources
+    counts = np.stack([fp.counts.ravel() for fp in fps[:50]]).astype(np.int64)
+    total = counts.sum(axis=1).astype(np.float64)
+    rng = np.random.default_rng(2)
+    queries = np.stack([rng.random(counts.shape[1]),
+                        rng.random(counts.shape[1]) * 10.0 ** rng.uniform(-60, 3, counts.shape[1]),
+                        np.zeros(counts.shape[1])], axis=1)
+    exact = counts.astype(np.float64) @ queries
+    for name, cls in KERNELS.items():
+        matrix = cls.build(counts, space.dim, space.bins, int(counts.reshape(
+            50, space.dim, space.bins).sum(axis=2).max()))
+        approx, error = matrix.inner(queries, total)
+        assert (np.abs(approx - exact) <= error).all(), name
+        assert (error[:, 0] < 1e-2 * exact[:, 0]).all(), name  # and the bound is useful
+        np.testing.assert_array_equal(matrix.counts(np.array([3, 7])), counts[[3, 7]])
+    chosen, timings = choose_kernel(lambda name: {"int8-gemm": 2.0, "float32-screen": 1.0}[name])
+    assert chosen == "float32-screen" and timings == {"int8-gemm": 2.0, "float32-screen": 1.0}
+    index = ScreenedIndex(fps)
+    assert index.kernel in KERNELS and set(index.kernel_timings) == set(KERNELS)
+    assert index.kernel_timings[index.kernel] == min(index.kernel_timings.values())
+    with pytest.raises(ConfigError, match="unknown index kernel 'int4'"):
+        ScreenedIndex(fps, kernel="int4")

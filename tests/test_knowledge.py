@@ -138,3 +138,18 @@ def test_nearest_many_ranks_mixed_batches_like_single_queries(tmp_path, rng):
     assert [len(found) for found in batched] == [3, 2, 5, 2, 4]
     assert all(n.basis == f"fingerprint:{t.space_id}" for (t, _, _), found in
                zip(queries, batched) for n in found)
+
+
+def test_a_growing_space_chooses_its_index_kernel_again(tmp_path, rng):
+    """A space that starts with one task must not keep a kernel measured on one source."""
+    store = Store(tmp_path / "s")
+    space = make_space(dim=6, bins=8)
+    store.put_space(space)
+    kb = KnowledgeBase(store, min_images=1)
+    measured = []
+    for i in range(9):
+        kb.register_task({}, random_fingerprint(rng, space, f"t{i}"))
+        measured.append(kb.index(space.space_id).measured_on)
+    assert measured == [1, 1, 3, 3, 3, 3, 7, 7, 7]  # chosen again once the space doubles
+    forced = KnowledgeBase(store, kernel="float32-screen").index(space.space_id)
+    assert forced.kernel == "float32-screen" and forced.measured_on == 0

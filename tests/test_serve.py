@@ -19,6 +19,7 @@ from rayfp.cloud.client import CloudClient, ServerError
 from rayfp.cloud.knowledge import KnowledgeBase
 from rayfp.cloud.paper_import import import_paper
 from rayfp.core.distance import METRICS, bkld
+from rayfp.core.kernels import KERNELS
 from rayfp.core.store import Store
 from rayfp.core.wire import encode_fingerprint
 
@@ -76,7 +77,11 @@ def http(cloud, method, path, payload=None, token=None):
 
 
 def test_health_spaces_and_openapi(cloud):
-    assert http(cloud, "GET", "/v1/health") == (200, {"status": "ok", "spaces": 1})
+    status, health = http(cloud, "GET", "/v1/health")
+    assert status == 200 and (health["status"], health["spaces"]) == ("ok", 1)
+    chosen = health["kernels"][cloud["space"].space_id]  # measured on this CPU at start-up
+    assert chosen["kernel"] in KERNELS and set(chosen["measured_ms"]) == set(KERNELS)
+    assert chosen["sources"] == 5 and health["cpu"]["cores"] >= 1 and "simd" in health["cpu"]
     status, spaces = http(cloud, "GET", "/v1/spaces")
     assert status == 200 and spaces[0]["space_id"] == cloud["space"].space_id
     assert spaces[0]["fingerprints"] == 5

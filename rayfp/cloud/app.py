@@ -10,6 +10,7 @@ KnowledgeBase.nearest_many, which ranks each space and metric with one GEMM.
 
 import dataclasses
 import hmac
+import logging
 import os
 import time
 from typing import Annotated, Any
@@ -33,11 +34,13 @@ from rayfp.cloud.models import (
 )
 from rayfp.cloud.models import Neighbour as NeighbourOut
 from rayfp.cloud.recommend import recommend
+from rayfp.core import cpu
 from rayfp.core.fingerprint import Fingerprint
 from rayfp.core.index import configure_threads
 from rayfp.core.wire import decode_fingerprint
 from rayfp.errors import NotFoundError, RayfpError
 
+log = logging.getLogger("ray.serve")  # lands in the replica's Serve log
 api = FastAPI(title="rayfp knowledge cloud", version="1",
               description="Nearest known tasks and what worked for them, from task fingerprints.")
 bearer = HTTPBearer(auto_error=False, scheme_name="token",
@@ -124,11 +127,16 @@ class KnowledgeCloud:
         # measured ~2x faster with 2 threads on this 2-core box.
         configure_threads(args.threads)
         self.args = args
+        self.cpu = cpu.describe()
         api.state.token = args.token
         api.state.max_request_bytes = args.max_request_bytes
-        self.kb = KnowledgeBase(args.store, min_images=args.min_images)
+        self.kb = KnowledgeBase(args.store, min_images=args.min_images, kernel=args.kernel)
+        log.info("rayfp knowledge cloud on %s", cpu.one_line())
         for space_id in self.kb.store.space_ids():
-            self.kb.index(space_id)  # load before taking traffic
+            index = self.kb.index(space_id)  # load before taking traffic
+            if index is not None:
+                log.info("space %s: %d sources, index kernel %s", space_id, len(index),
+                         index.describe_kernel())
 
     def check_health(self) -> None:
         for space_id in self.kb.store.space_ids():
@@ -172,7 +180,15 @@ class KnowledgeCloud:
     # -- routes -------------------------------------------------------------------------------
     @api.get("/v1/health")
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "spaces": len(self.kb.store.space_ids())}
+        kernels = {}
+        for space_id in self.kb.store.space_ids():
+            index = self.kb.index(space_id)
+            if index is not None:
+                kernels[space_id] = {"kernel": index.kernel, "sources": len(index),
+                                     "measured_ms": {name: round(seconds * 1e3, 3) for name,
+                                                     seconds in index.kernel_timings.items()}}
+        return {"status": "ok", "spaces": len(self.kb.store.space_ids()), "kernels": kernels,
+                "cpu": self.cpu}
 
     @api.get("/v1/spaces")
     def spaces(self) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from rayfp import defaults
 from rayfp.core.distance import DEFAULT_METRIC, get_metric
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
 from rayfp.core.index import ScreenedIndex
+from rayfp.core.kernels import AUTO
 from rayfp.core.schemas import COMPONENT_KINDS
 from rayfp.core.store import Store
 from rayfp.errors import ConfigError, NotFoundError, TooFewImagesError
@@ -48,9 +49,10 @@ class KnowledgeBase:
     linear-form index per space that is rebuilt when the space's fingerprints change."""
 
     def __init__(self, store: Store | str | os.PathLike, *,
-                 min_images: int = defaults.MIN_IMAGES) -> None:
+                 min_images: int = defaults.MIN_IMAGES, kernel: str = AUTO) -> None:
         self.store = store if isinstance(store, Store) else Store(store)
         self.min_images = min_images
+        self.kernel = kernel  # the index kernel: "auto" (measured per space) or a name
         self._indexes: dict[str, _CachedIndex] = {}
         self._spaces: dict[str, FingerprintSpace] = {}
         self._imported: tuple | None = None  # (file signature, frame, rows per key)
@@ -88,8 +90,10 @@ class KnowledgeBase:
             index = None
         elif old_files:
             index = cached.index.with_changes(fresh, removed)
+            if index.should_remeasure:  # the space has grown: choose its kernel again
+                index = ScreenedIndex(self.store.fingerprints(space_id), kernel=self.kernel)
         else:
-            index = ScreenedIndex(fresh)
+            index = ScreenedIndex(fresh, kernel=self.kernel)
         self._indexes[space_id] = _CachedIndex(version, files, task_of, index)
         return index
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from rayfp import defaults
 from rayfp.core.distance import METRICS
+from rayfp.core.kernels import AUTO, KERNELS
 from rayfp.core.schemas import COMPONENT_KINDS
 from rayfp.core.wire import COMPRESSIONS, COUNT_DTYPES
 
@@ -19,6 +20,7 @@ MetricName = Literal[tuple(METRICS.names())]  # type: ignore[valid-type]
 ComponentKind = Literal[COMPONENT_KINDS]  # type: ignore[valid-type]
 CountsDtype = Literal[tuple(COUNT_DTYPES)]  # type: ignore[valid-type]
 Compression = Literal[COMPRESSIONS]  # type: ignore[valid-type]
+KernelName = Literal[(AUTO, *KERNELS)]  # type: ignore[valid-type]
 
 
 class AppArgs(BaseModel):
@@ -32,6 +34,8 @@ class AppArgs(BaseModel):
     threads: int = Field(2, ge=1, description="BLAS threads of the replica (Ray sets 1)")
     max_request_bytes: int = Field(defaults.MAX_REQUEST_BYTES, ge=1024,
                                    description="larger request bodies get 413")
+    kernel: KernelName = Field(AUTO, description="index kernel: 'auto' measures each on this "
+                                                 "CPU and keeps the fastest")
 
 
 class FingerprintIn(BaseModel):

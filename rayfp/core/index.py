@@ -3,23 +3,22 @@
 bKLD(t, s)·Σw = Σ_d w_d Σ_b P_t log P_t + Σ_d w_d LSE(P_s,d) − Σ_d w_d ⟨P_t,d, P_s,d⟩   (DESIGN §1.4)
 
 The inner-product term dominates the work (N sources x D·B). Its source side is made of integer
-counts, so the index keeps them as int8 (1 byte each; counts above 127 go to a small sparse
-overflow matrix) and writes each query vector q = w ⊙ P_t as a few balanced base-β integer digits
-(q ≈ scale · Σ_j x_j β^-j, |x_j| <= 127). One int8 GEMM with int32 accumulation then gives every
-digit's dot product *exactly*; only the last digit's remainder is unknown, and it is bounded by
-scale/2 · β^-(J-1) · Σ counts. Measured on a 2-core Xeon for 10,000 sources (D=512, B=100):
-31 ms per query vs 63 ms for a float32 GEMV over 4x the bytes, and a bound ~1e-8 of the value
-instead of float32's ~3e-3. Every source whose lower bound reaches the k-th best upper bound is
-re-ranked with the float64 formula from its counts, so the answer is exactly the exhaustive top-k.
+counts, so the index writes each query vector q = w ⊙ P_t as a few balanced base-β integer
+digits (q ≈ scale · Σ_j x_j β^-j, |x_j| <= 127) and computes every digit's dot product with the
+counts *exactly*, on whichever kernel of rayfp.core.kernels measured fastest on this CPU (int8
+GEMM with VNNI, exact float32 GEMM without); only the last digit's remainder is unknown, and it
+is bounded by scale/2 · β^-(J-1) · Σ counts (~1e-8 of the value, float32's own rounding would
+be ~3e-3). Every source whose lower bound reaches the k-th best upper bound is re-ranked with
+the float64 formula from its counts, so the answer is exactly the exhaustive top-k.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import sparse
 
 from rayfp.core.distance import (
     DEFAULT_METRIC,
@@ -29,49 +28,18 @@ from rayfp.core.distance import (
     plogp_rows,
 )
 from rayfp.core.fingerprint import Fingerprint, common_space
+from rayfp.core.kernels import (  # noqa: F401 - DIGIT, DIGITS, query_digits: the digits' API
+    AUTO,
+    DIGIT,
+    DIGITS,
+    FLOAT_SLACK,
+    CountMatrix,
+    choose_kernel,
+    configure_threads,
+    kernel_class,
+    query_digits,
+)
 from rayfp.errors import ConfigError, SpaceMismatchError
-
-INT8_MAX = 127
-DIGIT = 127  # largest digit magnitude; the base is 2·DIGIT
-DIGITS = 3  # remainder <= 0.5 · 254^-2 ≈ 8e-6 of the query's largest entry / 127
-_INT32_MAX = 2**31 - 1
-_FLOAT_SLACK = 1e-12  # relative, covers float64 rounding when the digit products are combined
-
-
-def configure_threads(threads: int) -> None:
-    """Give the int8 GEMM (torch's OpenMP pool) the cores and keep numpy/scipy BLAS at one
-    thread: OpenBLAS threads spin-wait after each small call and measured 4 ms instead of
-    1.7 ms for torch's GEMM at 1,000 sources on 2 cores when both pools had 2 threads."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(threads)
-    threadpool_limits(1, user_api="blas")
-
-
-def _dimension_chunks(dim: int, max_row_total: int) -> list[tuple[int, int]]:
-    """Dimension ranges small enough that no int32 digit dot product can overflow:
-    |Σ x c| <= DIGIT · Σ c and Σ c over a dimension is at most the source's n."""
-    per_chunk = max(1, _INT32_MAX // (DIGIT * max(1, max_row_total)))
-    return [(lo, min(dim, lo + per_chunk)) for lo in range(0, dim, per_chunk)]
-
-
-def query_digits(queries: np.ndarray, digits: int = DIGITS) -> tuple[np.ndarray, np.ndarray]:
-    """Balanced base-(2·DIGIT) digits of each column of `queries` (L, T), all >= 0:
-    queries[:, t] ≈ scale[t] · Σ_j digits[:, t, j] · base^-j, remainder <= scale/2 · base^-(J-1).
-    Returns int8 digits (L, T, J) and float64 scales (T,)."""
-    base = 2.0 * DIGIT
-    top = queries.max(axis=0)
-    scale = np.where(top > 0, top / DIGIT, 1.0)
-    rest = queries / scale
-    out = np.empty((*queries.shape, digits), np.int8)
-    d = np.empty_like(rest)
-    for j in range(digits):
-        np.rint(rest, out=d)
-        out[..., j] = d
-        rest -= d
-        rest *= base
-    return out, scale
 
 
 @dataclasses.dataclass
@@ -79,104 +47,70 @@ class _Rows:
     """Per-source arrays of the index, row i = source i (concatenated on updates)."""
 
     task_ids: np.ndarray
-    low: np.ndarray  # (N, D·B) int8: min(count, 127)
-    overflow: sparse.csr_matrix  # (N, D·B): count − 127 where positive
+    counts: CountMatrix  # (N, D·B) exact counts, stored as the chosen kernel multiplies them
     n: np.ndarray  # samples per dimension
     count_total: np.ndarray  # Σ counts (= D·n for a valid fingerprint)
-    dimension_total: np.ndarray  # the largest per-dimension count sum (int32 overflow guard)
     lse: np.ndarray  # (N, D) LSE_b(P_s,d,·)
     feature_sum: np.ndarray
     n_images: np.ndarray
 
     @classmethod
-    def encode(cls, sources: Sequence[Fingerprint], dim: int, bins: int, *,
+    def encode(cls, sources: Sequence[Fingerprint], dim: int, bins: int, kernel: type, *,
                batch: int = 16) -> _Rows:
         """Vectorised over small batches of sources (16 measured fastest: cache-sized)."""
         n, length = len(sources), dim * bins
-        low = np.empty((n, length), np.int8)
         lse = np.empty((n, dim), np.float64)
         per_dimension = np.empty((n, dim), np.int64)
-        big_rows, big_cols, big_vals = [], [], []
+        parts = []
         samples = np.array([s.n_samples for s in sources], np.float64)
         for start in range(0, n, batch):
             part = sources[start:start + batch]
             counts = np.stack([np.asarray(s.counts).reshape(length) for s in part]
                               ).astype(np.int64)
-            np.minimum(counts, INT8_MAX, out=low[start:start + len(part)], casting="unsafe")
-            rows, cols = np.nonzero(counts > INT8_MAX)
-            big_rows.append(rows + start)
-            big_cols.append(cols)
-            big_vals.append(counts[rows, cols] - INT8_MAX)
             cube = counts.reshape(len(part), dim, bins)
             per_dimension[start:start + len(part)] = cube.sum(axis=2)
+            parts.append(kernel.build(counts, dim, bins,
+                                      int(per_dimension[start:start + len(part)].max())))
             probabilities = cube / samples[start:start + len(part), None, None]
             # P is in [0, 1], so Σ exp(P) is in [B, e·B]: no max-shift needed (2x faster).
             lse[start:start + len(part)] = np.log(np.exp(probabilities).sum(axis=2))
-        overflow = sparse.csr_matrix((np.concatenate(big_vals or [[]]).astype(np.float64),
-                                      (np.concatenate(big_rows or [[]]).astype(np.int64),
-                                       np.concatenate(big_cols or [[]]).astype(np.int64))),
-                                     shape=(n, length))
-        return cls(task_ids=np.array([s.task_id for s in sources]), low=low, overflow=overflow,
+        return cls(task_ids=np.array([s.task_id for s in sources]),
+                   counts=parts[0] if len(parts) == 1 else kernel.join(parts),
                    n=samples, count_total=per_dimension.sum(axis=1).astype(np.float64),
-                   dimension_total=per_dimension.max(axis=1), lse=lse,
+                   lse=lse,
                    feature_sum=np.stack([s.feature_sum for s in sources]).astype(np.float64),
                    n_images=np.array([s.n_images for s in sources], np.int64))
 
     def select(self, keep: np.ndarray) -> _Rows:
-        return _Rows(**{f.name: getattr(self, f.name)[keep] for f in dataclasses.fields(self)})
+        return _Rows(**{f.name: (getattr(self, f.name).select(keep) if f.name == "counts"
+                                 else getattr(self, f.name)[keep])
+                        for f in dataclasses.fields(self)})
 
     @staticmethod
     def join(parts: Sequence[_Rows]) -> _Rows:
         """All parts' rows in one copy (not one copy per part)."""
-        def stack(arrays):
-            return (sparse.vstack(arrays, format="csr") if sparse.issparse(arrays[0])
-                    else np.concatenate(arrays))
-        return _Rows(**{f.name: stack([getattr(part, f.name) for part in parts])
-                        for f in dataclasses.fields(_Rows)})
+        def stack(name: str):
+            arrays = [getattr(part, name) for part in parts]
+            return type(arrays[0]).join(arrays) if name == "counts" else np.concatenate(arrays)
+        return _Rows(**{f.name: stack(f.name) for f in dataclasses.fields(_Rows)})
 
 
 class _Segment:
-    """Encoded sources that never change, with their int8 GEMM operands."""
+    """Encoded sources that never change."""
 
-    def __init__(self, rows: _Rows, dim: int, bins: int) -> None:
-        import torch  # the int8 GEMM; imported here so the rest of rayfp stays torch-free
-
+    def __init__(self, rows: _Rows) -> None:
         self.rows = rows
-        self.chunks = [(lo * bins, hi * bins) for lo, hi in
-                       _dimension_chunks(dim, int(rows.dimension_total.max()))]
-        # One chunk (the usual case) shares the array's memory; several need contiguous copies.
-        self.low = [torch.from_numpy(rows.low if len(self.chunks) == 1
-                                     else np.ascontiguousarray(rows.low[:, a:b]))
-                    for a, b in self.chunks]
 
     def __len__(self) -> int:
         return len(self.rows.task_ids)
 
     @property
     def nbytes(self) -> int:
-        overflow = self.rows.overflow.data.nbytes + self.rows.overflow.indices.nbytes
-        copies = sum(t.numel() for t in self.low) if len(self.low) > 1 else 0
-        return self.rows.low.nbytes + copies + overflow + self.rows.lse.nbytes
+        return self.rows.counts.nbytes + self.rows.lse.nbytes
 
-    def digit_products(self, flat: np.ndarray) -> np.ndarray:
-        """Exact Σ_i digits[i, c] · counts_s[i] for every source s and digit column c."""
-        import torch
-
-        exact = np.zeros((len(self), flat.shape[1]))
-        for (a, b), low in zip(self.chunks, self.low):
-            exact += torch._int_mm(low, torch.from_numpy(np.ascontiguousarray(flat[a:b]))
-                                   ).numpy()
-        if self.rows.overflow.nnz:  # counts above 127; integer products, exact in float64
-            exact += self.rows.overflow @ flat.astype(np.float64)
-        return exact
 
     def counts(self, rows: np.ndarray, dtype: type = np.int64) -> np.ndarray:
-        out = self.rows.low[rows].astype(dtype)
-        overflow = self.rows.overflow
-        for r, row in enumerate(rows):  # few rows, and most have no overflow at all
-            a, b = overflow.indptr[row], overflow.indptr[row + 1]
-            out[r, overflow.indices[a:b]] += overflow.data[a:b].astype(dtype)
-        return out
+        return self.rows.counts.counts(rows, dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,14 +122,42 @@ class TopK:
     candidates: int
 
 
+def _time_queries(index: ScreenedIndex, repeats: int = 5) -> float:
+    """Median seconds of a whole top-5 query (screen + exact re-rank) on the index, its own
+    sources as targets."""
+    targets = [index.source(int(row)) for row in np.linspace(0, len(index) - 1, repeats + 1)]
+    index.top_k(targets[0], 5)  # warm-up: allocations, thread pools
+    times = []
+    for target in targets[1:]:
+        started = time.perf_counter()
+        index.top_k(target, 5)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
 class ScreenedIndex:
     """Immutable: with_changes returns a new index that shares the unchanged segments, so a
-    query running on the old one is never disturbed by a registration."""
+    query running on the old one is never disturbed by a registration.
 
-    def __init__(self, sources: Sequence[Fingerprint]) -> None:
+    ``kernel``: "auto" times every exact kernel (rayfp.core.kernels) on up to
+    KERNEL_SAMPLE of these sources and keeps the fastest on this CPU; or a kernel's name.
+    ``kernel_timings`` holds what was measured (median seconds per query), empty if forced."""
+
+    KERNEL_SAMPLE = 256
+
+    def __init__(self, sources: Sequence[Fingerprint], *, kernel: str = AUTO) -> None:
         first = common_space(sources)
         self.space_id, self.dim, self.bins = first.space_id, first.dim, first.bins
-        self._finish([_Segment(_Rows.encode(sources, self.dim, self.bins), self.dim, self.bins)],
+        self.kernel_timings: dict[str, float] = {}
+        self.measured_on = 0  # sources the kernel was chosen on (0: forced)
+        if kernel == AUTO:
+            self.measured_on = min(len(sources), self.KERNEL_SAMPLE)
+            kernel, self.kernel_timings = choose_kernel(
+                lambda name: _time_queries(ScreenedIndex(sources[:self.KERNEL_SAMPLE],
+                                                         kernel=name)))
+        self.kernel = kernel
+        self._kernel_class = kernel_class(kernel)
+        self._finish([_Segment(_Rows.encode(sources, self.dim, self.bins, self._kernel_class))],
                      np.ones(len(sources), bool))
 
     def _finish(self, segments: list[_Segment], alive: np.ndarray) -> None:
@@ -225,8 +187,8 @@ class ScreenedIndex:
         alive[gone] = False
         segments = list(self.segments)
         if upserts:
-            segments.append(_Segment(_Rows.encode(upserts, self.dim, self.bins), self.dim,
-                                     self.bins))
+            segments.append(_Segment(_Rows.encode(upserts, self.dim, self.bins,
+                                                  self._kernel_class)))
             alive = np.concatenate([alive, np.ones(len(upserts), bool)])
         if not alive.any():
             raise ConfigError("an index needs at least one fingerprint")
@@ -235,15 +197,31 @@ class ScreenedIndex:
             bounds = np.cumsum([0] + [len(seg) for seg in segments])
             merged = _Rows.join([seg.rows.select(alive[a:b])
                                  for seg, a, b in zip(segments, bounds, bounds[1:])])
-            segments, alive = [_Segment(merged, self.dim, self.bins)], np.ones(len(merged.n),
-                                                                               bool)
+            segments, alive = [_Segment(merged)], np.ones(len(merged.n), bool)
         new = object.__new__(ScreenedIndex)
         new.space_id, new.dim, new.bins = self.space_id, self.dim, self.bins
+        new.kernel, new._kernel_class = self.kernel, self._kernel_class
+        new.kernel_timings, new.measured_on = self.kernel_timings, self.measured_on
         new._finish(segments, alive)
         return new
 
     def __len__(self) -> int:
         return len(self.task_ids)
+
+    @property
+    def should_remeasure(self) -> bool:
+        """An auto-chosen kernel was measured on under half the sample this index could give
+        now (a space that started small): rebuild it to choose again."""
+        return 0 < self.measured_on < min(len(self), self.KERNEL_SAMPLE) / 2
+
+    def describe_kernel(self) -> str:
+        """'float32-screen (measured per query: int8-gemm 21.1 ms, float32-screen 12.9 ms on
+        256 sources)', or '... (forced)'."""
+        if not self.kernel_timings:
+            return f"{self.kernel} (forced)"
+        timings = ", ".join(f"{name} {seconds * 1e3:.1f} ms"
+                            for name, seconds in self.kernel_timings.items())
+        return f"{self.kernel} (measured per query: {timings} on {self.measured_on} sources)"
 
     @property
     def nbytes(self) -> int:
@@ -305,15 +283,10 @@ class ScreenedIndex:
     def _inner_products(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Σ_i queries[i, t] · P_s,i for every source s and query t, with a rigorous bound on
         each value's error: two (N, T) float64 arrays over the rows of the whole index."""
-        digits, scale = query_digits(queries)
-        length, n_queries, n_digits = digits.shape
-        flat = digits.reshape(length, n_queries * n_digits)
-        exact = np.concatenate([seg.digit_products(flat) for seg in self.segments])
-        powers = (2.0 * DIGIT) ** -np.arange(n_digits)
-        combined = exact.reshape(len(self._ids), n_queries, n_digits) @ powers * scale
-        remainder = scale * 0.5 * (2.0 * DIGIT) ** -(n_digits - 1)
-        error = np.outer(self.count_total, remainder) + _FLOAT_SLACK * np.abs(combined)
-        return combined / self.n[:, None], error / self.n[:, None]
+        parts = [seg.rows.counts.inner(queries, seg.rows.count_total) for seg in self.segments]
+        inner = np.concatenate([p[0] for p in parts])
+        error = np.concatenate([p[1] for p in parts])
+        return inner / self.n[:, None], error / self.n[:, None]
 
     def top_k_many(self, targets: Sequence[Fingerprint], k: int, *,
                    weighting: str = TARGET_SOFTMAX, exclude_self: bool = True
@@ -336,7 +309,7 @@ class ScreenedIndex:
         inner, error = self._inner_products(queries)
         lse_term = np.concatenate([seg.rows.lse @ weights for seg in self.segments])
         approx = lse_term - inner
-        error = error + _FLOAT_SLACK * np.abs(lse_term)
+        error = error + FLOAT_SLACK * np.abs(lse_term)
         results = []
         for j, target in enumerate(targets):
             rows = np.flatnonzero(self.alive)

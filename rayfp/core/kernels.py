@@ -1,0 +1,239 @@
+"""The inner-product term of the linear form (DESIGN §1.4), Σ_i q_i · c_s,i for every source s,
+with a rigorous bound on its error, on the kernel this CPU runs fastest. rayfp.core.index screens
+with these bounds and re-ranks the survivors exactly, so every kernel gives the same answers;
+they differ in speed, memory and how many sources survive the screen:
+
+- ``int8-gemm``: counts as int8 (1 byte; counts above 127 in a sparse overflow matrix) times the
+  query written as 3 balanced base-254 integer digits, int32 sums (``torch._int_mm``): exact but
+  for the last digit's remainder (~1e-8 of the value). Fast where the CPU has VNNI (AVX-512
+  Xeons). Without VNNI the CPU kernel has no fast path: a bare 8 x 51,200 by 51,200 x 1,000
+  product took 957 ms on an AVX2 EPYC, 17x the float32 product.
+- ``float32-screen``: counts as float32 (4 bytes, exact below 2^24) times the query rounded to
+  float32, one GEMV (FMA on any x86 or ARM CPU). The rounding of the query (u = 2^-24 each) and
+  of the L-term sums (γ_L = L·u / (1 − L·u), any summation order) bound the error by ~3e-3 of the
+  value for L = 51,200: loose, so a few more sources are re-ranked, but the GEMV reads one column
+  where the digits need three (a 3-column float32 GEMM measured 2-5x a GEMV here).
+
+`choose_kernel` times whole queries with each kernel on a slice of the index's own sources and
+keeps the fastest; `rayfp serve` logs the choice and /v1/health reports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy import sparse
+
+from rayfp.errors import ConfigError
+from rayfp.registry import look_up
+
+INT8_MAX = 127
+_INT32_MAX = 2**31 - 1
+_FLOAT32_UNIT = 2.0**-24  # float32 unit roundoff
+_FLOAT32_TINY = 2.0**-150  # half the smallest subnormal: the absolute rounding error floor
+AUTO = "auto"
+DIGIT = 127  # largest digit magnitude; the base is 2·DIGIT
+DIGITS = 3  # remainder <= 0.5 · 254^-2 ≈ 8e-6 of the query's largest entry / 127
+FLOAT_SLACK = 1e-12  # relative, covers float64 rounding when the digit products are combined
+
+
+def configure_threads(threads: int) -> None:
+    """Give the GEMM (torch's OpenMP pool) the cores and keep numpy/scipy BLAS at one
+    thread: OpenBLAS threads spin-wait after each small call and measured 4 ms instead of
+    1.7 ms for torch's GEMM at 1,000 sources on 2 cores when both pools had 2 threads."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(1, user_api="blas")
+
+
+def query_digits(queries: np.ndarray, digits: int = DIGITS) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced base-(2·DIGIT) digits of each column of `queries` (L, T), all >= 0:
+    queries[:, t] ≈ scale[t] · Σ_j digits[:, t, j] · base^-j, remainder <= scale/2 · base^-(J-1).
+    Returns int8 digits (L, T, J) and float64 scales (T,)."""
+    base = 2.0 * DIGIT
+    top = queries.max(axis=0)
+    scale = np.where(top > 0, top / DIGIT, 1.0)
+    rest = queries / scale
+    out = np.empty((*queries.shape, digits), np.int8)
+    d = np.empty_like(rest)
+    for j in range(digits):
+        np.rint(rest, out=d)
+        out[..., j] = d
+        rest -= d
+        rest *= base
+    return out, scale
+
+
+def _dimension_chunks(dim: int, bins: int, max_dimension_total: int, limit: int = _INT32_MAX
+                      ) -> list[tuple[int, int]]:
+    """Column ranges (whole dimensions) in which |Σ digit · count| <= DIGIT · Σ counts stays
+    within ``limit``; Σ counts over one dimension is at most the largest per-dimension total."""
+    per_chunk = limit // (DIGIT * max(1, max_dimension_total))
+    if per_chunk < 1:
+        raise ConfigError(f"a dimension holds {max_dimension_total} samples: too many for an "
+                          f"exact sum within {limit}")
+    return [(lo * bins, min(dim, lo + per_chunk) * bins) for lo in range(0, dim, per_chunk)]
+
+
+class Int8Counts:
+    """(N, D·B) counts as int8 + a sparse overflow, multiplied with ``torch._int_mm``."""
+
+    kernel = "int8-gemm"
+
+    def __init__(self, low: np.ndarray, overflow: sparse.csr_matrix, dim: int, bins: int,
+                 max_dimension_total: int) -> None:
+        import torch  # the int8 GEMM; imported here so the rest of rayfp stays torch-free
+
+        self.low, self.overflow, self.dim, self.bins = low, overflow, dim, bins
+        self.max_dimension_total = max_dimension_total
+        self.chunks = _dimension_chunks(dim, bins, max_dimension_total, _INT32_MAX)
+        # One chunk (the usual case) shares the array's memory; several need contiguous copies.
+        self.operands = [torch.from_numpy(low if len(self.chunks) == 1
+                                          else np.ascontiguousarray(low[:, a:b]))
+                         for a, b in self.chunks]
+
+    @classmethod
+    def build(cls, counts: np.ndarray, dim: int, bins: int, max_dimension_total: int
+              ) -> Int8Counts:
+        """counts: (N, D·B) integers >= 0."""
+        low = np.minimum(counts, INT8_MAX).astype(np.int8)
+        rows, cols = np.nonzero(counts > INT8_MAX)
+        overflow = sparse.csr_matrix(((counts[rows, cols] - INT8_MAX).astype(np.float64),
+                                      (rows, cols)), shape=counts.shape)
+        return cls(low, overflow, dim, bins, max_dimension_total)
+
+    def __len__(self) -> int:
+        return len(self.low)
+
+    @property
+    def nbytes(self) -> int:
+        copies = sum(t.numel() for t in self.operands) if len(self.operands) > 1 else 0
+        return (self.low.nbytes + copies + self.overflow.data.nbytes
+                + self.overflow.indices.nbytes)
+
+    def inner(self, queries: np.ndarray, count_total: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """(Σ_i q_i c_s,i, a bound on its error): two (N, T) float64 arrays from queries
+        (D·B, T) >= 0; ``count_total`` (N,) is Σ_i c_s,i."""
+        digits, scale = query_digits(queries)
+        length, n_queries, n_digits = digits.shape
+        exact = self.products(digits.reshape(length, n_queries * n_digits))
+        powers = (2.0 * DIGIT) ** -np.arange(n_digits)
+        combined = exact.reshape(len(self), n_queries, n_digits) @ powers * scale
+        remainder = scale * 0.5 * (2.0 * DIGIT) ** -(n_digits - 1)
+        return combined, np.outer(count_total, remainder) + FLOAT_SLACK * np.abs(combined)
+
+    def products(self, digits: np.ndarray) -> np.ndarray:
+        """Exact Σ_i digits[i, c] · counts_s[i]: (N, C) float64 from (D·B, C) int8 digits."""
+        import torch
+
+        exact = np.zeros((len(self), digits.shape[1]))
+        for (a, b), low in zip(self.chunks, self.operands):
+            exact += torch._int_mm(low, torch.from_numpy(np.ascontiguousarray(digits[a:b]))
+                                   ).numpy()
+        if self.overflow.nnz:  # counts above 127; integer products, exact in float64
+            exact += self.overflow @ digits.astype(np.float64)
+        return exact
+
+    def counts(self, rows: np.ndarray, dtype: type = np.int64) -> np.ndarray:
+        out = self.low[rows].astype(dtype)
+        for r, row in enumerate(rows):  # few rows, and most have no overflow at all
+            a, b = self.overflow.indptr[row], self.overflow.indptr[row + 1]
+            out[r, self.overflow.indices[a:b]] += self.overflow.data[a:b].astype(dtype)
+        return out
+
+    def select(self, keep: np.ndarray) -> Int8Counts:
+        return Int8Counts(self.low[keep], self.overflow[keep], self.dim, self.bins,
+                          self.max_dimension_total)
+
+    @staticmethod
+    def join(parts: Sequence[Int8Counts]) -> Int8Counts:
+        return Int8Counts(np.concatenate([p.low for p in parts]),
+                          sparse.vstack([p.overflow for p in parts], format="csr"),
+                          parts[0].dim, parts[0].bins,
+                          max(p.max_dimension_total for p in parts))
+
+
+class Float32Screen:
+    """(N, D·B) counts as float32 (exact below 2^24), one float32 GEMV per query."""
+
+    kernel = "float32-screen"
+
+    def __init__(self, matrix: np.ndarray, dim: int, bins: int) -> None:
+        self.matrix, self.dim, self.bins = matrix, dim, bins
+
+    @classmethod
+    def build(cls, counts: np.ndarray, dim: int, bins: int, max_dimension_total: int
+              ) -> Float32Screen:
+        if counts.size and counts.max() >= 2**24:
+            raise ConfigError(f"a count of {int(counts.max())} is not exact in float32")
+        return cls(np.ascontiguousarray(counts, dtype=np.float32), dim, bins)
+
+    def __len__(self) -> int:
+        return len(self.matrix)
+
+    @property
+    def nbytes(self) -> int:
+        return self.matrix.nbytes
+
+    def inner(self, queries: np.ndarray, count_total: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """As Int8Counts.inner. The query is scaled by a power of two (exact) so its largest
+        entry is in [0.5, 1): underflow can only touch entries 2^126 times smaller, and the
+        absolute floor below covers them."""
+        import torch
+
+        # 'highest' keeps the GEMV in float32 (no bf16 or TF32 shortcuts) as the bound assumes.
+        torch.set_float32_matmul_precision("highest")
+        top = queries.max(axis=0)
+        scale = np.exp2(np.ceil(np.log2(np.where(top > 0, top, 1.0))))
+        scaled = torch.from_numpy((queries / scale).astype(np.float32))
+        approx = (torch.from_numpy(self.matrix) @ scaled).numpy().astype(np.float64) * scale
+        length = self.matrix.shape[1]
+        # |fl(q)·c − q·c| <= u·q·c + tiny·c per term; the sums add γ_L of Σ |fl(q)|·c. With
+        # q, c >= 0, Σ q·c = exact <= approx / (1 − g), so the bound follows from approx alone.
+        gamma = length * _FLOAT32_UNIT / (1 - length * _FLOAT32_UNIT)
+        g = _FLOAT32_UNIT + gamma * (1 + _FLOAT32_UNIT)
+        # Underflow: each of the Σ c query roundings and nonzero products loses <= tiny.
+        error = (g / (1 - g)) * np.abs(approx) + np.outer(count_total * (1 + gamma),
+                                                          2 * _FLOAT32_TINY * scale)
+        return approx, error + FLOAT_SLACK * np.abs(approx)
+
+    def counts(self, rows: np.ndarray, dtype: type = np.int64) -> np.ndarray:
+        return self.matrix[rows].astype(dtype)
+
+    def select(self, keep: np.ndarray) -> Float32Screen:
+        return Float32Screen(self.matrix[keep], self.dim, self.bins)
+
+    @staticmethod
+    def join(parts: Sequence[Float32Screen]) -> Float32Screen:
+        return Float32Screen(np.concatenate([p.matrix for p in parts]), parts[0].dim,
+                             parts[0].bins)
+
+
+KERNELS: dict[str, type] = {k.kernel: k for k in (Int8Counts, Float32Screen)}
+
+
+def kernel_class(name: str) -> type:
+    return KERNELS[look_up("index kernel", name, KERNELS)]
+
+
+def choose_kernel(time_query: Callable[[str], float]) -> tuple[str, dict[str, float]]:
+    """Time every kernel with ``time_query(name)`` (median seconds of a whole query on a sample
+    of the index) and return the fastest name with every timing; a kernel that cannot hold the
+    data exactly (ConfigError) is left out."""
+    timings = {}
+    for name in KERNELS:
+        try:
+            timings[name] = time_query(name)
+        except ConfigError:
+            continue
+    if not timings:
+        raise ConfigError("no index kernel can hold these counts exactly")
+    return min(timings, key=timings.get), timings
+
+
+CountMatrix = Int8Counts | Float32Screen
