@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from rayfp.cli.demo import dicom_corpus
+from rayfp.core import cpu
 from rayfp.core.distance import TARGET_SOFTMAX, LinearIndex, bkld
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
 from rayfp.core.store import Store
@@ -34,17 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """Where a number came from: CPU model, cores, SIMD, torch's CPU capability, BLAS."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {gpu}, Python "
-            f"{platform.python_version()}, torch {torch.__version__}")
+    return (f"{platform.node()}: {cpu.one_line()}; {gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
 
 
 def synthetic_space(dim: int, bins: int) -> FingerprintSpace:
