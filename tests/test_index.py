@@ -80,7 +80,8 @@ def concentrated(space, task_id: str, n: int) -> Fingerprint:
 
 
 @pytest.mark.parametrize("kernel,largest", [("int8-gemm", 2_000_000),
-                                            ("float32-screen", 2_000_000), ("auto", 2_000_000)])
+                                            ("float32-torch", 2_000_000), ("float32-numpy", 2_000_000),
+                                            ("auto", 2_000_000)])
 def test_large_counts_overflow_and_dimension_chunks_stay_exact(kernel, largest):
     """int8: counts above 127 live in the sparse overflow matrix, and huge n splits the GEMM by
     dimension so int32 sums cannot overflow. float32: large counts are exact up to 2^24. Every
@@ -101,7 +102,7 @@ def test_large_counts_overflow_and_dimension_chunks_stay_exact(kernel, largest):
     else:
         assert isinstance(matrix, Float32Screen) and matrix.matrix.max() > 2**20
         with pytest.raises(ConfigError, match="not exact in float32"):
-            ScreenedIndex(fps + [concentrated(space, "huge", 2**24)], kernel="float32-screen")
+            ScreenedIndex(fps + [concentrated(space, "huge", 2**24)], kernel="float32-torch")
     for i, fp in enumerate(fps[:3]):
         np.testing.assert_array_equal(index.source(i).counts, fp.counts)
     linear = LinearIndex(fps)
@@ -161,8 +162,9 @@ def test_every_kernels_error_bound_holds_and_auto_keeps_the_fastest(sources):
         assert (np.abs(approx - exact) <= error).all(), name
         assert (error[:, 0] < 1e-2 * exact[:, 0]).all(), name  # and the bound is useful
         np.testing.assert_array_equal(matrix.counts(np.array([3, 7])), counts[[3, 7]])
-    chosen, timings = choose_kernel(lambda name: {"int8-gemm": 2.0, "float32-screen": 1.0}[name])
-    assert chosen == "float32-screen" and timings == {"int8-gemm": 2.0, "float32-screen": 1.0}
+    fake = {"int8-gemm": 2.0, "float32-torch": 1.0, "float32-numpy": 3.0}
+    chosen, timings = choose_kernel(fake.get)
+    assert chosen == "float32-torch" and timings == fake
     index = ScreenedIndex(fps)
     assert index.kernel in KERNELS and set(index.kernel_timings) == set(KERNELS)
     assert index.kernel_timings[index.kernel] == min(index.kernel_timings.values())

@@ -151,5 +151,5 @@ def test_a_growing_space_chooses_its_index_kernel_again(tmp_path, rng):
         kb.register_task({}, random_fingerprint(rng, space, f"t{i}"))
         measured.append(kb.index(space.space_id).measured_on)
     assert measured == [1, 1, 3, 3, 3, 3, 7, 7, 7]  # chosen again once the space doubles
-    forced = KnowledgeBase(store, kernel="float32-screen").index(space.space_id)
-    assert forced.kernel == "float32-screen" and forced.measured_on == 0
+    forced = KnowledgeBase(store, kernel="float32-torch").index(space.space_id)
+    assert forced.kernel == "float32-torch" and forced.measured_on == 0

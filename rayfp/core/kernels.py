@@ -8,11 +8,13 @@ they differ in speed, memory and how many sources survive the screen:
   for the last digit's remainder (~1e-8 of the value). Fast where the CPU has VNNI (AVX-512
   Xeons). Without VNNI the CPU kernel has no fast path: a bare 8 x 51,200 by 51,200 x 1,000
   product took 957 ms on an AVX2 EPYC, 17x the float32 product.
-- ``float32-screen``: counts as float32 (4 bytes, exact below 2^24) times the query rounded to
-  float32, one GEMV (FMA on any x86 or ARM CPU). The rounding of the query (u = 2^-24 each) and
-  of the L-term sums (γ_L = L·u / (1 − L·u), any summation order) bound the error by ~3e-3 of the
-  value for L = 51,200: loose, so a few more sources are re-ranked, but the GEMV reads one column
-  where the digits need three (a 3-column float32 GEMM measured 2-5x a GEMV here).
+- ``float32-torch`` and ``float32-numpy``: counts as float32 (4 bytes, exact below 2^24) times
+  the query rounded to float32, one GEMV (FMA on any x86 or ARM CPU). The rounding of the query
+  (u = 2^-24 each) and of the L-term sums (γ_L = L·u / (1 − L·u), any summation order) bound
+  the error by ~3e-3 of the value for L = 51,200: loose, so a few more sources are re-ranked,
+  but the GEMV reads one column where the digits need three (a 3-column float32 GEMM measured
+  2-5x a GEMV here). The two differ only in whose BLAS runs the GEMV (torch's MKL or numpy's
+  OpenBLAS).
 
 `choose_kernel` times whole queries with each kernel on a slice of the index's own sources and
 keeps the fastest; `rayfp serve` logs the choice and /v1/health reports it.
@@ -157,13 +159,37 @@ class Int8Counts:
                           max(p.max_dimension_total for p in parts))
 
 
-class Float32Screen:
-    """(N, D·B) counts as float32 (exact below 2^24), one float32 GEMV per query."""
+_BLAS = None  # threadpoolctl's controller, made once (scanning the loaded libraries is slow)
 
-    kernel = "float32-screen"
+
+def _blas_threads(threads: int):
+    """A context in which numpy's BLAS uses ``threads`` threads (the replica keeps it at 1
+    otherwise, see configure_threads); ~0.04 ms to enter."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=threads, user_api="blas")
+
+
+class Float32Screen:
+    """(N, D·B) counts as float32 (exact below 2^24), one float32 GEMV per query, through
+    torch's BLAS (MKL on x86 builds). Float32Numpy is the same through numpy's (OpenBLAS): which
+    is faster depends on the CPU (measured on an AVX2 EPYC: 11.4 vs 9.4 ms for one query at
+    1,000 sources, 61 vs 22 ms for a batch of 8), so both are candidates."""
+
+    kernel = "float32-torch"
 
     def __init__(self, matrix: np.ndarray, dim: int, bins: int) -> None:
         self.matrix, self.dim, self.bins = matrix, dim, bins
+
+    def _gemm(self, scaled: np.ndarray) -> np.ndarray:
+        import torch
+
+        # 'highest' keeps the GEMV in float32 (no bf16 or TF32 shortcuts) as the bound assumes.
+        torch.set_float32_matmul_precision("highest")
+        return (torch.from_numpy(self.matrix) @ torch.from_numpy(scaled)).numpy()
 
     @classmethod
     def build(cls, counts: np.ndarray, dim: int, bins: int, max_dimension_total: int
@@ -184,14 +210,10 @@ class Float32Screen:
         """As Int8Counts.inner. The query is scaled by a power of two (exact) so its largest
         entry is in [0.5, 1): underflow can only touch entries 2^126 times smaller, and the
         absolute floor below covers them."""
-        import torch
-
-        # 'highest' keeps the GEMV in float32 (no bf16 or TF32 shortcuts) as the bound assumes.
-        torch.set_float32_matmul_precision("highest")
         top = queries.max(axis=0)
         scale = np.exp2(np.ceil(np.log2(np.where(top > 0, top, 1.0))))
-        scaled = torch.from_numpy((queries / scale).astype(np.float32))
-        approx = (torch.from_numpy(self.matrix) @ scaled).numpy().astype(np.float64) * scale
+        scaled = np.ascontiguousarray(queries / scale, dtype=np.float32)
+        approx = self._gemm(scaled).astype(np.float64) * scale
         length = self.matrix.shape[1]
         # |fl(q)·c − q·c| <= u·q·c + tiny·c per term; the sums add γ_L of Σ |fl(q)|·c. With
         # q, c >= 0, Σ q·c = exact <= approx / (1 − g), so the bound follows from approx alone.
@@ -206,15 +228,26 @@ class Float32Screen:
         return self.matrix[rows].astype(dtype)
 
     def select(self, keep: np.ndarray) -> Float32Screen:
-        return Float32Screen(self.matrix[keep], self.dim, self.bins)
+        return type(self)(self.matrix[keep], self.dim, self.bins)
 
-    @staticmethod
-    def join(parts: Sequence[Float32Screen]) -> Float32Screen:
-        return Float32Screen(np.concatenate([p.matrix for p in parts]), parts[0].dim,
-                             parts[0].bins)
+    @classmethod
+    def join(cls, parts: Sequence[Float32Screen]) -> Float32Screen:
+        return cls(np.concatenate([p.matrix for p in parts]), parts[0].dim, parts[0].bins)
 
 
-KERNELS: dict[str, type] = {k.kernel: k for k in (Int8Counts, Float32Screen)}
+class Float32Numpy(Float32Screen):
+    """Float32Screen through numpy's BLAS, with as many threads as torch has."""
+
+    kernel = "float32-numpy"
+
+    def _gemm(self, scaled: np.ndarray) -> np.ndarray:
+        import torch
+
+        with _blas_threads(torch.get_num_threads()):
+            return self.matrix @ scaled
+
+
+KERNELS: dict[str, type] = {k.kernel: k for k in (Int8Counts, Float32Screen, Float32Numpy)}
 
 
 def kernel_class(name: str) -> type:

@@ -1,0 +1,134 @@
+"""The CPU hot paths side by side on this machine: where a choice depends on the processor, which
+option is faster here, and whether it would change a fingerprint.
+
+    python -m bench.bench_cpu
+
+- backbone forward: torch threads, channels-last memory format, bfloat16 (oneDNN);
+- histogramming features into counts (numpy, the path every fingerprint takes; torch for scale);
+- the service's wire decode (uint8 + zlib vs uint32 raw).
+
+A faster option that changes the features (even in the last bit) changes counts, and so the
+fingerprint, so it is reported but only used where the features stay bit-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+
+from bench.bench_core import realistic_fingerprint, synthetic_space, write_section
+from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
+from rayfp.core.wire import decode_fingerprint, encode_fingerprint
+from rayfp.extract.backbones import FeatureExtractor
+
+
+def best_of(fn, repeats: int = 5) -> float:
+    """Median seconds of ``fn()`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def bench_forward(views: int) -> list[tuple[str, str]]:
+    rows = []
+    batch = torch.rand(views, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    for name, random_weights in (("efficientnet_lite0", False), ("resnet34", True)):
+        extractor = FeatureExtractor(name, random_weights=random_weights, threads=2)
+        reference = extractor.extract(batch)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            seconds = best_of(lambda e=extractor: e.extract(batch), repeats=3)
+            same = np.array_equal(extractor.extract(batch), reference)
+            rows.append((f"forward {name}, {views} views, torch threads {threads}",
+                         f"{views / seconds:.1f} views/s; features identical to 2 threads: "
+                         f"{same}"))
+        torch.set_num_threads(2)
+        model = extractor.model
+        extractor.model = model.to(memory_format=torch.channels_last)
+        seconds = best_of(lambda e=extractor: e.extract(batch.contiguous(
+            memory_format=torch.channels_last)), repeats=3)
+        diff = np.abs(extractor.extract(batch.contiguous(memory_format=torch.channels_last))
+                      - reference).max()
+        rows.append((f"forward {name}, channels-last", f"{views / seconds:.1f} views/s; max "
+                     f"feature difference {diff:.2e}"))
+        extractor.model = model.to(memory_format=torch.contiguous_format)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            seconds = best_of(lambda e=extractor: e.extract(batch), repeats=3)
+            diff = np.abs(extractor.extract(batch) - reference).max()
+        rows.append((f"forward {name}, bfloat16 autocast (oneDNN "
+                     f"{'available' if torch.backends.mkldnn.is_available() else 'missing'})",
+                     f"{views / seconds:.1f} views/s; max feature difference {diff:.2e}"))
+        for row in rows[-4:]:
+            print(row, flush=True)
+    return rows
+
+
+def torch_bin_counts(features: np.ndarray, space: FingerprintSpace) -> np.ndarray:
+    """The same binning as rayfp.core.fingerprint.bin_indices, in torch (for comparison)."""
+    x = torch.from_numpy(features).double()
+    lo = torch.from_numpy(space.edges_lo.astype(np.float64))
+    width = torch.from_numpy(space.edges_hi.astype(np.float64)) - lo
+    safe = torch.where(width > 0, width, torch.ones_like(width))
+    idx = torch.clamp(torch.floor((x - lo) / safe * space.bins), 0, space.bins - 1).long()
+    idx[:, width <= 0] = 0
+    flat = (torch.arange(space.dim) * space.bins + idx).reshape(-1)
+    return torch.bincount(flat, minlength=space.dim * space.bins).reshape(
+        space.dim, space.bins).numpy()
+
+
+def bench_histogram(n: int) -> list[tuple[str, str]]:
+    rows = []
+    rng = np.random.default_rng(0)
+    for dim, bins in ((512, 100), (1280, 1000)):
+        space = FingerprintSpace(backbone="x", weights_sha256="0", preprocessing={}, dim=dim,
+                                 bins=bins, edges_lo=np.zeros(dim), edges_hi=np.full(dim, 2.0))
+        features = rng.gamma(1.0, 0.5, size=(n, dim)).astype(np.float32)
+        numpy_s = best_of(lambda f=features, s=space: PartialCounts.from_features(f, s))
+        torch_s = best_of(lambda f=features, s=space: torch_bin_counts(f, s))
+        same = np.array_equal(PartialCounts.from_features(features, space).counts,
+                              torch_bin_counts(features, space))
+        rows.append((f"histogram {n} views into {dim} x {bins} bins",
+                     f"numpy {n / numpy_s:,.0f} views/s, torch {n / torch_s:,.0f} views/s; "
+                     f"identical counts: {same}"))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def bench_wire() -> list[tuple[str, str]]:
+    rows = []
+    rng = np.random.default_rng(0)
+    for dim, bins, n in ((512, 100, 1_000), (1280, 1000, 10_000)):
+        space = synthetic_space(dim, bins)
+        fp = realistic_fingerprint(rng, space, "q", n)
+        for compression in ("zlib", "none"):
+            wire = encode_fingerprint(fp, compression=compression)
+            payload = {k: v for k, v in wire.items() if k != "space_id"}
+            seconds = best_of(lambda p=payload, s=space: decode_fingerprint(s, task_id="q", **p))
+            rows.append((f"wire decode D={dim} B={bins} N={n}, {wire['counts_dtype']} "
+                         f"{compression}", f"{seconds * 1e3:.2f} ms for "
+                                           f"{len(wire['counts']) / 1024:.0f} KiB of counts"))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--views", type=int, default=64, help="views per forward timing")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    rows = bench_forward(args.views) + bench_histogram(1024) + bench_wire()
+    if not args.no_write:
+        write_section(rows, "CPU hot paths", "python -m bench.bench_cpu")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
