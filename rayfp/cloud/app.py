@@ -64,11 +64,15 @@ class RequestSizeLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = getattr(scope["app"].state, "max_request_bytes", None)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if limit is not None and length is not None and int(length) > limit:
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if not declared.isdigit():
+            response = JSONResponse(status_code=400, content={
+                "detail": f"Content-Length must be a number of bytes, got {declared[:40]!r}"})
+            return await response(scope, receive, send)
+        if limit is not None and int(declared) > limit:
             response = JSONResponse(status_code=413, content={
-                "detail": f"request body of {int(length)} bytes is over this server's limit of "
-                          f"{limit} bytes"})
+                "detail": f"request body of {int(declared)} bytes is over this server's limit "
+                          f"of {limit} bytes"})
             return await response(scope, receive, send)
         received = 0
 
