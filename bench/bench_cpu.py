@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bench.bench_core import realistic_fingerprint, synthetic_space, write_section
+from rayfp.core import cpu
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
 from rayfp.core.wire import decode_fingerprint, encode_fingerprint
 from rayfp.extract.backbones import FeatureExtractor
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = bench_forward(args.views) + bench_histogram(1024) + bench_wire()
     if not args.no_write:
-        write_section(rows, "CPU hot paths", "python -m bench.bench_cpu")
+        write_section(rows, f"CPU hot paths ({cpu.describe()['torch_capability']})",
+                      "python -m bench.bench_cpu")
     return 0
 
 

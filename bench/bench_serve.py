@@ -26,6 +26,7 @@ import numpy as np
 
 from bench.bench_core import realistic_fingerprint, synthetic_space, write_section
 from rayfp.cloud.knowledge import KnowledgeBase
+from rayfp.core import cpu
 from rayfp.core.distance import bkld
 from rayfp.core.index import ScreenedIndex, configure_threads
 from rayfp.core.kernels import KERNELS
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.shutdown()
     ray.shutdown()
     if not args.no_write:
-        write_section(rows, "Knowledge cloud over HTTP",
+        write_section(rows, f"Knowledge cloud over HTTP ({cpu.describe()['torch_capability']})",
                       "python -m bench.bench_serve --sources " +
                       " ".join(map(str, args.sources)))
     return 0
