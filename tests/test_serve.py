@@ -81,10 +81,12 @@ def test_health_spaces_and_openapi(cloud):
     assert status == 200 and (health["status"], health["spaces"]) == ("ok", 1)
     chosen = health["kernels"][cloud["space"].space_id]  # measured on this CPU at start-up
     assert chosen["kernel"] in KERNELS and set(chosen["measured_ms"]) == set(KERNELS)
-    assert chosen["sources"] == 5 and health["cpu"]["cores"] >= 1 and "simd" in health["cpu"]
+    assert chosen["sources"] >= 5 and health["cpu"]["cores"] >= 1 and "simd" in health["cpu"]
     status, spaces = http(cloud, "GET", "/v1/spaces")
     assert status == 200 and spaces[0]["space_id"] == cloud["space"].space_id
-    assert spaces[0]["fingerprints"] == 5
+    # 5, or 6 once a test has registered site-5 over HTTP: whatever the store holds now
+    assert spaces[0]["fingerprints"] == len(cloud["store"].fingerprint_files(
+        cloud["space"].space_id)) >= 5
     fetched = CloudClient(cloud["url"]).space(cloud["space"].space_id)  # hash re-checked
     assert np.array_equal(fetched.edges_hi, cloud["space"].edges_hi)
     status, schema = http(cloud, "GET", "/openapi.json")

@@ -171,7 +171,9 @@ def format_matrix(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], 
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from rayfp.core.distance import distance_matrix
+    from rayfp.core.distance import distance_matrix, get_metric
+
+    get_metric(args.metric)  # a wrong name fails before any store is read
 
     fps = _store(args).fingerprints(args.space)
     if not fps:
@@ -182,7 +184,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_nearest(args: argparse.Namespace) -> int:
-    from rayfp.core.distance import LinearIndex
+    from rayfp.core.distance import LinearIndex, get_metric
+
+    get_metric(args.metric)
 
     store = _store(args)
     target = store.fingerprint_of(args.task_id, args.space)
