@@ -98,14 +98,15 @@ def test_job_submit_fingerprints_every_task_and_reports_failures(submitted):
     assert "rayfp-archive-job" in fps[0].source and str(Path(fps[0].source).name) != ""
 
 
-def test_ray_job_and_cli_give_identical_counts(submitted, archive, capsys):
-    code = rayfp_cli(["fingerprint", str(archive / "us"), "--task-id", "us-cli", "--space",
-                      submitted["space"], "--store", str(submitted["store"]), "--samples", "48",
+def test_ray_job_and_cli_give_identical_counts(submitted, archive, capsys, tmp_path):
+    local = tmp_path / "local"  # its own store: the job's store stays as the job wrote it
+    shutil.copytree(submitted["store"] / "spaces", local / "spaces")
+    code = rayfp_cli(["fingerprint", str(archive / "us"), "--task-id", "us", "--space",
+                      submitted["space"], "--store", str(local), "--samples", "48",
                       "--min-images", "3", "--quiet"])
     assert code == 0
-    store = Store(submitted["store"])
-    ray_fp = store.get_fingerprint(submitted["space"], "us")
-    cli_fp = store.get_fingerprint(submitted["space"], "us-cli")
+    ray_fp = Store(submitted["store"]).get_fingerprint(submitted["space"], "us")
+    cli_fp = Store(local).get_fingerprint(submitted["space"], "us")
     assert np.array_equal(ray_fp.counts, cli_fp.counts)
     np.testing.assert_allclose(ray_fp.feature_sum, cli_fp.feature_sum, rtol=1e-12)
 
