@@ -139,7 +139,7 @@ def test_a_manifest_gives_the_same_task_row_and_counts_through_cli_and_ray(
     assert fps["ray"].n_images == fps["cli"].n_images == 33
 
 
-def test_rerun_skips_and_minimum_is_reported(cluster, submitted, archive):
+def test_rerun_skips_and_minimum_is_reported(cluster, submitted, archive, tmp_path):
     store = Store(submitted["store"])
     path = store._fingerprint_path(submitted["space"], "us")
     before = path.stat().st_mtime_ns
@@ -148,12 +148,14 @@ def test_rerun_skips_and_minimum_is_reported(cluster, submitted, archive):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 written, 2 already present" in again.stdout
     assert path.stat().st_mtime_ns == before
-    strict = run_job(cluster, f"file://{archive}", "--store", submitted["store"], "--space",
+    copy = tmp_path / "store"  # overwriting happens in a copy: the job's store stays as it was
+    shutil.copytree(submitted["store"], copy)
+    strict = run_job(cluster, f"file://{archive}", "--store", copy, "--space",
                      submitted["space"], "--overwrite", "--tasks", "mr", "us", "--samples",
                      "48", "--min-images", "20")
     assert strict.returncode == 0, strict.stderr[-3000:]
     assert "task mr: 13 decodable images < minimum 20" in strict.stdout
-    via_uri = Store(submitted["store"]).get_fingerprint(submitted["space"], "us")
+    via_uri = Store(copy).get_fingerprint(submitted["space"], "us")
     assert json.loads(via_uri.source)["archive"] == f"file://{archive}"  # recomputed from a URI
     assert via_uri.n_images == 33
 
