@@ -45,10 +45,9 @@ def configure_threads(threads: int) -> None:
     thread: OpenBLAS threads spin-wait after each small call and measured 4 ms instead of
     1.7 ms for torch's GEMM at 1,000 sources on 2 cores when both pools had 2 threads."""
     import torch
-    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(threads)
-    threadpool_limits(1, user_api="blas")
+    _blas_threads(1)  # applied at once; float32-numpy raises it around its own GEMV
 
 
 def query_digits(queries: np.ndarray, digits: int = DIGITS) -> tuple[np.ndarray, np.ndarray]:
@@ -69,14 +68,13 @@ def query_digits(queries: np.ndarray, digits: int = DIGITS) -> tuple[np.ndarray,
     return out, scale
 
 
-def _dimension_chunks(dim: int, bins: int, max_dimension_total: int, limit: int = _INT32_MAX
-                      ) -> list[tuple[int, int]]:
+def _dimension_chunks(dim: int, bins: int, max_dimension_total: int) -> list[tuple[int, int]]:
     """Column ranges (whole dimensions) in which |Σ digit · count| <= DIGIT · Σ counts stays
-    within ``limit``; Σ counts over one dimension is at most the largest per-dimension total."""
-    per_chunk = limit // (DIGIT * max(1, max_dimension_total))
+    within int32; Σ counts over one dimension is at most the largest per-dimension total."""
+    per_chunk = _INT32_MAX // (DIGIT * max(1, max_dimension_total))
     if per_chunk < 1:
         raise ConfigError(f"a dimension holds {max_dimension_total} samples: too many for an "
-                          f"exact sum within {limit}")
+                          f"exact int32 sum")
     return [(lo * bins, min(dim, lo + per_chunk) * bins) for lo in range(0, dim, per_chunk)]
 
 
@@ -91,7 +89,7 @@ class Int8Counts:
 
         self.low, self.overflow, self.dim, self.bins = low, overflow, dim, bins
         self.max_dimension_total = max_dimension_total
-        self.chunks = _dimension_chunks(dim, bins, max_dimension_total, _INT32_MAX)
+        self.chunks = _dimension_chunks(dim, bins, max_dimension_total)
         # One chunk (the usual case) shares the array's memory; several need contiguous copies.
         self.operands = [torch.from_numpy(low if len(self.chunks) == 1
                                           else np.ascontiguousarray(low[:, a:b]))
