@@ -20,6 +20,7 @@ import sys
 import ray
 
 from rayfp import defaults
+from rayfp.cli.privacy_flags import add_privacy_flags, privacy_spec
 from rayfp.cluster.pipeline import (
     ArchiveJobConfig,
     create_space_on_ray,
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--threads", type=int, help="torch threads per actor (default: its CPUs)")
     p.add_argument("--min-images", type=int, default=defaults.MIN_IMAGES)
+    add_privacy_flags(p)
     p.add_argument("--tasks", nargs="*", help="only these task ids")
     p.add_argument("--overwrite", action="store_true", help="recompute existing fingerprints")
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local Ray)")
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
             threads=args.threads,
             weights=args.weights, min_images=args.min_images, overwrite=args.overwrite,
+            privacy=privacy_spec(args),
             job_id=os.environ.get("RAY_JOB_ID") or new_job_id(),
             source=args.archive if "://" in args.archive else os.path.abspath(args.archive))
         ray.init(address=args.address, log_to_driver=True)

@@ -78,11 +78,14 @@ def _run(args, store, target, items, log) -> int:
     # Tasks sharing a recipe (samples, seed, minimum) run as one pipeline.
     groups: dict[tuple, list] = {}
     for item in items:
-        groups.setdefault((item.samples, item.seed, item.min_images), []).append(item)
-    for (samples, seed, min_images), group in sorted(groups.items()):
+        groups.setdefault((item.samples, item.seed, item.min_images, item.privacy),
+                          []).append(item)
+    for (samples, seed, min_images, privacy), group in sorted(groups.items(),
+                                                              key=lambda g: repr(g[0])):
         files = [f for item in group for f in files_for(item)]
         config = ArchiveJobConfig(
             store=args.store, samples=samples, seed=seed, min_images=min_images,
+            privacy=privacy,
             frames_per_batch=args.batch_size, workers=args.workers,
             gpus_per_worker=args.gpus_per_worker, weights=args.weights,
             job_id=os.environ.get("RAY_JOB_ID") or new_job_id())

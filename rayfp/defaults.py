@@ -20,3 +20,10 @@ MAX_REQUEST_BYTES = 16 * 2**20  # the service refuses larger bodies with 413
 
 # What a knowledge cloud records per task (DESIGN §2 `components`).
 COMPONENT_KINDS = ("architecture", "augmentation", "pretraining", "cotraining")
+
+# Differential privacy of what leaves a site (DESIGN §5; numbers behind them in PRIVACY.md).
+DP_EPSILON = 1.0
+DP_DELTA = 1e-6
+DP_COUNT_SHARE = 0.9  # with a separately noised sum: the counts' share of the budget (mu^2)
+DP_RELEASE_BINS = 10  # noisy counts over 10 coarse bins, spread back over the space's B
+MAX_EPSILON = 8.0  # the service refuses fingerprints with a larger epsilon (or none)

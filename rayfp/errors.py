@@ -98,6 +98,11 @@ class TooFewImagesError(RayfpError, ValueError):
     """A task has fewer distinct decodable images than the privacy minimum."""
 
 
+class PrivacyPolicyError(RayfpError, PermissionError):
+    """A fingerprint is not private enough for a policy (a service's maximum ε), or its privacy
+    record does not add up."""
+
+
 class StoreError(RayfpError, ValueError):
     """The Parquet store is missing a table or row, or holds data of an unexpected schema."""
 

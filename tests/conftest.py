@@ -32,6 +32,22 @@ def random_fingerprint(rng: np.random.Generator, space: FingerprintSpace, task_i
                        feature_sum=rng.normal(size=space.dim) * n, n_samples=n, n_images=n // 5)
 
 
+def private_fingerprint(rng: np.random.Generator, space: FingerprintSpace, task_id: str, *,
+                        n: int = 500, epsilon: float = 4.0) -> Fingerprint:
+    """A random fingerprint released as a site releases it: (epsilon, 1e-6)-DP, seeded noise."""
+    from rayfp.core.fingerprint import PartialCounts
+    from rayfp.privacy.mechanism import PrivacySpec, release
+
+    exact = random_fingerprint(rng, space, task_id, n=n)
+    partial = PartialCounts(space.space_id, exact.counts, exact.feature_sum, n)
+    released, record = release(partial, space, task_id=task_id, n_images=exact.n_images,
+                               spec=PrivacySpec(epsilon=epsilon, seed=int(rng.integers(2**31))),
+                               min_images=1)
+    return Fingerprint(task_id=task_id, space_id=space.space_id, counts=released.counts,
+                       feature_sum=released.feature_sum, n_samples=n,
+                       n_images=exact.n_images, privacy=record)
+
+
 def paper_data_dir():
     """../shared/paper-data beside the checkout (CI lays a copy there), or $RAYFP_PAPER_DATA."""
     import os

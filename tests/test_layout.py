@@ -16,16 +16,18 @@ from conftest import make_space, random_fingerprint
 PACKAGE = Path(__file__).resolve().parents[1] / "rayfp"
 SHARED = {"rayfp", "rayfp.errors", "rayfp.registry", "rayfp.defaults"}
 # Layer -> the rayfp layers it may import (besides itself and SHARED). Reading down the list,
-# each layer builds on the ones above it: core maths and storage, decoding, extraction (torch),
-# the cluster (Ray Data), the cloud (Serve), the evaluation, and the CLI on top of everything.
+# each layer builds on the ones above it: core maths and storage, private releases, decoding,
+# extraction (torch), the cluster (Ray Data), the cloud (Serve), the evaluation, and the CLI on
+# top of everything.
 ALLOWED = {
     "core": set(),
+    "privacy": {"core"},
     "io": {"core"},
-    "extract": {"core", "io"},
-    "cluster": {"core", "io", "extract"},
+    "extract": {"core", "io", "privacy"},
+    "cluster": {"core", "io", "extract", "privacy"},
     "evaluate": set(),
-    "cloud": {"core", "evaluate"},
-    "cli": {"core", "io", "extract", "cluster", "cloud", "evaluate"},
+    "cloud": {"core", "evaluate", "privacy"},
+    "cli": {"core", "io", "extract", "cluster", "cloud", "evaluate", "privacy"},
 }
 # Third-party walls, checked on every import statement, function-level ones included.
 FORBIDDEN = {
@@ -33,6 +35,7 @@ FORBIDDEN = {
     "io": {"torch", "torchvision", "ray", "fastapi"},
     "extract": {"ray", "fastapi"},
     "evaluate": {"torch", "ray", "fastapi"},
+    "privacy": {"torch", "torchvision", "ray", "fastapi"},
 }
 
 

@@ -23,7 +23,9 @@ from rayfp.core.store import Store
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 JOB = ["jobs/fingerprint_archive.py"]
-COMMON = ["--samples", "48", "--min-images", "3", "--batch-size", "4"]
+# Exact counts (public test data) unless a test asks for a private release.
+COMMON = ["--samples", "48", "--min-images", "3", "--batch-size", "4", "--epsilon", "inf"]
+PRIVATE = ["--epsilon", "4", "--noise-seed", "3"]
 
 
 def _free_port() -> int:
@@ -103,7 +105,7 @@ def test_ray_job_and_cli_give_identical_counts(submitted, archive, capsys, tmp_p
     shutil.copytree(submitted["store"] / "spaces", local / "spaces")
     code = rayfp_cli(["fingerprint", str(archive / "us"), "--task-id", "us", "--space",
                       submitted["space"], "--store", str(local), "--samples", "48",
-                      "--min-images", "3", "--quiet"])
+                      "--min-images", "3", "--epsilon", "inf", "--quiet"])
     assert code == 0
     ray_fp = Store(submitted["store"]).get_fingerprint(submitted["space"], "us")
     cli_fp = Store(local).get_fingerprint(submitted["space"], "us")
@@ -113,8 +115,9 @@ def test_ray_job_and_cli_give_identical_counts(submitted, archive, capsys, tmp_p
 
 def test_a_manifest_gives_the_same_task_row_and_counts_through_cli_and_ray(
         cluster, submitted, archive, tmp_path, capsys):
-    """One manifest reader, one inventory: the `modality` column is honoured by both paths
-    (the Ray job used to drop it), and both record the same task row."""
+    """One manifest reader, one inventory, one release: the `modality` column is honoured by
+    both paths (the Ray job used to drop it), both record the same task row, and with the same
+    noise seed both release the same differentially private counts."""
     space = submitted["space"]
     stores = {}
     for way in ("cli", "ray"):
@@ -123,11 +126,12 @@ def test_a_manifest_gives_the_same_task_row_and_counts_through_cli_and_ray(
     files = sorted(p for p in (archive / "us").iterdir())
     manifest = tmp_path / "us-scan.csv"  # no task_id column: one task named after the file
     manifest.write_text("path,modality\n" + "\n".join(f"{p},doppler" for p in files))
-    job = run_job(cluster, manifest, "--store", stores["ray"], "--space", space, *COMMON)
+    job = run_job(cluster, manifest, "--store", stores["ray"], "--space", space, *COMMON,
+                  *PRIVATE)
     assert job.returncode == 0, job.stderr[-3000:]
     assert rayfp_cli(["fingerprint", str(manifest), "--task-id", "us-scan", "--space", space,
                       "--store", str(stores["cli"]), "--samples", "48", "--min-images", "3",
-                      "--quiet"]) == 0
+                      *PRIVATE, "--quiet"]) == 0
     assert "us-scan" in capsys.readouterr().out
     rows = {way: [{k: v for k, v in row.items() if k != "schema_version"}
                   for row in Store(store).read_table("tasks").to_pylist()]
@@ -136,7 +140,11 @@ def test_a_manifest_gives_the_same_task_row_and_counts_through_cli_and_ray(
     assert rows["ray"][0]["modality"] == "doppler" and rows["ray"][0]["task_id"] == "us-scan"
     fps = {way: Store(store).get_fingerprint(space, "us-scan") for way, store in stores.items()}
     assert np.array_equal(fps["ray"].counts, fps["cli"].counts)
+    assert np.array_equal(fps["ray"].feature_sum, fps["cli"].feature_sum)
     assert fps["ray"].n_images == fps["cli"].n_images == 33
+    assert fps["ray"].privacy == fps["cli"].privacy and fps["cli"].privacy["dp"]["epsilon"] == 4
+    exact = Store(submitted["store"]).get_fingerprint(space, "us")  # same images, no noise
+    assert not np.array_equal(fps["cli"].counts, exact.counts)
 
 
 def test_rerun_skips_and_minimum_is_reported(cluster, submitted, archive, tmp_path):

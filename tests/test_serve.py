@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_space, paper_data_dir, random_fingerprint
+from conftest import make_space, paper_data_dir, private_fingerprint, random_fingerprint
 
 from rayfp.cloud.client import CloudClient, ServerError
 from rayfp.cloud.knowledge import KnowledgeBase
@@ -46,7 +47,8 @@ def cloud(tmp_path_factory):
     space = make_space(dim=16, bins=10)
     store.put_space(space)
     rng = np.random.default_rng(7)
-    known = [random_fingerprint(rng, space, f"site-{i}", n=300) for i in range(6)]
+    # What sites send: differentially private releases (the server's policy refuses others).
+    known = [private_fingerprint(rng, space, f"site-{i}", n=300) for i in range(6)]
     kb = KnowledgeBase(store)
     for fp in known[:5]:  # the sixth is registered over HTTP by a test
         kb.register_task({"modality": "synthetic"}, fp)
@@ -263,3 +265,25 @@ def test_cli_query_and_recommend_against_the_server(cloud, tmp_path, capsys):
     answer = json.loads(capsys.readouterr().out)
     assert len(answer["recommendations"]["augmentation"]) == 3
     os.environ.pop("RAYFP_TOKEN", None)
+
+
+def test_the_privacy_policy_refuses_what_it_should_over_http(cloud):
+    """The server's maximum ε (8 by default): exact counts, a weaker release and a record whose
+    noise does not add up are refused with 403 and the reason; answers show each neighbour's ε."""
+    client = CloudClient(cloud["url"], token=TOKEN)
+    rng = np.random.default_rng(11)
+    space = cloud["space"]
+    exact = random_fingerprint(rng, space, "exact-site", n=300)
+    weak = private_fingerprint(rng, space, "weak-site", n=300, epsilon=16)
+    forged = private_fingerprint(rng, space, "forged-site", n=300)
+    forged_record = {**forged.privacy, "dp": {**forged.privacy["dp"], "sigma_counts": 1.0}}
+    cases = [(exact, "carries exact counts"), (weak, "at most ε = 8"),
+             (dataclasses.replace(forged, privacy=forged_record), "below the")]
+    for fp, reason in cases:
+        for call, kwargs in ((client.register, {}), (client.nearest, {"fingerprint": None})):
+            with pytest.raises(ServerError) as info:
+                call(fp) if not kwargs else call(fingerprint=fp)
+            assert info.value.status == 403 and reason in str(info.value), str(info.value)
+    assert fp.task_id not in [t["task_id"] for t in http(cloud, "GET", "/v1/tasks")[1]]
+    answer = client.nearest(fingerprint=private_fingerprint(rng, space, "ok", n=300), k=3)
+    assert [n["epsilon"] for n in answer["neighbours"]] == [4.0, 4.0, 4.0]

@@ -108,6 +108,33 @@ def test_newer_schema_version_is_refused(store, rng):
         store.get_fingerprint(space.space_id, "t")
 
 
+def test_a_version_1_store_still_reads_as_exact_counts(store, rng):
+    """Before privacy records (schema 1) `privacy` held only the image floor: such fingerprints
+    read unchanged, count as exact (no ε) and are refused by a private-only policy."""
+    import pyarrow as pa
+
+    from rayfp.errors import PrivacyPolicyError
+    from rayfp.privacy.mechanism import epsilon_of, spec_from_record
+    from rayfp.privacy.policy import check_privacy
+
+    space = make_space()
+    store.put_space(space)
+    written = random_fingerprint(rng, space, "old")
+    path = store.put_fingerprint(written)
+    table = pq.read_table(path)
+    old_privacy = json.dumps({"min_images": 50, "quantisation": None, "dp_epsilon": None})
+    for name, column in (("schema_version", pa_int32([1])),
+                         ("privacy", pa.array([old_privacy], pa.string()))):
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    pq.write_table(table, path)
+    fp = store.get_fingerprint(space.space_id, "old")
+    assert np.array_equal(fp.counts, written.counts) and fp.privacy["min_images"] == 50
+    assert epsilon_of(fp.privacy) == float("inf") and not spec_from_record(fp.privacy).private
+    with pytest.raises(PrivacyPolicyError, match="exact counts"):
+        check_privacy(fp, space, max_epsilon=8)
+    assert schemas.SCHEMA_VERSION == 2
+
+
 def pa_int32(values):
     import pyarrow as pa
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
 from rayfp import defaults
+from rayfp.cli.privacy_flags import parse_epsilon
 
 
 def add_parsers(sub) -> None:
@@ -25,14 +27,29 @@ def add_parsers(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--min-images", type=int, default=defaults.MIN_IMAGES)
 
+    p.add_argument("--max-epsilon", type=parse_epsilon, default=defaults.MAX_EPSILON,
+                   help=f"refuse fingerprints less private than this (default "
+                        f"{defaults.MAX_EPSILON:g}); 'inf' accepts exact counts (public data)")
+
     for name, helptext in (("query", "nearest known tasks from a server"),
-                           ("recommend", "what worked for the nearest known tasks")):
+                           ("recommend", "what worked for the nearest known tasks"),
+                           ("register", "send a task's fingerprint to a server")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
         p.add_argument("--task-id", required=True)
-        p.add_argument("--fingerprint-from", metavar="STORE",
+        p.add_argument("--fingerprint-from", metavar="STORE", required=name == "register",
                        help="send this local store's fingerprint of --task-id (never images)")
         p.add_argument("--space", help="which local space, if the task has several")
+        p.add_argument("--epsilon", type=parse_epsilon, default=defaults.DP_EPSILON,
+                       help="send only a fingerprint released at this ε or smaller (default "
+                            f"{defaults.DP_EPSILON:g}); 'inf' also sends exact counts")
+        p.add_argument("--delta", type=float, default=defaults.DP_DELTA,
+                       help=f"the largest δ to send (default {defaults.DP_DELTA:g})")
+        if name == "register":
+            p.add_argument("--token", default=os.environ.get("RAYFP_TOKEN", ""),
+                           help="the server's write token (default: $RAYFP_TOKEN)")
+            p.add_argument("--modality", help="recorded with the task")
+            continue
         p.add_argument("-k", type=int)
         p.add_argument("--metric", help=f"default: the server's ({defaults.METRIC})")
         p.add_argument("--json", action="store_true", help="raw JSON for scripts")
@@ -55,17 +72,42 @@ def cmd_serve(args: argparse.Namespace) -> int:  # pragma: no cover - blocking s
     from rayfp.cloud.app import build_app, start_local_serve
 
     start_local_serve(args.host, args.port)
+    max_epsilon = None if math.isinf(args.max_epsilon) else args.max_epsilon
     serve.run(build_app({"store": args.store, "token": args.token,
-                         "min_images": args.min_images}), blocking=True)
+                         "min_images": args.min_images, "max_epsilon": max_epsilon}),
+              blocking=True)
     return 0
 
 
 def _local_fingerprint(args):
+    """The local store's fingerprint of the task, if it is private enough to leave the site."""
     if not args.fingerprint_from:
         return None
     from rayfp.core.store import Store
+    from rayfp.privacy.policy import check_privacy
 
-    return Store(args.fingerprint_from).fingerprint_of(args.task_id, args.space)
+    store = Store(args.fingerprint_from)
+    fp = store.fingerprint_of(args.task_id, args.space)
+    if not math.isinf(args.epsilon):
+        check_privacy(fp, store.get_space(fp.space_id), max_epsilon=args.epsilon,
+                      max_delta=args.delta)
+    return fp
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from rayfp.cloud.client import CloudClient
+
+    fp = _local_fingerprint(args)
+    meta = {"modality": args.modality} if args.modality else {}
+    answer = CloudClient(args.server, token=args.token).register(fp, **meta)
+    print(f"registered {answer['task_id']} in space {answer['space_id']} "
+          f"({_epsilon_text(fp.privacy)})")
+    return 0
+
+
+def _epsilon_text(privacy) -> str:
+    dp = (privacy or {}).get("dp")
+    return f"ε={dp['epsilon']:g}" if dp else "exact counts"
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -85,7 +127,9 @@ def cmd_query(args: argparse.Namespace) -> int:
         return 0
     print(f"nearest to {args.task_id} by {answer['metric']}:")
     for n in answer["neighbours"]:
-        print(f"{n['rank']:3d}. {n['task_id']:40s} {n['distance']:.6g}  ({n['basis']})")
+        epsilon = "exact" if n.get("epsilon") is None else f"ε={n['epsilon']:g}"
+        print(f"{n['rank']:3d}. {n['task_id']:40s} {n['distance']:.6g}  ({n['basis']}, "
+              f"{epsilon})")
     for kind, candidates in answer.get("recommendations", {}).items():
         print(f"\n{kind}:")
         if not candidates:

@@ -21,6 +21,7 @@ from rayfp.core.store import Store
 from rayfp.errors import DecodeError
 from rayfp.extract.api import create_space, extractor_for_space, fingerprint_task
 from rayfp.io import decode_file
+from rayfp.privacy.mechanism import PrivacySpec
 
 DEMO_BACKBONE = "efficientnet_lite0"
 DEMO_MIN_IMAGES = 4  # demo tasks are tiny; real tasks keep the default of 50
@@ -147,7 +148,8 @@ def run_demo(out: str | os.PathLike, *, samples: int = 200, edge_samples: int | 
         result = fingerprint_task([tasks[task][0]], task_id=task, space_id=space.space_id,
                                   store=store, samples=samples, seed=seed,
                                   min_images=DEMO_MIN_IMAGES, modality=tasks[task][1],
-                                  extractor=extractor, progress=progress)
+                                  extractor=extractor, progress=progress,
+                                  privacy=PrivacySpec.none())
         print(f"  {task:14s} {result.fingerprint.n_images:4d} images, {len(result.skipped)} skipped")
     fps = store.fingerprints(space.space_id)
     index = LinearIndex(fps)

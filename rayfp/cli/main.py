@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rayfp import __version__, defaults
+from rayfp.cli.privacy_flags import add_privacy_flags, privacy_spec
 from rayfp.errors import ConfigError, RayfpError
 
 if TYPE_CHECKING:
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", default="", help="override the modality read from DICOM")
     _add_store(p)
     _add_extraction(p)
+    add_privacy_flags(p)
 
     p = sub.add_parser("compare", help="distance matrix of all tasks of a space")
     _add_store(p)
@@ -103,11 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default=defaults.METRIC)
     p.add_argument("--out", required=True, help="output .png")
 
+    from rayfp.cli.audit import add_parser as add_audit_parser
     from rayfp.cli.cloud import add_parsers as add_cloud_parsers
     from rayfp.evaluate.command import add_parser as add_evaluate_parser
 
     add_evaluate_parser(sub)
     add_cloud_parsers(sub)
+    add_audit_parser(sub)
 
     p = sub.add_parser("demo", help="fingerprint demo tasks built from images in the packages")
     p.add_argument("--out", default="demo-output", help="folder for data, store and plots")
@@ -147,11 +152,19 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
                               store=_store(args), samples=args.samples, seed=args.seed,
                               min_images=args.min_images, batch_size=args.batch_size,
                               weights=args.weights, modality=args.modality,
-                              threads=args.threads, progress=not args.quiet)
+                              threads=args.threads, progress=not args.quiet,
+                              privacy=privacy_spec(args))
     _print_skipped(result.skipped)
     fp = result.fingerprint
+    dp = fp.privacy.get("dp")
+    guarantee = (f"(ε={dp['epsilon']:g}, δ={dp['delta']:g})-DP per image, at most "
+                 f"{dp['views_per_image_cap']} views per image" if dp else
+                 "exact counts, NOT differentially private (--epsilon inf)")
     print(f"{fp.task_id}: {fp.n_samples} views of {fp.n_images} images "
-          f"({result.modality or 'unknown modality'}) -> space {fp.space_id}")
+          f"({result.modality or 'unknown modality'}) -> space {fp.space_id}; {guarantee}")
+    from rayfp.privacy.bounds import describe
+
+    print(f"  {describe(dp['epsilon'] if dp else math.inf, dp['delta'] if dp else 1.0)}")
     return 0
 
 
@@ -237,6 +250,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from rayfp.cli.audit import cmd_audit
+
+    return cmd_audit(args)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rayfp.evaluate.command import run
 
@@ -256,7 +275,8 @@ COMMANDS = {"edges": cmd_edges, "fingerprint": cmd_fingerprint, "compare": cmd_c
             "nearest": cmd_nearest, "show": cmd_show, "plot": cmd_plot, "demo": cmd_demo,
             "evaluate": cmd_evaluate, "import-paper": _cloud("cmd_import_paper"),
             "serve": _cloud("cmd_serve"), "query": _cloud("cmd_query"),
-            "recommend": _cloud("cmd_query")}
+            "recommend": _cloud("cmd_query"), "register": _cloud("cmd_register"),
+            "audit": _audit}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

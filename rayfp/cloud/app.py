@@ -38,7 +38,7 @@ from rayfp.core import cpu
 from rayfp.core.fingerprint import Fingerprint
 from rayfp.core.index import configure_threads
 from rayfp.core.wire import decode_fingerprint
-from rayfp.errors import NotFoundError, RayfpError
+from rayfp.errors import NotFoundError, PrivacyPolicyError, RayfpError
 
 log = logging.getLogger("ray.serve")  # lands in the replica's Serve log
 api = FastAPI(title="rayfp knowledge cloud", version="1",
@@ -49,7 +49,8 @@ bearer = HTTPBearer(auto_error=False, scheme_name="token",
 
 @api.exception_handler(RayfpError)
 async def _rayfp_error(_: Request, exc: RayfpError) -> JSONResponse:
-    status = 404 if isinstance(exc, NotFoundError) else 400
+    status = (404 if isinstance(exc, NotFoundError)
+              else 403 if isinstance(exc, PrivacyPolicyError) else 400)
     return JSONResponse(status_code=status, content={"detail": str(exc)})
 
 
@@ -134,7 +135,8 @@ class KnowledgeCloud:
         self.cpu = cpu.describe()
         api.state.token = args.token
         api.state.max_request_bytes = args.max_request_bytes
-        self.kb = KnowledgeBase(args.store, min_images=args.min_images, kernel=args.kernel)
+        self.kb = KnowledgeBase(args.store, min_images=args.min_images, kernel=args.kernel,
+                                max_epsilon=args.max_epsilon)
         log.info("rayfp knowledge cloud on %s", cpu.one_line())
         for space_id in self.kb.store.space_ids():
             index = self.kb.index(space_id)  # load before taking traffic
@@ -149,11 +151,13 @@ class KnowledgeCloud:
     # -- helpers ------------------------------------------------------------------------------
     def _fingerprint(self, payload: FingerprintIn, task_id: str, min_images: int = 1
                      ) -> Fingerprint:
-        return decode_fingerprint(self.kb.space(payload.space_id), task_id=task_id,
-                                  counts=payload.counts, feature_sum=payload.feature_sum,
-                                  n=payload.n, n_images=payload.n_images, min_images=min_images,
-                                  counts_dtype=payload.counts_dtype,
-                                  compression=payload.compression)
+        fp = decode_fingerprint(self.kb.space(payload.space_id), task_id=task_id,
+                                counts=payload.counts, feature_sum=payload.feature_sum,
+                                n=payload.n, n_images=payload.n_images, min_images=min_images,
+                                counts_dtype=payload.counts_dtype,
+                                compression=payload.compression, privacy=payload.privacy)
+        self.kb.admit(fp)
+        return fp
 
     # No waiting for a fuller batch: queries that arrive while one batch is ranked form the
     # next one; a 2 ms wait measured as 2 ms more latency for a single client.

@@ -6,6 +6,7 @@ Plain functions and one class over a Store; serve/ calls these, nothing here imp
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,6 +19,8 @@ from rayfp.core.kernels import AUTO
 from rayfp.core.schemas import COMPONENT_KINDS
 from rayfp.core.store import Store
 from rayfp.errors import ConfigError, NotFoundError, TooFewImagesError
+from rayfp.privacy.mechanism import epsilon_of
+from rayfp.privacy.policy import check_privacy
 from rayfp.registry import look_up
 
 # Our metric names -> the paper's released matrices, used for tasks without fingerprints.
@@ -34,6 +37,7 @@ class Neighbour:
     task_id: str
     distance: float
     basis: str  # "fingerprint:<space_id>" or "imported:<selector>"
+    epsilon: float | None = None  # the neighbour's fingerprint's DP ε; None: exact counts
 
 
 @dataclasses.dataclass
@@ -42,6 +46,7 @@ class _CachedIndex:
     files: dict  # fingerprint file -> signature it had when read
     task_of: dict  # fingerprint file -> task id
     index: ScreenedIndex | None
+    epsilon: dict  # task id -> its fingerprint's ε (None: exact counts)
 
 
 class KnowledgeBase:
@@ -49,9 +54,11 @@ class KnowledgeBase:
     linear-form index per space that is rebuilt when the space's fingerprints change."""
 
     def __init__(self, store: Store | str | os.PathLike, *,
-                 min_images: int = defaults.MIN_IMAGES, kernel: str = AUTO) -> None:
+                 min_images: int = defaults.MIN_IMAGES, kernel: str = AUTO,
+                 max_epsilon: float | None = None) -> None:
         self.store = store if isinstance(store, Store) else Store(store)
         self.min_images = min_images
+        self.max_epsilon = max_epsilon  # refuse fingerprints less private than this; None: all
         self.kernel = kernel  # the index kernel: "auto" (measured per space) or a name
         self._indexes: dict[str, _CachedIndex] = {}
         self._spaces: dict[str, FingerprintSpace] = {}
@@ -94,7 +101,10 @@ class KnowledgeBase:
                 index = ScreenedIndex(self.store.fingerprints(space_id), kernel=self.kernel)
         else:
             index = ScreenedIndex(fresh, kernel=self.kernel)
-        self._indexes[space_id] = _CachedIndex(version, files, task_of, index)
+        epsilon = {task: eps for task, eps in (cached.epsilon if old_files else {}).items()
+                   if task not in removed}
+        epsilon.update({fp.task_id: _epsilon_or_none(fp) for fp in fresh})
+        self._indexes[space_id] = _CachedIndex(version, files, task_of, index, epsilon)
         return index
 
     # -- queries ------------------------------------------------------------------------------
@@ -122,8 +132,10 @@ class KnowledgeBase:
             else:
                 ranked = [index.top_k_metric(queries[i][0], queries[i][1], metric)
                           for i in members]
+            epsilon = self._indexes[space_id].epsilon
             for i, found in zip(members, ranked):
-                results[i] = [Neighbour(t, d, basis) for t, d in found[:queries[i][1]]]
+                results[i] = [Neighbour(t, d, basis, epsilon.get(t))
+                              for t, d in found[:queries[i][1]]]
         return results
 
     def nearest_to_fingerprint(self, target: Fingerprint, *, k: int = defaults.K,
@@ -171,9 +183,15 @@ class KnowledgeBase:
                 for r in rows.itertuples()]
 
     # -- registration -------------------------------------------------------------------------
+    def admit(self, fingerprint: Fingerprint) -> None:
+        """Raise PrivacyPolicyError unless the fingerprint meets this cloud's privacy policy."""
+        check_privacy(fingerprint, self.space(fingerprint.space_id),
+                      max_epsilon=self.max_epsilon)
+
     def register_task(self, task: Mapping[str, Any], fingerprint: Fingerprint) -> None:
         """Store a task's metadata and its fingerprint (replacing an earlier one in the space)."""
         self.store.get_space(fingerprint.space_id)
+        self.admit(fingerprint)
         if fingerprint.n_images < self.min_images:
             raise TooFewImagesError(f"task {fingerprint.task_id!r}: {fingerprint.n_images} "
                                     f"distinct images, below the minimum of {self.min_images}")
@@ -202,6 +220,11 @@ class KnowledgeBase:
         for r in rows:
             r.pop("schema_version", None)
         return sorted(rows, key=lambda r: r["task_id"])
+
+
+def _epsilon_or_none(fp: Fingerprint) -> float | None:
+    epsilon = epsilon_of(fp.privacy)
+    return epsilon if math.isfinite(epsilon) else None
 
 
 def ensure_kinds(kinds: Sequence[str]) -> list[str]:

@@ -36,6 +36,10 @@ class AppArgs(BaseModel):
                                    description="larger request bodies get 413")
     kernel: KernelName = Field(AUTO, description="index kernel: 'auto' measures each on this "
                                                  "CPU and keeps the fastest")
+    max_epsilon: float | None = Field(defaults.MAX_EPSILON, gt=0,
+                                      description="refuse fingerprints that are not "
+                                                  "(ε <= this)-DP with 403; null accepts all "
+                                                  "(a cloud of public data only)")
 
 
 class FingerprintIn(BaseModel):
@@ -47,6 +51,8 @@ class FingerprintIn(BaseModel):
     compression: Compression = Field("none", description="of the base64 arrays")
     n: int = Field(description="samples (views) per dimension")
     n_images: int | None = Field(None, description="distinct images (default: n)")
+    privacy: dict[str, Any] | None = Field(None, description="how the counts were released "
+                                                             "(rayfp's privacy record)")
 
 
 class Query(BaseModel):
@@ -73,6 +79,8 @@ class Neighbour(BaseModel):
     task_id: str
     distance: float
     basis: str
+    epsilon: float | None = Field(None, description="the neighbour's fingerprint's DP ε; "
+                                                    "null: exact counts (public data)")
 
 
 class NearestOut(BaseModel):

@@ -33,6 +33,7 @@ from rayfp.errors import ConfigError
 from rayfp.io.inventory import FileRecord, TaskInventory, group_inventory, inventory_file
 from rayfp.io.sources import ImageSource
 from rayfp.io.work import SampledFrame, WorkItem, expected_views, plan_work, sampled_frames
+from rayfp.privacy.mechanism import PrivacySpec, release
 
 log = logging.getLogger("rayfp.cluster.pipeline")
 
@@ -55,6 +56,7 @@ class ArchiveJobConfig:
     threads: int | None = None
     weights: str | None = None
     min_images: int = defaults.MIN_IMAGES
+    privacy: PrivacySpec = dataclasses.field(default_factory=PrivacySpec)
     overwrite: bool = False
     job_id: str = dataclasses.field(default_factory=new_job_id)
     source: str = ""  # the root/manifest the files came from, recorded in each fingerprint
@@ -71,11 +73,12 @@ class FingerprintActor:
     features when ``emit_features`` (edges pass)."""
 
     def __init__(self, space: FingerprintSpace, *, weights: str | None = None,
-                 threads: int = 1, emit_features: bool = False) -> None:
+                 threads: int = 1, emit_features: bool = False, clip_sum: bool = False) -> None:
         from rayfp.extract.api import extractor_for_space
 
         self.space = space
         self.emit_features = emit_features
+        self.clip_sum = clip_sum
         # Ray sets OMP_NUM_THREADS to the actor's num_cpus; the extractor sets torch's own.
         self.extractor = extractor_for_space(space, weights=weights, threads=max(1, int(threads)))
 
@@ -87,7 +90,7 @@ class FingerprintActor:
         if self.emit_features:
             owners, features = features_of_frames(frames, self.extractor)
             return {"task_id": owners, "features": features}
-        parts = counts_of_frames(frames, self.extractor, self.space)
+        parts = counts_of_frames(frames, self.extractor, self.space, clip_sum=self.clip_sum)
         return {"task_id": np.asarray(list(parts)),
                 "counts": np.stack([p.counts.ravel() for p in parts.values()]),
                 "feature_sum": np.stack([p.feature_sum for p in parts.values()]),
@@ -117,7 +120,8 @@ def _feature_stream(work: list[WorkItem], space: FingerprintSpace, config: Archi
         FingerprintActor,
         fn_constructor_kwargs={"space": space, "weights": config.weights,
                                "threads": config.threads or max(1, int(config.cpus_per_worker)),
-                               "emit_features": emit_features},
+                               "emit_features": emit_features,
+                               "clip_sum": config.privacy.private and not emit_features},
         compute=ActorPoolStrategy(size=config.workers),
         batch_size=config.frames_per_batch,
         num_cpus=config.cpus_per_worker,
@@ -193,7 +197,8 @@ def fingerprint_archive(inventories: dict[str, TaskInventory], space: Fingerprin
         else:
             todo.append(task_id)
     work = [item for t in todo for item in plan_work(inventories[t], samples=config.samples,
-                                                     seed=config.seed)]
+                                                     seed=config.seed,
+                                                     plan=config.privacy.plan)]
     expected = expected_views(work)
     totals: dict[str, PartialCounts] = {}
     written, views = [], 0
@@ -223,5 +228,8 @@ def _write_task(store: Store, partial: PartialCounts, inv: TaskInventory,
                 config: ArchiveJobConfig, origin: dict | None) -> None:
     source = dict(origin or {"kind": "rayfp-archive-job", "archive": config.source})
     source.update(job_id=config.job_id, seed=config.seed)
-    save_task_fingerprint(store, partial, task_id=inv.task_id, n_images=inv.n_images,
-                          modality=inv.modality, source=source, min_images=config.min_images)
+    released, record = release(partial, store.get_space(partial.space_id), task_id=inv.task_id,
+                               n_images=inv.n_images, spec=config.privacy,
+                               min_images=config.min_images, seed=config.seed)
+    save_task_fingerprint(store, released, task_id=inv.task_id, n_images=inv.n_images,
+                          modality=inv.modality, source=source, privacy=record)

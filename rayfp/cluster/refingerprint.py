@@ -16,6 +16,7 @@ from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
 from rayfp.core.store import Store
 from rayfp.errors import ConfigError, NotFoundError
 from rayfp.io.sources import ImageSource, discover_sources, list_archive
+from rayfp.privacy.mechanism import PrivacySpec, spec_from_record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +27,7 @@ class RefingerprintItem:
     seed: int
     source: dict
     min_images: int
+    privacy: PrivacySpec
 
     def describe(self) -> str:
         where = self.source.get("archive") or ", ".join(self.source.get("inputs", [])) or "?"
@@ -64,7 +66,8 @@ def plan_refingerprint(store: Store, target: FingerprintSpace) -> list[Refingerp
         source = json.loads(recipe.source) if recipe.source.startswith("{") else {}
         items.append(RefingerprintItem(task_id, recipe.space_id, recipe.n_samples,
                                        int(source.get("seed", 0)), source,
-                                       int(recipe.privacy.get("min_images", 1) or 1)))
+                                       int(recipe.privacy.get("min_images", 1) or 1),
+                                       spec_from_record(recipe.privacy)))
     return items
 
 

@@ -156,20 +156,58 @@ class SamplePlan:
             yield int(sorted_images[s]), order[s:e]
 
 
-def sample_plan(n_images: int, n_samples: int, seed: int) -> SamplePlan:
-    """Draw the augmented views of one task; identical for identical (n_images, n_samples, seed)."""
+PAPER_PLAN = "paper"
+BALANCED_PLAN = "balanced"
+PLANS = (PAPER_PLAN, BALANCED_PLAN)
+
+
+def sample_plan(n_images: int, n_samples: int, seed: int, *, plan: str = PAPER_PLAN
+                ) -> SamplePlan:
+    """Draw the augmented views of one task; identical for identical (n_images, n_samples, seed,
+    plan).
+
+    ``paper``: images uniformly with replacement (DESIGN §1.2), so one image may give many more
+    than N/M views. ``balanced``: every image gives floor(N/M) or ceil(N/M) views (a seeded
+    permutation decides which), so no image contributes more than :func:`views_per_image_cap`;
+    the bounded contribution differential privacy needs (DESIGN §5)."""
     if n_images < 1:
         raise ConfigError(f"a task needs at least one image to sample from, got {n_images}")
     if n_samples < 1:
         raise ConfigError(f"samples must be >= 1, got {n_samples}")
+    if plan not in PLANS:
+        raise ConfigError(f"unknown sampling plan {plan!r}; expected one of {PLANS}")
     rng = np.random.default_rng(seed)
     max_offset = CANONICAL_SIZE - CROP_SIZE + 1
+    if plan == BALANCED_PLAN:
+        image_index = rng.permutation(n_images)[np.arange(n_samples) % n_images]
+    else:
+        image_index = rng.integers(0, n_images, size=n_samples, dtype=np.int64)
     return SamplePlan(
-        image_index=rng.integers(0, n_images, size=n_samples, dtype=np.int64),
+        image_index=image_index.astype(np.int64),
         crop_top=rng.integers(0, max_offset, size=n_samples).astype(np.int16),
         crop_left=rng.integers(0, max_offset, size=n_samples).astype(np.int16),
         flip=rng.random(n_samples) < 0.5,
     )
+
+
+def views_per_image_cap(n_images: int, n_samples: int, *, plan: str = PAPER_PLAN,
+                        seed: int = 0) -> int:
+    """The most views any one image gives to the task's N: ceil(N/M) for the balanced plan; for
+    the paper's plan the largest multiplicity its seeded draw happens to have. Both depend only
+    on public numbers (M, N, seed), never on the images."""
+    if plan == BALANCED_PLAN:
+        return -(-n_samples // max(1, n_images))
+    drawn = sample_plan(n_images, n_samples, seed, plan=plan).image_index
+    return int(np.bincount(drawn, minlength=n_images).max())
+
+
+def clip_to_edges(features: np.ndarray, space: FingerprintSpace) -> np.ndarray:
+    """Features clipped into the space's box [lo, hi] per dimension: what a private release sums,
+    so one view moves the feature sum by at most ``hi - lo`` per dimension.
+
+    features: (N, D) float -> (N, D) float64."""
+    return np.clip(np.asarray(features, np.float64), space.edges_lo.astype(np.float64),
+                   space.edges_hi.astype(np.float64))
 
 
 def bin_indices(features: np.ndarray, space: FingerprintSpace) -> np.ndarray:
@@ -210,13 +248,16 @@ class PartialCounts:
                    np.zeros(space.dim, np.float64), 0)
 
     @classmethod
-    def from_features(cls, features: np.ndarray, space: FingerprintSpace) -> PartialCounts:
-        """Histogram a batch of features: (N, D) float -> partial counts."""
+    def from_features(cls, features: np.ndarray, space: FingerprintSpace, *,
+                      clip_sum: bool = False) -> PartialCounts:
+        """Histogram a batch of features: (N, D) float -> partial counts. ``clip_sum`` sums the
+        features clipped to the space's edges (the private recipe's bounded sum)."""
         idx = bin_indices(features, space)
         n, d = idx.shape
         flat = (np.arange(d, dtype=np.int64) * space.bins + idx).ravel()
         counts = np.bincount(flat, minlength=d * space.bins).reshape(d, space.bins)
-        feature_sum = np.asarray(features, dtype=np.float64).sum(axis=0)
+        summed = clip_to_edges(features, space) if clip_sum else np.asarray(features, np.float64)
+        feature_sum = summed.sum(axis=0)
         return cls(space.space_id, counts.astype(np.int64), feature_sum, n)
 
     def __add__(self, other: PartialCounts) -> PartialCounts:

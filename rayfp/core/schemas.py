@@ -11,7 +11,10 @@ import pyarrow as pa
 
 from rayfp import defaults
 
-SCHEMA_VERSION = 1
+# 2: a fingerprint's `privacy` JSON records its sampling plan and, for a differentially private
+#    release, the mechanism (`dp`: ε, δ, views per image, noise). Version 1 rows read as exact
+#    counts (no `dp`), which they are.
+SCHEMA_VERSION = 2
 
 SPACE_ID = "space_id"
 TASK_ID = "task_id"
@@ -43,7 +46,7 @@ FINGERPRINTS = pa.schema([
     ("n_images", pa.int64()),
     ("created_at", pa.string()),
     ("source", pa.string()),  # JSON: where the images came from (inputs, job id, site)
-    ("privacy", pa.string()),  # JSON: min images, quantisation, dp epsilon
+    ("privacy", pa.string()),  # JSON: min images, sampling plan, dp release (rayfp.privacy)
     ("schema_version", pa.int32()),
 ])
 

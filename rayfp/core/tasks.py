@@ -12,13 +12,13 @@ from rayfp.core.store import Store
 
 
 def save_task_fingerprint(store: Store, partial: PartialCounts, *, task_id: str, n_images: int,
-                          modality: str, source: Mapping[str, Any], min_images: int
+                          modality: str, source: Mapping[str, Any], privacy: Mapping[str, Any]
                           ) -> Fingerprint:
-    """Finalise merged counts, write the fingerprint (replacing an older one in its space) and
-    the task's row. ``source`` (JSON-able) records where the images came from."""
+    """Finalise merged counts (exact, or already released by rayfp.privacy), write the
+    fingerprint (replacing an older one in its space) and the task's row. ``source`` (JSON-able)
+    records where the images came from, ``privacy`` how private the counts are."""
     fp = finalize(partial, task_id=task_id, n_images=n_images,
-                  source=json.dumps(dict(source)),
-                  privacy={"min_images": min_images, "quantisation": None, "dp_epsilon": None})
+                  source=json.dumps(dict(source)), privacy=privacy)
     store.put_fingerprint(fp)
     record_task(store, task_id, modality=modality, n_images=n_images)
     return fp

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,8 @@ def _b64(raw: bytes, compression: str) -> str:
 
 
 def encode_fingerprint(fp: Fingerprint, *, compression: str = "zlib") -> dict[str, Any]:
-    """The `fingerprint` object of a request: space_id, counts, feature_sum, n, n_images."""
+    """The `fingerprint` object of a request: space_id, counts, feature_sum, n, n_images and
+    the privacy record (how the counts were released)."""
     look_up("compression", compression, COMPRESSIONS)
     largest = int(np.max(fp.counts, initial=0))
     counts_dtype = "u1" if largest < 2**8 else "u2" if largest < 2**16 else "u4"
@@ -39,7 +41,7 @@ def encode_fingerprint(fp: Fingerprint, *, compression: str = "zlib") -> dict[st
                            compression),
             "feature_sum": _b64(np.asarray(fp.feature_sum, "<f8").tobytes(), compression),
             "counts_dtype": counts_dtype, "compression": compression,
-            "n": fp.n_samples, "n_images": fp.n_images}
+            "n": fp.n_samples, "n_images": fp.n_images, "privacy": dict(fp.privacy)}
 
 
 def decode_array(value: Any, dtype: str, field: str, *, items: int,
@@ -77,7 +79,8 @@ def decode_array(value: Any, dtype: str, field: str, *, items: int,
 
 def decode_fingerprint(space: FingerprintSpace, *, task_id: str, counts: Any, feature_sum: Any,
                        n: int, n_images: int | None = None, min_images: int = 1,
-                       counts_dtype: str = "u4", compression: str = "none") -> Fingerprint:
+                       counts_dtype: str = "u4", compression: str = "none",
+                       privacy: Mapping[str, Any] | None = None) -> Fingerprint:
     """A client's fingerprint (the wire form above), validated against its space: shapes,
     non-negative finite integer counts summing to n per dimension, finite sums, n and image
     minimums."""
@@ -110,4 +113,5 @@ def decode_fingerprint(space: FingerprintSpace, *, task_id: str, counts: Any, fe
         raise TooFewImagesError(f"n_images = {images} is below this server's minimum of "
                                 f"{min_images} distinct images")
     return Fingerprint(task_id=task_id, space_id=space.space_id, counts=matrix,
-                       feature_sum=sums.astype(np.float64), n_samples=int(n), n_images=int(images))
+                       feature_sum=sums.astype(np.float64), n_samples=int(n), n_images=int(images),
+                       privacy=dict(privacy or {}))

@@ -24,6 +24,7 @@ from rayfp.extract.backbones import RANDOM_WEIGHTS_TAG, FeatureExtractor, get_ba
 from rayfp.extract.views import fingerprint_inventory, iter_features
 from rayfp.io.inventory import SkippedFile, TaskInventory, take_inventory
 from rayfp.io.sources import discover_sources
+from rayfp.privacy.mechanism import PrivacySpec, release
 
 
 def load_extractor(backbone: str, *, weights: str | os.PathLike | None = None,
@@ -111,18 +112,25 @@ def fingerprint_task(paths: Sequence[str | os.PathLike], *, task_id: str, space_
                      batch_size: int = defaults.BATCH_SIZE,
                      weights: str | os.PathLike | None = None,
                      extractor: FeatureExtractor | None = None, modality: str = "",
-                     threads: int | None = None, progress: bool = False) -> FingerprintResult:
+                     threads: int | None = None, progress: bool = False,
+                     privacy: PrivacySpec | None = None) -> FingerprintResult:
     """Fingerprint one task's images in a stored space and write it (replacing an older one).
-    ``modality`` overrides the one read from the manifest or the files."""
+    ``modality`` overrides the one read from the manifest or the files. ``privacy`` (default:
+    the default ε) decides the release; ``PrivacySpec.none()`` stores the exact counts."""
+    privacy = privacy or PrivacySpec()
     space = store.get_space(space_id)
     inventory = take_inventory(discover_sources(paths), task_id=task_id, progress=progress)
     inventory.require(min_images)
     extractor = extractor or extractor_for_space(space, weights=weights, threads=threads)
     partial = fingerprint_inventory(inventory, space, extractor, samples=samples, seed=seed,
-                                    batch_size=batch_size, progress=progress)
+                                    batch_size=batch_size, progress=progress,
+                                    plan=privacy.plan, clip_sum=privacy.private)
+    released, record = release(partial, space, task_id=task_id, n_images=inventory.n_images,
+                               spec=privacy,
+                               min_images=min_images, seed=seed)
     main_modality = modality or inventory.modality
     fp = save_task_fingerprint(
-        store, partial, task_id=task_id, n_images=inventory.n_images, modality=main_modality,
+        store, released, task_id=task_id, n_images=inventory.n_images, modality=main_modality,
         source={"kind": "rayfp-cli", "inputs": [os.fspath(p) for p in paths], "seed": seed},
-        min_images=min_images)
+        privacy=record)
     return FingerprintResult(fp, inventory, main_modality)

@@ -16,7 +16,13 @@ import torch
 from tqdm import tqdm
 
 from rayfp import defaults
-from rayfp.core.fingerprint import CROP_SIZE, FingerprintSpace, PartialCounts
+from rayfp.core.fingerprint import (
+    BALANCED_PLAN,
+    CROP_SIZE,
+    PAPER_PLAN,
+    FingerprintSpace,
+    PartialCounts,
+)
 from rayfp.errors import SpaceMismatchError
 from rayfp.extract.backbones import FeatureExtractor
 from rayfp.io.image import DEFAULT_MAX_PIXELS
@@ -71,10 +77,13 @@ def check_extractor(space: FingerprintSpace, extractor: FeatureExtractor) -> Non
 
 
 def counts_of_frames(frames: Sequence[SampledFrame], extractor: FeatureExtractor,
-                     space: FingerprintSpace) -> dict[str, PartialCounts]:
-    """Crop, forward and histogram the frames' views: exact partial counts per task."""
+                     space: FingerprintSpace, *, clip_sum: bool = False
+                     ) -> dict[str, PartialCounts]:
+    """Crop, forward and histogram the frames' views: exact partial counts per task
+    (``clip_sum``: the private recipe's sum of features clipped to the edges)."""
     owners, features = features_of_frames(frames, extractor)
-    return {task_id: PartialCounts.from_features(features[owners == task_id], space)
+    return {task_id: PartialCounts.from_features(features[owners == task_id], space,
+                                                 clip_sum=clip_sum)
             for task_id in sorted(set(owners.tolist()))}
 
 
@@ -109,16 +118,50 @@ def iter_features(task: TaskInventory, extractor: FeatureExtractor, *, samples: 
 
 def fingerprint_inventory(task: TaskInventory, space: FingerprintSpace,
                           extractor: FeatureExtractor, *, samples: int, seed: int,
-                          batch_size: int = defaults.BATCH_SIZE, progress: bool = False
-                          ) -> PartialCounts:
+                          batch_size: int = defaults.BATCH_SIZE, progress: bool = False,
+                          plan: str = PAPER_PLAN, clip_sum: bool = False) -> PartialCounts:
     """The task's N sampled views histogrammed into the space's bins, here in this process."""
     check_extractor(space, extractor)
-    work = plan_work(task, samples=samples, seed=seed)
+    work = plan_work(task, samples=samples, seed=seed, plan=plan)
     total = PartialCounts.empty(space)
     with tqdm(total=expected_views(work).get(task.task_id, 0), desc=f"fingerprint {task.task_id}",
               unit="view", disable=not progress) as bar:
         for frames in iter_frame_batches(work, views_per_batch=batch_size):
-            for part in counts_of_frames(frames, extractor, space).values():
+            for part in counts_of_frames(frames, extractor, space,
+                                         clip_sum=clip_sum).values():
                 total = total + part
                 bar.update(part.n)
     return total
+
+
+def view_bank(task: TaskInventory, extractor: FeatureExtractor, *, views: int, seed: int,
+              batch_size: int = defaults.BATCH_SIZE, progress: bool = False) -> np.ndarray:
+    """``views`` augmented views of every image of the task (the privacy audit's population):
+    (n_images, views, D) float32, images in inventory order."""
+    work = plan_work(task, samples=task.n_images * views, seed=seed, plan=BALANCED_PLAN)
+    row_of = {(ref.path, ref.frame): i for i, ref in enumerate(task.images)}
+    bank = np.zeros((task.n_images, views, extractor.spec.feature_dim), np.float32)
+    filled = np.zeros(task.n_images, np.int64)
+    pending: list[tuple[int, SampledFrame]] = []
+
+    def flush() -> None:
+        _, features = features_of_frames([frame for _, frame in pending], extractor)
+        start = 0
+        for row, frame in pending:
+            k = len(frame.top)
+            bank[row, filled[row]:filled[row] + k] = features[start:start + k]
+            filled[row] += k
+            start += k
+        bar.update(start)
+        pending.clear()
+
+    with tqdm(total=task.n_images * views, desc=f"views of {task.task_id}", unit="view",
+              disable=not progress) as bar:
+        for item in work:
+            for frame_no, frame in zip(sorted(set(item.frame)), sampled_frames(item)):
+                pending.append((row_of[(item.path, frame_no)], frame))
+                if sum(len(f.top) for _, f in pending) >= batch_size:
+                    flush()
+        if pending:
+            flush()
+    return bank

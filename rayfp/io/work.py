@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from rayfp.core.fingerprint import sample_plan
+from rayfp.core.fingerprint import PAPER_PLAN, sample_plan
 from rayfp.io.canonical import canonicalize
 from rayfp.io.decode import decode_file
 from rayfp.io.image import DEFAULT_MAX_PIXELS
@@ -68,17 +68,19 @@ class SampledFrame:
                    flip=np.asarray(row["flip"], dtype=bool))
 
 
-def plan_work(task: TaskInventory, *, samples: int, seed: int) -> list[WorkItem]:
-    """One work item per file, in image order; the same plan whatever runs it."""
-    plan = sample_plan(task.n_images, samples, seed)
+def plan_work(task: TaskInventory, *, samples: int, seed: int, plan: str = PAPER_PLAN
+              ) -> list[WorkItem]:
+    """One work item per file, in image order; the same plan whatever runs it. ``plan``:
+    ``paper`` (with replacement) or ``balanced`` (bounded views per image, for privacy)."""
+    drawn = sample_plan(task.n_images, samples, seed, plan=plan)
     per_file: dict[str, dict[str, list]] = {}
-    for image_index, sample_ids in plan.grouped_by_image():
+    for image_index, sample_ids in drawn.grouped_by_image():
         ref = task.images[image_index]
         item = per_file.setdefault(ref.path, {"frame": [], "top": [], "left": [], "flip": []})
         item["frame"] += [ref.frame] * len(sample_ids)
-        item["top"] += plan.crop_top[sample_ids].tolist()
-        item["left"] += plan.crop_left[sample_ids].tolist()
-        item["flip"] += plan.flip[sample_ids].tolist()
+        item["top"] += drawn.crop_top[sample_ids].tolist()
+        item["left"] += drawn.crop_left[sample_ids].tolist()
+        item["flip"] += drawn.flip[sample_ids].tolist()
     return [WorkItem(task.task_id, path, **item) for path, item in per_file.items()]
 
 

@@ -1,0 +1,42 @@
+"""--epsilon / --delta for every command that makes or sends a fingerprint (one parser, so the
+CLI and the Ray jobs read them the same way)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from rayfp import defaults
+
+
+def parse_epsilon(text: str) -> float:
+    """A positive number, or 'inf' / 'none' for the explicit opt-out (no noise)."""
+    if text.strip().lower() in {"inf", "none", "off"}:
+        return math.inf
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number or 'inf', got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"epsilon must be > 0 (or 'inf'), got {text!r}")
+    return value
+
+
+def add_privacy_flags(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
+    p.add_argument("--epsilon", type=parse_epsilon, default=defaults.DP_EPSILON,
+                   help=f"differential privacy per image (default {defaults.DP_EPSILON:g}); "
+                        "'inf' = exact counts, only for public data or a store that never "
+                        "leaves the site (see PRIVACY.md)")
+    p.add_argument("--delta", type=float, default=defaults.DP_DELTA,
+                   help=f"(default {defaults.DP_DELTA:g})")
+    if seed:
+        p.add_argument("--noise-seed", type=int,
+                       help="seeded noise, for tests and experiments only (default: os.urandom)")
+
+
+def privacy_spec(args: argparse.Namespace):
+    from rayfp.privacy.mechanism import PrivacySpec
+
+    return PrivacySpec(epsilon=args.epsilon, delta=args.delta,
+                       seed=getattr(args, "noise_seed", None))
