@@ -33,7 +33,7 @@ def random_fingerprint(rng: np.random.Generator, space: FingerprintSpace, task_i
 
 
 def private_fingerprint(rng: np.random.Generator, space: FingerprintSpace, task_id: str, *,
-                        n: int = 500, epsilon: float = 4.0) -> Fingerprint:
+                        n: int = 500, epsilon: float = 1.0) -> Fingerprint:
     """A random fingerprint released as a site releases it: (epsilon, 1e-6)-DP, seeded noise."""
     from rayfp.core.fingerprint import PartialCounts
     from rayfp.privacy.mechanism import PrivacySpec, release

@@ -190,3 +190,50 @@ def test_privatize_refuses_counts_of_another_space():
     partial.n = 10
     with pytest.raises(ConfigError, match="cannot be released"):
         privatize(partial, b, n_images=5, spec=PrivacySpec())
+
+
+def test_audit_command_writes_the_table_the_json_and_the_roc_plot(tmp_path, capsys):
+    import json
+
+    from rayfp.cli.main import main
+
+    out = tmp_path / "audit"
+    assert main(["audit", "--synthetic", "--members", "20", "--samples", "400", "--epsilon",
+                 "inf", "1", "--dim", "16", "--candidates", "20", "--shadows", "3", "--out",
+                 str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "bound" in printed and "0.566" in printed  # ε = 1: the Gaussian-DP ceiling
+    results = json.loads((out / "audit.json").read_text())["results"]
+    assert {(r["epsilon"], r["attack"]) for r in results} == {
+        (e, a) for e in (None, 1.0) for a in ("lrt", "mean", "lira")}
+    assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_exact_counts_do_not_leave_the_site_unless_asked(tmp_path, capsys):
+    """`rayfp query --fingerprint-from` checks the stored release before any network call."""
+    from conftest import random_fingerprint
+
+    from rayfp.cli.main import main
+    from rayfp.core.store import Store
+
+    store = Store(tmp_path / "store")
+    space = make_space(dim=8, bins=10)
+    store.put_space(space)
+    store.put_fingerprint(random_fingerprint(np.random.default_rng(0), space, "mine"))
+    args = ["query", "--server", "http://127.0.0.1:9", "--task-id", "mine",
+            "--fingerprint-from", str(store.root)]
+    assert main(args) == 2
+    assert "carries exact counts" in capsys.readouterr().err
+    assert main([*args, "--epsilon", "inf"]) == 2  # now it is sent: the server is unreachable
+    assert "cannot reach" in capsys.readouterr().err
+
+
+def test_the_bounds_match_gaussian_differential_privacy():
+    from rayfp.privacy.bounds import describe, gdp_mu, max_auc, max_tpr
+
+    mu = gdp_mu(1.0, 1e-6)
+    assert mu == pytest.approx(1 / 4.2254, rel=1e-3)
+    assert max_auc(mu) == pytest.approx(0.5665, abs=1e-3)
+    assert max_tpr(mu, 0.01) == pytest.approx(0.0183, abs=3e-4)
+    assert max_auc(gdp_mu(math.inf, 1e-6)) == 1.0 and "no guarantee" in describe(math.inf, 1)
+    assert "AUC 0.566" in describe(1.0, 1e-6)

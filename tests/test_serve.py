@@ -286,4 +286,4 @@ def test_the_privacy_policy_refuses_what_it_should_over_http(cloud):
             assert info.value.status == 403 and reason in str(info.value), str(info.value)
     assert fp.task_id not in [t["task_id"] for t in http(cloud, "GET", "/v1/tasks")[1]]
     answer = client.nearest(fingerprint=private_fingerprint(rng, space, "ok", n=300), k=3)
-    assert [n["epsilon"] for n in answer["neighbours"]] == [4.0, 4.0, 4.0]
+    assert [n["epsilon"] for n in answer["neighbours"]] == [1.0, 1.0, 1.0]

@@ -90,7 +90,8 @@ def _local_fingerprint(args):
     fp = store.fingerprint_of(args.task_id, args.space)
     if not math.isinf(args.epsilon):
         check_privacy(fp, store.get_space(fp.space_id), max_epsilon=args.epsilon,
-                      max_delta=args.delta)
+                      max_delta=args.delta, policy=f"--epsilon {args.epsilon:g} (what may leave "
+                                                   "this site; 'inf' sends anything)")
     return fp
 
 

@@ -21,20 +21,21 @@ _TOLERANCE = 1e-6
 
 
 def check_privacy(fp: Fingerprint, space: FingerprintSpace, *, max_epsilon: float | None,
-                  max_delta: float = 1e-5) -> None:
+                  max_delta: float = 1e-5, policy: str = "this server") -> None:
     """Raise PrivacyPolicyError unless ``fp`` is (ε <= max_epsilon, δ <= max_delta)-DP by a
-    record that adds up; ``max_epsilon=None`` accepts everything (no policy)."""
+    record that adds up; ``max_epsilon=None`` accepts everything (no policy). ``policy`` names
+    whose limit it is in the message."""
     if max_epsilon is None:
         return
     dp = (fp.privacy or {}).get("dp")
     if not dp:
         raise PrivacyPolicyError(
-            f"this server accepts only differentially private fingerprints (ε <= "
+            f"{policy} accepts only differentially private fingerprints (ε <= "
             f"{max_epsilon:g}); {fp.task_id!r} carries exact counts. Fingerprint it with "
-            "`rayfp fingerprint --epsilon E` (E <= the server's maximum)")
+            f"`rayfp fingerprint --epsilon E` (E <= {max_epsilon:g})")
     epsilon = epsilon_of(fp.privacy)
     if epsilon > max_epsilon:
-        raise PrivacyPolicyError(f"{fp.task_id!r} is released at ε = {epsilon:g}; this server "
+        raise PrivacyPolicyError(f"{fp.task_id!r} is released at ε = {epsilon:g}; {policy} "
                                  f"accepts at most ε = {max_epsilon:g}. Fingerprint it again "
                                  "with a smaller --epsilon")
     _check_record(fp, space, dp, max_delta)
