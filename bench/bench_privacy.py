@@ -28,7 +28,8 @@ import numpy as np
 
 from rayfp import defaults
 from rayfp.core.distance import LinearIndex
-from rayfp.core.fingerprint import PartialCounts, finalize, sample_plan, views_per_image_cap
+from rayfp.core.fingerprint import PartialCounts, finalize
+from rayfp.core.sampling import sample_plan, views_per_image_cap
 from rayfp.privacy.audit import ATTACKS, AuditConfig, ViewBank, run_audit
 from rayfp.privacy.mechanism import MEAN_FROM_NOISED_SUM, PrivacySpec, privatize
 from rayfp.privacy.roc import summarize
@@ -244,7 +245,7 @@ def part_demo(work: Path, build_demo_tasks) -> list[dict]:
                          reference_names=names, threads=2).space
     extractor = extractor_for_space(space, threads=2)
     out = []
-    for eps in (math.inf, 8.0, defaults.DP_EPSILON, 1.0):
+    for eps in (math.inf, 8.0, 4.0, defaults.DP_EPSILON):
         private = Store(work / f"demo-private-{eps}")
         private.put_space(space)
         for seed, task in enumerate(names):

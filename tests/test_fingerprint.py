@@ -11,8 +11,8 @@ from rayfp.core.fingerprint import (
     compute_edges,
     finalize,
     merge_counts,
-    sample_plan,
 )
+from rayfp.core.sampling import sample_plan
 from rayfp.errors import ConfigError, SpaceMismatchError
 
 

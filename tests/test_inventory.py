@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayfp.cli.demo import dicom_corpus
-from rayfp.core.fingerprint import sample_plan
+from rayfp.core.sampling import sample_plan
 from rayfp.errors import ConfigError
 from rayfp.io.inventory import (
     FileRecord,

@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 from conftest import make_space
 
-from rayfp.core.fingerprint import (
-    BALANCED_PLAN,
-    Fingerprint,
-    PartialCounts,
-    sample_plan,
-    views_per_image_cap,
-)
+from rayfp.core.fingerprint import Fingerprint, PartialCounts
+from rayfp.core.sampling import BALANCED_PLAN, sample_plan, views_per_image_cap
 from rayfp.errors import ConfigError, PrivacyPolicyError
 from rayfp.privacy.audit import AuditConfig, run_audit
 from rayfp.privacy.mechanism import (

@@ -93,7 +93,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def _population(args: argparse.Namespace):
     """(space, bank_for(members, samples) -> ViewBank) for real or synthetic features."""
-    from rayfp.core.fingerprint import views_per_image_cap
+    from rayfp.core.sampling import views_per_image_cap
     from rayfp.privacy.audit import ViewBank
 
     if args.synthetic:

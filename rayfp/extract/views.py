@@ -16,13 +16,8 @@ import torch
 from tqdm import tqdm
 
 from rayfp import defaults
-from rayfp.core.fingerprint import (
-    BALANCED_PLAN,
-    CROP_SIZE,
-    PAPER_PLAN,
-    FingerprintSpace,
-    PartialCounts,
-)
+from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
+from rayfp.core.sampling import BALANCED_PLAN, CROP_SIZE, PAPER_PLAN
 from rayfp.errors import SpaceMismatchError
 from rayfp.extract.backbones import FeatureExtractor
 from rayfp.io.image import DEFAULT_MAX_PIXELS

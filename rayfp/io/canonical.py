@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from rayfp.core.fingerprint import CANONICAL_SIZE, CROP_SIZE
+from rayfp.core.sampling import CANONICAL_SIZE, CROP_SIZE
 
 SHORT_SIDE = 256
 PAD_TO = 288

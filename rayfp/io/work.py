@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from rayfp.core.fingerprint import PAPER_PLAN, sample_plan
+from rayfp.core.sampling import PAPER_PLAN, sample_plan
 from rayfp.io.canonical import canonicalize
 from rayfp.io.decode import decode_file
 from rayfp.io.image import DEFAULT_MAX_PIXELS

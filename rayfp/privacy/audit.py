@@ -28,13 +28,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from rayfp.core.fingerprint import (
-    FingerprintSpace,
-    PartialCounts,
-    bin_indices,
-    clip_to_edges,
-    sample_plan,
-)
+from rayfp.core.fingerprint import FingerprintSpace, PartialCounts, bin_indices, clip_to_edges
+from rayfp.core.sampling import sample_plan
 from rayfp.errors import ConfigError
 from rayfp.privacy.mechanism import PrivacySpec, privatize
 

@@ -33,12 +33,8 @@ from typing import Any
 import numpy as np
 
 from rayfp import defaults
-from rayfp.core.fingerprint import (
-    BALANCED_PLAN,
-    FingerprintSpace,
-    PartialCounts,
-    views_per_image_cap,
-)
+from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
+from rayfp.core.sampling import BALANCED_PLAN, views_per_image_cap
 from rayfp.errors import ConfigError
 from rayfp.privacy.noise import NoiseSource, noise_source
 from rayfp.privacy.postprocess import coarsen, project_to_counts, spread

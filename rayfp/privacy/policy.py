@@ -12,7 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from rayfp.core.fingerprint import BALANCED_PLAN, Fingerprint, FingerprintSpace
+from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
+from rayfp.core.sampling import BALANCED_PLAN
 from rayfp.errors import PrivacyPolicyError
 from rayfp.privacy.mechanism import MECHANISM, calibrate, epsilon_of, spec_from_record
 
