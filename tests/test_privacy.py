@@ -232,3 +232,22 @@ def test_the_bounds_match_gaussian_differential_privacy():
     assert max_tpr(mu, 0.01) == pytest.approx(0.0183, abs=3e-4)
     assert max_auc(gdp_mu(math.inf, 1e-6)) == 1.0 and "no guarantee" in describe(math.inf, 1)
     assert "AUC 0.566" in describe(1.0, 1e-6)
+
+
+def test_show_tells_exact_from_private_releases(tmp_path, capsys):
+    from conftest import private_fingerprint, random_fingerprint
+
+    from rayfp.cli.main import main
+    from rayfp.core.store import Store
+
+    store = Store(tmp_path / "store")
+    space = make_space(dim=8, bins=10)
+    store.put_space(space)
+    rng = np.random.default_rng(3)
+    store.put_fingerprint(random_fingerprint(rng, space, "public"))
+    store.put_fingerprint(private_fingerprint(rng, space, "site-a", epsilon=2.0))
+    store.put_fingerprint(private_fingerprint(rng, space, "site-b", epsilon=0.5))
+    assert store.release_epsilons(space.space_id) == {"public": None, "site-a": 2.0,
+                                                      "site-b": 0.5}
+    assert main(["show", "--store", str(store.root)]) == 0
+    assert "2 private (ε 0.5–2), 1 exact" in capsys.readouterr().out

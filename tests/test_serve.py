@@ -89,6 +89,9 @@ def test_health_spaces_and_openapi(cloud):
     # 5, or 6 once a test has registered site-5 over HTTP: whatever the store holds now
     assert spaces[0]["fingerprints"] == len(cloud["store"].fingerprint_files(
         cloud["space"].space_id)) >= 5
+    released = spaces[0]["privacy"]  # the cloud knows what it holds: every source is private
+    assert (released["exact"], released["epsilon_max"]) == (0, 1.0)
+    assert released["private"] == spaces[0]["fingerprints"]
     fetched = CloudClient(cloud["url"]).space(cloud["space"].space_id)  # hash re-checked
     assert np.array_equal(fetched.edges_hi, cloud["space"].edges_hi)
     status, schema = http(cloud, "GET", "/openapi.json")

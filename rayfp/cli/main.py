@@ -212,11 +212,14 @@ def cmd_nearest(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    summary = _store(args).summary()
+    summary = _store(args).summary(privacy=True)
     print(f"store {summary['store']}")
     for s in summary["spaces"]:
+        p = s["privacy"]
+        released = (f"{p['private']} private (ε {p['epsilon_min']:g}–{p['epsilon_max']:g}), "
+                    if p["private"] else "") + f"{p['exact']} exact"
         print(f"space {s['space_id']}  {s['backbone']}  D={s['dim']} B={s['bins']}  "
-              f"{s['fingerprints']} fingerprint(s)  reference={s['reference']}")
+              f"{s['fingerprints']} fingerprint(s): {released}  reference={s['reference']}")
     tasks = _store(args).read_table("tasks").to_pylist()
     for t in sorted(tasks, key=lambda r: r["task_id"]):
         print(f"task  {t['task_id']:30s} {t['modality'] or '-':8s} {t['n_images']} images")

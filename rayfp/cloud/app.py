@@ -200,7 +200,8 @@ class KnowledgeCloud:
 
     @api.get("/v1/spaces")
     def spaces(self) -> list[dict[str, Any]]:
-        return self.kb.store.summary()["spaces"]
+        return [{**s, "privacy": self.kb.privacy_summary(s["space_id"])}
+                for s in self.kb.store.summary()["spaces"]]
 
     @api.get("/v1/spaces/{space_id}")
     def space(self, space_id: str) -> dict[str, Any]:

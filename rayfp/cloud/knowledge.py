@@ -17,7 +17,7 @@ from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
 from rayfp.core.index import ScreenedIndex
 from rayfp.core.kernels import AUTO
 from rayfp.core.schemas import COMPONENT_KINDS
-from rayfp.core.store import Store
+from rayfp.core.store import Store, privacy_summary
 from rayfp.errors import ConfigError, NotFoundError, TooFewImagesError
 from rayfp.privacy.mechanism import epsilon_of
 from rayfp.privacy.policy import check_privacy
@@ -106,6 +106,13 @@ class KnowledgeBase:
         epsilon.update({fp.task_id: _epsilon_or_none(fp) for fp in fresh})
         self._indexes[space_id] = _CachedIndex(version, files, task_of, index, epsilon)
         return index
+
+    def privacy_summary(self, space_id: str) -> dict[str, Any]:
+        """How the space's sources were released (exact / private, ε range), from the index's
+        cache: what the cloud holds, without reading the store."""
+        self.index(space_id)
+        cached = self._indexes.get(space_id)
+        return privacy_summary(cached.epsilon if cached is not None else {})
 
     # -- queries ------------------------------------------------------------------------------
     def nearest_many(self, queries: Sequence[tuple[Fingerprint, int, str]]

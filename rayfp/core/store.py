@@ -172,6 +172,16 @@ class Store:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             return list(pool.map(lambda p: self._read_fingerprint_file(p, space_id), paths))
 
+    def release_epsilons(self, space_id: str) -> dict[str, float | None]:
+        """Task id -> the ε its fingerprint was released at (None: exact counts), reading only
+        two columns of each file."""
+        out = {}
+        for path in self.fingerprint_files(space_id):
+            row = pq.read_table(path, columns=[schemas.TASK_ID, "privacy"]).to_pylist()[0]
+            dp = json.loads(row["privacy"] or "{}").get("dp") or {}
+            out[row[schemas.TASK_ID]] = dp.get("epsilon")
+        return dict(sorted(out.items()))
+
     def find_fingerprints(self, task_id: str) -> list[Fingerprint]:
         """The fingerprints of one task in every space it has one."""
         return [self.get_fingerprint(s, task_id) for s in self.space_ids()
@@ -228,8 +238,9 @@ class Store:
             _write_atomic(merged, self._table_path(name))
         return len(rows)
 
-    def summary(self) -> dict[str, Any]:
-        """Counts per space and per table, for `rayfp show`."""
+    def summary(self, *, privacy: bool = False) -> dict[str, Any]:
+        """Counts per space and per table, for `rayfp show`; with ``privacy``, each space's
+        releases too (how many exact, how many differentially private, and their ε)."""
         spaces = []
         for space_id in self.space_ids():
             space = self.get_space(space_id)
@@ -238,8 +249,17 @@ class Store:
             spaces.append({"space_id": space_id, "backbone": space.backbone, "dim": space.dim,
                            "bins": space.bins, "fingerprints": n, "reference": space.reference,
                            "created_at": space.created_at})
+            if privacy:
+                spaces[-1]["privacy"] = privacy_summary(self.release_epsilons(space_id))
         tables = {name: self.read_table(name).num_rows for name in schemas.TABLES}
         return {"store": str(self.root), "spaces": spaces, "tables": tables}
+
+
+def privacy_summary(epsilons: dict[str, float | None]) -> dict[str, Any]:
+    """How a space's fingerprints were released: counts of exact and private ones, ε range."""
+    private = [e for e in epsilons.values() if e is not None]
+    return {"exact": len(epsilons) - len(private), "private": len(private),
+            "epsilon_min": min(private, default=None), "epsilon_max": max(private, default=None)}
 
 
 def _table_spec(name: str) -> schemas.TableSpec:
