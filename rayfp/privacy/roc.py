@@ -63,7 +63,8 @@ class AttackSummary:
     tpr: dict[float, Estimate]  # at each low FPR
 
     def to_record(self) -> dict:
-        return {"attack": self.attack, "members": self.members, "non_members": self.non_members,
+        return {"attack": self.attack, "scored_members": self.members,
+                "scored_non_members": self.non_members,
                 "auc": self.auc.to_record(),
                 **{f"tpr_at_{fpr:g}_fpr": e.to_record() for fpr, e in self.tpr.items()}}
 
