@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -146,3 +147,19 @@ def test_errors_are_clear_and_exit_2(archive, cli_store, capsys):
     code, _, err = run(capsys, "edges", archive / "us", "--backbone", "resnet", "--store",
                        cli_store, "--quiet")
     assert code == 2 and "resnet34" in err
+
+
+def test_audit_runs_on_real_backbone_features(archive, cli_store, capsys, tmp_path):
+    """`rayfp audit PATH --space --store`: real frames through the space's backbone, the three
+    attacks and the bound, with and without noise."""
+    space_id = Store(cli_store).space_ids()[0]
+    out_dir = tmp_path / "audit"
+    code, out, err = run(capsys, "audit", archive / "us", "--space", space_id, "--store",
+                         cli_store, "--members", "5", "--samples", "50", "--views", "4",
+                         "--candidates", "5", "--shadows", "2", "--epsilon", "inf", "1",
+                         "--out", out_dir, "--quiet", "--threads", "2")
+    assert code == 0, err
+    assert "bound" in out and "lira" in out
+    results = json.loads((out_dir / "audit.json").read_text())
+    assert results["space"] == space_id and not results["synthetic"]
+    assert len(results["results"]) == 6 and {r["members"] for r in results["results"]} == {5}
