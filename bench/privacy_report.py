@@ -62,8 +62,9 @@ def report() -> None:
         body += ["", "### Membership inference, real features", "",
                  f"{load['real']['features']}, N = 1,000:", ""]
         body += _attack_table(load["real"]["rows"], (50, 200), EPSILONS, 1000)
-        body += ["", "The demo's tasks (4-8 images each) queried with private fingerprints "
-                 "against their exact ones (same-modality nearest neighbour):", "",
+        body += ["", "The demo's 14 tasks (4 to 129 images; all but one below the 50-image minimum) "
+                 "queried with private fingerprints against their exact ones (same-modality "
+                 "nearest neighbour, N = 100):", "",
                  "| ε | same modality |", "|---|---|"]
         body += [f"| {_eps(math.inf if d['epsilon'] is None else d['epsilon'])} | "
                  f"{d['same_modality']}/{d['tasks']} |" for d in load["real"]["demo"]]
