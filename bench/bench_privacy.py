@@ -149,8 +149,10 @@ def part_utility(quick: bool) -> None:
         released = []
         for i, fp in enumerate(exact_sources):
             part = PartialCounts(space.space_id, fp.counts, fp.feature_sum, fp.n_samples)
+            # Seeds apart from the queries' (0..targets): equal seeds would give a query and a
+            # source the same noise vector, a correlation no real release has.
             out = privatize(part, space, n_images=1000,
-                            spec=dataclasses.replace(spec, seed=i)).partial
+                            spec=dataclasses.replace(spec, seed=1_000_000 + i)).partial
             released.append(finalize(out, task_id=fp.task_id, n_images=1000))
         private_indexes[eps] = LinearIndex(released)
     rows, frontier = [], []

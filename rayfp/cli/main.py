@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space-from", metavar="URL",
                    help="fetch the space from a knowledge-cloud server into --store first")
     p.add_argument("--samples", type=int, default=defaults.SAMPLES,
-                   help=f"augmented views, drawn with replacement (default {defaults.SAMPLES}; "
-                        "1000 is a legitimate fast mode)")
+                   help=f"augmented views (default {defaults.SAMPLES}; 1000 is a legitimate "
+                        "fast mode): drawn with replacement (the paper) for exact counts, "
+                        "ceil(N/M) per image at most for a private release")
     p.add_argument("--min-images", type=int, default=defaults.MIN_IMAGES,
                    help=f"refuse tasks with fewer distinct images (default {defaults.MIN_IMAGES})")
     p.add_argument("--modality", default="", help="override the modality read from DICOM")
