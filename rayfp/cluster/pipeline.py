@@ -230,6 +230,6 @@ def _write_task(store: Store, partial: PartialCounts, inv: TaskInventory,
     source.update(job_id=config.job_id, seed=config.seed)
     released, record = release(partial, store.get_space(partial.space_id), task_id=inv.task_id,
                                n_images=inv.n_images, spec=config.privacy,
-                               min_images=config.min_images, seed=config.seed)
+                               min_images=config.min_images)
     save_task_fingerprint(store, released, task_id=inv.task_id, n_images=inv.n_images,
                           modality=inv.modality, source=source, privacy=record)

@@ -126,8 +126,7 @@ def fingerprint_task(paths: Sequence[str | os.PathLike], *, task_id: str, space_
                                     batch_size=batch_size, progress=progress,
                                     plan=privacy.plan, clip_sum=privacy.private)
     released, record = release(partial, space, task_id=task_id, n_images=inventory.n_images,
-                               spec=privacy,
-                               min_images=min_images, seed=seed)
+                               spec=privacy, min_images=min_images)
     main_modality = modality or inventory.modality
     fp = save_task_fingerprint(
         store, released, task_id=task_id, n_images=inventory.n_images, modality=main_modality,

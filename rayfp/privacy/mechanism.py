@@ -159,7 +159,7 @@ class PrivateRelease:
 
 
 def privatize(partial: PartialCounts, space: FingerprintSpace, *, n_images: int,
-              spec: PrivacySpec, seed: int = defaults.SEED,
+              spec: PrivacySpec,
               source: NoiseSource | None = None) -> PrivateRelease:
     """The (ε, δ) release of a task's exact counts, computed with the balanced plan and clipped
     sums (``PartialCounts.from_features(..., clip_sum=True)``).
@@ -168,7 +168,7 @@ def privatize(partial: PartialCounts, space: FingerprintSpace, *, n_images: int,
     if partial.space_id != space.space_id:
         raise ConfigError(f"counts of space {partial.space_id} cannot be released in space "
                           f"{space.space_id}")
-    cap = views_per_image_cap(n_images, partial.n, plan=BALANCED_PLAN, seed=seed)
+    cap = views_per_image_cap(n_images, partial.n, plan=BALANCED_PLAN)
     scale = calibrate(spec, space, cap)
     bins = spec.bins_for(space)
     noise = source or noise_source(spec.seed)
@@ -240,8 +240,7 @@ def privacy_record(spec: PrivacySpec, *, min_images: int, release: dict[str, Any
 
 
 def release(partial: PartialCounts, space: FingerprintSpace, *, task_id: str, n_images: int,
-            spec: PrivacySpec, min_images: int, seed: int = defaults.SEED
-            ) -> tuple[PartialCounts, dict[str, Any]]:
+            spec: PrivacySpec, min_images: int) -> tuple[PartialCounts, dict[str, Any]]:
     """What a site stores and sends for a task: the private release (or, with ε = inf, the exact
     counts) and the `privacy` record to keep with it. The one step the local client, the Ray job
     and re-fingerprinting share. A seeded spec (tests) seeds each task's noise with its id, so
@@ -251,7 +250,7 @@ def release(partial: PartialCounts, space: FingerprintSpace, *, task_id: str, n_
     if spec.seed is not None:
         digest = hashlib.sha256(task_id.encode()).digest()
         spec = dataclasses.replace(spec, seed=int.from_bytes(digest[:8], "little") ^ spec.seed)
-    released = privatize(partial, space, n_images=n_images, spec=spec, seed=seed)
+    released = privatize(partial, space, n_images=n_images, spec=spec)
     return released.partial, privacy_record(spec, min_images=min_images,
                                             release=released.record)
 
