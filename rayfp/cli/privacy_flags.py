@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import TYPE_CHECKING
 
 from rayfp import defaults
+
+if TYPE_CHECKING:
+    from rayfp.privacy.mechanism import PrivacySpec
 
 
 def parse_epsilon(text: str) -> float:
@@ -23,20 +27,18 @@ def parse_epsilon(text: str) -> float:
     return value
 
 
-def add_privacy_flags(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
+def add_privacy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epsilon", type=parse_epsilon, default=defaults.DP_EPSILON,
                    help=f"differential privacy per image (default {defaults.DP_EPSILON:g}); "
                         "'inf' = exact counts, only for public data or a store that never "
                         "leaves the site (see PRIVACY.md)")
     p.add_argument("--delta", type=float, default=defaults.DP_DELTA,
                    help=f"(default {defaults.DP_DELTA:g})")
-    if seed:
-        p.add_argument("--noise-seed", type=int,
-                       help="seeded noise, for tests and experiments only (default: os.urandom)")
+    p.add_argument("--noise-seed", type=int,
+                   help="seeded noise, for tests and experiments only (default: os.urandom)")
 
 
-def privacy_spec(args: argparse.Namespace):
+def privacy_spec(args: argparse.Namespace) -> PrivacySpec:
     from rayfp.privacy.mechanism import PrivacySpec
 
-    return PrivacySpec(epsilon=args.epsilon, delta=args.delta,
-                       seed=getattr(args, "noise_seed", None))
+    return PrivacySpec(epsilon=args.epsilon, delta=args.delta, seed=args.noise_seed)

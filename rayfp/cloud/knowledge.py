@@ -6,20 +6,18 @@ Plain functions and one class over a Store; serve/ calls these, nothing here imp
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rayfp import defaults
 from rayfp.core.distance import DEFAULT_METRIC, get_metric
-from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
+from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, released_epsilon
 from rayfp.core.index import ScreenedIndex
 from rayfp.core.kernels import AUTO
 from rayfp.core.schemas import COMPONENT_KINDS
 from rayfp.core.store import Store, privacy_summary
 from rayfp.errors import ConfigError, NotFoundError, TooFewImagesError
-from rayfp.privacy.mechanism import epsilon_of
 from rayfp.privacy.policy import check_privacy
 from rayfp.registry import look_up
 
@@ -103,7 +101,7 @@ class KnowledgeBase:
             index = ScreenedIndex(fresh, kernel=self.kernel)
         epsilon = {task: eps for task, eps in (cached.epsilon if old_files else {}).items()
                    if task not in removed}
-        epsilon.update({fp.task_id: _epsilon_or_none(fp) for fp in fresh})
+        epsilon.update({fp.task_id: released_epsilon(fp.privacy) for fp in fresh})
         self._indexes[space_id] = _CachedIndex(version, files, task_of, index, epsilon)
         return index
 
@@ -227,11 +225,6 @@ class KnowledgeBase:
         for r in rows:
             r.pop("schema_version", None)
         return sorted(rows, key=lambda r: r["task_id"])
-
-
-def _epsilon_or_none(fp: Fingerprint) -> float | None:
-    epsilon = epsilon_of(fp.privacy)
-    return epsilon if math.isfinite(epsilon) else None
 
 
 def ensure_kinds(kinds: Sequence[str]) -> list[str]:

@@ -279,6 +279,13 @@ def finalize(partial: PartialCounts, *, task_id: str, n_images: int, source: str
                        source=source, privacy=dict(privacy or {}))
 
 
+def released_epsilon(privacy: Mapping[str, Any] | None) -> float | None:
+    """The ε of a fingerprint's differentially private release, from its `privacy` record;
+    None for exact counts (no ``dp`` record: older stores, public data)."""
+    value = ((privacy or {}).get("dp") or {}).get("epsilon")
+    return None if value is None else float(value)
+
+
 def check_same_space(a: Fingerprint, b: Fingerprint) -> None:
     """Raise SpaceMismatchError unless a and b are comparable."""
     if a.space_id != b.space_id or a.counts.shape != b.counts.shape:

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rayfp.core import schemas
-from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
+from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, released_epsilon
 from rayfp.errors import ConfigError, NotFoundError, SpaceMismatchError, StoreError
 from rayfp.registry import look_up
 
@@ -178,8 +178,7 @@ class Store:
         out = {}
         for path in self.fingerprint_files(space_id):
             row = pq.read_table(path, columns=[schemas.TASK_ID, "privacy"]).to_pylist()[0]
-            dp = json.loads(row["privacy"] or "{}").get("dp") or {}
-            out[row[schemas.TASK_ID]] = dp.get("epsilon")
+            out[row[schemas.TASK_ID]] = released_epsilon(json.loads(row["privacy"] or "{}"))
         return dict(sorted(out.items()))
 
     def find_fingerprints(self, task_id: str) -> list[Fingerprint]:

@@ -28,15 +28,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from importlib.metadata import version
 from typing import Any
 
 import numpy as np
 
 from rayfp import defaults
-from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
+from rayfp.core.fingerprint import FingerprintSpace, PartialCounts, released_epsilon
 from rayfp.core.sampling import BALANCED_PLAN, views_per_image_cap
 from rayfp.errors import ConfigError
-from rayfp.privacy.noise import NoiseSource, noise_source
+from rayfp.privacy.noise import noise_source
 from rayfp.privacy.postprocess import coarsen, project_to_counts, spread
 
 MECHANISM = "gaussian"
@@ -159,8 +160,7 @@ class PrivateRelease:
 
 
 def privatize(partial: PartialCounts, space: FingerprintSpace, *, n_images: int,
-              spec: PrivacySpec,
-              source: NoiseSource | None = None) -> PrivateRelease:
+              spec: PrivacySpec) -> PrivateRelease:
     """The (ε, δ) release of a task's exact counts, computed with the balanced plan and clipped
     sums (``PartialCounts.from_features(..., clip_sum=True)``).
 
@@ -171,7 +171,7 @@ def privatize(partial: PartialCounts, space: FingerprintSpace, *, n_images: int,
     cap = views_per_image_cap(n_images, partial.n, plan=BALANCED_PLAN)
     scale = calibrate(spec, space, cap)
     bins = spec.bins_for(space)
-    noise = source or noise_source(spec.seed)
+    noise = noise_source(spec.seed)
     coarse = coarsen(np.asarray(partial.counts, np.float64), bins)
     active = np.ones(space.dim, bool)
     active[space.degenerate_dims] = False
@@ -198,8 +198,6 @@ def bin_centres(space: FingerprintSpace) -> np.ndarray:
 def release_record(spec: PrivacySpec, scale: NoiseScale, *, release_bins: int, noise: str
                    ) -> dict[str, Any]:
     """What a private fingerprint records about its release (the `privacy` JSON's ``dp``)."""
-    import dp_accounting
-
     return {"mechanism": MECHANISM, "epsilon": spec.epsilon, "delta": spec.delta,
             "unit": "image", "neighbours": "replace-one",
             "plan": BALANCED_PLAN, "views_per_image_cap": scale.cap,
@@ -210,25 +208,15 @@ def release_record(spec: PrivacySpec, scale: NoiseScale, *, release_bins: int, n
             "sigma_counts": scale.sigma_counts, "sigma_sum": scale.sigma_sum,
             "sensitivity_counts": scale.sensitivity_counts,
             "sensitivity_sum": scale.sensitivity_sum,
-            "calibration": f"dp-accounting {_version(dp_accounting)} get_sigma_gaussian",
+            "calibration": f"dp-accounting {version('dp-accounting')} get_sigma_gaussian",
             "noise": noise}
-
-
-def _version(module) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("dp-accounting")
-    except PackageNotFoundError:  # pragma: no cover - vendored copies
-        return getattr(module, "__version__", "?")
 
 
 def epsilon_of(privacy: dict[str, Any] | None) -> float:
     """The ε a fingerprint's privacy record states; inf for one released without noise (older
     stores, public data)."""
-    dp = (privacy or {}).get("dp") or {}
-    value = dp.get("epsilon")
-    return float(value) if value is not None else math.inf
+    value = released_epsilon(privacy)
+    return math.inf if value is None else value
 
 
 def privacy_record(spec: PrivacySpec, *, min_images: int, release: dict[str, Any] | None

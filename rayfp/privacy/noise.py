@@ -3,7 +3,7 @@ secure generator unless a seed is asked for explicitly (tests, experiments).
 
 A seeded PRNG's state could in principle be recovered from enough of its outputs, and the noisy
 counts are such outputs; os.urandom's cannot. Normals come from uniform 53-bit integers by the
-Box-Muller transform, vectorised.
+Box-Muller transform, vectorised. Both sources offer ``name`` and ``normal(sigma, shape)``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import numpy as np
 _SCALE = 2.0 ** -53
 
 
-class NoiseSource:
-    """Gaussian noise: ``normal(sigma, shape)`` -> float64 array."""
-
+class SeededNoiseSource:
     name = "seeded numpy PCG64"
 
     def __init__(self, seed: int) -> None:
@@ -27,11 +25,8 @@ class NoiseSource:
         return self._rng.normal(0.0, sigma, size=shape)
 
 
-class SecureNoiseSource(NoiseSource):
+class SecureNoiseSource:
     name = "os.urandom (Box-Muller)"
-
-    def __init__(self) -> None:  # noqa: D107 - no state to keep
-        pass
 
     def normal(self, sigma: float, shape: tuple[int, ...]) -> np.ndarray:
         size = int(np.prod(shape))
@@ -45,6 +40,6 @@ class SecureNoiseSource(NoiseSource):
         return sigma * normals.reshape(shape)
 
 
-def noise_source(seed: int | None) -> NoiseSource:
+def noise_source(seed: int | None) -> SeededNoiseSource | SecureNoiseSource:
     """The secure source, or a seeded one when a seed is given."""
-    return SecureNoiseSource() if seed is None else NoiseSource(seed)
+    return SecureNoiseSource() if seed is None else SeededNoiseSource(seed)
