@@ -48,6 +48,18 @@ def add_parser(sub) -> None:
                         "rank, weightedtau")
     p.add_argument("--plots", help="folder for the PNGs (fraction improved / improvement vs k, "
                                    "win rates)")
+    p.add_argument("--no-random", action="store_true",
+                   help="leave out the random-selection baseline (exact expectations)")
+    p.add_argument("--versus", default="random", metavar="SELECTOR",
+                   help="paired tests of every selector against this one (default: random)")
+    p.add_argument("--margin-k", type=parse_ks, default=(1, 3, 5),
+                   help="the k averaged in the headline margin table (default 1,3,5)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the bootstrap, the permutations and random weightedtau")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of targets")
+    p.add_argument("--permutations", type=int, default=10000, help="sign flips per paired test")
+    p.add_argument("--tau-draws", type=int, default=32,
+                   help="Monte Carlo draws for random's weightedtau (the rest is exact)")
 
 
 def load_selectors(data: PaperData, specs: list[str], only: bool) -> dict:
@@ -66,31 +78,52 @@ def load_selectors(data: PaperData, specs: list[str], only: bool) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from rayfp.evaluate.data import PaperData
-    from rayfp.evaluate.protocol import EvalConfig, evaluate
+    from rayfp.evaluate.protocol import EvalConfig, evaluate, evaluate_random
+    from rayfp.evaluate.random_baseline import RANDOM_SELECTOR
     from rayfp.evaluate.report import (
         aggregate,
+        format_margins,
         format_tables,
         plot_curves,
         plot_win_rates,
         win_rates,
+        with_uncertainty,
     )
+    from rayfp.evaluate.significance import margin_over_random
 
     data = PaperData(args.data, splits=args.splits, float_parser=args.float_parser)
     selectors = load_selectors(data, args.selectors, args.only)
     config = EvalConfig(setting=args.targets, ks=args.k, mode=args.mode, seeds=args.seeds,
                         scenarios=tuple(args.scenarios))
     scores = evaluate(data, selectors, config)
-    summary = aggregate(scores)
+    if not args.no_random:
+        scores = pd.concat([scores, evaluate_random(data, config, tau_draws=args.tau_draws,
+                                                    seed=args.seed)], ignore_index=True)
+    names = list(dict.fromkeys(scores["selector"]))
+    if args.versus not in names:
+        raise ConfigError(f"--versus {args.versus!r} is not among the selectors {names}")
+    tests = dict(seed=args.seed, n_boot=args.bootstrap, n_perm=args.permutations)
+    summary = with_uncertainty(aggregate(scores), scores, args.versus, **tests)
     if args.format == "csv":
         summary.to_csv(sys.stdout, index=False, lineterminator="\n")
     else:
-        print(f"{args.targets} targets, {len(selectors)} selectors, k={list(args.k)}, "
-              f"mode={args.mode}, seeds={args.seeds}")
+        print(f"{args.targets} targets, {len(selectors)} selectors"
+              f"{'' if args.no_random else ' + random (exact expectation)'}, k={list(args.k)}, "
+              f"mode={args.mode}, seeds={args.seeds}; cells: value [95 % bootstrap interval "
+              f"over targets], +/- = differs from {args.versus} (paired sign-flip test, BH "
+              f"q < 0.05), seed {args.seed}")
+        margin_ks = tuple(k for k in args.margin_k if k in args.k) or tuple(args.k)
+        margins = margin_over_random(scores, args.versus, ks=margin_ks, n_boot=args.bootstrap,
+                                     n_perm=args.permutations, seed=args.seed)
+        margins = margins[margins["meta_metric"].isin(args.meta.split(","))]
+        sys.stdout.write(format_margins(margins, args.versus, margin_ks))
         sys.stdout.write(format_tables(summary, meta_metrics=tuple(args.meta.split(","))))
         rates = win_rates(scores)
-        print("\nwin rates (share of metric x seed x target x meta-metric x k groups won; "
-              "ties all win)")
+        print(f"\nwin rates (share of metric x seed x target x meta-metric x k groups won; "
+              f"ties all win; {RANDOM_SELECTOR} not a contestant)")
         print(rates.round(3).to_string())
     if args.plots:
         paths = plot_curves(summary, args.plots) + [plot_win_rates(win_rates(scores), args.plots)]

@@ -205,23 +205,56 @@ def evaluate(data: PaperData, selectors: Mapping[str, pd.DataFrame], config: Eva
             for k in config.ks:
                 selections[name, t, k] = select_top_k(column, k)
     records = []
+    for common, sources_t, pool, baseline in target_pools(proto, config):
+        t = common["target"]
+        by_source = dict(zip(sources_t, pool))
+        for name, aff in affinities.items():
+            tau = weighted_tau(aff.reindex(sources_t)[refs[name, t]].to_numpy(), pool)
+            records.append({**common, "selector": name, "k": 0, "meta_metric": "weightedtau",
+                            "score": tau})
+            for k in config.ks:
+                chosen = np.array([by_source[s] for s in selections[name, t, k]])
+                scores = top_meta_scores(chosen, pool, baseline, config.mode)
+                records += [{**common, "selector": name, "k": k, "meta_metric": m,
+                             "score": v} for m, v in scores.items()]
+    return pd.DataFrame.from_records(records)
+
+
+def target_pools(proto: Protocol, config: EvalConfig):
+    """Per (scenario, metric, seed, target): the row keys, the valid sources, their outcomes
+    (the pool) and the target's no-transfer baseline."""
+    targets = proto.targets()
+    sources = {t: proto.valid_sources(t) for t in targets}
     for scenario in config.scenarios:
         for metric in config.metrics:
             for seed, matrix, baselines in _outcome_tables(proto, scenario, metric,
                                                            config.seeds):
                 for t in targets:
                     pool = matrix[t].reindex(sources[t]).to_numpy(dtype=float)
-                    by_source = dict(zip(sources[t], pool))
                     common = dict(setting=config.setting, scenario=scenario, metric=metric,
                                   mode=config.mode, seeds=config.seeds, seed=seed, target=t)
-                    for name, aff in affinities.items():
-                        tau = weighted_tau(aff.reindex(sources[t])[refs[name, t]].to_numpy(),
-                                           pool)
-                        records.append({**common, "selector": name, "k": 0,
-                                        "meta_metric": "weightedtau", "score": tau})
-                        for k in config.ks:
-                            chosen = np.array([by_source[s] for s in selections[name, t, k]])
-                            scores = top_meta_scores(chosen, pool, baselines[t], config.mode)
-                            records += [{**common, "selector": name, "k": k, "meta_metric": m,
-                                         "score": v} for m, v in scores.items()]
+                    yield common, sources[t], pool, baselines[t]
+
+
+def evaluate_random(data: PaperData, config: EvalConfig, *, tau_draws: int = 32,
+                    seed: int = 0) -> pd.DataFrame:
+    """The random selector's rows, in evaluate()'s long form plus `mc_se`: exact expectations
+    of the top-k meta metrics (mc_se 0) and a Monte Carlo weightedtau (its standard error)."""
+    from rayfp.evaluate.random_baseline import (
+        RANDOM_SELECTOR,
+        expected_top_scores,
+        expected_weighted_tau,
+    )
+
+    proto = Protocol(data, config.setting)
+    rng = np.random.default_rng(seed)
+    records = []
+    for common, _, pool, baseline in target_pools(proto, config):
+        row = {**common, "selector": RANDOM_SELECTOR}
+        tau, se = expected_weighted_tau(pool, tau_draws, rng)
+        records.append({**row, "k": 0, "meta_metric": "weightedtau", "score": tau, "mc_se": se})
+        for k in config.ks:
+            expected = expected_top_scores(pool, baseline, k, config.mode)
+            records += [{**row, "k": k, "meta_metric": m, "score": v, "mc_se": 0.0}
+                        for m, v in expected.items()]
     return pd.DataFrame.from_records(records)

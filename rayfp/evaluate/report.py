@@ -12,6 +12,10 @@ from rayfp.evaluate.data import SCENARIO_NAMES
 
 CSV_COLUMNS = ["setting", "scenario", "metric", "selector", "k", "mode", "seeds", "meta_metric",
                "value", "std"]
+# With uncertainty (`with_uncertainty`): the bootstrap interval over targets and the paired test
+# against the reference selector (random unless --versus).
+UNCERTAINTY_COLUMNS = ["lo", "hi", "diff", "diff_lo", "diff_hi", "p", "q"]
+SIGNIFICANCE = 0.05  # on the Benjamini-Hochberg q-value
 # The paper's Fig. 4 pairs: fraction improved is read on BA, improvement on AUROC.
 FIGURE_METRIC = {"gain": "BA", "delta": "AUROC"}
 
@@ -30,23 +34,72 @@ def aggregate(scores: pd.DataFrame) -> pd.DataFrame:
     return out[CSV_COLUMNS]
 
 
+def with_uncertainty(summary: pd.DataFrame, scores: pd.DataFrame, reference: str | None, *,
+                     seed: int = 0, n_boot: int = 2000, n_perm: int = 10000) -> pd.DataFrame:
+    """summary + the bootstrap interval of every value and, for every selector but the
+    reference, the paired test of its difference to the reference (NaN for the reference)."""
+    from rayfp.evaluate.significance import (
+        GROUP_KEYS,
+        intervals,
+        paired_differences,
+        paired_tests,
+    )
+
+    out = summary.merge(intervals(scores, n_boot=n_boot, seed=seed), on=GROUP_KEYS, how="left")
+    if reference is not None:
+        tests = paired_tests(paired_differences(scores, reference), n_boot=n_boot,
+                             n_perm=n_perm, seed=seed)
+        out = out.merge(tests, on=GROUP_KEYS, how="left")
+    return out.reindex(columns=CSV_COLUMNS + UNCERTAINTY_COLUMNS)
+
+
+def significance_mark(row) -> str:
+    """'+' / '-': significantly above / below the reference; '' otherwise."""
+    q = row.get("q", np.nan)
+    if not np.isfinite(q) or q >= SIGNIFICANCE:
+        return ""
+    return "+" if row["diff"] > 0 else "-"
+
+
+def format_margins(margins: pd.DataFrame, reference: str, ks) -> str:
+    """The headline table: each selector's margin over the reference per metric."""
+    lines = [f"\nmargin over {reference} (mean over scenarios and k={list(ks)} per target; 95 % "
+             f"bootstrap interval over targets; sign-flip p, BH q; * q < {SIGNIFICANCE})"]
+    lines.append("selector".ljust(16) + "metric".ljust(8) + "meta".ljust(8)
+                 + "margin".rjust(9) + "   interval".ljust(22) + "p".rjust(8) + "q".rjust(8))
+    for _, r in margins.iterrows():
+        star = " *" if r["q"] < SIGNIFICANCE else ""
+        lines.append(f"{r['selector']:<16}{r['metric']:<8}{r['meta_metric']:<8}"
+                     f"{r['diff']:+9.4f}   [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}]  "
+                     f"{r['p']:8.4f}{r['q']:8.4f}{star}")
+    return "\n".join(lines) + "\n"
+
+
 def win_rates(scores: pd.DataFrame, *, meta_metrics=("weightedtau", "regret", "rank", "delta")
               ) -> pd.DataFrame:
     """Per scenario: the share of (metric, seed, target, meta metric, k) groups in which each
     selector has the maximal score (ties: all win; NaN never wins). Rows: selector; columns:
     scenario."""
-    rows = scores[scores["meta_metric"].isin(meta_metrics)].dropna(subset=["score"])
+    from rayfp.evaluate.random_baseline import RANDOM_SELECTOR
+
+    # Random is a baseline, not a contestant: its expectation would take wins from nobody real.
+    rows = scores[scores["meta_metric"].isin(meta_metrics)
+                  & (scores["selector"] != RANDOM_SELECTOR)].dropna(subset=["score"])
     group_keys = ["scenario", "metric", "seed", "target", "meta_metric", "k"]
     best = rows.groupby(group_keys)["score"].transform("max")
     wins = rows[rows["score"] == best].groupby(["selector", "scenario"]).size().unstack("scenario")
     n_groups = rows.drop_duplicates(group_keys).groupby("scenario").size()
-    selectors = list(dict.fromkeys(scores["selector"]))
+    selectors = list(dict.fromkeys(rows["selector"]))
     scenarios = [s for s in SCENARIO_NAMES if s in n_groups.index]
     return (wins / n_groups).reindex(index=selectors, columns=scenarios).fillna(0.0)
 
 
 def format_tables(summary: pd.DataFrame, meta_metrics=("gain", "delta")) -> str:
-    """One block per (meta metric, outcome metric, scenario): rows selectors, columns k."""
+    """One block per (meta metric, outcome metric, scenario): rows selectors, columns k. With
+    intervals, each cell is `value [lo, hi]` and a +/- mark when the paired test against the
+    reference is significant."""
+    has_ci = "lo" in summary.columns
+    width = 22 if has_ci else 9
     lines = []
     for meta in meta_metrics:
         part = summary[summary["meta_metric"] == meta]
@@ -55,20 +108,30 @@ def format_tables(summary: pd.DataFrame, meta_metrics=("gain", "delta")) -> str:
                 block = part[(part["metric"] == metric) & (part["scenario"] == scenario)]
                 if block.empty:
                     continue
-                table = block.pivot(index="selector", columns="k", values="value")
-                table = table.reindex(list(dict.fromkeys(block["selector"])))
                 lines.append(f"\n{meta} — {SCENARIO_NAMES[scenario]} — {metric} "
                              f"(mode {block['mode'].iloc[0]}, seeds {block['seeds'].iloc[0]})")
-                header = "selector".ljust(16) + "".join(f"k={k}".rjust(9) for k in table.columns)
-                lines.append(header)
-                for name, row in table.iterrows():
-                    lines.append(str(name).ljust(16) + "".join(f"{v:9.4f}" for v in row))
+                ks = sorted(block["k"].unique())
+                lines.append("selector".ljust(16) + "".join(f"k={k}".rjust(width) for k in ks))
+                for selector in dict.fromkeys(block["selector"]):
+                    rows = block[block["selector"] == selector].set_index("k")
+                    cells = []
+                    for k in ks:
+                        r = rows.loc[k]
+                        cell = f"{r['value']:.4f}"
+                        if has_ci:
+                            cell += f" [{r['lo']:.3f},{r['hi']:.3f}]{significance_mark(r):1}"
+                        cells.append(cell.rjust(width))
+                    lines.append(str(selector).ljust(16) + "".join(cells))
     return "\n".join(lines) + "\n"
 
 
 def plot_curves(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     """fraction improved vs k and improvement vs k, one panel per scenario, one line per
-    selector (error bars: std over seeds)."""
+    selector. Error bars: the bootstrap interval over targets when the summary has one (filled
+    markers: significantly different from the reference), else the std over seeds; the random
+    baseline is a dashed black line with its interval shaded."""
+    from rayfp.evaluate.random_baseline import RANDOM_SELECTOR
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,8 +152,20 @@ def plot_curves(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]
             block = part[part["scenario"] == scenario]
             for selector in dict.fromkeys(block["selector"]):
                 line = block[block["selector"] == selector].sort_values("k")
-                ax.errorbar(line["k"], line["value"], yerr=line["std"].fillna(0), marker="o",
-                            capsize=2, label=selector)
+                if selector == RANDOM_SELECTOR:
+                    ax.plot(line["k"], line["value"], "k--", lw=1.5, label=selector)
+                    if "lo" in line:
+                        ax.fill_between(line["k"], line["lo"], line["hi"], color="k", alpha=0.1)
+                    continue
+                if "lo" in line:
+                    yerr = np.vstack([line["value"] - line["lo"], line["hi"] - line["value"]])
+                else:
+                    yerr = line["std"].fillna(0).to_numpy()
+                bars = ax.errorbar(line["k"], line["value"], yerr=yerr, marker="o", capsize=2,
+                                   label=selector, mfc="none", alpha=0.85)
+                if "q" in line:
+                    hit = line[line["q"] < SIGNIFICANCE]
+                    ax.plot(hit["k"], hit["value"], "o", color=bars[0].get_color())
             ax.set_title(SCENARIO_NAMES[scenario])
             ax.set_xlabel("k (sources tried)")
             ax.set_xticks(sorted(block["k"].unique()))
