@@ -130,9 +130,9 @@ def plot_curves(summary: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]
     selector. Error bars: the bootstrap interval over targets when the summary has one (filled
     markers: significantly different from the reference), else the std over seeds; the random
     baseline is a dashed black line with its interval shaded."""
-    from rayfp.evaluate.random_baseline import RANDOM_SELECTOR
-
     import matplotlib
+
+    from rayfp.evaluate.random_baseline import RANDOM_SELECTOR
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
