@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
+import numpy as np
 import pytest
 from conftest import make_space, paper_data_dir, random_fingerprint
 
@@ -134,7 +138,12 @@ def test_nearest_many_ranks_mixed_batches_like_single_queries(tmp_path, rng):
                    (spaces[0], 5, "bkld-small"), (spaces[0], 2, "js"),
                    (spaces[1], 4, "bkld-large")])]
     batched = kb.nearest_many(queries)
-    assert batched == [kb.nearest_to_fingerprint(t, k=k, metric=m) for t, k, m in queries]
+
+    def ranking(found):  # hub flags may arrive in between (measured in the background)
+        return [(n.task_id, n.distance, n.basis, n.epsilon) for n in found]
+
+    assert [ranking(f) for f in batched] == [
+        ranking(kb.nearest_to_fingerprint(t, k=k, metric=m)) for t, k, m in queries]
     assert [len(found) for found in batched] == [3, 2, 5, 2, 4]
     assert all(n.basis == f"fingerprint:{t.space_id}" for (t, _, _), found in
                zip(queries, batched) for n in found)
@@ -153,3 +162,71 @@ def test_a_growing_space_chooses_its_index_kernel_again(tmp_path, rng):
     assert measured == [1, 1, 3, 3, 3, 3, 7, 7, 7]  # chosen again once the space doubles
     forced = KnowledgeBase(store, kernel="float32-torch").index(space.space_id)
     assert forced.kernel == "float32-torch" and forced.measured_on == 0
+
+
+def _with_a_hub(n_tasks: int = 20):
+    """Random tasks plus a hub. bKLD(t, s) = KL(P_t || softmax(P_s)) favours sources whose mass
+    sits where the targets' mass is on average: the hub's histograms are the tasks' mean
+    histogram sharpened (to the 8th power), so it is near to many of them."""
+    rng = np.random.default_rng(1)
+    space = make_space(dim=6, bins=8)
+    tasks = [random_fingerprint(rng, space, f"t{i:02d}") for i in range(n_tasks)]
+    sharpened = (sum(fp.probabilities for fp in tasks) / n_tasks) ** 8
+    sharpened /= sharpened.sum(axis=1, keepdims=True)
+    counts = np.stack([rng.multinomial(500, row) for row in sharpened])
+    return space, [*tasks, dataclasses.replace(tasks[0], task_id="hub", counts=counts)]
+
+
+def test_hubness_finds_the_task_near_to_many(rng):
+    from rayfp.core.hubness import measure_hubness
+
+    space, fps = _with_a_hub()
+    index = ScreenedIndex(fps)
+    found = measure_hubness(index, k=3, metric="bkld-small")
+    assert found.queries == found.sources == 21
+    assert sum(found.k_occurrence.values()) == 3 * 21  # every query lists k tasks
+    assert found.hubs()[0][0] == "hub" and found.k_occurrence["hub"] >= 2 * 3
+    assert found.skewness > 0.5
+    record = found.to_record()
+    assert record["hubs"][0]["task_id"] == "hub" and record["hub_threshold"] == 6
+    # Estimated from a sample of queries: scaled to all tasks, and a few lucky hits are no hub.
+    sampled = measure_hubness(index, k=3, metric="bkld-small", max_queries=7, seed=1)
+    assert sampled.queries == 7
+    assert sampled.k_occurrence["hub"] == pytest.approx(sampled.hits["hub"] * 21 / 7)
+    assert all(sampled.hits[t] >= 3 for t, _ in sampled.hubs())
+    assert any(sampled.k_occurrence[t] >= 6 and not sampled.is_hub(t) for t in sampled.hits)
+
+
+def test_answers_flag_hubs_and_recommend_every_neighbour_as_pretraining(tmp_path):
+    store = Store(tmp_path / "s")
+    space, fps = _with_a_hub()
+    store.put_space(space)
+    kb = KnowledgeBase(store, min_images=10)
+    for fp in fps:
+        kb.register_task({}, fp)
+    assert kb.hubness(space.space_id).is_hub("hub")  # measured now (wait=True)
+    found = next(found for found in (kb.nearest_to_task(f"t{i:02d}", k=3) for i in range(20))
+                 if "hub" in [n.task_id for n in found])
+    hub = next(n for n in found if n.task_id == "hub")
+    assert hub.hub and hub.k_occurrence == kb.hubness(space.space_id).k_occurrence["hub"]
+    recs = recommend(kb, found, ["pretraining", "cotraining"])
+    for kind in ("pretraining", "cotraining"):  # no transfers recorded: still k candidates
+        assert [c["source"] for c in recs[kind]] == [n.task_id for n in found]
+        assert {c["evidence"] for c in recs[kind]} == {"nearest"}
+        assert [c["hub"] for c in recs[kind]] == [n.hub for n in found]
+
+
+def test_augmentation_policies_read_as_transforms_with_rates(paper_store):
+    from rayfp.cloud.policy_text import expected_uses, summarize_policy
+
+    store, _ = paper_store
+    policy = store.read_table("components").to_pandas().value.iloc[0]
+    uses = expected_uses(json.loads(policy))
+    # 5 sub-policies x 3 stages, each stage picks one operation (NoOp dropped): <= 3 per image
+    assert 0 < sum(uses.values()) <= 3 + 1e-9
+    text = summarize_policy(policy)
+    assert "/img" in text and "transforms/img" in text and len(text) < 260
+    assert summarize_policy("resnet50") == "resnet50"  # not a policy: shown as it is
+    kb = KnowledgeBase(store)
+    recs = recommend(kb, kb.nearest_to_task("svhn", k=3), ["augmentation"])["augmentation"]
+    assert all(c["summary"].endswith("transforms/img") for c in recs)

@@ -94,6 +94,14 @@ def test_health_spaces_and_openapi(cloud):
     assert released["private"] == spaces[0]["fingerprints"]
     fetched = CloudClient(cloud["url"]).space(cloud["space"].space_id)  # hash re-checked
     assert np.array_equal(fetched.edges_hi, cloud["space"].edges_hi)
+    status, space = http(cloud, "GET", f"/v1/spaces/{cloud['space'].space_id}")
+    hubness = space["hubness"]  # k-occurrence of every stored task among the others' top-k
+    assert (hubness["k"], hubness["metric"]) == (3, "bkld-small")
+    assert hubness["sources"] == spaces[0]["fingerprints"] == hubness["queries"]
+    assert hubness["skewness"] is None or isinstance(hubness["skewness"], float)
+    answer = CloudClient(cloud["url"]).nearest(task_id="site-1", k=2)  # measured above: known
+    assert all(n["k_occurrence"] is not None and isinstance(n["hub"], bool)
+               for n in answer["neighbours"])
     status, schema = http(cloud, "GET", "/openapi.json")
     assert status == 200 and "/v1/recommend" in schema["paths"]
     # /docs shows the real choices and how writes authenticate
@@ -267,6 +275,14 @@ def test_cli_query_and_recommend_against_the_server(cloud, tmp_path, capsys):
                  "augmentation", "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert len(answer["recommendations"]["augmentation"]) == 3
+    assert all(c["value"].startswith("{") for c in answer["recommendations"]["augmentation"])
+    # What a person reads: transforms with their rates, and the k nearest as pretraining
+    # candidates with the measured transfers from them.
+    assert main(["recommend", "--server", cloud["url"], "--task-id", "svhn", "-k", "3",
+                 "--kinds", "augmentation,pretraining"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("transforms/img") == 3 and "__class_fullname__" not in out
+    assert out.count("measured: score") == 3 and "no recorded evidence" not in out
     os.environ.pop("RAYFP_TOKEN", None)
 
 

@@ -128,16 +128,35 @@ def cmd_query(args: argparse.Namespace) -> int:
         return 0
     print(f"nearest to {args.task_id} by {answer['metric']}:")
     for n in answer["neighbours"]:
-        epsilon = "exact" if n.get("epsilon") is None else f"ε={n['epsilon']:g}"
-        print(f"{n['rank']:3d}. {n['task_id']:40s} {n['distance']:.6g}  ({n['basis']}, "
-              f"{epsilon})")
+        print(f"{n['rank']:3d}. {n['task_id']:40s} {n['distance']:.6g}  {_neighbour_notes(n)}")
     for kind, candidates in answer.get("recommendations", {}).items():
-        print(f"\n{kind}:")
+        print(f"\n{kind} (try each on local validation, keep the best):")
         if not candidates:
             print("  (no recorded evidence among the nearest tasks)")
         for c in candidates:
-            value = c["value"] if len(c["value"]) <= 60 else c["value"][:57] + "..."
-            score = "-" if c["score"] is None else f"{c['score']:.4f}"
-            print(f"  #{c['rank']} {c['source']}: {value}  score {score} {c['metric']} "
-                  f"({c['n_seeds']} seed(s), {c['evidence']})")
+            print(f"  #{c['rank']} {c['source']}{'  [hub]' if c.get('hub') else ''}")
+            print(f"      {_candidate_text(kind, c)}")
     return 0
+
+
+def _neighbour_notes(n: dict) -> str:
+    notes = [n["basis"], "exact" if n.get("epsilon") is None else f"ε={n['epsilon']:g}"]
+    if n.get("hub"):
+        notes.append(f"hub: in the top-{defaults.K} of {n['k_occurrence']:g} stored tasks, "
+                     "weak evidence")
+    return "(" + ", ".join(notes) + ")"
+
+
+def _candidate_text(kind: str, c: dict) -> str:
+    """One line a person can act on: the policy's transforms, or the source task and what
+    was measured when transferring from it."""
+    score = "" if c["score"] is None else (f"score {c['score']:.4f} {c['metric']} "
+                                           f"({c['n_seeds']} seed(s))")
+    if kind == "augmentation":
+        return f"{c.get('summary', c['value'])}" + (f"; {score}" if score else "")
+    if c["evidence"] == "transfer":
+        return f"measured: {score}; {c['provenance']}"
+    if c["evidence"] == "nearest":
+        return f"{c['value']}: nearest task, no measured transfer from it yet"
+    value = c["value"] if len(c["value"]) <= 70 else c["value"][:67] + "..."
+    return f"{value}" + (f"; {score}" if score else "")

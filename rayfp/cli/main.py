@@ -221,11 +221,25 @@ def cmd_show(args: argparse.Namespace) -> int:
                     if p["private"] else "") + f"{p['exact']} exact"
         print(f"space {s['space_id']}  {s['backbone']}  D={s['dim']} B={s['bins']}  "
               f"{s['fingerprints']} fingerprint(s): {released}  reference={s['reference']}")
+        if s["fingerprints"] >= 3:
+            print("      " + _hubness_line(_store(args), s["space_id"]))
     tasks = _store(args).read_table("tasks").to_pylist()
     for t in sorted(tasks, key=lambda r: r["task_id"]):
         print(f"task  {t['task_id']:30s} {t['modality'] or '-':8s} {t['n_images']} images")
     print("tables: " + ", ".join(f"{k}={v}" for k, v in summary["tables"].items()))
     return 0
+
+
+def _hubness_line(store, space_id: str) -> str:
+    from rayfp.core.hubness import measure_hubness
+    from rayfp.core.index import ScreenedIndex
+
+    found = measure_hubness(ScreenedIndex(store.fingerprints(space_id)), k=defaults.K,
+                            metric=defaults.METRIC)
+    hubs = ", ".join(f"{t} (in {n:g})" for t, n in found.hubs()[:5]) or "none"
+    return (f"hubness ({found.metric}, k={found.k}): skewness of k-occurrence "
+            f"{found.skewness:.2f}; hubs (in >= {found.threshold:g} of {found.sources - 1} "
+            f"others' top-{found.k}): {hubs}")
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

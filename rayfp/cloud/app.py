@@ -205,7 +205,9 @@ class KnowledgeCloud:
 
     @api.get("/v1/spaces/{space_id}")
     def space(self, space_id: str) -> dict[str, Any]:
-        return self.kb.space(space_id).to_record()
+        hubness = self.kb.hubness(space_id, self.args.default_metric)
+        return {**self.kb.space(space_id).to_record(),
+                "hubness": None if hubness is None else hubness.to_record()}
 
     @api.get("/v1/tasks")
     def tasks(self, space_id: str | None = None) -> list[dict[str, Any]]:

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rayfp import defaults
 from rayfp.core.distance import DEFAULT_METRIC, get_metric
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, released_epsilon
+from rayfp.core.hubness import Hubness, measure_hubness
 from rayfp.core.index import ScreenedIndex
 from rayfp.core.kernels import AUTO
 from rayfp.core.schemas import COMPONENT_KINDS
@@ -36,6 +39,8 @@ class Neighbour:
     distance: float
     basis: str  # "fingerprint:<space_id>" or "imported:<selector>"
     epsilon: float | None = None  # the neighbour's fingerprint's DP ε; None: exact counts
+    k_occurrence: float | None = None  # in how many stored tasks' top-k it is (hubness)
+    hub: bool = False  # near to far more tasks than its share: weak evidence of similarity
 
 
 @dataclasses.dataclass
@@ -61,6 +66,9 @@ class KnowledgeBase:
         self._indexes: dict[str, _CachedIndex] = {}
         self._spaces: dict[str, FingerprintSpace] = {}
         self._imported: tuple | None = None  # (file signature, frame, rows per key)
+        self._hubness: dict[tuple[str, str], tuple[tuple, float, Hubness]] = {}
+        self._hubness_running: set[tuple[str, str]] = set()
+        self._hubness_lock = threading.Lock()
 
     def space(self, space_id: str) -> FingerprintSpace:
         """A space by id; cached, since a space's content is its id."""
@@ -112,6 +120,45 @@ class KnowledgeBase:
         cached = self._indexes.get(space_id)
         return privacy_summary(cached.epsilon if cached is not None else {})
 
+    # Hubness ranks stored tasks against each other (seconds at 1,000 sources): answers use the
+    # last measurement, refreshed in the background at most once a minute after changes, so no
+    # query waits for it.
+    HUBNESS_MAX_AGE_S = 60.0
+
+    def hubness(self, space_id: str, metric: str = DEFAULT_METRIC, *, wait: bool = True
+                ) -> Hubness | None:
+        """The space's k-occurrence (k = defaults.K) under ``metric``. wait: measure now if the
+        space changed since the last measurement. Otherwise return the last one (None before
+        the first) and refresh it in a background thread when it is out of date and older than
+        HUBNESS_MAX_AGE_S."""
+        index = self.index(space_id)
+        if index is None:
+            return None
+        key, version = (space_id, metric), self._indexes[space_id].version
+        cached = self._hubness.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[2]
+        if wait:
+            return self._measure_hubness(key, version, index)
+        too_old = cached is None or time.monotonic() - cached[1] >= self.HUBNESS_MAX_AGE_S
+        with self._hubness_lock:
+            start = too_old and key not in self._hubness_running
+            if start:
+                self._hubness_running.add(key)
+        if start:
+            threading.Thread(target=self._measure_hubness, args=(key, version, index),
+                             daemon=True, name=f"hubness-{space_id}").start()
+        return None if cached is None else cached[2]
+
+    def _measure_hubness(self, key: tuple[str, str], version: tuple, index) -> Hubness:
+        try:
+            found = measure_hubness(index, k=defaults.K, metric=key[1])
+            self._hubness[key] = (version, time.monotonic(), found)
+            return found
+        finally:
+            with self._hubness_lock:
+                self._hubness_running.discard(key)
+
     # -- queries ------------------------------------------------------------------------------
     def nearest_many(self, queries: Sequence[tuple[Fingerprint, int, str]]
                      ) -> list[list[Neighbour]]:
@@ -138,8 +185,11 @@ class KnowledgeBase:
                 ranked = [index.top_k_metric(queries[i][0], queries[i][1], metric)
                           for i in members]
             epsilon = self._indexes[space_id].epsilon
+            hubs = self.hubness(space_id, metric, wait=False)
             for i, found in zip(members, ranked):
-                results[i] = [Neighbour(t, d, basis, epsilon.get(t))
+                results[i] = [Neighbour(t, d, basis, epsilon.get(t),
+                                        None if hubs is None else hubs.k_occurrence.get(t),
+                                        hubs is not None and hubs.is_hub(t))
                               for t, d in found[:queries[i][1]]]
         return results
 

@@ -81,6 +81,10 @@ class Neighbour(BaseModel):
     basis: str
     epsilon: float | None = Field(None, description="the neighbour's fingerprint's DP ε; "
                                                     "null: exact counts (public data)")
+    k_occurrence: float | None = Field(None, description="in how many stored tasks' top-k this "
+                                                         "task is (its mean over tasks is k)")
+    hub: bool = Field(False, description="near to at least twice its share of tasks: its "
+                                         "nearness says little about this query")
 
 
 class NearestOut(BaseModel):

@@ -1,7 +1,9 @@
 """Transfer recommendations: the top-k most similar known tasks and what worked for them
 (DESIGN §4, the paper's k-shot protocol). Each kind lists, in rank order, every source's best
 recorded component by the source's own score; the paper tries all k and keeps the best on local
-validation, so nothing is voted on here."""
+validation, so nothing is voted on here. For pretraining and co-training the candidates *are*
+the k nearest tasks: each is listed, with measured transfers from it as evidence when there are
+any, so the list is never empty while there are neighbours."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from rayfp.cloud.knowledge import KnowledgeBase, Neighbour, ensure_kinds
+from rayfp.cloud.policy_text import summarize_policy
 
 # Kinds whose component *is* the source task: evidence comes from measured transfers from it.
 SOURCE_IS_COMPONENT = {"pretraining": "pretrain", "cotraining": "multi_task"}
@@ -44,6 +47,13 @@ def _transfer_evidence(transfers: pd.DataFrame, source: str, scenario: str
             "evidence": "transfer"}
 
 
+def _neighbour_itself(source: str, kind: str) -> dict[str, Any]:
+    return {"value": source, "score": None, "metric": "", "n_seeds": 0,
+            "provenance": f"one of the k nearest tasks: the paper's {kind} candidates; no "
+                          "measured transfer from it is recorded yet",
+            "evidence": "nearest"}
+
+
 def recommend(kb: KnowledgeBase, neighbours: Sequence[Neighbour], kinds: Sequence[str]
               ) -> dict[str, list[dict[str, Any]]]:
     """Per kind: one candidate per neighbour that has evidence of that kind, in rank order."""
@@ -58,9 +68,13 @@ def recommend(kb: KnowledgeBase, neighbours: Sequence[Neighbour], kinds: Sequenc
                               & (components["kind"] == kind)]
             found = _best_component(rows)
             if found is None and kind in SOURCE_IS_COMPONENT:
-                found = _transfer_evidence(transfers, nb.task_id, SOURCE_IS_COMPONENT[kind])
-            if found is not None:
-                candidates.append({"rank": rank, "source": nb.task_id, "distance": nb.distance,
-                                   "basis": nb.basis, **found})
+                found = (_transfer_evidence(transfers, nb.task_id, SOURCE_IS_COMPONENT[kind])
+                         or _neighbour_itself(nb.task_id, kind))
+            if found is None:
+                continue
+            if kind == "augmentation":
+                found["summary"] = summarize_policy(found["value"])
+            candidates.append({"rank": rank, "source": nb.task_id, "distance": nb.distance,
+                               "basis": nb.basis, "hub": nb.hub, **found})
         out[kind] = candidates
     return out
