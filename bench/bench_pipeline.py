@@ -118,7 +118,7 @@ def bare_loop(archive: Path, space: FingerprintSpace, samples: int, threads: int
     t0 = time.perf_counter()
     for task_dir in sorted(archive.iterdir()):
         inventory = take_inventory(discover_sources([task_dir]), task_id=task_dir.name)
-        fingerprint_inventory(inventory, space, extractor, samples=samples, seed=0)
+        fingerprint_inventory(inventory, space, extractor, samples=samples, seed=0)[0]
         views += samples
     return time.perf_counter() - t0, views
 

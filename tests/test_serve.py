@@ -306,3 +306,71 @@ def test_the_privacy_policy_refuses_what_it_should_over_http(cloud):
     assert fp.task_id not in [t["task_id"] for t in http(cloud, "GET", "/v1/tasks")[1]]
     answer = client.nearest(fingerprint=private_fingerprint(rng, space, "ok", n=300), k=3)
     assert [n["epsilon"] for n in answer["neighbours"]] == [1.0, 1.0, 1.0]
+
+
+
+def test_a_query_with_replicates_says_how_sure_it_is(cloud, tmp_path, capsys):
+    """Replicates over HTTP: ranked with the query, answered with per-neighbour rates and the
+    answer's stability; their privacy is checked (parametric: free; bootstrap: composed)."""
+    from rayfp.cli.main import main
+    from rayfp.core.fingerprint import PartialCounts, bin_indices, finalize
+    from rayfp.core.replicates import ViewTable
+    from rayfp.core.wire import encode_replicates
+    from rayfp.privacy.mechanism import PrivacySpec, release
+    from rayfp.privacy.replicates import query_replicates
+
+    client = CloudClient(cloud["url"])
+    space = cloud["space"]
+    query = cloud["known"][3]  # a private release: parametric replicates by default
+    replicates = query_replicates(None, query, space, replicates=16, resample_seed=1)
+    answer = client.nearest(fingerprint=query, k=3, replicates=replicates)
+    plain = client.nearest(fingerprint=query, k=3)
+    assert plain["confidence"] is None
+    assert [n["task_id"] for n in answer["neighbours"]] == [
+        n["task_id"] for n in plain["neighbours"]]
+    confidence = answer["confidence"]
+    assert confidence["replicates"] == 16 and confidence["epsilon_total"] == 1.0  # free
+    assert confidence["stability"] == answer["neighbours"][0]["top1_rate"]
+    assert confidence["label"] in ("confident", "moderate", "unsure")
+    assert all(0 <= n["top1_rate"] <= n["topk_rate"] <= 1 for n in answer["neighbours"])
+    recommended = client.recommend(fingerprint=query, kinds=["pretraining"], k=2,
+                                   replicates=replicates)
+    assert recommended["confidence"]["replicates"] == 16
+
+    # Bootstrap replicates of a site's images (its kept view table), released at ε = 1 more:
+    # the server recomputes the sensitivity and composes the total itself.
+    rng = np.random.default_rng(5)
+    images, views = 60, 300  # the balanced plan: 5 views per image
+    owner = np.arange(views) % images
+    features = np.clip(rng.random((images, space.dim))[owner] * 0.7
+                       + rng.random((views, space.dim)) * 0.3, 0, 1)
+    table = ViewTable.from_batches(space, "site-x", [
+        ([f"img{i}" for i in owner], bin_indices(features, space), features)])
+    released, record = release(PartialCounts.from_features(features, space, clip_sum=True),
+                               space, task_id="site-x", n_images=images,
+                               spec=PrivacySpec(epsilon=1.0, seed=3), min_images=1)
+    site = finalize(released, task_id="site-x", n_images=images, privacy=record)
+    boot = query_replicates(table, site, space, replicates=8, resample_seed=2,
+                            resampling="bootstrap")
+    answer = client.nearest(fingerprint=site, k=2, replicates=boot)
+    assert 1.0 < answer["confidence"]["epsilon_total"] < 2.0
+    assert answer["confidence"]["epsilon_total"] == pytest.approx(boot[1]["epsilon_total"])
+    greedy = query_replicates(table, site, space, replicates=8, resample_seed=2,
+                              resampling="bootstrap", spec=PrivacySpec(epsilon=9.0))
+    with pytest.raises(ServerError) as info:
+        client.nearest(fingerprint=site, k=2, replicates=greedy)
+    assert info.value.status == 403 and "together" in str(info.value)
+    forged = {**boot[1], "dp": {**boot[1]["dp"], "sigma_counts": 1.0}}
+    status, body = http(cloud, "POST", "/v1/nearest", {
+        "fingerprint": encode_fingerprint(site), "k": 2,
+        "replicates": encode_replicates(boot[0], forged)})
+    assert status == 400 and "is below" in body["detail"]
+
+    # The CLI: --replicates with a local private fingerprint (parametric, no views needed).
+    local = Store(tmp_path / "local")
+    local.put_space(space)
+    local.put_fingerprint(query)
+    assert main(["query", "--server", cloud["url"], "--task-id", query.task_id,
+                 "--fingerprint-from", str(local.root), "-k", "2", "--replicates", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "confidence:" in out and "of 8 replicates" in out

@@ -11,6 +11,7 @@ import sys
 
 from rayfp import defaults
 from rayfp.cli.privacy_flags import parse_epsilon
+from rayfp.errors import ConfigError, NotFoundError
 
 
 def add_parsers(sub) -> None:
@@ -52,6 +53,15 @@ def add_parsers(sub) -> None:
             continue
         p.add_argument("-k", type=int)
         p.add_argument("--metric", help=f"default: the server's ({defaults.METRIC})")
+        p.add_argument("--replicates", type=int, default=0, metavar="R",
+                       help="send R replicates of the fingerprint; the answer says how often "
+                            "each neighbour comes first (32 is a good R). Exact fingerprint: "
+                            "bootstrap resamples of its images (needs `rayfp fingerprint "
+                            "--keep-views`); private: re-releases of its own noise (free)")
+        p.add_argument("--replicate-epsilon", type=parse_epsilon,
+                       help="private fingerprint: image bootstrap replicates released at this "
+                            "ε instead (needs --keep-views); query + replicates are composed "
+                            "and the total printed")
         p.add_argument("--json", action="store_true", help="raw JSON for scripts")
         if name == "recommend":
             p.add_argument("--kinds", default=",".join(defaults.COMPONENT_KINDS))
@@ -95,6 +105,31 @@ def _local_fingerprint(args):
     return fp
 
 
+def _replicates(args, fp):
+    """(replicates, record) of the local fingerprint, or None without --replicates."""
+    if not args.replicates:
+        return None
+    if fp is None:
+        raise ConfigError("--replicates needs --fingerprint-from STORE (the views are local)")
+    from rayfp.core.store import Store
+    from rayfp.privacy.mechanism import PrivacySpec
+    from rayfp.privacy.replicates import query_replicates
+
+    store = Store(args.fingerprint_from)
+    spec = None
+    dp = (fp.privacy or {}).get("dp")
+    if dp is not None and args.replicate_epsilon is not None:
+        spec = PrivacySpec(epsilon=args.replicate_epsilon, delta=float(dp["delta"]),
+                           release_bins=dp.get("release_bins"))
+    try:
+        views = store.get_views(fp.space_id, fp.task_id)
+    except NotFoundError:
+        views = None  # a private fingerprint's parametric replicates need none
+    resampling = "bootstrap" if args.replicate_epsilon is not None else None
+    return query_replicates(views, fp, store.get_space(fp.space_id), replicates=args.replicates,
+                            spec=spec, resampling=resampling)
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     from rayfp.cloud.client import CloudClient
 
@@ -117,7 +152,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     fp = _local_fingerprint(args)
     client = CloudClient(args.server)
     kwargs = {"task_id": None if fp else args.task_id, "fingerprint": fp, "k": args.k,
-              "metric": args.metric}
+              "metric": args.metric, "replicates": _replicates(args, fp)}
     if args.command == "recommend":
         answer = client.recommend(kinds=args.kinds.split(","), **kwargs)
     else:
@@ -128,7 +163,18 @@ def cmd_query(args: argparse.Namespace) -> int:
         return 0
     print(f"nearest to {args.task_id} by {answer['metric']}:")
     for n in answer["neighbours"]:
-        print(f"{n['rank']:3d}. {n['task_id']:40s} {n['distance']:.6g}  {_neighbour_notes(n)}")
+        rate = "" if n.get("top1_rate") is None else (
+            f"{n['top1_rate']:5.2f} top-1 {n['topk_rate']:5.2f} top-k  "
+            f"[{n['distance_lo']:.4g}, {n['distance_hi']:.4g}]  ")
+        print(f"{n['rank']:3d}. {n['task_id']:40s} {n['distance']:.6g}  {rate}"
+              f"{_neighbour_notes(n)}")
+    confidence = answer.get("confidence")
+    if confidence:
+        total = confidence["epsilon_total"]
+        print(f"confidence: {confidence['label']} — the top-1 is the nearest of "
+              f"{confidence['stability']:.0%} of {confidence['replicates']} replicates"
+              + ("" if total is None else f"; query + replicates ε = {total:.3g}")
+              + (" (below 50 %: do not rely on the ranking)" if confidence["unsure"] else ""))
     for kind, candidates in answer.get("recommendations", {}).items():
         print(f"\n{kind} (try each on local validation, keep the best):")
         if not candidates:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rayfp.core.confidence import UNSURE
 from rayfp.core.distance import METRICS, LinearIndex, distance_matrix
 from rayfp.core.store import Store
 from rayfp.errors import DecodeError
@@ -129,6 +130,25 @@ def build_demo_tasks(data_dir: str | os.PathLike) -> dict[str, tuple[str, str]]:
     return dict(sorted(tasks.items()))
 
 
+DEMO_REPLICATES = 32
+
+
+def top1_stability(store: Store, space_id: str, fps) -> dict[str, float]:
+    """Each task's answer against the others, re-asked with 32 bootstrap replicates of its
+    images (from the views the demo keeps): how often the top-1 stays the same."""
+    from rayfp.cloud.knowledge import KnowledgeBase
+    from rayfp.privacy.replicates import query_replicates
+
+    kb = KnowledgeBase(store, min_images=1)
+    space = store.get_space(space_id)
+    out = {}
+    for fp in fps:
+        replicates, _ = query_replicates(store.get_views(space_id, fp.task_id), fp, space,
+                                         replicates=DEMO_REPLICATES, resample_seed=0)
+        out[fp.task_id] = kb.nearest_with_replicates(fp, replicates, k=1)[1].stability
+    return out
+
+
 def run_demo(out: str | os.PathLike, *, samples: int = 200, edge_samples: int | None = None,
              bins: int = 100, progress: bool = True) -> dict:
     """Build, fingerprint, compare and plot the demo tasks; returns what it printed as data."""
@@ -151,17 +171,22 @@ def run_demo(out: str | os.PathLike, *, samples: int = 200, edge_samples: int | 
                                   store=store, samples=samples, seed=seed,
                                   min_images=DEMO_MIN_IMAGES, modality=tasks[task][1],
                                   extractor=extractor, progress=progress,
-                                  privacy=PrivacySpec.none())
+                                  privacy=PrivacySpec.none(), keep_views=True)
         print(f"  {task:14s} {result.fingerprint.n_images:4d} images, {len(result.skipped)} skipped")
     fps = store.fingerprints(space.space_id)
     index = LinearIndex(fps)
+    stability = top1_stability(store, space.space_id, fps)
     rows = []
-    print(f"\n{'task':14s} {'nearest (bKLD small)':22s} {'distance':>9s}  same modality")
+    print(f"\n{'task':14s} {'nearest (bKLD small)':22s} {'distance':>9s}  same modality  "
+          f"top-1 stability ({DEMO_REPLICATES} bootstrap replicates)")
     for fp in fps:
         (best, dist), = index.top_k(fp, 1)
         same = tasks[best][1] == tasks[fp.task_id][1]
-        rows.append({"task": fp.task_id, "nearest": best, "distance": dist, "same": same})
-        print(f"{fp.task_id:14s} {best:22s} {dist:9.5f}  {'yes' if same else 'NO'}")
+        rows.append({"task": fp.task_id, "nearest": best, "distance": dist, "same": same,
+                     "stability": stability[fp.task_id]})
+        flag = "  unsure" if stability[fp.task_id] < UNSURE else ""
+        print(f"{fp.task_id:14s} {best:22s} {dist:9.5f}  {'yes' if same else 'NO ':13s}  "
+              f"{stability[fp.task_id]:.2f}{flag}")
     agreement = {}
     for metric in METRICS:
         hits = sum(tasks[index.top_k(fp, 1, metric)[0][0]][1] == tasks[fp.task_id][1]

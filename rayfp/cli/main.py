@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-images", type=int, default=defaults.MIN_IMAGES,
                    help=f"refuse tasks with fewer distinct images (default {defaults.MIN_IMAGES})")
     p.add_argument("--modality", default="", help="override the modality read from DICOM")
+    p.add_argument("--keep-views", action="store_true",
+                   help="keep each view's bins and image in STORE/site-only/ (never sent), "
+                        "for `rayfp query --replicates`")
     _add_store(p)
     _add_extraction(p)
     add_privacy_flags(p)
@@ -154,7 +157,7 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
                               min_images=args.min_images, batch_size=args.batch_size,
                               weights=args.weights, modality=args.modality,
                               threads=args.threads, progress=not args.quiet,
-                              privacy=privacy_spec(args))
+                              privacy=privacy_spec(args), keep_views=args.keep_views)
     _print_skipped(result.skipped)
     fp = result.fingerprint
     dp = fp.privacy.get("dp")

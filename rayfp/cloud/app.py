@@ -25,6 +25,7 @@ from rayfp.cloud.knowledge import KnowledgeBase, Neighbour
 from rayfp.cloud.models import (
     AppArgs,
     ComponentIn,
+    ConfidenceOut,
     FingerprintIn,
     NearestOut,
     Query,
@@ -37,8 +38,9 @@ from rayfp.cloud.recommend import recommend
 from rayfp.core import cpu
 from rayfp.core.fingerprint import Fingerprint
 from rayfp.core.index import configure_threads
-from rayfp.core.wire import decode_fingerprint
+from rayfp.core.wire import decode_fingerprint, decode_replicates
 from rayfp.errors import NotFoundError, PrivacyPolicyError, RayfpError
+from rayfp.privacy.replicates import check_replicates_record
 
 log = logging.getLogger("ray.serve")  # lands in the replica's Serve log
 api = FastAPI(title="rayfp knowledge cloud", version="1",
@@ -166,10 +168,34 @@ class KnowledgeCloud:
                              ) -> list[list[Neighbour]]:
         return self.kb.nearest_many(queries)
 
+    def _replicates(self, query: Query, fp: Fingerprint) -> tuple[list[Fingerprint], Any]:
+        """The query's replicates, decoded and checked against this cloud's privacy policy
+        (their own noise, and the composed ε of query and replicates)."""
+        payload = query.replicates
+        replicates = decode_replicates(self.kb.space(fp.space_id), fp, counts=payload.counts,
+                                       feature_sum=payload.feature_sum, n=payload.n,
+                                       counts_dtype=payload.counts_dtype,
+                                       compression=payload.compression)
+        total = check_replicates_record(payload.privacy, fp.privacy,
+                                        self.kb.space(fp.space_id), len(replicates),
+                                        fp.n_images)
+        self.kb.admit_total(fp, total)
+        return replicates, None if total is None else total[0]
+
     async def _neighbours(self, query: Query, timings: _Timings
-                          ) -> tuple[list[Neighbour], str, int]:
+                          ) -> tuple[list[Neighbour], str, int, ConfidenceOut | None]:
         k = query.k or self.args.default_k
         metric = query.metric or self.args.default_metric
+        if query.replicates is not None:
+            fp = self._fingerprint(query.fingerprint, task_id="<query>")
+            replicates, epsilon_total = self._replicates(query, fp)
+            timings.mark("decode")
+            found, confidence = self.kb.nearest_with_replicates(fp, replicates, k=k,
+                                                                metric=metric)
+            timings.mark("rank")
+            return found, metric, k, ConfidenceOut(
+                replicates=confidence.replicates, stability=confidence.stability,
+                label=confidence.label, unsure=confidence.unsure, epsilon_total=epsilon_total)
         if query.fingerprint is not None:
             fp = self._fingerprint(query.fingerprint, task_id="<query>")
             timings.mark("decode")
@@ -178,7 +204,7 @@ class KnowledgeCloud:
             found = self.kb.nearest_to_task(query.task_id, k=k, metric=metric,
                                             space_id=query.space_id)
         timings.mark("rank")
-        return found, metric, k
+        return found, metric, k, None
 
     @staticmethod
     def _ranked(found: list[Neighbour]) -> list[NeighbourOut]:
@@ -216,18 +242,19 @@ class KnowledgeCloud:
     @api.post("/v1/nearest", response_model=NearestOut)
     async def nearest(self, query: Query, response: Response) -> NearestOut:
         timings = _Timings()
-        found, metric, k = await self._neighbours(query, timings)
+        found, metric, k, confidence = await self._neighbours(query, timings)
         response.headers["Server-Timing"] = timings.header()
-        return NearestOut(metric=metric, k=k, neighbours=self._ranked(found))
+        return NearestOut(metric=metric, k=k, neighbours=self._ranked(found),
+                          confidence=confidence)
 
     @api.post("/v1/recommend", response_model=RecommendOut)
     async def recommend_route(self, query: RecommendQuery, response: Response) -> RecommendOut:
         timings = _Timings()
-        found, metric, k = await self._neighbours(query, timings)
+        found, metric, k, confidence = await self._neighbours(query, timings)
         recommendations = recommend(self.kb, found, query.kinds)
         response.headers["Server-Timing"] = timings.header()
         return RecommendOut(metric=metric, k=k, neighbours=self._ranked(found),
-                            recommendations=recommendations)
+                            confidence=confidence, recommendations=recommendations)
 
     @api.post("/v1/tasks", status_code=201, dependencies=[Depends(require_token)])
     def register(self, task: TaskIn) -> dict[str, Any]:

@@ -9,8 +9,10 @@ import urllib.request
 from typing import Any
 
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
-from rayfp.core.wire import encode_fingerprint
+from rayfp.core.wire import encode_fingerprint, encode_replicates
 from rayfp.errors import RayfpError
+
+Replicates = tuple[list[Fingerprint], dict[str, Any]]
 
 
 class ServerError(RayfpError):
@@ -52,13 +54,18 @@ class CloudClient:
         return FingerprintSpace.from_record(_request(f"{self.server}/v1/spaces/{space_id}"))
 
     def nearest(self, *, task_id: str | None = None, fingerprint: Fingerprint | None = None,
-                k: int | None = None, metric: str | None = None) -> dict[str, Any]:
-        return _request(f"{self.server}/v1/nearest", self._query(task_id, fingerprint, k, metric))
+                k: int | None = None, metric: str | None = None,
+                replicates: Replicates | None = None) -> dict[str, Any]:
+        """replicates: (fingerprints, record) from rayfp.privacy.replicates.query_replicates;
+        the answer then carries `confidence` and per-neighbour rates."""
+        return _request(f"{self.server}/v1/nearest",
+                        self._query(task_id, fingerprint, k, metric, replicates))
 
     def recommend(self, *, kinds: list[str], task_id: str | None = None,
                   fingerprint: Fingerprint | None = None, k: int | None = None,
-                  metric: str | None = None) -> dict[str, Any]:
-        payload = {**self._query(task_id, fingerprint, k, metric), "kinds": kinds}
+                  metric: str | None = None, replicates: Replicates | None = None
+                  ) -> dict[str, Any]:
+        payload = {**self._query(task_id, fingerprint, k, metric, replicates), "kinds": kinds}
         return _request(f"{self.server}/v1/recommend", payload)
 
     def register(self, fp: Fingerprint, **meta: Any) -> dict[str, Any]:
@@ -66,10 +73,12 @@ class CloudClient:
         return _request(f"{self.server}/v1/tasks", payload, token=self.token)
 
     @staticmethod
-    def _query(task_id, fingerprint, k, metric) -> dict[str, Any]:
+    def _query(task_id, fingerprint, k, metric, replicates=None) -> dict[str, Any]:
         query: dict[str, Any] = {"k": k, "metric": metric}
         if fingerprint is not None:
             query["fingerprint"] = encode_fingerprint(fingerprint)
+            if replicates is not None:
+                query["replicates"] = encode_replicates(*replicates)
         else:
             query["task_id"] = task_id
         return {key: v for key, v in query.items() if v is not None}

@@ -12,7 +12,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from rayfp import defaults
+from rayfp.core.confidence import Confidence, confidence_of
 from rayfp.core.distance import DEFAULT_METRIC, get_metric
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, released_epsilon
 from rayfp.core.hubness import Hubness, measure_hubness
@@ -21,7 +24,7 @@ from rayfp.core.kernels import AUTO
 from rayfp.core.schemas import COMPONENT_KINDS
 from rayfp.core.store import Store, privacy_summary
 from rayfp.errors import ConfigError, NotFoundError, TooFewImagesError
-from rayfp.privacy.policy import check_privacy
+from rayfp.privacy.policy import check_privacy, check_replicates_total
 from rayfp.registry import look_up
 
 # Our metric names -> the paper's released matrices, used for tasks without fingerprints.
@@ -41,6 +44,11 @@ class Neighbour:
     epsilon: float | None = None  # the neighbour's fingerprint's DP ε; None: exact counts
     k_occurrence: float | None = None  # in how many stored tasks' top-k it is (hubness)
     hub: bool = False  # near to far more tasks than its share: weak evidence of similarity
+    # With replicates of the query (rayfp.core.confidence); None without.
+    top1_rate: float | None = None
+    topk_rate: float | None = None
+    distance_lo: float | None = None
+    distance_hi: float | None = None
 
 
 @dataclasses.dataclass
@@ -175,7 +183,6 @@ class KnowledgeBase:
             index = self.index(space_id)
             if index is None:
                 continue
-            basis = f"fingerprint:{space_id}"
             weighting = get_metric(metric).weighting
             if weighting is not None:
                 k_max = max(queries[i][1] for i in members)
@@ -184,14 +191,42 @@ class KnowledgeBase:
             else:
                 ranked = [index.top_k_metric(queries[i][0], queries[i][1], metric)
                           for i in members]
-            epsilon = self._indexes[space_id].epsilon
-            hubs = self.hubness(space_id, metric, wait=False)
             for i, found in zip(members, ranked):
-                results[i] = [Neighbour(t, d, basis, epsilon.get(t),
-                                        None if hubs is None else hubs.k_occurrence.get(t),
-                                        hubs is not None and hubs.is_hub(t))
-                              for t, d in found[:queries[i][1]]]
+                results[i] = self._as_neighbours(space_id, metric, found[:queries[i][1]])
         return results
+
+    def nearest_with_replicates(self, target: Fingerprint, replicates: Sequence[Fingerprint], *,
+                                k: int = defaults.K, metric: str = DEFAULT_METRIC
+                                ) -> tuple[list[Neighbour], Confidence]:
+        """The k nearest of the query and how sure that is: the query and its R replicates are
+        ranked in one batched search (one GEMM), then each neighbour's distance to every
+        replicate is computed exactly."""
+        weighting = get_metric(metric).weighting
+        if weighting is None:
+            raise ConfigError(f"replicates are ranked by bKLD; metric {metric!r} has no batched "
+                              "form (use bkld-small or bkld-large)")
+        for fp in replicates:
+            if fp.space_id != target.space_id:
+                raise ConfigError("replicates must be in the query's space")
+        index = self.index(target.space_id)
+        if index is None:
+            return [], confidence_of([], [[]], np.zeros((1, 0)))
+        ranked = index.top_k_many([target, *replicates], k, weighting=weighting)
+        answer = [t for t, _ in ranked[0]]
+        distances = index.distances_to(replicates, answer, weighting=weighting)
+        confidence = confidence_of(answer, [[t for t, _ in found] for found in ranked[1:]],
+                                   distances)
+        plain = self._as_neighbours(target.space_id, metric, ranked[0])
+        return [dataclasses.replace(n, **dataclasses.asdict(confidence.per_neighbour[n.task_id]))
+                for n in plain], confidence
+
+    def _as_neighbours(self, space_id: str, metric: str, found: list[tuple[str, float]]
+                       ) -> list[Neighbour]:
+        epsilon = self._indexes[space_id].epsilon
+        hubs = self.hubness(space_id, metric, wait=False)
+        return [Neighbour(t, d, f"fingerprint:{space_id}", epsilon.get(t),
+                          None if hubs is None else hubs.k_occurrence.get(t),
+                          hubs is not None and hubs.is_hub(t)) for t, d in found]
 
     def nearest_to_fingerprint(self, target: Fingerprint, *, k: int = defaults.K,
                                metric: str = DEFAULT_METRIC) -> list[Neighbour]:
@@ -242,6 +277,12 @@ class KnowledgeBase:
         """Raise PrivacyPolicyError unless the fingerprint meets this cloud's privacy policy."""
         check_privacy(fingerprint, self.space(fingerprint.space_id),
                       max_epsilon=self.max_epsilon)
+
+    def admit_total(self, fingerprint: Fingerprint, total: tuple[float, float] | None) -> None:
+        """Raise PrivacyPolicyError unless a query with replicates stays within this cloud's
+        policy taken together (total: their composed (ε, δ))."""
+        self.admit(fingerprint)
+        check_replicates_total(total, max_epsilon=self.max_epsilon)
 
     def register_task(self, task: Mapping[str, Any], fingerprint: Fingerprint) -> None:
         """Store a task's metadata and its fingerprint (replacing an earlier one in the space)."""

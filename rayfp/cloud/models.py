@@ -55,9 +55,23 @@ class FingerprintIn(BaseModel):
                                                              "(rayfp's privacy record)")
 
 
+class ReplicatesIn(BaseModel):
+    counts: list[float] | str = Field(description="R*D*B counts (replicate-major), list or "
+                                                  "base64 of little-endian counts_dtype")
+    feature_sum: list[float] | str = Field(description="R*D sums; list or base64 f64")
+    counts_dtype: CountsDtype = "u4"
+    compression: Compression = "none"
+    n: list[int] = Field(description="samples of each replicate", min_length=1)
+    privacy: dict[str, Any] = Field(description="how the replicates were made and released "
+                                                "(resampling seed, noise, composed ε)")
+
+
 class Query(BaseModel):
     task_id: str | None = Field(None, description="a known task (instead of a fingerprint)")
     fingerprint: FingerprintIn | None = None
+    replicates: ReplicatesIn | None = Field(None, description="bootstrap replicates of the "
+                                                              "fingerprint: the answer then "
+                                                              "says how sure it is")
     space_id: str | None = Field(None, description="for a task with several fingerprints")
     k: int | None = Field(None, ge=1, le=100)
     metric: MetricName | None = None
@@ -66,6 +80,8 @@ class Query(BaseModel):
     def _one_target(self) -> Query:
         if (self.fingerprint is None) == (self.task_id is None):
             raise ValueError("give exactly one of 'fingerprint' and 'task_id'")
+        if self.replicates is not None and self.fingerprint is None:
+            raise ValueError("'replicates' go with a 'fingerprint'")
         return self
 
 
@@ -85,12 +101,29 @@ class Neighbour(BaseModel):
                                                          "task is (its mean over tasks is k)")
     hub: bool = Field(False, description="near to at least twice its share of tasks: its "
                                          "nearness says little about this query")
+    top1_rate: float | None = Field(None, description="share of the query's replicates whose "
+                                                      "nearest task this is")
+    topk_rate: float | None = Field(None, description="share of replicates whose k nearest "
+                                                      "include it")
+    distance_lo: float | None = Field(None, description="2.5 % quantile of its distance to "
+                                                        "the replicates")
+    distance_hi: float | None = Field(None, description="97.5 % quantile")
+
+
+class ConfidenceOut(BaseModel):
+    replicates: int
+    stability: float = Field(description="top-1 rate of the answer's top-1")
+    label: Literal["confident", "moderate", "unsure"]
+    unsure: bool
+    epsilon_total: float | None = Field(description="ε of the query and its replicates "
+                                                    "together (null: exact counts)")
 
 
 class NearestOut(BaseModel):
     metric: str
     k: int
     neighbours: list[Neighbour]
+    confidence: ConfidenceOut | None = None
 
 
 class TaskIn(BaseModel):
@@ -117,4 +150,5 @@ class RecommendOut(BaseModel):
     metric: str
     k: int
     neighbours: list[Neighbour]
+    confidence: ConfidenceOut | None = None
     recommendations: dict[str, list[dict[str, Any]]]

@@ -329,15 +329,34 @@ class ScreenedIndex:
             upper = approx[rows, j] + error[rows, j]
             threshold = np.partition(upper, kk - 1)[kk - 1]
             rows = rows[approx[rows, j] - error[rows, j] <= threshold]
-            w, p_t = weights[:, j], probs[j]
-            c_s = self.counts(rows, np.float64).reshape(len(rows), self.dim, self.bins)
-            inner_exact = np.einsum("sdb,db->sd", c_s, p_t) / self.n[rows, None]
-            exact = ((self._lse_rows(rows) - inner_exact) @ w
-                     + float((w * plogp_rows(p_t)).sum())) / w.sum()
+            exact = self._exact(rows, probs[j], weights[:, j])
             order = np.lexsort((self._ids[rows], exact))[:kk]
             results.append(TopK([(str(self._ids[rows][i]), float(exact[i])) for i in order],
                                 len(rows)))
         return results
+
+    def _exact(self, rows: np.ndarray, p_t: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """bKLD(target, source) in float64 for the given rows; p_t the target's probabilities,
+        w its dimension weights."""
+        c_s = self.counts(rows, np.float64).reshape(len(rows), self.dim, self.bins)
+        inner_exact = np.einsum("sdb,db->sd", c_s, p_t) / self.n[rows, None]
+        return ((self._lse_rows(rows) - inner_exact) @ w
+                + float((w * plogp_rows(p_t)).sum())) / w.sum()
+
+    def distances_to(self, targets: Sequence[Fingerprint], task_ids: Sequence[str], *,
+                     weighting: str = TARGET_SOFTMAX) -> np.ndarray:
+        """(T, S) exact bKLD of each target to each of the given stored tasks (e.g. one
+        answer's neighbours, for every replicate of the query)."""
+        missing = [t for t in task_ids if t not in self._row_of]
+        if missing:
+            raise ConfigError(f"not in the index: {missing}")
+        rows = np.array([self._row_of[t] for t in task_ids], np.int64)
+        out = np.empty((len(targets), len(rows)))
+        for j, target in enumerate(targets):
+            self._check(target)
+            out[j] = self._exact(rows, target.probabilities,
+                                 dimension_weights(target, weighting))
+        return out
 
     def top_k(self, target: Fingerprint, k: int = 5, *, weighting: str = TARGET_SOFTMAX,
               exclude_self: bool = True) -> list[tuple[str, float]]:

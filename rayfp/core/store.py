@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from rayfp.core import schemas
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, released_epsilon
+from rayfp.core.replicates import ViewTable
 from rayfp.errors import ConfigError, NotFoundError, SpaceMismatchError, StoreError
 from rayfp.registry import look_up
 
@@ -121,6 +122,24 @@ class Store:
         path = self._fingerprint_path(fp.space_id, fp.task_id)
         _write_atomic(table, path)
         return path
+
+    # -- the site's own view tables (never sent; rayfp.core.replicates) -----------------------
+    SITE_ONLY = "site-only"
+
+    def _views_path(self, space_id: str, task_id: str) -> Path:
+        name = task_file_name(task_id).removesuffix(".parquet") + ".npz"
+        return self.root / self.SITE_ONLY / "views" / f"{schemas.SPACE_ID}={space_id}" / name
+
+    def put_views(self, views: ViewTable) -> Path:
+        self.get_space(views.space_id)
+        return views.save(self._views_path(views.space_id, views.task_id))
+
+    def get_views(self, space_id: str, task_id: str) -> ViewTable:
+        path = self._views_path(space_id, task_id)
+        if not path.is_file():
+            raise NotFoundError(f"no view table of task {task_id!r} in space {space_id} (store "
+                                f"{self.root}); fingerprint it with --keep-views")
+        return ViewTable.load(path)
 
     def has_fingerprint(self, space_id: str, task_id: str) -> bool:
         return self._fingerprint_path(space_id, task_id).is_file()

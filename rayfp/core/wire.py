@@ -115,3 +115,51 @@ def decode_fingerprint(space: FingerprintSpace, *, task_id: str, counts: Any, fe
     return Fingerprint(task_id=task_id, space_id=space.space_id, counts=matrix,
                        feature_sum=sums.astype(np.float64), n_samples=int(n), n_images=int(images),
                        privacy=dict(privacy or {}))
+
+
+def encode_replicates(replicates: list[Fingerprint], record: Mapping[str, Any], *,
+                      compression: str = "zlib") -> dict[str, Any]:
+    """The `replicates` object of a query: R fingerprints of the query's space stacked (counts
+    R x D x B, feature sums R x D, one n each) and the record of how they were released."""
+    look_up("compression", compression, COMPRESSIONS)
+    counts = np.stack([np.asarray(fp.counts) for fp in replicates])
+    largest = int(np.max(counts, initial=0))
+    counts_dtype = "u1" if largest < 2**8 else "u2" if largest < 2**16 else "u4"
+    return {"counts": _b64(counts.astype(COUNT_DTYPES[counts_dtype]).tobytes(), compression),
+            "feature_sum": _b64(np.stack([fp.feature_sum for fp in replicates]).astype("<f8")
+                                .tobytes(), compression),
+            "counts_dtype": counts_dtype, "compression": compression,
+            "n": [int(fp.n_samples) for fp in replicates], "privacy": dict(record)}
+
+
+MAX_REPLICATES = 64
+
+
+def decode_replicates(space: FingerprintSpace, query: Fingerprint, *, counts: Any,
+                      feature_sum: Any, n: list[int], counts_dtype: str = "u4",
+                      compression: str = "none") -> list[Fingerprint]:
+    """A query's replicates, each validated like a fingerprint (non-negative integer counts,
+    n_r samples in every dimension, finite sums)."""
+    look_up("counts_dtype", counts_dtype, COUNT_DTYPES)
+    r = len(n)
+    if not 1 <= r <= MAX_REPLICATES:
+        raise ConfigError(f"replicates: expected 1 to {MAX_REPLICATES}, got {r}")
+    cells = space.dim * space.bins
+    flat = decode_array(counts, COUNT_DTYPES[counts_dtype], "replicates.counts",
+                        items=r * cells, compression=compression)
+    sums = decode_array(feature_sum, "<f8", "replicates.feature_sum", items=r * space.dim,
+                        compression=compression)
+    if flat.size != r * cells or sums.size != r * space.dim:
+        raise ConfigError(f"replicates: expected {r} x {space.dim} x {space.bins} counts and "
+                          f"{r} x {space.dim} sums, got {flat.size} and {sums.size}")
+    out = []
+    for i, (row, total) in enumerate(zip(flat.reshape(r, cells), sums.reshape(r, space.dim))):
+        try:
+            out.append(decode_fingerprint(space, task_id=query.task_id,
+                                          counts=row.tolist() if row.dtype.kind != "u" else
+                                          _b64(row.astype(COUNT_DTYPES["u4"]).tobytes(), "none"),
+                                          feature_sum=total.tolist(), n=int(n[i]),
+                                          n_images=query.n_images, privacy=query.privacy))
+        except ConfigError as exc:
+            raise ConfigError(f"replicates[{i}]: {exc}") from None
+    return out

@@ -113,18 +113,24 @@ def fingerprint_task(paths: Sequence[str | os.PathLike], *, task_id: str, space_
                      weights: str | os.PathLike | None = None,
                      extractor: FeatureExtractor | None = None, modality: str = "",
                      threads: int | None = None, progress: bool = False,
-                     privacy: PrivacySpec | None = None) -> FingerprintResult:
+                     privacy: PrivacySpec | None = None,
+                     keep_views: bool = False) -> FingerprintResult:
     """Fingerprint one task's images in a stored space and write it (replacing an older one).
     ``modality`` overrides the one read from the manifest or the files. ``privacy`` (default:
-    the default ε) decides the release; ``PrivacySpec.none()`` stores the exact counts."""
+    the default ε) decides the release; ``PrivacySpec.none()`` stores the exact counts.
+    ``keep_views``: also keep the views' bins and images in the store's site-only area, for
+    replicates (`rayfp query --replicates`); they never leave the site."""
     privacy = privacy or PrivacySpec()
     space = store.get_space(space_id)
     inventory = take_inventory(discover_sources(paths), task_id=task_id, progress=progress)
     inventory.require(min_images)
     extractor = extractor or extractor_for_space(space, weights=weights, threads=threads)
-    partial = fingerprint_inventory(inventory, space, extractor, samples=samples, seed=seed,
-                                    batch_size=batch_size, progress=progress,
-                                    plan=privacy.plan, clip_sum=privacy.private)
+    partial, views = fingerprint_inventory(inventory, space, extractor, samples=samples,
+                                           seed=seed, batch_size=batch_size, progress=progress,
+                                           plan=privacy.plan, clip_sum=privacy.private,
+                                           keep_views=keep_views)
+    if views is not None:
+        store.put_views(views)
     released, record = release(partial, space, task_id=task_id, n_images=inventory.n_images,
                                spec=privacy, min_images=min_images)
     main_modality = modality or inventory.modality

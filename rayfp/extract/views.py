@@ -16,7 +16,8 @@ import torch
 from tqdm import tqdm
 
 from rayfp import defaults
-from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
+from rayfp.core.fingerprint import FingerprintSpace, PartialCounts, bin_indices, clip_to_edges
+from rayfp.core.replicates import ViewTable
 from rayfp.core.sampling import BALANCED_PLAN, CROP_SIZE, PAPER_PLAN
 from rayfp.errors import SpaceMismatchError
 from rayfp.extract.backbones import FeatureExtractor
@@ -72,11 +73,17 @@ def check_extractor(space: FingerprintSpace, extractor: FeatureExtractor) -> Non
 
 
 def counts_of_frames(frames: Sequence[SampledFrame], extractor: FeatureExtractor,
-                     space: FingerprintSpace, *, clip_sum: bool = False
-                     ) -> dict[str, PartialCounts]:
+                     space: FingerprintSpace, *, clip_sum: bool = False,
+                     views: list | None = None) -> dict[str, PartialCounts]:
     """Crop, forward and histogram the frames' views: exact partial counts per task
-    (``clip_sum``: the private recipe's sum of features clipped to the edges)."""
+    (``clip_sum``: the private recipe's sum of features clipped to the edges). ``views``: a
+    list that gets (image key per view, bin indices, summed features) of this batch, for the
+    site's own view table (rayfp.core.replicates; never sent)."""
     owners, features = features_of_frames(frames, extractor)
+    if views is not None:
+        images = [frame.image for frame in frames for _ in range(len(frame.top))]
+        summed = clip_to_edges(features, space) if clip_sum else features
+        views.append((images, bin_indices(features, space), summed))
     return {task_id: PartialCounts.from_features(features[owners == task_id], space,
                                                  clip_sum=clip_sum)
             for task_id in sorted(set(owners.tolist()))}
@@ -114,19 +121,23 @@ def iter_features(task: TaskInventory, extractor: FeatureExtractor, *, samples: 
 def fingerprint_inventory(task: TaskInventory, space: FingerprintSpace,
                           extractor: FeatureExtractor, *, samples: int, seed: int,
                           batch_size: int = defaults.BATCH_SIZE, progress: bool = False,
-                          plan: str = PAPER_PLAN, clip_sum: bool = False) -> PartialCounts:
-    """The task's N sampled views histogrammed into the space's bins, here in this process."""
+                          plan: str = PAPER_PLAN, clip_sum: bool = False,
+                          keep_views: bool = False) -> tuple[PartialCounts, ViewTable | None]:
+    """The task's N sampled views histogrammed into the space's bins, here in this process;
+    with ``keep_views`` also their view table (for replicates and `rayfp stability`)."""
     check_extractor(space, extractor)
     work = plan_work(task, samples=samples, seed=seed, plan=plan)
     total = PartialCounts.empty(space)
+    views: list | None = [] if keep_views else None
     with tqdm(total=expected_views(work).get(task.task_id, 0), desc=f"fingerprint {task.task_id}",
               unit="view", disable=not progress) as bar:
         for frames in iter_frame_batches(work, views_per_batch=batch_size):
-            for part in counts_of_frames(frames, extractor, space,
-                                         clip_sum=clip_sum).values():
+            for part in counts_of_frames(frames, extractor, space, clip_sum=clip_sum,
+                                         views=views).values():
                 total = total + part
                 bar.update(part.n)
-    return total
+    table = ViewTable.from_batches(space, task.task_id, views) if keep_views else None
+    return total, table
 
 
 def view_bank(task: TaskInventory, extractor: FeatureExtractor, *, views: int, seed: int,

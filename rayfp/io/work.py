@@ -49,13 +49,14 @@ class SampledFrame:
     """A decoded, canonicalised frame with its sampled views.
 
     canonical: (3, 256, 256) float32 in [0, 1]; top/left: (k,) int16 crop offsets; flip: (k,)
-    bool."""
+    bool; image: which image the views are of ("path#frame"), for per-image replicates."""
 
     task_id: str
     canonical: np.ndarray
     top: np.ndarray
     left: np.ndarray
     flip: np.ndarray
+    image: str = ""
 
     def to_record(self) -> dict:
         return dataclasses.asdict(self)
@@ -65,7 +66,7 @@ class SampledFrame:
         return cls(task_id=str(row["task_id"]),
                    canonical=np.asarray(row["canonical"], dtype=np.float32),
                    top=np.asarray(row["top"]), left=np.asarray(row["left"]),
-                   flip=np.asarray(row["flip"], dtype=bool))
+                   flip=np.asarray(row["flip"], dtype=bool), image=str(row.get("image", "")))
 
 
 def plan_work(task: TaskInventory, *, samples: int, seed: int, plan: str = PAPER_PLAN
@@ -94,7 +95,12 @@ def sampled_frames(item: WorkItem, *, max_pixels: int = DEFAULT_MAX_PIXELS
         yield SampledFrame(task_id=item.task_id, canonical=canonicalize(frames[frame].pixels),
                            top=np.asarray(item.top, np.int16)[mask],
                            left=np.asarray(item.left, np.int16)[mask],
-                           flip=np.asarray(item.flip, bool)[mask])
+                           flip=np.asarray(item.flip, bool)[mask],
+                           image=image_key(item.path, frame))
+
+
+def image_key(path: str, frame: int) -> str:
+    return f"{path}#{frame}"
 
 
 def expected_views(items: Sequence[WorkItem]) -> dict[str, int]:

@@ -255,3 +255,4 @@ def spec_from_record(privacy: dict[str, Any] | None) -> PrivacySpec:
                        release_bins=dp.get("release_bins"), mean=mean,
                        count_share=share if mean == MEAN_FROM_NOISED_SUM
                        else defaults.DP_COUNT_SHARE)
+

@@ -73,3 +73,18 @@ def _check_record(fp: Fingerprint, space: FingerprintSpace, dp: Mapping[str, Any
         raise refuse(f"states noise σ = {sigma_counts:.4g} on the counts (sum: {sigma_sum}), "
                      f"below the {needed.sigma_counts:.4g} (sum: {needed.sigma_sum}) that "
                      f"ε = {spec.epsilon:g}, δ = {spec.delta:g} need in space {space.space_id}")
+
+
+def check_replicates_total(total: tuple[float, float] | None, *, max_epsilon: float | None,
+                           max_delta: float = 1e-5, policy: str = "this server") -> None:
+    """Raise PrivacyPolicyError unless a query and its replicates together stay within the
+    limits: their composed (ε, δ) (None: exact replicates of an exact query, which the
+    query's own check has already judged)."""
+    if max_epsilon is None or total is None:
+        return
+    epsilon, delta = total
+    if epsilon > max_epsilon or delta > max_delta:
+        raise PrivacyPolicyError(
+            f"the query and its replicates are together (ε = {epsilon:.3g}, δ = {delta:g})-DP; "
+            f"{policy} accepts at most ε = {max_epsilon:g}, δ = {max_delta:g}. Send fewer "
+            "replicates' budget (--replicate-epsilon) or none")
