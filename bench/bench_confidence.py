@@ -101,8 +101,9 @@ def _query(task, space, *, images: int, samples: int, epsilon: float, rng, seed:
     return finalize(released, task_id=task.name, n_images=images, privacy=record), table
 
 
-def calibration(quick: bool) -> dict:
-    rows = []
+def calibration(quick: bool, only_private: bool = False) -> dict:
+    previous = _load("calibration") if only_private else None
+    rows = [r for r in (previous or {}).get("rows", []) if r["epsilon"] is None]
     with tempfile.TemporaryDirectory() as tmp:
         sources = 200 if quick else 1000
         families, space, kb = _synthetic_kb(sources, Path(tmp) / "kb")
@@ -112,23 +113,27 @@ def calibration(quick: bool) -> dict:
         truth = {t.name: kb.nearest_to_fingerprint(_query(
             t, space, images=5000, samples=10_000, epsilon=math.inf, rng=rng, seed=i)[0],
             k=1)[0].task_id for i, t in enumerate(targets)}
-        settings = [(m, math.inf) for m in (5, 10, 20, 50, 200)] + \
-                   [(m, 1.0) for m in (50, 200, 1000)]
-        for images, epsilon in settings:
+        settings = [] if only_private else [(m, math.inf, "bootstrap")
+                                            for m in (5, 10, 20, 50, 200)]
+        settings += [(m, 1.0, resampling) for resampling in ("parametric", "bootstrap")
+                     for m in (50, 200, 1000)]
+        for images, epsilon, resampling in settings:
             started = time.perf_counter()
             rng = np.random.default_rng(images)
             for i, task in enumerate(targets):
                 fp, table = _query(task, space, images=images, samples=2000, epsilon=epsilon,
                                    rng=rng, seed=1000 * images + i)
                 replicates, record = query_replicates(table, fp, space, replicates=R,
-                                                      resample_seed=i)
+                                                      resample_seed=i, resampling=resampling)
                 found, confidence = kb.nearest_with_replicates(fp, replicates, k=5)
                 rows.append({"images": images, "epsilon": None if math.isinf(epsilon)
-                             else epsilon, "task": task.name, "top1": found[0].task_id,
+                             else epsilon, "resampling": resampling, "task": task.name,
+                             "top1": found[0].task_id,
                              "truth": truth[task.name], "stability": confidence.stability,
                              "agrees": found[0].task_id == truth[task.name],
                              "epsilon_total": record.get("epsilon_total")})
-            print(f"M={images} ε={epsilon:g}: {time.perf_counter() - started:.1f} s, "
+            print(f"M={images} ε={epsilon:g} {resampling}: "
+                  f"{time.perf_counter() - started:.1f} s, "
                   f"agree {np.mean([r['agrees'] for r in rows[-len(targets):]]):.2f}, "
                   f"mean stability {np.mean([r['stability'] for r in rows[-len(targets):]]):.2f}",
                   flush=True)
@@ -207,10 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("parts", nargs="+", choices=("calibration", "demo", "cost", "report"))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only-private", action="store_true",
+                        help="calibration: redo the private settings, keep the exact rows")
     args = parser.parse_args(argv)
     for part in args.parts:
         if part == "calibration":
-            calibration(args.quick)
+            calibration(args.quick, args.only_private)
         elif part == "demo":
             demo()
         elif part == "cost":

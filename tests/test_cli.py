@@ -74,7 +74,8 @@ def test_edges_fingerprint_compare_nearest_show_plot(archive, edges_run, cli_sto
     for task in ("mr", "us"):
         code, out, errs[task] = run(capsys, "fingerprint", archive / task, "--task-id", task,
                              "--space", space_id, "--store", cli_store, "--samples", SAMPLES,
-                             "--min-images", "3", "--quiet")
+                             "--min-images", "3", "--quiet",
+                             *(["--keep-views"] if task == "mr" else []))
         assert code == 0, errs[task]
         assert f"{task}: {SAMPLES} views" in out
     assert "3 file(s) skipped" in errs["mr"] and "badVR.dcm: bad_vr" in errs["mr"]
@@ -96,6 +97,26 @@ def test_edges_fingerprint_compare_nearest_show_plot(archive, edges_run, cli_sto
 
     code, out, _ = run(capsys, "show", "--store", cli_store)
     assert space_id in out and "2 fingerprint(s)" in out and "mr" in out
+
+    # How many images suffice: from the views `--keep-views` kept (never sent), and from the
+    # images themselves.
+    views = store.get_views(space_id, "mr")
+    assert (views.n_images, views.n_views) == (mr.n_images, mr.n_samples)
+    png = tmp_path / "stability.png"
+    code, out, err = run(capsys, "stability", "--task-id", "mr", "--space", space_id,
+                         "--store", cli_store, "--sizes", "1,5,13", "--draws", "4", "-k", "1",
+                         "--out", png)
+    assert code == 0, err
+    assert "with all of them the top-1 is us" in out and Image.open(png).size[0] > 300
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[:2] for r in rows] == [["1", "4"], ["5", "4"], ["13", "1"]]
+    assert rows[-1][2] == "1.00"  # all images: the answer itself
+    code, out, err = run(capsys, "stability", archive / "us", "--task-id", "us-again",
+                         "--space", space_id, "--store", cli_store, "--samples", "32",
+                         "--sizes", "1,2", "--draws", "3", "--out", tmp_path / "s2.png",
+                         "--quiet")
+    assert code == 0, err
+    assert "the top-3 is" in out  # against mr and us (k larger than the store: all of them)
 
     for what, extra in (("fingerprint", ["--task-id", "mr"]), ("distances", [])):
         png = tmp_path / f"{what}.png"

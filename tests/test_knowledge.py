@@ -230,3 +230,13 @@ def test_augmentation_policies_read_as_transforms_with_rates(paper_store):
     kb = KnowledgeBase(store)
     recs = recommend(kb, kb.nearest_to_task("svhn", k=3), ["augmentation"])["augmentation"]
     assert all(c["summary"].endswith("transforms/img") for c in recs)
+
+
+def test_hubness_without_the_service_index_gives_the_same_numbers():
+    from rayfp.core.hubness import measure_hubness
+
+    _, fps = _with_a_hub()
+    screened = measure_hubness(ScreenedIndex(fps), k=3, metric="bkld-small")
+    plain = measure_hubness(fps, k=3, metric="bkld-small")  # what `rayfp show` uses
+    assert plain.k_occurrence == pytest.approx(screened.k_occurrence)
+    assert plain.skewness == pytest.approx(screened.skewness)

@@ -118,6 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_cloud_parsers(sub)
     add_audit_parser(sub)
 
+    p = sub.add_parser("stability", help="how many images a task needs: its answer from "
+                                         "random subsets of its images")
+    p.add_argument("paths", nargs="*", help="the task's images (or none: --task-id's views "
+                                            "kept by `rayfp fingerprint --keep-views`)")
+    p.add_argument("--task-id", required=True)
+    p.add_argument("--space", required=True)
+    p.add_argument("--sizes", help="image counts, e.g. 5,10,20,50 (default: 5, 10, 20, 50, "
+                                   "100, ... and all)")
+    p.add_argument("--draws", type=int, default=20, help="random subsets per size")
+    p.add_argument("-k", type=int, default=defaults.K)
+    p.add_argument("--metric", default=defaults.METRIC, choices=("bkld-small", "bkld-large"))
+    p.add_argument("--samples", type=int, default=defaults.FAST_SAMPLES,
+                   help="views of the task when PATHs are given (default 1000)")
+    p.add_argument("--out", default="stability.png")
+    _add_store(p)
+    _add_extraction(p)
+
     p = sub.add_parser("demo", help="fingerprint demo tasks built from images in the packages")
     p.add_argument("--out", default="demo-output", help="folder for data, store and plots")
     p.add_argument("--samples", type=int, default=200, help="views per task")
@@ -235,10 +252,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _hubness_line(store, space_id: str) -> str:
     from rayfp.core.hubness import measure_hubness
-    from rayfp.core.index import ScreenedIndex
 
-    found = measure_hubness(ScreenedIndex(store.fingerprints(space_id)), k=defaults.K,
-                            metric=defaults.METRIC)
+    # A list of fingerprints: ranked by the torch-free LinearIndex, so `show` stays light.
+    found = measure_hubness(store.fingerprints(space_id), k=defaults.K, metric=defaults.METRIC)
     hubs = ", ".join(f"{t} (in {n:g})" for t, n in found.hubs()[:5]) or "none"
     return (f"hubness ({found.metric}, k={found.k}): skewness of k-occurrence "
             f"{found.skewness:.2f}; hubs (in >= {found.threshold:g} of {found.sources - 1} "
@@ -277,6 +293,54 @@ def _audit(args: argparse.Namespace) -> int:
     return cmd_audit(args)
 
 
+def cmd_stability(args: argparse.Namespace) -> int:
+    from rayfp.cli import plot
+    from rayfp.core.index import ScreenedIndex
+    from rayfp.core.stability import default_sizes, image_stability
+
+    store = _store(args)
+    space = store.get_space(args.space)
+    if args.paths:
+        from rayfp.extract.api import extractor_for_space
+        from rayfp.extract.views import fingerprint_inventory
+        from rayfp.io.inventory import take_inventory
+        from rayfp.io.sources import discover_sources
+
+        inventory = take_inventory(discover_sources(args.paths), task_id=args.task_id,
+                                   progress=not args.quiet)
+        _print_skipped(inventory.skipped)
+        inventory.require(1)
+        _, views = fingerprint_inventory(
+            inventory, space, extractor_for_space(space, weights=args.weights,
+                                                  threads=args.threads),
+            samples=args.samples, seed=args.seed, batch_size=args.batch_size,
+            progress=not args.quiet, keep_views=True)
+    else:
+        views = store.get_views(args.space, args.task_id)
+    others = [fp for fp in store.fingerprints(args.space) if fp.task_id != args.task_id]
+    if not others:
+        raise ConfigError(f"space {args.space} in {store.root} holds no other task to rank "
+                          "against")
+    sizes = ([int(v) for v in args.sizes.split(",")] if args.sizes
+             else default_sizes(views.n_images))
+    answer, rows = image_stability(views, space, ScreenedIndex(others), sizes=sizes,
+                                   draws=args.draws, k=args.k, metric=args.metric,
+                                   seed=args.seed)
+    print(f"{args.task_id}: {views.n_images} images, {views.n_views} views; with all of them "
+          f"the top-{args.k} is {', '.join(answer)}")
+    print(f"{'images':>7} {'subsets':>8} {'top-1 agreement [95 %]':>26} "
+          f"{'top-' + str(args.k) + ' kept':>10}")
+    for r in rows:
+        print(f"{r.images:7d} {r.draws:8d} {r.top1_agreement:10.2f} [{r.top1_lo:.2f}, "
+              f"{r.top1_hi:.2f}]{r.topk_overlap:16.2f}")
+    enough = next((r.images for r in rows if r.top1_lo >= 0.8), None)
+    print(f"top-1 agreement is at least 0.8 (95 % lower bound) from {enough} images on"
+          if enough else "no subset size reaches a top-1 agreement of 0.8 (95 % lower bound)")
+    plot.plot_stability(rows, args.out, task_id=args.task_id, k=args.k, answer=answer)
+    print(f"plot: {args.out}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rayfp.evaluate.command import run
 
@@ -297,7 +361,7 @@ COMMANDS = {"edges": cmd_edges, "fingerprint": cmd_fingerprint, "compare": cmd_c
             "evaluate": cmd_evaluate, "import-paper": _cloud("cmd_import_paper"),
             "serve": _cloud("cmd_serve"), "query": _cloud("cmd_query"),
             "recommend": _cloud("cmd_query"), "register": _cloud("cmd_register"),
-            "audit": _audit}
+            "audit": _audit, "stability": cmd_stability}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -70,3 +70,25 @@ def plot_distances(matrix: np.ndarray, task_ids: Sequence[str], out: str | os.Pa
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+
+
+def plot_stability(rows, out: str | os.PathLike, *, task_id: str, k: int, answer) -> None:
+    """Top-1 agreement (with its 95 % interval) and top-k overlap against the number of
+    images, log x."""
+    images = [r.images for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    agreement = np.array([r.top1_agreement for r in rows])
+    ax.errorbar(images, agreement, yerr=[agreement - [r.top1_lo for r in rows],
+                                         [r.top1_hi for r in rows] - agreement],
+                marker="o", capsize=3, label=f"top-1 is {answer[0]}")
+    ax.plot(images, [r.topk_overlap for r in rows], "s--", label=f"share of the top-{k} kept")
+    ax.axhline(0.8, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("images used (random subsets)")
+    ax.set_ylabel("agreement with all images")
+    ax.set_title(f"How many images does {task_id} need?")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)

@@ -56,25 +56,48 @@ class Hubness:
                          for t, n in self.hubs()[:top]]}
 
 
-def measure_hubness(index: ScreenedIndex, *, k: int, metric: str,
-                    max_queries: int = MAX_QUERIES, seed: int = 0) -> Hubness:
+def measure_hubness(index, *, k: int, metric: str, max_queries: int = MAX_QUERIES,
+                    seed: int = 0) -> Hubness:
     """N_k of every stored task, from the exact top-k of each stored task (or of a seeded
-    sample of max_queries of them, scaled by sources / queries) in batched GEMMs."""
+    sample of max_queries of them, scaled by sources / queries). ``index``: the service's
+    ScreenedIndex (batched GEMMs), or a list of fingerprints (a torch-free LinearIndex, for
+    `rayfp show`)."""
     weighting = get_metric(metric).weighting
-    ids = list(index.task_ids)
-    rows = np.flatnonzero(index.alive)
+    if isinstance(index, ScreenedIndex):
+        ids = [str(t) for t in index.task_ids]
+        rows = np.flatnonzero(index.alive)
+        source_of = index.source
+
+        def top_k(targets, k):
+            if weighting is None:
+                return [[t for t, _ in index.top_k_metric(x, k, metric)] for x in targets]
+            return [[t for t, _ in found]
+                    for found in index.top_k_many(targets, k, weighting=weighting)]
+    else:
+        from rayfp.core.distance import LinearIndex, distance_matrix
+
+        fps = list(index)
+        ids = [fp.task_id for fp in fps]
+        rows = np.arange(len(fps))
+        source_of = fps.__getitem__
+        names = np.array(ids)
+        linear = LinearIndex(fps) if weighting is not None else None
+
+        def top_k(targets, k):
+            matrix = (linear.bkld_many(targets, weighting=weighting) if linear is not None
+                      else distance_matrix(fps, targets, metric))
+            out = []
+            for j, target in enumerate(targets):
+                column = np.where(names == target.task_id, np.inf, matrix[:, j])
+                out.append([str(names[i]) for i in np.lexsort((names, column))[:k]])
+            return out
     if len(rows) > max_queries:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_queries, replace=False))
     counts = dict.fromkeys(ids, 0)
     kk = min(k, len(ids) - 1)
-    for start in range(0, len(rows), BATCH):
-        targets = [index.source(int(r)) for r in rows[start:start + BATCH]]
-        if weighting is not None:
-            found = index.top_k_many(targets, kk, weighting=weighting) if kk else []
-        else:
-            found = [index.top_k_metric(t, kk, metric) for t in targets] if kk else []
-        for neighbours in found:
-            for task_id, _ in neighbours:
+    for start in range(0, len(rows) if kk else 0, BATCH):
+        for neighbours in top_k([source_of(int(r)) for r in rows[start:start + BATCH]], kk):
+            for task_id in neighbours:
                 counts[task_id] += 1
     scale = len(ids) / max(1, len(rows))
     values = np.array(list(counts.values())) * scale
