@@ -166,6 +166,46 @@ def _median_time(fn, *args, repeat: int = 7, **kwargs) -> float:
     return float(np.median(times))
 
 
+def _through_the_service(store_root: Path, fp, replicates) -> tuple[float, float]:
+    """Median HTTP time of /v1/nearest without and with the replicates (Ray Serve on local
+    Ray, as `rayfp serve` runs it); requests encoded once beforehand."""
+    import socket
+    import urllib.request
+
+    import ray
+    from ray import serve
+
+    from rayfp.cloud.app import build_app, start_local_serve
+    from rayfp.core.wire import encode_fingerprint, encode_replicates
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start_local_serve("127.0.0.1", port, num_cpus=2)
+    serve.run(build_app({"store": str(store_root), "max_epsilon": None}), name="bench",
+              route_prefix="/")
+    bodies = [json.dumps({"fingerprint": encode_fingerprint(fp), "k": 5}).encode(),
+              json.dumps({"fingerprint": encode_fingerprint(fp), "k": 5,
+                          "replicates": encode_replicates(*replicates)}).encode()]
+
+    def post(body: bytes) -> None:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/nearest", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            response.read()
+
+    try:
+        space_id = json.loads(bodies[0])["fingerprint"]["space_id"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/spaces/{space_id}",
+                                    timeout=600) as response:  # hubness measured before timing
+            response.read()
+        out = tuple(_median_time(post, body, repeat=15) for body in bodies)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return out
+
+
 def cost(quick: bool) -> dict:
     from rayfp.core.wire import decode_replicates, encode_replicates
 
@@ -181,6 +221,7 @@ def cost(quick: bool) -> dict:
             replicates, record = query_replicates(table, fp, space, replicates=R,
                                                   resample_seed=0)
             kb.nearest_to_fingerprint(fp, k=5)  # warm the index
+            kb.hubness(space.space_id)  # measured now, not in a thread during the timings
             wire = encode_replicates(replicates, record)
 
             fields = {k: wire[k] for k in ("counts", "feature_sum", "n", "counts_dtype",
@@ -191,10 +232,12 @@ def cost(quick: bool) -> dict:
             make = _median_time(query_replicates, table, fp, space, replicates=R,
                                 resample_seed=0, repeat=3)
             body = len(json.dumps(wire))
+            http_single, http_r = _through_the_service(kb.store.root, fp, (replicates, record))
             rows.append({"sources": sources, "single_ms": single * 1e3,
                          "replicates_ms": with_r * 1e3, "ratio": with_r / single,
                          "decode_ms": decode * 1e3, "site_make_ms": make * 1e3,
-                         "wire_bytes": body})
+                         "wire_bytes": body, "http_single_ms": http_single * 1e3,
+                         "http_replicates_ms": http_r * 1e3, "http_ratio": http_r / http_single})
             print(rows[-1], flush=True)
     payload = {"rows": rows, "replicates": R, "dim": 512, "bins": 100}
     _save("cost", payload)

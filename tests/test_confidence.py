@@ -127,15 +127,18 @@ def test_exact_replicates_are_free_and_private_ones_are_accounted():
 
 def test_parametric_replicates_re_release_the_release_for_free():
     private, _, _ = _task(4, epsilon=1.0)
-    replicates, record = query_replicates(None, private, SPACE, replicates=8, resample_seed=1)
-    assert record["resampling"] == "parametric"  # the default for a private fingerprint
+    replicates, record = query_replicates(None, private, SPACE, replicates=8, resample_seed=1,
+                                          resampling="parametric")
+    assert record["resampling"] == "parametric"
     assert check_replicates_record(record, private.privacy, SPACE, 8, IMAGES) == (
         private.privacy["dp"]["epsilon"], private.privacy["dp"]["delta"])
     assert not all(np.array_equal(r.counts, private.counts) for r in replicates)
     assert all((r.counts.sum(axis=1) == private.n_samples).all() for r in replicates)
     exact, _, _ = _task(5)
     with pytest.raises(ConfigError, match="view table"):
-        query_replicates(None, exact, SPACE, replicates=8)  # exact: bootstrap needs views
+        query_replicates(None, exact, SPACE, replicates=8)  # the default bootstrap needs views
+    with pytest.raises(ConfigError, match="exact"):
+        query_replicates(None, exact, SPACE, replicates=8, resampling="parametric")
 
 
 def test_confidence_on_a_hand_made_case():
@@ -159,14 +162,24 @@ def test_a_query_and_its_replicates_are_ranked_together(tmp_path):
     replicates, _ = query_replicates(table, query, SPACE, replicates=24, resample_seed=0)
     found, confidence = kb.nearest_with_replicates(query, replicates, k=3)
     plain = kb.nearest_to_fingerprint(query, k=3)
-    assert [(n.task_id, n.distance) for n in found] == [(n.task_id, n.distance) for n in plain]
+    assert [n.task_id for n in found] == [n.task_id for n in plain]  # the query's own answer
+    assert [n.distance for n in found] == pytest.approx([n.distance for n in plain], abs=1e-12)
     assert confidence.replicates == 24 and 0 <= confidence.stability <= 1
     assert confidence.stability == found[0].top1_rate
     assert sum(n.top1_rate for n in found) <= 1 + 1e-12
     for n in found:
         assert 0 <= n.top1_rate <= n.topk_rate <= 1
         assert n.distance_lo <= n.distance_hi
-    index = kb.index(SPACE.space_id)  # each replicate's distance is the exact bKLD
+    index = kb.index(SPACE.space_id)
+    # One screening of the query bounds every replicate's candidates (certified here), and the
+    # rankings equal the exhaustive ones; with too small a candidate budget the query's own
+    # answer stays exact and the result says it is not certified.
+    exhaustive = [[t for t, _ in f] for f in index.top_k_many([query, *replicates], 3)]
+    ranked, _, certified = index.search_with_replicates(query, replicates, 3)
+    assert certified and [[t for t, _ in f.neighbours] for f in ranked] == exhaustive
+    ranked, _, certified = index.search_with_replicates(query, replicates, 3, candidates=1)
+    assert not certified and [t for t, _ in ranked[0].neighbours] == exhaustive[0]
+    # each replicate's distance is the exact bKLD
     direct = [[bkld(r, store.get_fingerprint(SPACE.space_id, n.task_id)) for n in found]
               for r in replicates[:3]]
     assert index.distances_to(replicates[:3], [n.task_id for n in found]) == pytest.approx(

@@ -321,8 +321,9 @@ def test_a_query_with_replicates_says_how_sure_it_is(cloud, tmp_path, capsys):
 
     client = CloudClient(cloud["url"])
     space = cloud["space"]
-    query = cloud["known"][3]  # a private release: parametric replicates by default
-    replicates = query_replicates(None, query, space, replicates=16, resample_seed=1)
+    query = cloud["known"][3]  # a private release without views: parametric replicates
+    replicates = query_replicates(None, query, space, replicates=16, resample_seed=1,
+                                  resampling="parametric")
     answer = client.nearest(fingerprint=query, k=3, replicates=replicates)
     plain = client.nearest(fingerprint=query, k=3)
     assert plain["confidence"] is None
@@ -350,8 +351,7 @@ def test_a_query_with_replicates_says_how_sure_it_is(cloud, tmp_path, capsys):
                                space, task_id="site-x", n_images=images,
                                spec=PrivacySpec(epsilon=1.0, seed=3), min_images=1)
     site = finalize(released, task_id="site-x", n_images=images, privacy=record)
-    boot = query_replicates(table, site, space, replicates=8, resample_seed=2,
-                            resampling="bootstrap")
+    boot = query_replicates(table, site, space, replicates=8, resample_seed=2)
     answer = client.nearest(fingerprint=site, k=2, replicates=boot)
     assert 1.0 < answer["confidence"]["epsilon_total"] < 2.0
     assert answer["confidence"]["epsilon_total"] == pytest.approx(boot[1]["epsilon_total"])
@@ -371,6 +371,7 @@ def test_a_query_with_replicates_says_how_sure_it_is(cloud, tmp_path, capsys):
     local.put_space(space)
     local.put_fingerprint(query)
     assert main(["query", "--server", cloud["url"], "--task-id", query.task_id,
-                 "--fingerprint-from", str(local.root), "-k", "2", "--replicates", "8"]) == 0
+                 "--fingerprint-from", str(local.root), "-k", "2", "--replicates", "8",
+                 "--resampling", "parametric"]) == 0
     out = capsys.readouterr().out
     assert "top-1" in out and "confidence:" in out and "of 8 replicates" in out

@@ -11,7 +11,7 @@ import sys
 
 from rayfp import defaults
 from rayfp.cli.privacy_flags import parse_epsilon
-from rayfp.errors import ConfigError, NotFoundError
+from rayfp.errors import ConfigError
 
 
 def add_parsers(sub) -> None:
@@ -54,14 +54,16 @@ def add_parsers(sub) -> None:
         p.add_argument("-k", type=int)
         p.add_argument("--metric", help=f"default: the server's ({defaults.METRIC})")
         p.add_argument("--replicates", type=int, default=0, metavar="R",
-                       help="send R replicates of the fingerprint; the answer says how often "
-                            "each neighbour comes first (32 is a good R). Exact fingerprint: "
-                            "bootstrap resamples of its images (needs `rayfp fingerprint "
-                            "--keep-views`); private: re-releases of its own noise (free)")
+                       help="send R bootstrap replicates of the fingerprint's images (from "
+                            "`rayfp fingerprint --keep-views`); the answer says how often each "
+                            "neighbour comes first (32 is a good R). A private fingerprint's "
+                            "replicates are released too: the total ε is printed")
         p.add_argument("--replicate-epsilon", type=parse_epsilon,
-                       help="private fingerprint: image bootstrap replicates released at this "
-                            "ε instead (needs --keep-views); query + replicates are composed "
-                            "and the total printed")
+                       help="the replicates' own ε (default: the fingerprint's)")
+        p.add_argument("--resampling", choices=("bootstrap", "parametric"),
+                       default="bootstrap",
+                       help="parametric: re-release a private fingerprint's own noise instead "
+                            "(free, no views needed, but measured over-confident)")
         p.add_argument("--json", action="store_true", help="raw JSON for scripts")
         if name == "recommend":
             p.add_argument("--kinds", default=",".join(defaults.COMPONENT_KINDS))
@@ -121,13 +123,10 @@ def _replicates(args, fp):
     if dp is not None and args.replicate_epsilon is not None:
         spec = PrivacySpec(epsilon=args.replicate_epsilon, delta=float(dp["delta"]),
                            release_bins=dp.get("release_bins"))
-    try:
-        views = store.get_views(fp.space_id, fp.task_id)
-    except NotFoundError:
-        views = None  # a private fingerprint's parametric replicates need none
-    resampling = "bootstrap" if args.replicate_epsilon is not None else None
+    views = (store.get_views(fp.space_id, fp.task_id) if args.resampling == "bootstrap"
+             else None)  # parametric replicates need none
     return query_replicates(views, fp, store.get_space(fp.space_id), replicates=args.replicates,
-                            spec=spec, resampling=resampling)
+                            spec=spec, resampling=args.resampling)
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -174,7 +173,9 @@ def cmd_query(args: argparse.Namespace) -> int:
         print(f"confidence: {confidence['label']} — the top-1 is the nearest of "
               f"{confidence['stability']:.0%} of {confidence['replicates']} replicates"
               + ("" if total is None else f"; query + replicates ε = {total:.3g}")
-              + (" (below 50 %: do not rely on the ranking)" if confidence["unsure"] else ""))
+              + (" (below 50 %: do not rely on the ranking)" if confidence["unsure"] else "")
+              + ("" if confidence.get("certified", True) else
+                 " (replicates ranked among the query's nearest candidates)"))
     for kind, candidates in answer.get("recommendations", {}).items():
         print(f"\n{kind} (try each on local validation, keep the best):")
         if not candidates:

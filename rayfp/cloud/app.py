@@ -195,7 +195,8 @@ class KnowledgeCloud:
             timings.mark("rank")
             return found, metric, k, ConfidenceOut(
                 replicates=confidence.replicates, stability=confidence.stability,
-                label=confidence.label, unsure=confidence.unsure, epsilon_total=epsilon_total)
+                label=confidence.label, unsure=confidence.unsure, epsilon_total=epsilon_total,
+                certified=confidence.certified)
         if query.fingerprint is not None:
             fp = self._fingerprint(query.fingerprint, task_id="<query>")
             timings.mark("decode")

@@ -211,11 +211,12 @@ class KnowledgeBase:
         index = self.index(target.space_id)
         if index is None:
             return [], confidence_of([], [[]], np.zeros((1, 0)))
-        ranked = index.top_k_many([target, *replicates], k, weighting=weighting)
+        found, distances, certified = index.search_with_replicates(target, replicates, k,
+                                                                   weighting=weighting)
+        ranked = [result.neighbours for result in found]
         answer = [t for t, _ in ranked[0]]
-        distances = index.distances_to(replicates, answer, weighting=weighting)
         confidence = confidence_of(answer, [[t for t, _ in found] for found in ranked[1:]],
-                                   distances)
+                                   distances, certified=certified)
         plain = self._as_neighbours(target.space_id, metric, ranked[0])
         return [dataclasses.replace(n, **dataclasses.asdict(confidence.per_neighbour[n.task_id]))
                 for n in plain], confidence

@@ -117,6 +117,8 @@ class ConfidenceOut(BaseModel):
     unsure: bool
     epsilon_total: float | None = Field(description="ε of the query and its replicates "
                                                     "together (null: exact counts)")
+    certified: bool = Field(description="every replicate was ranked against every source "
+                                        "(false: among the query's nearest candidates)")
 
 
 class NearestOut(BaseModel):

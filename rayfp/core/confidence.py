@@ -30,6 +30,9 @@ class Confidence:
     replicates: int
     stability: float  # top-1 rate of the answer's top-1
     per_neighbour: dict[str, NeighbourConfidence]
+    # True: every replicate's top-k is the exhaustive one; False: ranked among the query's
+    # nearest candidates (ScreenedIndex.search_with_replicates)
+    certified: bool = True
 
     @property
     def unsure(self) -> bool:
@@ -42,7 +45,8 @@ class Confidence:
 
 
 def confidence_of(answer: Sequence[str], replicate_answers: Sequence[Sequence[str]],
-                  distances: np.ndarray, *, level: float = 0.95) -> Confidence:
+                  distances: np.ndarray, *, level: float = 0.95, certified: bool = True
+                  ) -> Confidence:
     """answer: the query's top-k task ids; replicate_answers: each replicate's top-k;
     distances: (R, k) each replicate's distance to each task of the answer."""
     r = len(replicate_answers)
@@ -58,4 +62,4 @@ def confidence_of(answer: Sequence[str], replicate_answers: Sequence[Sequence[st
             topk_rate=sum(task_id in found for found in replicate_answers) / r,
             distance_lo=float(lo[j]), distance_hi=float(hi[j]))
     stability = per[answer[0]].top1_rate if answer else 0.0
-    return Confidence(r, stability, per)
+    return Confidence(r, stability, per, certified)

@@ -41,6 +41,22 @@ def plogp_rows(p: np.ndarray) -> np.ndarray:
     return (p * np.log(safe)).sum(axis=-1)
 
 
+_XLOGX = np.zeros(1)
+
+
+def plogp_counts(counts: np.ndarray, n: int) -> np.ndarray:
+    """plogp_rows(counts / n) for integer counts summing to n per row, from a table of
+    c log c: Σ_b p log p = Σ_b c log c / n - log n. About 10x faster than the logs of 51,200
+    probabilities, which a query with 32 replicates needs 33 times."""
+    global _XLOGX
+    counts = np.asarray(counts)
+    top = int(counts.max(initial=0))
+    if top >= len(_XLOGX):
+        c = np.arange(max(top + 1, 2 * len(_XLOGX)), dtype=np.float64)
+        _XLOGX = c * np.log(np.where(c > 0, c, 1.0))
+    return _XLOGX[counts].sum(axis=-1) / n - np.log(n)
+
+
 def per_dimension_kl(target: Fingerprint, source: Fingerprint) -> np.ndarray:
     """KL_d(P_t,d || softmax(P_s,d)) for every dimension d: (D,) float64, each >= 0."""
     check_same_space(target, source)

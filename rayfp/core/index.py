@@ -25,6 +25,7 @@ from rayfp.core.distance import (
     TARGET_SOFTMAX,
     dimension_weights,
     get_metric,
+    plogp_counts,
     plogp_rows,
 )
 from rayfp.core.fingerprint import Fingerprint, common_space
@@ -317,23 +318,68 @@ class ScreenedIndex:
         lse_term = np.concatenate([seg.rows.lse @ weights for seg in self.segments])
         approx = lse_term - inner
         error = error + FLOAT_SLACK * np.abs(lse_term)
-        results = []
+        candidates = []
         for j, target in enumerate(targets):
             rows = np.flatnonzero(self.alive)
             if exclude_self:
                 rows = rows[self._ids[rows] != target.task_id]
             kk = min(k, len(rows))
             if kk == 0:
-                results.append(TopK([], 0))
+                candidates.append(rows[:0])
                 continue
             upper = approx[rows, j] + error[rows, j]
             threshold = np.partition(upper, kk - 1)[kk - 1]
-            rows = rows[approx[rows, j] - error[rows, j] <= threshold]
-            exact = self._exact(rows, probs[j], weights[:, j])
-            order = np.lexsort((self._ids[rows], exact))[:kk]
+            candidates.append(rows[approx[rows, j] - error[rows, j] <= threshold])
+        exacts = self._exact_many(candidates, probs, weights)
+        results = []
+        for rows, exact in zip(candidates, exacts):
+            order = np.lexsort((self._ids[rows], exact))[:min(k, len(rows))]
             results.append(TopK([(str(self._ids[rows][i]), float(exact[i])) for i in order],
                                 len(rows)))
         return results
+
+    # Rows re-ranked together when the targets' candidates overlap this much (a query and its
+    # replicates): their counts are read once and multiplied with every target in one batched
+    # product. Measured 15x a single query for R = 32 when each target read its own.
+    SHARED_CANDIDATES = 4
+    UNION_BLOCK = 256
+
+    def _exact_table(self, rows: np.ndarray, probs: list[np.ndarray], weights: np.ndarray,
+                     constants: np.ndarray | None = None) -> np.ndarray:
+        """(len(rows), T) bKLD of every target to every given row: the rows' counts read once
+        (in blocks) and multiplied with all targets in one batched product. constants: each
+        target's Σ_d w_d Σ_b p log p, if known."""
+        if constants is None:
+            constants = np.array([float((weights[:, j] * plogp_rows(pj)).sum())
+                                  for j, pj in enumerate(probs)])
+        # Σ_d w_d <p_t,d, P_s,d> for all (s, t) is one float64 GEMM of the sources' counts with
+        # the weighted target probabilities (D·B, T).
+        weighted = np.empty((len(probs), self.dim * self.bins))  # (T, D·B), rows contiguous
+        for j, pj in enumerate(probs):
+            np.multiply(pj, weights[:, j][:, None], out=weighted[j].reshape(self.dim, self.bins))
+        table = np.empty((len(rows), len(probs)))
+        for start in range(0, len(rows), self.UNION_BLOCK):
+            block = rows[start:start + self.UNION_BLOCK]
+            c = self.counts(block, np.float64)
+            inner = (c @ weighted.T) / self.n[block][:, None]
+            table[start:start + len(block)] = self._lse_rows(block) @ weights - inner
+        return (table + constants) / weights.sum(axis=0)
+
+    def _exact_many(self, candidates: list[np.ndarray], probs: list[np.ndarray],
+                    weights: np.ndarray) -> list[np.ndarray]:
+        """_exact of each target's candidate rows; targets whose candidates overlap share one
+        read of the counts."""
+        union, where = np.unique(np.concatenate(candidates), return_inverse=True)
+        pairs = sum(len(rows) for rows in candidates)
+        if len(candidates) < 2 or len(union) * len(candidates) > self.SHARED_CANDIDATES * pairs:
+            return [self._exact(rows, probs[j], weights[:, j]) if len(rows) else
+                    np.zeros(0) for j, rows in enumerate(candidates)]
+        table = self._exact_table(union, probs, weights)
+        out, offset = [], 0
+        for j, rows in enumerate(candidates):
+            out.append(table[where[offset:offset + len(rows)], j])
+            offset += len(rows)
+        return out
 
     def _exact(self, rows: np.ndarray, p_t: np.ndarray, w: np.ndarray) -> np.ndarray:
         """bKLD(target, source) in float64 for the given rows; p_t the target's probabilities,
@@ -343,6 +389,93 @@ class ScreenedIndex:
         return ((self._lse_rows(rows) - inner_exact) @ w
                 + float((w * plogp_rows(p_t)).sum())) / w.sum()
 
+    def search_with_replicates(self, target: Fingerprint, replicates: Sequence[Fingerprint],
+                               k: int, *, weighting: str = TARGET_SOFTMAX,
+                               candidates: int = 64) -> tuple[list[TopK], np.ndarray, bool]:
+        """The top-k of a query and of each of its replicates, and every replicate's exact
+        distance to the query's top-k.
+
+        Replicates lie near their query, so one screening of the query (a GEMV, not a GEMM of
+        R + 1 columns) certifies a small candidate set for all of them. With w~ the normalised
+        dimension weights, P_s the source's probabilities and H_t = Σ p log p:
+            d(r, s) - d(q, s) = c_r + e_rs,  c_r independent of s,
+            |e_rs| <= Δ_r = Σ_d w~_r,d ||p_r,d - p_q,d||_1 · M_d / 2
+                            + Σ_d |w~_r,d - w~_q,d| · (lse range_d + M_d) / 2,
+        where M_d is the largest P_s,db of any stored source and the lse range_d that of
+        lse_s,d over the stored sources (the p-part is a zero-sum vector against values in
+        [0, M_d]; the w-part, centred per dimension, moves c_r only by constants). So s can be
+        in a replicate's top-k only if d(q, s) <= (the query's k-th distance) + 2Δ_r: those
+        sources, by the query's screening bounds, are re-ranked exactly for the query and every
+        replicate in one batched product. The bound is loose (measured 10-30x the actual spread
+        of e_rs): when it lets through more than ``candidates`` sources, the replicates are
+        ranked among the query's ``candidates`` nearest instead, and ``certified`` is False.
+        The query's own top-k is exact either way.
+
+        Returns ([query, *replicates] TopKs, (R, k) distances of each replicate to the query's
+        top-k, certified)."""
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        everyone = [target, *replicates]
+        for t in everyone:
+            self._check(t)
+        weights = np.stack([dimension_weights(t, weighting) for t in everyone], axis=1)  # (D, T)
+        probs = [t.probabilities for t in everyone]
+        w_q, p_q = weights[:, 0], probs[0]
+        query = (p_q * w_q[:, None]).ravel()[:, None]
+        inner, error = self._inner_products(query)
+        lse_term = np.concatenate([seg.rows.lse @ w_q for seg in self.segments])
+        const_q = float(w_q @ plogp_counts(target.counts, target.n_samples))
+        lower = (lse_term - inner[:, 0] - error[:, 0] - FLOAT_SLACK * np.abs(lse_term)
+                 + const_q) / w_q.sum()
+        upper = (lse_term - inner[:, 0] + error[:, 0] + FLOAT_SLACK * np.abs(lse_term)
+                 + const_q) / w_q.sum()
+        rows = np.flatnonzero(self.alive)
+        rows = rows[self._ids[rows] != target.task_id]
+        kk = min(k, len(rows))
+        if kk == 0:
+            return [TopK([], 0) for _ in everyone], np.zeros((len(replicates), 0)), True
+        normalised = weights / weights.sum(axis=0)
+        peak, lse_range = self._dimension_ranges()
+        deltas = [float(normalised[:, j] @ (np.abs(p - p_q).sum(axis=1) * peak / 2)
+                        + np.abs(normalised[:, j] - normalised[:, 0]) @ (lse_range + peak) / 2)
+                  for j, p in enumerate(probs)]
+        threshold = np.partition(upper[rows], kk - 1)[kk - 1] + 2 * max(deltas) + 1e-9
+        pool = rows[lower[rows] <= threshold]
+        certified = len(pool) <= max(candidates, kk)
+        if not certified:  # the query's `candidates` nearest by its screening bounds
+            keep = max(candidates, kk)
+            pool = rows[np.argsort(upper[rows], kind="stable")[:keep]]
+            query_pool = rows[lower[rows] <= np.partition(upper[rows], kk - 1)[kk - 1]]
+            pool = np.union1d(pool, query_pool)  # the query's own answer stays exact
+        constants = np.array([float(weights[:, j] @ plogp_counts(t.counts, t.n_samples))
+                              for j, t in enumerate(everyone)])
+        table = self._exact_table(pool, probs, weights, constants)  # (len(pool), R + 1)
+        found, ids = [], self._ids[pool]
+        for exact in table.T:
+            order = np.lexsort((ids, exact))[:kk]
+            found.append(TopK([(str(ids[i]), float(exact[i])) for i in order], len(pool)))
+        position = {str(t): i for i, t in enumerate(ids)}
+        answer = [position[t] for t, _ in found[0].neighbours]  # in the pool: it is exact
+        return found, table[answer, 1:].T, certified
+
+    def _dimension_ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """(D,) largest source probability and (D,) range of lse_s,d over the live sources;
+        computed once per index (an index is immutable: changes make a new one)."""
+        cached = getattr(self, "_ranges", None)
+        if cached is None:
+            rows = np.flatnonzero(self.alive)
+            peak = np.zeros(self.dim)
+            lse_lo, lse_hi = np.full(self.dim, np.inf), np.full(self.dim, -np.inf)
+            for start in range(0, len(rows), self.UNION_BLOCK):
+                block = rows[start:start + self.UNION_BLOCK]
+                counts = self.counts(block, np.float64).reshape(len(block), self.dim, self.bins)
+                peak = np.maximum(peak, (counts.max(axis=2) / self.n[block, None]).max(axis=0))
+                lse = self._lse_rows(block)
+                lse_lo, lse_hi = np.minimum(lse_lo, lse.min(axis=0)), np.maximum(
+                    lse_hi, lse.max(axis=0))
+            cached = self._ranges = (peak, lse_hi - lse_lo)
+        return cached
+
     def distances_to(self, targets: Sequence[Fingerprint], task_ids: Sequence[str], *,
                      weighting: str = TARGET_SOFTMAX) -> np.ndarray:
         """(T, S) exact bKLD of each target to each of the given stored tasks (e.g. one
@@ -351,12 +484,14 @@ class ScreenedIndex:
         if missing:
             raise ConfigError(f"not in the index: {missing}")
         rows = np.array([self._row_of[t] for t in task_ids], np.int64)
-        out = np.empty((len(targets), len(rows)))
-        for j, target in enumerate(targets):
+        for target in targets:
             self._check(target)
-            out[j] = self._exact(rows, target.probabilities,
-                                 dimension_weights(target, weighting))
-        return out
+        if not len(targets):
+            return np.zeros((0, len(rows)))
+        weights = np.stack([dimension_weights(t, weighting) for t in targets], axis=1)
+        exact = self._exact_many([rows] * len(targets), [t.probabilities for t in targets],
+                                 weights)
+        return np.stack(exact)
 
     def top_k(self, target: Fingerprint, k: int = 5, *, weighting: str = TARGET_SOFTMAX,
               exclude_self: bool = True) -> list[tuple[str, float]]:

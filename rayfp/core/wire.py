@@ -152,14 +152,23 @@ def decode_replicates(space: FingerprintSpace, query: Fingerprint, *, counts: An
     if flat.size != r * cells or sums.size != r * space.dim:
         raise ConfigError(f"replicates: expected {r} x {space.dim} x {space.bins} counts and "
                           f"{r} x {space.dim} sums, got {flat.size} and {sums.size}")
-    out = []
-    for i, (row, total) in enumerate(zip(flat.reshape(r, cells), sums.reshape(r, space.dim))):
-        try:
-            out.append(decode_fingerprint(space, task_id=query.task_id,
-                                          counts=row.tolist() if row.dtype.kind != "u" else
-                                          _b64(row.astype(COUNT_DTYPES["u4"]).tobytes(), "none"),
-                                          feature_sum=total.tolist(), n=int(n[i]),
-                                          n_images=query.n_images, privacy=query.privacy))
-        except ConfigError as exc:
-            raise ConfigError(f"replicates[{i}]: {exc}") from None
-    return out
+    counts = flat.reshape(r, space.dim, space.bins)
+    if flat.dtype.kind != "u" and (not np.isfinite(flat).all() or (flat < 0).any()
+                                   or (flat != np.round(flat)).any()):  # lists: JSON numbers
+        raise ConfigError("replicates.counts: expected non-negative finite integers")
+    counts = counts.astype(np.int64)
+    sums = sums.reshape(r, space.dim)
+    if not np.isfinite(sums).all():
+        raise ConfigError("replicates.feature_sum: expected finite numbers")
+    n = np.asarray(n, np.int64)
+    bad = np.argwhere(counts.sum(axis=2) != n[:, None])
+    if len(bad):
+        i, d = (int(v) for v in bad[0])
+        raise ConfigError(f"replicates[{i}]: counts: every dimension must hold n = {n[i]} "
+                          f"samples; dimension {d} holds {int(counts[i, d].sum())}")
+    if (n < 1).any():
+        raise ConfigError(f"replicates: every n must be >= 1, got {n.tolist()}")
+    return [Fingerprint(task_id=query.task_id, space_id=space.space_id, counts=counts[i],
+                        feature_sum=sums[i].astype(np.float64), n_samples=int(n[i]),
+                        n_images=query.n_images, privacy=dict(query.privacy))
+            for i in range(r)]

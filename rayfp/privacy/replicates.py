@@ -200,13 +200,13 @@ def query_replicates(views: ViewTable | None, query: Fingerprint, space: Fingerp
                      resample_seed: int | None = None, resampling: str | None = None
                      ) -> tuple[list[Fingerprint], dict[str, Any]]:
     """R replicates of a stored fingerprint, released to match it. ``resampling``:
-    "bootstrap" (images resampled from the view table; exact for an exact fingerprint, else
-    released with ``spec``, default the query's own ε and δ, composed) or "parametric" (a
-    private fingerprint re-released with its own noise; free). Default: bootstrap for exact
-    fingerprints, parametric for private ones (measured better calibrated, BENCHMARKS.md).
-    Returns the replicates and the record the service checks."""
+    "bootstrap" (the default: images resampled from the view table; exact for an exact
+    fingerprint, else released with ``spec``, default the query's own ε and δ, and composed) or
+    "parametric" (a private fingerprint re-released with its own noise: free, but measured
+    over-confident, BENCHMARKS.md "Per-query confidence"). Returns the replicates and the
+    record the service checks."""
     dp = (query.privacy or {}).get("dp")
-    resampling = resampling or ("bootstrap" if dp is None else "parametric")
+    resampling = resampling or "bootstrap"
     if resampling == "parametric":
         return parametric_replicates(query, space, replicates=replicates, seed=resample_seed)
     if resampling != "bootstrap":
