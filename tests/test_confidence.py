@@ -72,9 +72,31 @@ def test_a_view_table_rebuilds_its_fingerprint_and_survives_the_store(tmp_path):
     assert "site-only" in path.parts  # kept apart from what is shared
     again = store.get_views(SPACE.space_id, fp.task_id)
     assert again.images == table.images and np.array_equal(again.bins, table.bins)
+    # The paper's plan can leave an image without a view: it still counts as one of the M.
+    images = [*table.images, "img-without-views"]
+    fuller = ViewTable.from_batches(SPACE, fp.task_id, [
+        (list(np.array(table.images)[table.image_of_view]), table.bins, partial_sums(table))],
+        images=images)
+    assert fuller.n_images == IMAGES + 1
+    assert np.array_equal(fuller.weighted(SPACE, np.ones((1, IMAGES + 1)))[0].counts, fp.counts)
+    with pytest.raises(ConfigError, match="not in the task"):
+        ViewTable.from_batches(SPACE, fp.task_id, [(["stranger"], table.bins[:1],
+                                                    np.zeros((1, SPACE.dim)))], images=images)
     path.write_bytes(b"not an npz")
     with pytest.raises(ConfigError, match="unreadable view table"):
         store.get_views(SPACE.space_id, fp.task_id)
+
+
+def partial_sums(table: ViewTable) -> np.ndarray:
+    """Per-view sums that add up to the table's per-image sums (each image's sum on its first
+    view): enough to rebuild a table."""
+    out = np.zeros((table.n_views, SPACE.dim))
+    first = {}
+    for v, i in enumerate(table.image_of_view):
+        first.setdefault(int(i), v)
+    for i, v in first.items():
+        out[v] = table.image_sums[i]
+    return out
 
 
 def test_resampling_weights():

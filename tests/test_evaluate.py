@@ -175,13 +175,15 @@ def test_cli_tables_csv_plots_and_own_selectors(data, tmp_path, capsys):
     mine.to_csv(path)
     code = rayfp_cli(["evaluate", "--data", str(DATA), "--selectors", f"Mine={path}",
                       "Semantic-again=SEMANTIC", "-k", "3", "--mode", "avg", "--seeds",
-                      "mean", "--format", "csv", "--plots", str(tmp_path / "plots"), *fast])
+                      "mean", "--format", "csv", "--plots", str(tmp_path / "plots"),
+                      "--csls", "10", *fast])
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     assert out[0] == ("setting,scenario,metric,selector,k,mode,seeds,meta_metric,value,std,"
                       "lo,hi,diff,diff_lo,diff_hi,p,q")
     rows = pd.read_csv(pd.io.common.StringIO("\n".join(out)))
-    assert set(rows.selector) == {*PAPER_SELECTORS, "Mine", "Semantic-again", "random"}
+    assert set(rows.selector) == {*PAPER_SELECTORS, "Mine", "Semantic-again", "random",
+                                  "bKLD (small) CSLS-10"}
     assert (rows.lo <= rows.value + 1e-12).all() and (rows.value <= rows.hi + 1e-12).all()
     assert rows[rows.selector == "random"]["p"].isna().all()  # the reference is not tested
     assert rows[rows.selector != "random"]["p"].between(0, 1).all()
@@ -324,3 +326,17 @@ def test_paired_tests_against_random_on_the_development_data(data):
     # four scenarios, is 0.81 for random (exactly 0.8058 here) and 0.8128 for bKLD (small).
     assert gain["diff"] == pytest.approx(0.8128 - 0.8058, abs=2e-4)
     assert gain["diff_lo"] < 0 < gain["diff_hi"] and gain["p"] > 0.05
+
+
+def test_csls_pushes_a_hub_away():
+    from rayfp.evaluate.data import csls
+
+    # Source "hub" is near to every target; "a" is near to t1 only, a bit further than hub.
+    d = pd.DataFrame([[1.0, 1.0, 1.0], [1.1, 3.0, 3.0], [3.0, 1.2, 3.0], [3.0, 3.0, 1.3]],
+                     index=["hub", "a", "b", "c"], columns=["t1", "t2", "t3"])
+    assert d["t1"].idxmin() == "hub"
+    scaled = csls(d, k=2)
+    assert scaled["t1"].idxmin() == "a" and scaled["t2"].idxmin() == "b"
+    with_gaps = d.copy()
+    with_gaps.iloc[0, 0] = np.inf  # left out, and stays left out
+    assert np.isinf(csls(with_gaps, k=2).iloc[0, 0])

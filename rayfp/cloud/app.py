@@ -138,7 +138,8 @@ class KnowledgeCloud:
         api.state.token = args.token
         api.state.max_request_bytes = args.max_request_bytes
         self.kb = KnowledgeBase(args.store, min_images=args.min_images, kernel=args.kernel,
-                                max_epsilon=args.max_epsilon)
+                                max_epsilon=args.max_epsilon,
+                                hubness_queries=args.hubness_queries)
         log.info("rayfp knowledge cloud on %s", cpu.one_line())
         for space_id in self.kb.store.space_ids():
             index = self.kb.index(space_id)  # load before taking traffic

@@ -18,7 +18,7 @@ from rayfp import defaults
 from rayfp.core.confidence import Confidence, confidence_of
 from rayfp.core.distance import DEFAULT_METRIC, get_metric
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, released_epsilon
-from rayfp.core.hubness import Hubness, measure_hubness
+from rayfp.core.hubness import MAX_QUERIES, Hubness, measure_hubness
 from rayfp.core.index import ScreenedIndex
 from rayfp.core.kernels import AUTO
 from rayfp.core.schemas import COMPONENT_KINDS
@@ -66,10 +66,12 @@ class KnowledgeBase:
 
     def __init__(self, store: Store | str | os.PathLike, *,
                  min_images: int = defaults.MIN_IMAGES, kernel: str = AUTO,
-                 max_epsilon: float | None = None) -> None:
+                 max_epsilon: float | None = None,
+                 hubness_queries: int = MAX_QUERIES) -> None:
         self.store = store if isinstance(store, Store) else Store(store)
         self.min_images = min_images
         self.max_epsilon = max_epsilon  # refuse fingerprints less private than this; None: all
+        self.hubness_queries = hubness_queries  # stored tasks ranked to measure hubness; 0: off
         self.kernel = kernel  # the index kernel: "auto" (measured per space) or a name
         self._indexes: dict[str, _CachedIndex] = {}
         self._spaces: dict[str, FingerprintSpace] = {}
@@ -140,7 +142,7 @@ class KnowledgeBase:
         the first) and refresh it in a background thread when it is out of date and older than
         HUBNESS_MAX_AGE_S."""
         index = self.index(space_id)
-        if index is None:
+        if index is None or self.hubness_queries < 1:
             return None
         key, version = (space_id, metric), self._indexes[space_id].version
         cached = self._hubness.get(key)
@@ -160,7 +162,8 @@ class KnowledgeBase:
 
     def _measure_hubness(self, key: tuple[str, str], version: tuple, index) -> Hubness:
         try:
-            found = measure_hubness(index, k=defaults.K, metric=key[1])
+            found = measure_hubness(index, k=defaults.K, metric=key[1],
+                                    max_queries=self.hubness_queries)
             self._hubness[key] = (version, time.monotonic(), found)
             return found
         finally:

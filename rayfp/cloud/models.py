@@ -36,6 +36,9 @@ class AppArgs(BaseModel):
                                    description="larger request bodies get 413")
     kernel: KernelName = Field(AUTO, description="index kernel: 'auto' measures each on this "
                                                  "CPU and keeps the fastest")
+    hubness_queries: int = Field(256, ge=0, description="stored tasks ranked against the others "
+                                                        "to flag hubs (in the background); 0 "
+                                                        "turns hub flags off")
     max_epsilon: float | None = Field(defaults.MAX_EPSILON, gt=0,
                                       description="refuse fingerprints that are not "
                                                   "(ε <= this)-DP with 403; null accepts all "

@@ -19,7 +19,9 @@ from rayfp.core.index import ScreenedIndex
 
 HUB_FACTOR = 2.0
 MIN_HITS = 3
-MAX_QUERIES = 500  # larger spaces: N_k is estimated from this many stored tasks as queries
+# Larger spaces: N_k is estimated from this many stored tasks as queries (the service measures
+# it in a background thread; at 10,000 sources 256 queries are ~10 s of one core).
+MAX_QUERIES = 256
 BATCH = 64
 
 

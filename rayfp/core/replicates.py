@@ -56,11 +56,17 @@ class ViewTable:
 
     @classmethod
     def from_batches(cls, space: FingerprintSpace, task_id: str,
-                     batches: list[tuple[list[str], np.ndarray, np.ndarray]]) -> ViewTable:
-        """From (image key per view, bin indices (V, D), summed features (V, D)) batches."""
+                     batches: list[tuple[list[str], np.ndarray, np.ndarray]],
+                     images: list[str] | None = None) -> ViewTable:
+        """From (image key per view, bin indices (V, D), summed features (V, D)) batches.
+        ``images``: every image of the task (the paper's plan leaves some without a view; a
+        bootstrap resamples all M); default: those that have views."""
         keys = [k for batch in batches for k in batch[0]]
-        images = tuple(sorted(set(keys)))
+        images = tuple(images) if images is not None else tuple(sorted(set(keys)))
         row = {key: i for i, key in enumerate(images)}
+        missing = set(keys) - set(row)
+        if missing:
+            raise ConfigError(f"views of images not in the task: {sorted(missing)[:3]}")
         image_of_view = np.array([row[k] for k in keys], np.int32)
         dtype = np.uint8 if space.bins <= 256 else np.uint16
         bins = (np.concatenate([b[1] for b in batches]).astype(dtype) if batches

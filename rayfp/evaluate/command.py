@@ -58,6 +58,9 @@ def add_parser(sub) -> None:
                    help="seed of the bootstrap, the permutations and random weightedtau")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of targets")
     p.add_argument("--permutations", type=int, default=10000, help="sign flips per paired test")
+    p.add_argument("--csls", type=int, metavar="K",
+                   help="also score bKLD (small) with CSLS hubness reduction over K neighbours "
+                        "(e.g. 10); compare it with --versus 'bKLD (small)'")
     p.add_argument("--tau-draws", type=int, default=32,
                    help="Monte Carlo draws for random's weightedtau (the rest is exact)")
 
@@ -96,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
 
     data = PaperData(args.data, splits=args.splits, float_parser=args.float_parser)
     selectors = load_selectors(data, args.selectors, args.only)
+    if args.csls:
+        from rayfp.evaluate.data import csls
+
+        base = data.distances(PAPER_SELECTORS["bKLD (small)"])
+        selectors[f"bKLD (small) CSLS-{args.csls}"] = csls(base, args.csls)
     config = EvalConfig(setting=args.targets, ks=args.k, mode=args.mode, seeds=args.seeds,
                         scenarios=tuple(args.scenarios))
     scores = evaluate(data, selectors, config)

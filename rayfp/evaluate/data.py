@@ -137,3 +137,24 @@ def read_selector_matrix(path: str | Path) -> pd.DataFrame:
         raise ConfigError(f"{path}: expected a numeric source x target matrix with a header row "
                           "of target names and a first column of source names")
     return frame.astype(float)
+
+
+def csls(distances: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Cross-domain similarity local scaling (Conneau et al. 2018) for a distance matrix
+    (rows sources, columns targets, lower = closer): 2 d(s, t) - r_s - r_t, with r_s the mean
+    distance of source s to its k nearest targets and r_t that of target t to its k nearest
+    sources (self, inf and exact zeros left out, as affinity() leaves them out). A hub (near to
+    many targets, small r_s) moves away; a target in a dense region is not favoured."""
+    values = distances.to_numpy(dtype=float, copy=True)
+    values[~np.isfinite(values) | (values == 0)] = np.nan
+
+    def mean_of_k_smallest(matrix: np.ndarray) -> np.ndarray:
+        ordered = np.sort(np.where(np.isnan(matrix), np.inf, matrix), axis=1)[:, :k]
+        ordered[~np.isfinite(ordered)] = np.nan
+        return np.nanmean(ordered, axis=1)
+
+    r_source = mean_of_k_smallest(values)
+    r_target = mean_of_k_smallest(values.T)
+    out = 2 * values - r_source[:, None] - r_target[None, :]
+    out[np.isnan(values)] = np.inf  # left out again by affinity()
+    return pd.DataFrame(out, index=distances.index, columns=distances.columns)

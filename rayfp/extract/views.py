@@ -23,7 +23,7 @@ from rayfp.errors import SpaceMismatchError
 from rayfp.extract.backbones import FeatureExtractor
 from rayfp.io.image import DEFAULT_MAX_PIXELS
 from rayfp.io.inventory import TaskInventory
-from rayfp.io.work import SampledFrame, expected_views, plan_work, sampled_frames
+from rayfp.io.work import SampledFrame, expected_views, image_key, plan_work, sampled_frames
 
 
 def crop_views(canonical: torch.Tensor, tops: np.ndarray, lefts: np.ndarray,
@@ -136,7 +136,9 @@ def fingerprint_inventory(task: TaskInventory, space: FingerprintSpace,
                                          views=views).values():
                 total = total + part
                 bar.update(part.n)
-    table = ViewTable.from_batches(space, task.task_id, views) if keep_views else None
+    table = (ViewTable.from_batches(space, task.task_id, views,
+                                    images=[image_key(r.path, r.frame) for r in task.images])
+             if keep_views else None)
     return total, table
 
 

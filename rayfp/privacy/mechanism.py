@@ -172,20 +172,29 @@ def privatize(partial: PartialCounts, space: FingerprintSpace, *, n_images: int,
     scale = calibrate(spec, space, cap)
     bins = spec.bins_for(space)
     noise = noise_source(spec.seed)
-    coarse = coarsen(np.asarray(partial.counts, np.float64), bins)
-    active = np.ones(space.dim, bool)
-    active[space.degenerate_dims] = False
-    coarse[active] += noise.normal(scale.sigma_counts, (int(active.sum()), bins))
-    counts = spread(project_to_counts(coarse, partial.n), space.bins)
-    counts[~active] = partial.counts[~active]  # data-independent: all mass in bin 0
-    if scale.sigma_sum is None:
-        mean = (counts * bin_centres(space)).sum(axis=1) / partial.n
-    else:
+    counts, mean = noisy_counts(partial.counts, partial.n, space, bins=bins,
+                                sigma=scale.sigma_counts, noise=noise)
+    if scale.sigma_sum is not None:
         noisy_sum = partial.feature_sum + noise.normal(scale.sigma_sum, (space.dim,))
         mean = np.clip(noisy_sum / partial.n, space.edges_lo, space.edges_hi)
     record = release_record(spec, scale, release_bins=bins, noise=noise.name)
     return PrivateRelease(PartialCounts(space.space_id, counts, mean * partial.n, partial.n),
                           record)
+
+
+def noisy_counts(counts: np.ndarray, n: int, space: FingerprintSpace, *, bins: int,
+                 sigma: float, noise) -> tuple[np.ndarray, np.ndarray]:
+    """The Gaussian mechanism on one histogram and its post-processing: noise of ``sigma`` on
+    the counts summed over ``bins`` coarse bins of every non-degenerate dimension, projected
+    onto non-negative integers summing to n, spread back over the space's bins; the mean read
+    off the result at the bin centres. Returns (counts (D, B) int64, mean (D,))."""
+    coarse = coarsen(np.asarray(counts, np.float64), bins)
+    active = np.ones(space.dim, bool)
+    active[space.degenerate_dims] = False
+    coarse[active] += noise.normal(sigma, (int(active.sum()), bins))
+    out = spread(project_to_counts(coarse, n), space.bins)
+    out[~active] = np.asarray(counts)[~active]  # data-independent: all mass in bin 0
+    return out, (out * bin_centres(space)).sum(axis=1) / n
 
 
 def bin_centres(space: FingerprintSpace) -> np.ndarray:

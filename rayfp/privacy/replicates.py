@@ -25,14 +25,12 @@ from rayfp.privacy.mechanism import (
     MEAN_FROM_COUNTS,
     MECHANISM,
     PrivacySpec,
-    bin_centres,
     calibrate,
+    noisy_counts,
 )
 from rayfp.privacy.noise import noise_source
-from rayfp.privacy.postprocess import coarsen, project_to_counts, spread
 
 DEFAULT_REPLICATES = 32
-
 
 
 @functools.lru_cache(maxsize=256)
@@ -73,17 +71,12 @@ def release_replicates(partials: list[PartialCounts], weights: np.ndarray,
     factor = multiplicity_norm(weights)
     noise = noise_source(spec.seed)
     bins = spec.bins_for(space)
-    active = np.ones(space.dim, bool)
-    active[space.degenerate_dims] = False
     scale = calibrate(spec, space, int(base_dp["views_per_image_cap"]))
     sigma = scale.sigma_counts * factor
     released = []
     for partial in partials:
-        coarse = coarsen(np.asarray(partial.counts, np.float64), bins)
-        coarse[active] += noise.normal(sigma, (int(active.sum()), bins))
-        counts = spread(project_to_counts(coarse, partial.n), space.bins)
-        counts[~active] = partial.counts[~active]
-        mean = (counts * bin_centres(space)).sum(axis=1) / partial.n
+        counts, mean = noisy_counts(partial.counts, partial.n, space, bins=bins, sigma=sigma,
+                                    noise=noise)
         released.append(PartialCounts(space.space_id, counts, mean * partial.n, partial.n))
     dp = {"mechanism": MECHANISM, "epsilon": spec.epsilon, "delta": spec.delta,
           "sigma_counts": sigma, "sensitivity_counts": scale.sensitivity_counts * factor,
@@ -175,16 +168,11 @@ def parametric_replicates(query: Fingerprint, space: FingerprintSpace, *, replic
                           "exact (use bootstrap replicates)")
     noise = noise_source(seed)
     bins = int(dp.get("release_bins") or space.bins)
-    active = np.ones(space.dim, bool)
-    active[space.degenerate_dims] = False
     sigma = float(dp["sigma_counts"])
     fps = []
     for _ in range(replicates):
-        coarse = coarsen(np.asarray(query.counts, np.float64), bins)
-        coarse[active] += noise.normal(sigma, (int(active.sum()), bins))
-        counts = spread(project_to_counts(coarse, query.n_samples), space.bins)
-        counts[~active] = query.counts[~active]
-        mean = (counts * bin_centres(space)).sum(axis=1) / query.n_samples
+        counts, mean = noisy_counts(query.counts, query.n_samples, space, bins=bins,
+                                    sigma=sigma, noise=noise)
         fps.append(Fingerprint(task_id=query.task_id, space_id=query.space_id, counts=counts,
                                feature_sum=mean * query.n_samples, n_samples=query.n_samples,
                                n_images=query.n_images, privacy=query.privacy))
