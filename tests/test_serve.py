@@ -337,6 +337,9 @@ def test_a_query_with_replicates_says_how_sure_it_is(cloud, tmp_path, capsys):
     recommended = client.recommend(fingerprint=query, kinds=["pretraining"], k=2,
                                    replicates=replicates)
     assert recommended["confidence"]["replicates"] == 16
+    for candidate, neighbour in zip(recommended["recommendations"]["pretraining"],
+                                    recommended["neighbours"]):  # each carries its rates
+        assert candidate["top1_rate"] == neighbour["top1_rate"] is not None
 
     # Bootstrap replicates of a site's images (its kept view table), released at ε = 1 more:
     # the server recomputes the sensitivity and composes the total itself.

@@ -181,7 +181,10 @@ def cmd_query(args: argparse.Namespace) -> int:
         if not candidates:
             print("  (no recorded evidence among the nearest tasks)")
         for c in candidates:
-            print(f"  #{c['rank']} {c['source']}{'  [hub]' if c.get('hub') else ''}")
+            rate = ("" if c.get("top1_rate") is None else
+                    f"  (top-1 in {c['top1_rate']:.0%}, top-k in {c['topk_rate']:.0%} of "
+                    "replicates)")
+            print(f"  #{c['rank']} {c['source']}{'  [hub]' if c.get('hub') else ''}{rate}")
             print(f"      {_candidate_text(kind, c)}")
     return 0
 

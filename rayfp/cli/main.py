@@ -294,6 +294,8 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def cmd_stability(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from rayfp.cli import plot
     from rayfp.core.index import ScreenedIndex
     from rayfp.core.stability import default_sizes, image_stability
@@ -321,8 +323,9 @@ def cmd_stability(args: argparse.Namespace) -> int:
     if not others:
         raise ConfigError(f"space {args.space} in {store.root} holds no other task to rank "
                           "against")
+    with_views = int((np.bincount(views.image_of_view, minlength=views.n_images) > 0).sum())
     sizes = ([int(v) for v in args.sizes.split(",")] if args.sizes
-             else default_sizes(views.n_images))
+             else default_sizes(with_views))
     answer, rows = image_stability(views, space, ScreenedIndex(others), sizes=sizes,
                                    draws=args.draws, k=args.k, metric=args.metric,
                                    seed=args.seed)

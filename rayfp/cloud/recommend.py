@@ -74,7 +74,9 @@ def recommend(kb: KnowledgeBase, neighbours: Sequence[Neighbour], kinds: Sequenc
                 continue
             if kind == "augmentation":
                 found["summary"] = summarize_policy(found["value"])
+            confidence = ({} if nb.top1_rate is None else
+                          {"top1_rate": nb.top1_rate, "topk_rate": nb.topk_rate})
             candidates.append({"rank": rank, "source": nb.task_id, "distance": nb.distance,
-                               "basis": nb.basis, "hub": nb.hub, **found})
+                               "basis": nb.basis, "hub": nb.hub, **confidence, **found})
         out[kind] = candidates
     return out

@@ -3,7 +3,8 @@
 From the task's view table (rayfp.core.replicates), each subset of m of its M images gives the
 fingerprint those images' views make (their N·m/M views: the same augmentations, not N new
 ones), ranked against the stored tasks. Per m: how often the subset's top-1 is the full task's
-top-1, and the mean share of the full top-k it recovers."""
+top-1, and the mean share of the full top-k it recovers. Subsets are drawn from the images that
+have views (the paper's plan, drawing with replacement, can leave some out)."""
 
 from __future__ import annotations
 
@@ -62,12 +63,15 @@ def image_stability(views: ViewTable, space: FingerprintSpace, index: ScreenedIn
     answer = [t for t, _ in index.top_k_many([target], k, weighting=weighting)[0]]
     if not answer:
         raise ConfigError("the store has no other task in this space to rank against")
+    seen = np.flatnonzero(np.bincount(views.image_of_view, minlength=views.n_images))
     rows = []
     for m in sizes:
-        if not 1 <= m <= views.n_images:
-            raise ConfigError(f"sizes must be in 1..{views.n_images}, got {m}")
-        count = 1 if m == views.n_images else draws
-        weights = subsample_weights(views.n_images, m, count, seed + m)
+        if not 1 <= m <= len(seen):
+            raise ConfigError(f"sizes must be in 1..{len(seen)} (the images with views), "
+                              f"got {m}")
+        count = 1 if m == len(seen) else draws
+        weights = np.zeros((count, views.n_images), np.int64)
+        weights[:, seen] = subsample_weights(len(seen), m, count, seed + m)
         subsets = [finalize(p, task_id=views.task_id, n_images=m)
                    for p in views.weighted(space, weights)]
         ranked = index.top_k_many(subsets, k, weighting=weighting)
