@@ -111,23 +111,26 @@ def run(args: argparse.Namespace) -> int:
         scores = pd.concat([scores, evaluate_random(data, config, tau_draws=args.tau_draws,
                                                     seed=args.seed)], ignore_index=True)
     names = list(dict.fromkeys(scores["selector"]))
-    if args.versus not in names:
-        raise ConfigError(f"--versus {args.versus!r} is not among the selectors {names}")
+    versus = None if args.no_random and args.versus == RANDOM_SELECTOR else args.versus
+    if versus is not None and versus not in names:
+        raise ConfigError(f"--versus {versus!r} is not among the selectors {names}")
     tests = dict(seed=args.seed, n_boot=args.bootstrap, n_perm=args.permutations)
-    summary = with_uncertainty(aggregate(scores), scores, args.versus, **tests)
+    summary = with_uncertainty(aggregate(scores), scores, versus, **tests)
     if args.format == "csv":
         summary.to_csv(sys.stdout, index=False, lineterminator="\n")
     else:
         print(f"{args.targets} targets, {len(selectors)} selectors"
               f"{'' if args.no_random else ' + random (exact expectation)'}, k={list(args.k)}, "
               f"mode={args.mode}, seeds={args.seeds}; cells: value [95 % bootstrap interval "
-              f"over targets], +/- = differs from {args.versus} (paired sign-flip test, BH "
-              f"q < 0.05), seed {args.seed}")
-        margin_ks = tuple(k for k in args.margin_k if k in args.k) or tuple(args.k)
-        margins = margin_over_random(scores, args.versus, ks=margin_ks, n_boot=args.bootstrap,
-                                     n_perm=args.permutations, seed=args.seed)
-        margins = margins[margins["meta_metric"].isin(args.meta.split(","))]
-        sys.stdout.write(format_margins(margins, args.versus, margin_ks))
+              f"over targets]" + ("" if versus is None else
+                                  f", +/- = differs from {versus} (paired sign-flip test, BH "
+                                  f"q < 0.05)") + f", seed {args.seed}")
+        if versus is not None:
+            margin_ks = tuple(k for k in args.margin_k if k in args.k) or tuple(args.k)
+            margins = margin_over_random(scores, versus, ks=margin_ks, n_boot=args.bootstrap,
+                                         n_perm=args.permutations, seed=args.seed)
+            margins = margins[margins["meta_metric"].isin(args.meta.split(","))]
+            sys.stdout.write(format_margins(margins, versus, margin_ks))
         sys.stdout.write(format_tables(summary, meta_metrics=tuple(args.meta.split(","))))
         rates = win_rates(scores)
         print(f"\nwin rates (share of metric x seed x target x meta-metric x k groups won; "
