@@ -112,3 +112,8 @@ class NotFoundError(StoreError, KeyError):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+class ConflictError(RayfpError):
+    """The request clashes with what the server already holds (HTTP 409): a part that arrived
+    twice, or one made with another plan than its task's other parts."""

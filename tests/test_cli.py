@@ -184,3 +184,41 @@ def test_audit_runs_on_real_backbone_features(archive, cli_store, capsys, tmp_pa
     results = json.loads((out_dir / "audit.json").read_text())
     assert results["space"] == space_id and not results["synthetic"]
     assert len(results["results"]) == 6 and {r["members"] for r in results["results"]} == {5}
+
+
+def test_a_task_in_two_parts_merges_to_the_fingerprint_of_the_union(archive, edges_run, capsys,
+                                                                    tmp_path):
+    """Two sites (the MR and the US folder) fingerprint their share of one plan with the real
+    backbone; the merged counts equal one site's fingerprint of both folders, exactly."""
+    from rayfp.io.inventory import take_inventory
+    from rayfp.io.sources import discover_sources
+
+    store, code, out, _ = edges_run
+    space_id = out.strip().splitlines()[-1]
+    counts = [take_inventory(discover_sources([archive / t])).n_images for t in ("mr", "us")]
+    announced = ",".join(map(str, counts))
+    for k, task in enumerate(("mr", "us"), start=1):
+        code, out, err = run(capsys, "fingerprint", archive / task, "--task-id", "pooled",
+                             "--space", space_id, "--store", store, "--samples", "40",
+                             "--epsilon", "inf", "--part", f"{k}/2", "--part-images", announced,
+                             "--part-out", tmp_path / f"part{k}.npz", "--quiet")
+        assert code == 0, err
+        assert f"pooled part {k}/2:" in out and "exact counts" in out
+    code, out, err = run(capsys, "merge", tmp_path / "part1.npz", tmp_path / "part2.npz",
+                         "--store", store, "--min-images", "3")
+    assert code == 0, err
+    assert f"merged 2 parts, 40 views of {sum(counts)} images" in out
+    code, _, err = run(capsys, "fingerprint", archive / "mr", archive / "us", "--task-id",
+                       "union", "--space", space_id, "--store", store, "--samples", "40",
+                       "--epsilon", "inf", "--min-images", "3", "--quiet")
+    assert code == 0, err
+    saved = Store(store)
+    pooled, union = (saved.get_fingerprint(space_id, t) for t in ("pooled", "union"))
+    assert np.array_equal(pooled.counts, union.counts)
+    assert pooled.n_images == union.n_images == sum(counts)
+    code, _, err = run(capsys, "fingerprint", archive / "us", "--task-id", "pooled", "--space",
+                       space_id, "--store", store, "--part", "2/2", "--part-images", "1,1",
+                       "--quiet")
+    assert code == 2 and "announced 1 images" in err
+    code, _, err = run(capsys, "merge", tmp_path / "part1.npz", "--store", store)
+    assert code == 2 and "missing part(s) [2]" in err

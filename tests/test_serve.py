@@ -378,3 +378,41 @@ def test_a_query_with_replicates_says_how_sure_it_is(cloud, tmp_path, capsys):
                  "--resampling", "parametric"]) == 0
     out = capsys.readouterr().out
     assert "top-1" in out and "confidence:" in out and "of 8 replicates" in out
+
+
+def test_a_task_pooled_over_two_sites_is_merged_once_both_parts_arrive(cloud):
+    """POST /v1/tasks/{id}/parts: waiting with what is missing, 409 for a part sent twice,
+    then merged, admitted like any registration, and found by queries."""
+    from rayfp.core.fingerprint import PartialCounts
+    from rayfp.core.parts import PartPlan
+    from rayfp.privacy.mechanism import PrivacySpec
+    from rayfp.privacy.parts import release_part
+
+    space = cloud["space"]
+    plan = PartPlan("two-sites", (30, 20), 400, seed=2, plan="balanced")
+    rng = np.random.default_rng(9)
+    parts = []
+    for k in (1, 2):
+        views = len(plan.views_of(k))
+        features = rng.random((views, space.dim))
+        parts.append(release_part(PartialCounts.from_features(features, space, clip_sum=True),
+                                  space, plan=plan, part=k, spec=PrivacySpec(epsilon=1.0, seed=4)))
+    client = CloudClient(cloud["url"], token=TOKEN)
+    with pytest.raises(ServerError) as info:
+        CloudClient(cloud["url"]).send_part(parts[0])
+    assert info.value.status == 401
+    assert client.send_part(parts[0]) == {"task_id": "two-sites", "space_id": space.space_id,
+                                          "state": "waiting", "parts": 2, "received": [1],
+                                          "missing": [2]}
+    with pytest.raises(ServerError) as info:
+        client.send_part(parts[0])
+    assert info.value.status == 409 and "arrived before" in str(info.value)
+    status, state = http(cloud, "GET", f"/v1/tasks/two-sites/parts?space_id={space.space_id}")
+    assert status == 200 and state["missing"] == [2]
+    assert "two-sites" not in [t["task_id"] for t in http(cloud, "GET", "/v1/tasks")[1]]
+    assert client.send_part(parts[1])["state"] == "merged"
+    answer = client.nearest(task_id="two-sites", k=2)
+    assert len(answer["neighbours"]) == 2 and answer["neighbours"][0]["task_id"] != "two-sites"
+    status, body = http(cloud, "POST", "/v1/tasks/other-name/parts", parts[1].to_record(),
+                        token=TOKEN)
+    assert status == 400 and "the URL names 'other-name'" in body["detail"]

@@ -32,6 +32,12 @@ def add_parsers(sub) -> None:
                    help=f"refuse fingerprints less private than this (default "
                         f"{defaults.MAX_EPSILON:g}); 'inf' accepts exact counts (public data)")
 
+    p = sub.add_parser("send-part", help="send one site's part of a pooled task to a server")
+    p.add_argument("part", help="the part file (`rayfp fingerprint --part k/K`)")
+    p.add_argument("--server", required=True)
+    p.add_argument("--token", default=os.environ.get("RAYFP_TOKEN", ""),
+                   help="the server's write token (default: $RAYFP_TOKEN)")
+
     for name, helptext in (("query", "nearest known tasks from a server"),
                            ("recommend", "what worked for the nearest known tasks"),
                            ("register", "send a task's fingerprint to a server")):
@@ -127,6 +133,17 @@ def _replicates(args, fp):
              else None)  # parametric replicates need none
     return query_replicates(views, fp, store.get_space(fp.space_id), replicates=args.replicates,
                             spec=spec, resampling=args.resampling)
+
+
+def cmd_send_part(args: argparse.Namespace) -> int:
+    from rayfp.cloud.client import CloudClient
+    from rayfp.core.parts import TaskPart
+
+    part = TaskPart.load(args.part)
+    state = CloudClient(args.server, token=args.token).send_part(part)
+    missing = f"; still missing part(s) {state['missing']}" if state.get("missing") else ""
+    print(f"{part.task_id} part {part.part}/{part.plan.parts}: {state['state']}{missing}")
+    return 0
 
 
 def cmd_register(args: argparse.Namespace) -> int:

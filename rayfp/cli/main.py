@@ -82,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-views", action="store_true",
                    help="keep each view's bins and image in STORE/site-only/ (never sent), "
                         "for `rayfp query --replicates`")
+    p.add_argument("--part", metavar="k/K",
+                   help="this site's part k of a task pooled over K sites (with "
+                        "--part-images); writes --part-out instead of a fingerprint")
+    p.add_argument("--part-images", metavar="M1,...,MK",
+                   help="the image counts every site announced, in part order")
+    p.add_argument("--noise-share", choices=("full", "split"), default="full",
+                   help="a private part's noise: full (each part (ε, δ)-DP on its own; "
+                        "default) or split (σ/√K each: only with secure aggregation)")
+    p.add_argument("--part-out", help="where the part goes (default STORE/parts-out/"
+                                      "<task>-part-k-of-K.npz)")
     _add_store(p)
     _add_extraction(p)
     add_privacy_flags(p)
@@ -117,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub)
     add_cloud_parsers(sub)
     add_audit_parser(sub)
+
+    p = sub.add_parser("merge", help="merge the parts of a task pooled over several sites into "
+                                     "one fingerprint")
+    p.add_argument("parts", nargs="+", help="part files (`rayfp fingerprint --part k/K`)")
+    p.add_argument("--min-images", type=int, default=defaults.MIN_IMAGES)
+    _add_store(p)
 
     p = sub.add_parser("stability", help="how many images a task needs: its answer from "
                                          "random subsets of its images")
@@ -165,6 +181,9 @@ def cmd_edges(args: argparse.Namespace) -> int:
 def cmd_fingerprint(args: argparse.Namespace) -> int:
     from rayfp.extract.api import fingerprint_task
 
+    if args.part or args.part_images:
+        return _fingerprint_part(args)
+
     if args.space_from:
         from rayfp.cloud.client import CloudClient
 
@@ -202,6 +221,58 @@ def format_matrix(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], 
     for name, row in zip(rows, matrix):
         lines.append(name.ljust(width) + " " + " ".join(f"{v:10.4g}" for v in row))
     return "\n".join(lines) + "\n"
+
+
+def _fingerprint_part(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rayfp.core.parts import parse_part
+    from rayfp.extract.api import fingerprint_part
+
+    if not (args.part and args.part_images):
+        raise ConfigError("a part needs both --part k/K and --part-images M1,...,MK")
+    k, total = parse_part(args.part)
+    counts = [int(v) for v in args.part_images.split(",")]
+    if len(counts) != total:
+        raise ConfigError(f"--part {args.part} needs {total} image counts, got {len(counts)}")
+    part, inventory = fingerprint_part(
+        args.paths, task_id=args.task_id, space_id=args.space, store=_store(args), part=k,
+        image_counts=counts, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
+        weights=args.weights, threads=args.threads, progress=not args.quiet,
+        privacy=privacy_spec(args), noise_share=args.noise_share)
+    _print_skipped(inventory.skipped)
+    out = Path(args.part_out or Path(args.store) / "parts-out" /
+               f"{args.task_id}-part-{k}-of-{total}.npz")
+    part.save(out)
+    kind = ("exact counts" if not part.private else
+            f"noisy counts, ε={part.privacy['dp']['epsilon']:g}, noise share "
+            f"{part.privacy['noise_share']}")
+    print(f"{args.task_id} part {k}/{total}: {part.n_views} of {part.plan.samples} views of "
+          f"{inventory.n_images} images ({kind}) -> {out}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from rayfp.core.fingerprint import finalize
+    from rayfp.core.parts import TaskPart
+    from rayfp.privacy.parts import merge_parts
+
+    store = _store(args)
+    parts = [TaskPart.load(path) for path in args.parts]
+    first = parts[0]
+    partial, record = merge_parts(parts, store.get_space(first.space_id),
+                                  min_images=args.min_images)
+    fp = finalize(partial, task_id=first.task_id, n_images=first.plan.total_images,
+                  privacy=record)
+    if fp.n_images < args.min_images:
+        raise ConfigError(f"{fp.task_id!r}: {fp.n_images} images in all parts, below the "
+                          f"minimum of {args.min_images}")
+    store.put_fingerprint(fp)
+    released = ("exact counts" if record["dp"] is None
+                else f"ε={record['dp']['epsilon']:g}, noise share {record['dp']['noise_share']}")
+    print(f"{fp.task_id}: merged {len(parts)} parts, {fp.n_samples} views of {fp.n_images} "
+          f"images -> space {fp.space_id} ({released})")
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -364,7 +435,8 @@ COMMANDS = {"edges": cmd_edges, "fingerprint": cmd_fingerprint, "compare": cmd_c
             "evaluate": cmd_evaluate, "import-paper": _cloud("cmd_import_paper"),
             "serve": _cloud("cmd_serve"), "query": _cloud("cmd_query"),
             "recommend": _cloud("cmd_query"), "register": _cloud("cmd_register"),
-            "audit": _audit, "stability": cmd_stability}
+            "audit": _audit, "stability": cmd_stability, "merge": cmd_merge,
+            "send-part": _cloud("cmd_send_part")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,8 +38,9 @@ from rayfp.cloud.recommend import recommend
 from rayfp.core import cpu
 from rayfp.core.fingerprint import Fingerprint
 from rayfp.core.index import configure_threads
+from rayfp.core.parts import TaskPart
 from rayfp.core.wire import decode_fingerprint, decode_replicates
-from rayfp.errors import NotFoundError, PrivacyPolicyError, RayfpError
+from rayfp.errors import ConfigError, ConflictError, NotFoundError, PrivacyPolicyError, RayfpError
 from rayfp.privacy.replicates import check_replicates_record
 
 log = logging.getLogger("ray.serve")  # lands in the replica's Serve log
@@ -52,7 +53,8 @@ bearer = HTTPBearer(auto_error=False, scheme_name="token",
 @api.exception_handler(RayfpError)
 async def _rayfp_error(_: Request, exc: RayfpError) -> JSONResponse:
     status = (404 if isinstance(exc, NotFoundError)
-              else 403 if isinstance(exc, PrivacyPolicyError) else 400)
+              else 403 if isinstance(exc, PrivacyPolicyError)
+              else 409 if isinstance(exc, ConflictError) else 400)
     return JSONResponse(status_code=status, content={"detail": str(exc)})
 
 
@@ -264,6 +266,20 @@ class KnowledgeCloud:
         meta = task.model_dump(exclude={"fingerprint"})
         self.kb.register_task(meta, fp)
         return {"task_id": fp.task_id, "space_id": fp.space_id, "n_samples": fp.n_samples}
+
+    @api.post("/v1/tasks/{task_id}/parts", dependencies=[Depends(require_token)])
+    def part(self, task_id: str, part: dict[str, Any]) -> dict[str, Any]:
+        """One site's part of a task pooled over K sites (`rayfp fingerprint --part k/K`):
+        kept until all K are here, then merged and registered. 409 for a part that arrived
+        before or does not match the others; the state says which parts are missing."""
+        received = TaskPart.from_record(part)
+        if received.task_id != task_id:
+            raise ConfigError(f"the part is of {received.task_id!r}, the URL names {task_id!r}")
+        return self.kb.receive_part(received)
+
+    @api.get("/v1/tasks/{task_id}/parts")
+    def parts(self, task_id: str, space_id: str) -> dict[str, Any]:
+        return self.kb.parts_state(space_id, task_id)
 
     @api.post("/v1/tasks/{task_id}/components", status_code=201,
               dependencies=[Depends(require_token)])

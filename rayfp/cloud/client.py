@@ -9,6 +9,7 @@ import urllib.request
 from typing import Any
 
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
+from rayfp.core.parts import TaskPart
 from rayfp.core.wire import encode_fingerprint, encode_replicates
 from rayfp.errors import RayfpError
 
@@ -67,6 +68,11 @@ class CloudClient:
                   ) -> dict[str, Any]:
         payload = {**self._query(task_id, fingerprint, k, metric, replicates), "kinds": kinds}
         return _request(f"{self.server}/v1/recommend", payload)
+
+    def send_part(self, part: TaskPart) -> dict[str, Any]:
+        """One site's part of a pooled task; the answer says which parts are still missing."""
+        return _request(f"{self.server}/v1/tasks/{part.task_id}/parts", part.to_record(),
+                        token=self.token)
 
     def register(self, fp: Fingerprint, **meta: Any) -> dict[str, Any]:
         payload = {"task_id": fp.task_id, **meta, "fingerprint": encode_fingerprint(fp)}

@@ -21,9 +21,16 @@ from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, released_epsil
 from rayfp.core.hubness import MAX_QUERIES, Hubness, measure_hubness
 from rayfp.core.index import ScreenedIndex
 from rayfp.core.kernels import AUTO
+from rayfp.core.parts import TaskPart
 from rayfp.core.schemas import COMPONENT_KINDS
 from rayfp.core.store import Store, privacy_summary
-from rayfp.errors import ConfigError, NotFoundError, TooFewImagesError
+from rayfp.errors import (
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    SpaceMismatchError,
+    TooFewImagesError,
+)
 from rayfp.privacy.policy import check_privacy, check_replicates_total
 from rayfp.registry import look_up
 
@@ -301,6 +308,60 @@ class KnowledgeBase:
                "n_images": fingerprint.n_images}
         self.store.put_fingerprint(fingerprint)
         self.store.upsert("tasks", [row])
+
+    def receive_part(self, part: TaskPart) -> dict[str, Any]:
+        """Keep one site's part of a task; once all K parts are here, merge them, admit the
+        merged fingerprint like any registration and store it (the parts are then dropped).
+        A part that arrived before, or that does not match the parts already here, is refused
+        (ConflictError) and changes nothing; nothing half-merged is ever ranked."""
+        from rayfp.core.fingerprint import finalize
+        from rayfp.core.parts import check_compatible
+        from rayfp.privacy.parts import merge_parts
+
+        space = self.space(part.space_id)
+        elsewhere = [s for s in self.store.spaces_with_parts(part.task_id)
+                     if s != part.space_id]
+        if elsewhere:
+            raise SpaceMismatchError(f"parts of {part.task_id!r} wait in space {elsewhere[0]}; "
+                                     f"this part is in space {part.space_id}")
+        held = self.store.parts_of(part.space_id, part.task_id)
+        if any(p.part == part.part for p in held):
+            raise ConflictError(f"part {part.part} of {part.task_id!r} arrived before; parts "
+                                f"held: {sorted(p.part for p in held)}")
+        try:
+            check_compatible([*held, part])
+        except SpaceMismatchError:
+            raise
+        except ConfigError as exc:  # another plan or release than the parts held
+            raise ConflictError(str(exc)) from None
+        if part.counts.shape[0] != space.dim:
+            raise ConfigError(f"part {part.part}: counts of {part.counts.shape[0]} dimensions, "
+                              f"the space has {space.dim}")
+        parts = sorted([*held, part], key=lambda p: p.part)
+        if len(parts) < part.plan.parts:
+            self.store.put_part(part)
+            return self._parts_state(part, parts, "waiting")
+        partial, record = merge_parts(parts, space, min_images=self.min_images)
+        fp = finalize(partial, task_id=part.task_id, n_images=part.plan.total_images,
+                      privacy=record)
+        self.register_task({"owner": f"{part.plan.parts} sites"}, fp)
+        self.store.drop_parts(part.space_id, part.task_id)
+        return self._parts_state(part, parts, "merged")
+
+    def parts_state(self, space_id: str, task_id: str) -> dict[str, Any]:
+        held = self.store.parts_of(space_id, task_id)
+        if held:
+            return self._parts_state(held[0], held, "waiting")
+        if self.store.has_fingerprint(space_id, task_id):
+            return {"task_id": task_id, "space_id": space_id, "state": "merged"}
+        raise NotFoundError(f"no parts of {task_id!r} in space {space_id}")
+
+    @staticmethod
+    def _parts_state(part: TaskPart, parts: list[TaskPart], state: str) -> dict[str, Any]:
+        received = sorted(p.part for p in parts)
+        return {"task_id": part.task_id, "space_id": part.space_id, "state": state,
+                "parts": part.plan.parts, "received": received,
+                "missing": sorted(set(range(1, part.plan.parts + 1)) - set(received))}
 
     def record_component(self, row: Mapping[str, Any]) -> None:
         look_up("component kind", row.get("kind"), COMPONENT_KINDS)

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from rayfp.core import schemas
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, released_epsilon
+from rayfp.core.parts import TaskPart
 from rayfp.core.replicates import ViewTable
 from rayfp.errors import ConfigError, NotFoundError, SpaceMismatchError, StoreError
 from rayfp.registry import look_up
@@ -122,6 +123,33 @@ class Store:
         path = self._fingerprint_path(fp.space_id, fp.task_id)
         _write_atomic(table, path)
         return path
+
+    # -- parts of tasks pooled over several sites, kept until all have arrived ----------------
+    def _parts_dir(self, space_id: str, task_id: str) -> Path:
+        return (self.root / "parts" / f"{schemas.SPACE_ID}={space_id}"
+                / task_file_name(task_id).removesuffix(".parquet"))
+
+    def put_part(self, part: TaskPart) -> Path:
+        self.get_space(part.space_id)
+        return part.save(self._parts_dir(part.space_id, part.task_id) / f"part-{part.part}.npz")
+
+    def parts_of(self, space_id: str, task_id: str) -> list[TaskPart]:
+        folder = self._parts_dir(space_id, task_id)
+        return [TaskPart.load(p) for p in sorted(folder.glob("part-*.npz"))] \
+            if folder.is_dir() else []
+
+    def spaces_with_parts(self, task_id: str) -> list[str]:
+        """The spaces holding parts of this task that wait for the rest."""
+        name = task_file_name(task_id).removesuffix(".parquet")
+        root = self.root / "parts"
+        return sorted(folder.parent.name.split("=", 1)[1]
+                      for folder in root.glob(f"{schemas.SPACE_ID}=*/{name}")
+                      if any(folder.glob("part-*.npz"))) if root.is_dir() else []
+
+    def drop_parts(self, space_id: str, task_id: str) -> None:
+        folder = self._parts_dir(space_id, task_id)
+        for path in folder.glob("part-*.npz") if folder.is_dir() else []:
+            path.unlink()
 
     # -- the site's own view tables (never sent; rayfp.core.replicates) -----------------------
     SITE_ONLY = "site-only"

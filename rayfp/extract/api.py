@@ -17,6 +17,7 @@ import numpy as np
 
 from rayfp import defaults
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, compute_edges
+from rayfp.core.parts import PartPlan, TaskPart
 from rayfp.core.store import Store
 from rayfp.core.tasks import save_task_fingerprint
 from rayfp.errors import ConfigError, SpaceMismatchError
@@ -25,6 +26,7 @@ from rayfp.extract.views import fingerprint_inventory, iter_features
 from rayfp.io.inventory import SkippedFile, TaskInventory, take_inventory
 from rayfp.io.sources import discover_sources
 from rayfp.privacy.mechanism import PrivacySpec, release
+from rayfp.privacy.parts import release_part
 
 
 def load_extractor(backbone: str, *, weights: str | os.PathLike | None = None,
@@ -139,3 +141,32 @@ def fingerprint_task(paths: Sequence[str | os.PathLike], *, task_id: str, space_
         source={"kind": "rayfp-cli", "inputs": [os.fspath(p) for p in paths], "seed": seed},
         privacy=record)
     return FingerprintResult(fp, inventory, main_modality)
+
+
+def fingerprint_part(paths: Sequence[str | os.PathLike], *, task_id: str, space_id: str,
+                     store: Store, part: int, image_counts: Sequence[int],
+                     samples: int = defaults.SAMPLES, seed: int = defaults.SEED,
+                     batch_size: int = defaults.BATCH_SIZE,
+                     weights: str | os.PathLike | None = None,
+                     extractor: FeatureExtractor | None = None, threads: int | None = None,
+                     progress: bool = False, privacy: PrivacySpec | None = None,
+                     noise_share: str = "full") -> tuple[TaskPart, TaskInventory]:
+    """This site's part ``part`` of a task pooled over K sites (rayfp.core.parts): its images
+    must be the M_k it announced; its views are its share of the task's plan."""
+    privacy = privacy or PrivacySpec()
+    space = store.get_space(space_id)
+    plan = PartPlan(task_id, tuple(int(m) for m in image_counts), samples, seed, privacy.plan)
+    plan.check_part(part)
+    inventory = take_inventory(discover_sources(paths), task_id=task_id, progress=progress)
+    if inventory.n_images != plan.image_counts[part - 1]:
+        raise ConfigError(f"part {part} of {task_id!r} announced {plan.image_counts[part - 1]} "
+                          f"images; {inventory.n_images} are decodable here "
+                          f"({len(inventory.skipped)} files skipped): announce the right "
+                          "counts to every site")
+    extractor = extractor or extractor_for_space(space, weights=weights, threads=threads)
+    partial, _ = fingerprint_inventory(inventory, space, extractor, samples=samples, seed=seed,
+                                       batch_size=batch_size, progress=progress,
+                                       plan=privacy.plan, clip_sum=privacy.private,
+                                       drawn=plan.views_of(part))
+    return release_part(partial, space, plan=plan, part=part, spec=privacy,
+                        noise_share=noise_share), inventory

@@ -122,11 +122,13 @@ def fingerprint_inventory(task: TaskInventory, space: FingerprintSpace,
                           extractor: FeatureExtractor, *, samples: int, seed: int,
                           batch_size: int = defaults.BATCH_SIZE, progress: bool = False,
                           plan: str = PAPER_PLAN, clip_sum: bool = False,
-                          keep_views: bool = False) -> tuple[PartialCounts, ViewTable | None]:
+                          keep_views: bool = False, drawn=None
+                          ) -> tuple[PartialCounts, ViewTable | None]:
     """The task's N sampled views histogrammed into the space's bins, here in this process;
-    with ``keep_views`` also their view table (for replicates and `rayfp stability`)."""
+    with ``keep_views`` also their view table (for replicates and `rayfp stability`).
+    ``drawn``: this site's share of a task's views (a task in parts, rayfp.core.parts)."""
     check_extractor(space, extractor)
-    work = plan_work(task, samples=samples, seed=seed, plan=plan)
+    work = plan_work(task, samples=samples, seed=seed, plan=plan, drawn=drawn)
     total = PartialCounts.empty(space)
     views: list | None = [] if keep_views else None
     with tqdm(total=expected_views(work).get(task.task_id, 0), desc=f"fingerprint {task.task_id}",

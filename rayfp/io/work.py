@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from rayfp.core.sampling import PAPER_PLAN, sample_plan
+from rayfp.core.sampling import PAPER_PLAN, SamplePlan, sample_plan
 from rayfp.io.canonical import canonicalize
 from rayfp.io.decode import decode_file
 from rayfp.io.image import DEFAULT_MAX_PIXELS
@@ -69,11 +69,13 @@ class SampledFrame:
                    flip=np.asarray(row["flip"], dtype=bool), image=str(row.get("image", "")))
 
 
-def plan_work(task: TaskInventory, *, samples: int, seed: int, plan: str = PAPER_PLAN
-              ) -> list[WorkItem]:
+def plan_work(task: TaskInventory, *, samples: int, seed: int, plan: str = PAPER_PLAN,
+              drawn: SamplePlan | None = None) -> list[WorkItem]:
     """One work item per file, in image order; the same plan whatever runs it. ``plan``:
-    ``paper`` (with replacement) or ``balanced`` (bounded views per image, for privacy)."""
-    drawn = sample_plan(task.n_images, samples, seed, plan=plan)
+    ``paper`` (with replacement) or ``balanced`` (bounded views per image, for privacy).
+    ``drawn``: views drawn elsewhere (a site's share of a task in parts, rayfp.core.parts)."""
+    if drawn is None:
+        drawn = sample_plan(task.n_images, samples, seed, plan=plan)
     per_file: dict[str, dict[str, list]] = {}
     for image_index, sample_ids in drawn.grouped_by_image():
         ref = task.images[image_index]

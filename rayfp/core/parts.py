@@ -1,0 +1,222 @@
+"""A task fingerprinted in parts, one per site, merged exactly.
+
+The sites announce their image counts M_1..M_K and agree on one seed. The task's plan is the
+single-site plan of all M = ΣM_k images in part order (part 1's images first, each part's in its
+inventory order): every site draws it and keeps the views of its own images, with their crops
+and flips. Counts add, so the merged counts equal a single site's fingerprint of the union taken
+in that order (tested).
+
+With differential privacy each part carries noisy counts over the release bins, not yet
+projected (projection is not additive); the merge sums them, then projects and spreads once.
+Noise per part (``noise_share``): "full" gives every part the whole σ, so each part is
+(ε, δ)-DP on its own, whoever sees it, and the merged one too (every image is in one part) with
+√K times the noise; "split" gives every part σ/√K so the merged fingerprint has exactly σ, but a
+single part is then only protected by the others' noise: use it only when parts are summed
+before anyone sees them (secure aggregation), which this cloud does not do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
+from rayfp.core.sampling import SamplePlan, sample_plan
+from rayfp.errors import ConfigError, SpaceMismatchError
+
+FORMAT = "rayfp-part-1"
+NOISE_SHARES = ("full", "split")
+
+
+@dataclasses.dataclass(frozen=True)
+class PartPlan:
+    """What all sites of one task agree on before anyone fingerprints."""
+
+    task_id: str
+    image_counts: tuple[int, ...]  # M_k of parts 1..K
+    samples: int
+    seed: int
+    plan: str  # the sampling plan (paper / balanced)
+
+    def __post_init__(self) -> None:
+        if not self.image_counts or min(self.image_counts) < 1:
+            raise ConfigError(f"every part needs at least one image, got {self.image_counts}")
+
+    @property
+    def parts(self) -> int:
+        return len(self.image_counts)
+
+    @property
+    def total_images(self) -> int:
+        return sum(self.image_counts)
+
+    def offset(self, part: int) -> int:
+        self.check_part(part)
+        return sum(self.image_counts[:part - 1])
+
+    def check_part(self, part: int) -> None:
+        if not 1 <= part <= self.parts:
+            raise ConfigError(f"part must be in 1..{self.parts}, got {part}")
+
+    def views_of(self, part: int) -> SamplePlan:
+        """Part ``part``'s share of the task's views, indexed into its own image list."""
+        whole = sample_plan(self.total_images, self.samples, self.seed, plan=self.plan)
+        start = self.offset(part)
+        mine = (whole.image_index >= start) & (whole.image_index < start + self.image_counts[
+            part - 1])
+        return SamplePlan(image_index=whole.image_index[mine] - start,
+                          crop_top=whole.crop_top[mine], crop_left=whole.crop_left[mine],
+                          flip=whole.flip[mine])
+
+    def to_record(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "image_counts": list(self.image_counts),
+                "samples": self.samples, "seed": self.seed, "plan": self.plan}
+
+    @classmethod
+    def from_record(cls, row: dict[str, Any]) -> PartPlan:
+        return cls(str(row["task_id"]), tuple(int(m) for m in row["image_counts"]),
+                   int(row["samples"]), int(row["seed"]), str(row["plan"]))
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """'2/3' -> (2, 3)."""
+    try:
+        k, total = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--part expects k/K (e.g. 2/3), got {text!r}") from None
+    if not 1 <= k <= total:
+        raise ConfigError(f"--part {text}: k must be in 1..K")
+    return k, total
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskPart:
+    """One site's share of a task: exact integer counts (D, B), or, for a private task, noisy
+    real counts over the release bins (D, release_bins) and the record of that noise."""
+
+    space_id: str
+    part: int
+    plan: PartPlan
+    counts: np.ndarray
+    n_views: int
+    feature_sum: np.ndarray
+    privacy: dict[str, Any]  # {"dp": {...} or None, "noise_share": ...}
+
+    def __post_init__(self) -> None:
+        self.plan.check_part(self.part)
+
+    @property
+    def task_id(self) -> str:
+        return self.plan.task_id
+
+    @property
+    def private(self) -> bool:
+        return self.privacy.get("dp") is not None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format": FORMAT, "space_id": self.space_id, "part": self.part,
+                "plan": self.plan.to_record(), "n_views": self.n_views, "privacy": self.privacy}
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, meta=json.dumps(meta), counts=self.counts,
+                            feature_sum=self.feature_sum)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TaskPart:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                if meta.get("format") != FORMAT:
+                    raise ConfigError(f"{path}: not a rayfp task part ({meta.get('format')})")
+                return cls(meta["space_id"], int(meta["part"]),
+                           PartPlan.from_record(meta["plan"]), z["counts"],
+                           int(meta["n_views"]), z["feature_sum"], meta["privacy"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise ConfigError(f"{path}: unreadable task part ({exc})") from exc
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON for the wire (POST /v1/tasks/{id}/parts)."""
+        return {"space_id": self.space_id, "part": self.part, "plan": self.plan.to_record(),
+                "counts": np.asarray(self.counts, np.float64).ravel().tolist(),
+                "shape": list(self.counts.shape), "n_views": self.n_views,
+                "feature_sum": np.asarray(self.feature_sum, np.float64).tolist(),
+                "privacy": self.privacy}
+
+    @classmethod
+    def from_record(cls, row: dict[str, Any]) -> TaskPart:
+        try:
+            shape = tuple(int(v) for v in row["shape"])
+            counts = np.asarray(row["counts"], np.float64).reshape(shape)
+            return cls(str(row["space_id"]), int(row["part"]),
+                       PartPlan.from_record(row["plan"]), counts, int(row["n_views"]),
+                       np.asarray(row["feature_sum"], np.float64), dict(row["privacy"] or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"a task part must carry space_id, part, plan, counts, shape, "
+                              f"n_views, feature_sum and privacy ({exc})") from None
+
+
+def check_parts(parts: Sequence[TaskPart]) -> None:
+    """Raise unless the parts are all K parts, once each, of one task, plan and space."""
+    check_compatible(parts)
+    first = parts[0]
+    missing = sorted(set(range(1, first.plan.parts + 1)) - {p.part for p in parts})
+    if missing:
+        raise ConfigError(f"{first.task_id!r} is still missing part(s) {missing} of "
+                          f"{first.plan.parts}")
+
+
+def check_compatible(parts: Sequence[TaskPart]) -> None:
+    """Raise unless the parts (some or all) belong together: one task, plan, space and kind of
+    release, no part twice."""
+    if not parts:
+        raise ConfigError("no parts to merge")
+    first = parts[0]
+    for p in parts:
+        if p.space_id != first.space_id:
+            raise SpaceMismatchError(f"part {p.part} of {p.task_id!r} is in space {p.space_id}, "
+                                     f"part {first.part} in {first.space_id}")
+        if p.plan != first.plan:
+            raise ConfigError(f"part {p.part} of {p.task_id!r} was made with another plan "
+                              f"({p.plan.to_record()}) than part {first.part} "
+                              f"({first.plan.to_record()})")
+        if p.private != first.private or p.privacy.get("noise_share") != first.privacy.get(
+                "noise_share"):
+            raise ConfigError(f"parts of {p.task_id!r} were released differently (exact / "
+                              "private, noise share): release them all alike")
+    numbers = sorted(p.part for p in parts)
+    twice = sorted({a for a, b in zip(numbers, numbers[1:]) if a == b})
+    if twice:
+        raise ConfigError(f"part(s) {twice} of {first.task_id!r} arrived twice")
+
+
+def merge_exact_parts(parts: Sequence[TaskPart], space: FingerprintSpace) -> PartialCounts:
+    """All K exact parts -> the task's counts: integer counts, sums and n add."""
+    check_parts(parts)
+    first = parts[0]
+    if first.space_id != space.space_id:
+        raise SpaceMismatchError(f"parts of space {first.space_id} merged in {space.space_id}")
+    if first.private:
+        raise ConfigError("private parts are merged by rayfp.privacy.parts.merge_parts")
+    n = sum(p.n_views for p in parts)
+    if n != first.plan.samples:
+        raise ConfigError(f"the parts hold {n} views, the plan {first.plan.samples}")
+    counts = np.sum([np.asarray(p.counts, np.int64) for p in parts], axis=0)
+    feature_sum = np.sum([p.feature_sum for p in parts], axis=0)
+    return PartialCounts(space.space_id, counts, feature_sum, n)
+
+
+def split_sigma(sigma: float, parts: int, noise_share: str) -> float:
+    """The noise each part adds: all of σ ("full") or σ/√K ("split")."""
+    if noise_share not in NOISE_SHARES:
+        raise ConfigError(f"noise_share must be one of {NOISE_SHARES}, got {noise_share!r}")
+    return sigma if noise_share == "full" else sigma / math.sqrt(parts)
