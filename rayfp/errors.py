@@ -64,6 +64,12 @@ class DecompressionBombError(DecodeError):
     reason = "decompression_bomb"
 
 
+class UnsupportedLayoutError(DecodeError):
+    """A volume whose array is not 3-D (or 4-D: its first volume is used)."""
+
+    reason = "unsupported_layout"
+
+
 # --- configuration, registries, data ----------------------------------------------------------
 
 

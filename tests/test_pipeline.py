@@ -63,7 +63,27 @@ def archive(tmp_path_factory) -> Path:
         for name in names:
             shutil.copy(corpus[name], root / task / name)
     (root / "mr" / "empty.dcm").write_bytes(b"")
+    _brain_volumes(root / "brain")
     return root
+
+
+def _brain_volumes(folder: Path) -> None:
+    """Three 3-D NIfTI volumes (nilearn's MNI152 template, two shifted copies): a task whose
+    unit is the volume."""
+    import warnings
+
+    import nibabel as nib
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from nilearn.datasets import load_mni152_template
+
+        template = load_mni152_template(resolution=2)
+    folder.mkdir()
+    volume = np.asarray(template.dataobj)
+    for i, shift in enumerate((0, 5, 11)):
+        nib.save(nib.Nifti1Image(np.roll(volume, shift, axis=2), template.affine),
+                 folder / f"t1-{i}.nii.gz")
 
 
 def run_job(cluster, *args, timeout=600) -> subprocess.CompletedProcess:
@@ -91,26 +111,28 @@ def test_job_submit_fingerprints_every_task_and_reports_failures(submitted):
     store = Store(submitted["store"])
     assert "task mr done" in submitted["log"] and "images/s" in submitted["log"]
     fps = store.fingerprints(submitted["space"])
-    assert [fp.task_id for fp in fps] == ["mr", "us"]
-    assert [fp.n_images for fp in fps] == [13, 33] and all(fp.n_samples == 48 for fp in fps)
+    assert [fp.task_id for fp in fps] == ["brain", "mr", "us"]
+    # frames of 2-D files count as images; a volume is one unit, whatever its slices
+    assert [fp.n_images for fp in fps] == [3, 13, 33] and all(fp.n_samples == 48 for fp in fps)
     failures = store.read_table("failures").to_pylist()
     assert sorted((Path(f["path"]).name, f["reason"]) for f in failures) == [
         ("MR_truncated.dcm", "truncated"), ("badVR.dcm", "bad_vr"), ("empty.dcm", "zero_bytes")]
     assert all(f["job_id"] and f["task_id"] == "mr" for f in failures)
-    assert "rayfp-archive-job" in fps[0].source and str(Path(fps[0].source).name) != ""
+    assert "rayfp-archive-job" in fps[1].source and str(Path(fps[1].source).name) != ""
 
 
 def test_ray_job_and_cli_give_identical_counts(submitted, archive, capsys, tmp_path):
     local = tmp_path / "local"  # its own store: the job's store stays as the job wrote it
     shutil.copytree(submitted["store"] / "spaces", local / "spaces")
-    code = rayfp_cli(["fingerprint", str(archive / "us"), "--task-id", "us", "--space",
-                      submitted["space"], "--store", str(local), "--samples", "48",
-                      "--min-images", "3", "--epsilon", "inf", "--quiet"])
-    assert code == 0
-    ray_fp = Store(submitted["store"]).get_fingerprint(submitted["space"], "us")
-    cli_fp = Store(local).get_fingerprint(submitted["space"], "us")
-    assert np.array_equal(ray_fp.counts, cli_fp.counts)
-    np.testing.assert_allclose(ray_fp.feature_sum, cli_fp.feature_sum, rtol=1e-12)
+    for task in ("us", "brain"):  # 2-D frames, and slices of volumes
+        code = rayfp_cli(["fingerprint", str(archive / task), "--task-id", task, "--space",
+                          submitted["space"], "--store", str(local), "--samples", "48",
+                          "--min-images", "3", "--epsilon", "inf", "--quiet"])
+        assert code == 0
+        ray_fp = Store(submitted["store"]).get_fingerprint(submitted["space"], task)
+        cli_fp = Store(local).get_fingerprint(submitted["space"], task)
+        assert np.array_equal(ray_fp.counts, cli_fp.counts)
+        np.testing.assert_allclose(ray_fp.feature_sum, cli_fp.feature_sum, rtol=1e-12)
 
 
 def test_a_manifest_gives_the_same_task_row_and_counts_through_cli_and_ray(
@@ -154,7 +176,7 @@ def test_rerun_skips_and_minimum_is_reported(cluster, submitted, archive, tmp_pa
     again = run_job(cluster, archive, "--store", submitted["store"], "--space",
                     submitted["space"], *COMMON)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "0 written, 2 already present" in again.stdout
+    assert "0 written, 3 already present" in again.stdout
     assert path.stat().st_mtime_ns == before
     copy = tmp_path / "store"  # overwriting happens in a copy: the job's store stays as it was
     shutil.copytree(submitted["store"], copy)

@@ -73,7 +73,7 @@ class PartPlan:
             part - 1])
         return SamplePlan(image_index=whole.image_index[mine] - start,
                           crop_top=whole.crop_top[mine], crop_left=whole.crop_left[mine],
-                          flip=whole.flip[mine])
+                          flip=whole.flip[mine], slice_u=whole.slice_u[mine])
 
     def to_record(self) -> dict[str, Any]:
         return {"task_id": self.task_id, "image_counts": list(self.image_counts),

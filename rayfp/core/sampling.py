@@ -19,14 +19,17 @@ CROP_SIZE = 224
 class SamplePlan:
     """The paper's sampling: N augmented views drawn uniformly with replacement.
 
-    image_index: (N,) int64 into the task's image list; crop_top/crop_left: (N,) int16 offsets
-    of the 224 crop in the 256x256 canonical image; flip: (N,) bool horizontal flip.
+    image_index: (N,) int64 into the task's image list (its sampling units: an image, or a
+    volume); crop_top/crop_left: (N,) int16 offsets of the 224 crop in the 256x256 canonical
+    image; flip: (N,) bool horizontal flip; slice_u: (N,) uniform [0, 1) that picks the slice
+    of a volume (drawn last, so the other draws are those of a plan without volumes).
     """
 
     image_index: np.ndarray
     crop_top: np.ndarray
     crop_left: np.ndarray
     flip: np.ndarray
+    slice_u: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.image_index)
@@ -72,6 +75,7 @@ def sample_plan(n_images: int, n_samples: int, seed: int, *, plan: str = PAPER_P
         crop_top=rng.integers(0, max_offset, size=n_samples).astype(np.int16),
         crop_left=rng.integers(0, max_offset, size=n_samples).astype(np.int16),
         flip=rng.random(n_samples) < 0.5,
+        slice_u=rng.random(n_samples),
     )
 
 

@@ -19,11 +19,11 @@ from rayfp import defaults
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts, bin_indices, clip_to_edges
 from rayfp.core.replicates import ViewTable
 from rayfp.core.sampling import BALANCED_PLAN, CROP_SIZE, PAPER_PLAN
-from rayfp.errors import SpaceMismatchError
+from rayfp.errors import ConfigError, SpaceMismatchError
 from rayfp.extract.backbones import FeatureExtractor
 from rayfp.io.image import DEFAULT_MAX_PIXELS
 from rayfp.io.inventory import TaskInventory
-from rayfp.io.work import SampledFrame, expected_views, image_key, plan_work, sampled_frames
+from rayfp.io.work import SampledFrame, expected_views, plan_work, sampled_frames
 
 
 def crop_views(canonical: torch.Tensor, tops: np.ndarray, lefts: np.ndarray,
@@ -138,9 +138,9 @@ def fingerprint_inventory(task: TaskInventory, space: FingerprintSpace,
                                          views=views).values():
                 total = total + part
                 bar.update(part.n)
-    table = (ViewTable.from_batches(space, task.task_id, views,
-                                    images=[image_key(r.path, r.frame) for r in task.images])
-             if keep_views else None)
+    units = [task.unit_key(task.images[i]) for i in task.unit_starts]
+    table = ViewTable.from_batches(space, task.task_id, views, images=units) \
+        if keep_views else None
     return total, table
 
 
@@ -148,6 +148,8 @@ def view_bank(task: TaskInventory, extractor: FeatureExtractor, *, views: int, s
               batch_size: int = defaults.BATCH_SIZE, progress: bool = False) -> np.ndarray:
     """``views`` augmented views of every image of the task (the privacy audit's population):
     (n_images, views, D) float32, images in inventory order."""
+    if task.volumes:
+        raise ConfigError("the audit's unit is a 2-D image; it does not take volumes yet")
     work = plan_work(task, samples=task.n_images * views, seed=seed, plan=BALANCED_PLAN)
     row_of = {(ref.path, ref.frame): i for i, ref in enumerate(task.images)}
     bank = np.zeros((task.n_images, views, extractor.spec.feature_dim), np.float32)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from rayfp import errors
 from rayfp.io.dicom import iter_dicom_frames, looks_like_dicom
 from rayfp.io.image import DEFAULT_MAX_PIXELS, DecodedImage
+from rayfp.io.nifti import is_nifti, iter_nifti_frames
 from rayfp.io.raster import RASTER_SUFFIXES, iter_raster_frames
 
 _PNG_MAGIC = b"\x89PNG"
@@ -66,7 +67,9 @@ def iter_frames(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
             raise errors.NotAnImageError(path, f"cannot read: {exc.strerror}") from exc
     if size == 0:
         raise errors.EmptyFileError(path, "the file is empty (0 bytes)")
-    if _is_raster(head, path):
+    if is_nifti(path):
+        yield from iter_nifti_frames(path, max_pixels=max_pixels, data=data)
+    elif _is_raster(head, path):
         yield from iter_raster_frames(path, max_pixels=max_pixels, data=data)
     else:
         yield from iter_dicom_frames(path, max_pixels=max_pixels, data=data)

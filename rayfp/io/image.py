@@ -17,12 +17,14 @@ DEFAULT_MAX_PIXELS = 2**28
 
 @dataclasses.dataclass(frozen=True)
 class ImageMeta:
-    """Where a decoded image came from: ``frame`` is its index in a multi-frame file."""
+    """Where a decoded image came from: ``frame`` is its index in a multi-frame file;
+    ``volume``: the file's frames are slices of one volume (one sampling unit)."""
 
     path: str
     modality: str = ""
     frame: int = 0
     n_frames: int = 1
+    volume: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

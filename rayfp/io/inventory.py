@@ -13,6 +13,7 @@ import collections
 import dataclasses
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from rayfp.errors import DecodeError, TooFewImagesError
@@ -51,13 +52,14 @@ class FileRecord:
     modality: str
     reason: str = ""
     detail: str = ""
+    volume: bool = False  # the frames are slices of one volume: one sampling unit
 
     def to_record(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_record(cls, row: dict) -> FileRecord:
-        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls) if f.name in row})
 
 
 def inventory_file(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> FileRecord:
@@ -71,7 +73,8 @@ def inventory_file(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS)
         return FileRecord(source.path, source.task_id, 0, "", "decoder_crash",
                           f"{type(exc).__name__}: {exc}")
     modality = source.modality or frames[0].meta.modality or UNKNOWN_MODALITY
-    return FileRecord(source.path, source.task_id, len(frames), modality)
+    return FileRecord(source.path, source.task_id, len(frames), modality,
+                      volume=frames[0].meta.volume)
 
 
 @dataclasses.dataclass
@@ -83,10 +86,37 @@ class TaskInventory:
     images: list[ImageRef]
     skipped: list[SkippedFile]
     modalities: collections.Counter
+    volumes: set[str] = dataclasses.field(default_factory=set)  # files whose frames are slices
 
     @property
     def n_images(self) -> int:
-        return len(self.images)
+        """Distinct sampling units: a 2-D image (or frame), or a whole volume. The minimum,
+        the sampling plan and the privacy unit all count these."""
+        return len(self.unit_starts)
+
+    @property
+    def unit_starts(self) -> np.ndarray:
+        """Index in ``images`` of each unit's first image (a volume's slices are contiguous:
+        images are sorted by path, then frame)."""
+        keys = [ref.path if ref.path in self.volumes else (ref.path, ref.frame)
+                for ref in self.images]
+        return np.array([i for i, key in enumerate(keys) if i == 0 or key != keys[i - 1]],
+                        np.int64)
+
+    def unit_key(self, ref: ImageRef) -> str:
+        """What a view table and the privacy unit call the image's unit."""
+        return ref.path if ref.path in self.volumes else f"{ref.path}#{ref.frame}"
+
+    def images_of_views(self, unit_index: np.ndarray, slice_u: np.ndarray | None) -> np.ndarray:
+        """Each view's image: the unit's only image, or its slice picked by ``slice_u``."""
+        starts = self.unit_starts
+        if len(starts) == len(self.images):
+            return np.asarray(unit_index, np.int64)
+        sizes = np.diff(np.r_[starts, len(self.images)])
+        if slice_u is None:
+            raise ValueError("a plan over volumes needs slice_u")
+        pick = np.minimum((slice_u * sizes[unit_index]).astype(np.int64), sizes[unit_index] - 1)
+        return starts[unit_index] + pick
 
     @property
     def modality(self) -> str:
@@ -114,7 +144,9 @@ def group_inventory(records: Iterable[FileRecord]) -> dict[str, TaskInventory]:
                                             record.detail))
             continue
         task.images.extend(ImageRef(record.path, f) for f in range(record.n_frames))
-        task.modalities[record.modality] += record.n_frames
+        task.modalities[record.modality] += 1 if record.volume else record.n_frames
+        if record.volume:
+            task.volumes.add(record.path)
     for task in tasks.values():
         task.images.sort()
         task.skipped.sort(key=lambda s: s.path)

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from rayfp.errors import ConfigError
 from rayfp.io.decode import is_uri
+from rayfp.io.nifti import NIFTI_SUFFIXES
 from rayfp.io.raster import RASTER_SUFFIXES
 
 # Files in archive folders that are certainly not images (DICOM often has no suffix at all).
@@ -46,6 +47,8 @@ def is_candidate(name: str) -> bool:
     if path.name.startswith("."):
         return False
     suffix = path.suffix.lower()
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
+        return True
     return suffix in RASTER_SUFFIXES or suffix == ".dcm" or suffix not in IGNORED_SUFFIXES
 
 

@@ -31,6 +31,7 @@ class WorkItem:
     top: list[int]
     left: list[int]
     flip: list[bool]
+    volume: bool = False  # the file is one volume: its views share one image key
 
     @property
     def n_views(self) -> int:
@@ -41,7 +42,7 @@ class WorkItem:
 
     @classmethod
     def from_record(cls, row: dict) -> WorkItem:
-        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: row[f.name] for f in dataclasses.fields(cls) if f.name in row})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +76,9 @@ def plan_work(task: TaskInventory, *, samples: int, seed: int, plan: str = PAPER
     ``paper`` (with replacement) or ``balanced`` (bounded views per image, for privacy).
     ``drawn``: views drawn elsewhere (a site's share of a task in parts, rayfp.core.parts)."""
     if drawn is None:
-        drawn = sample_plan(task.n_images, samples, seed, plan=plan)
+        drawn = sample_plan(task.n_images, samples, seed, plan=plan)  # over sampling units
+    drawn = dataclasses.replace(drawn, image_index=task.images_of_views(drawn.image_index,
+                                                                        drawn.slice_u))
     per_file: dict[str, dict[str, list]] = {}
     for image_index, sample_ids in drawn.grouped_by_image():
         ref = task.images[image_index]
@@ -84,7 +87,8 @@ def plan_work(task: TaskInventory, *, samples: int, seed: int, plan: str = PAPER
         item["top"] += drawn.crop_top[sample_ids].tolist()
         item["left"] += drawn.crop_left[sample_ids].tolist()
         item["flip"] += drawn.flip[sample_ids].tolist()
-    return [WorkItem(task.task_id, path, **item) for path, item in per_file.items()]
+    return [WorkItem(task.task_id, path, **item, volume=path in task.volumes)
+            for path, item in per_file.items()]
 
 
 def sampled_frames(item: WorkItem, *, max_pixels: int = DEFAULT_MAX_PIXELS
@@ -98,7 +102,7 @@ def sampled_frames(item: WorkItem, *, max_pixels: int = DEFAULT_MAX_PIXELS
                            top=np.asarray(item.top, np.int16)[mask],
                            left=np.asarray(item.left, np.int16)[mask],
                            flip=np.asarray(item.flip, bool)[mask],
-                           image=image_key(item.path, frame))
+                           image=item.path if item.volume else image_key(item.path, frame))
 
 
 def image_key(path: str, frame: int) -> str:
