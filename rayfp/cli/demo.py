@@ -103,6 +103,34 @@ def _brain_slices(data_dir: Path) -> tuple[list[str], list[str]]:
     return a, b
 
 
+def _brain_volumes(data_dir: Path) -> tuple[list[str], list[str]]:
+    """Two 3-D tasks of four NIfTI volumes each, made from the MNI152 template (the other
+    resolution for the second task): shifted and mirrored copies, so each volume is a distinct
+    unit. The demo's 3-D case: a volume is one image whose slices the views are cut from."""
+    import nibabel as nib
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from nilearn.datasets import load_mni152_template
+
+        templates = [load_mni152_template(resolution=r) for r in (2, 1)]
+    tasks = []
+    for half, template in zip("ab", templates):
+        folder = data_dir / f"brain-3d-{half}"
+        folder.mkdir(parents=True, exist_ok=True)
+        volume = np.asarray(template.dataobj, dtype=np.float32)
+        paths = []
+        for i, (shift, mirror) in enumerate(((0, False), (3, False), (0, True), (5, True))):
+            moved = np.roll(volume, shift, axis=2)
+            if mirror:
+                moved = moved[::-1]
+            path = folder / f"t1-{i}.nii.gz"
+            nib.save(nib.Nifti1Image(moved, template.affine), path)
+            paths.append(os.fspath(path))
+        tasks.append(paths)
+    return tasks[0], tasks[1]
+
+
 def _write_manifest(paths: list[str], path: Path, modality: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
@@ -126,6 +154,9 @@ def build_demo_tasks(data_dir: str | os.PathLike) -> dict[str, tuple[str, str]]:
             tasks[task] = (_write_manifest(chunk, data_dir / f"{task}.csv", modality), modality)
     for half, chunk in zip("ab", _brain_slices(data_dir)):
         task = f"brain-t1-{half}"  # the MNI152 template is a T1-weighted MR image
+        tasks[task] = (_write_manifest(chunk, data_dir / f"{task}.csv", "mr"), "mr")
+    for half, chunk in zip("ab", _brain_volumes(data_dir)):
+        task = f"brain-3d-{half}"
         tasks[task] = (_write_manifest(chunk, data_dir / f"{task}.csv", "mr"), "mr")
     return dict(sorted(tasks.items()))
 
