@@ -111,12 +111,16 @@ def test_the_cloud_keeps_parts_until_all_arrive_then_registers_the_merge(tmp_pat
     assert kb.receive_part(parts[2])["missing"] == [1, 2]
     with pytest.raises(ConflictError, match="arrived before"):
         kb.receive_part(parts[2])
-    _, other, _ = _parts(PrivacySpec.none(), task="pooled")
-    stranger = TaskPart(SPACE.space_id, 1, PartPlan("pooled", (7, 12, 6), SAMPLES, 11, "paper"),
-                        other[0].counts, other[0].n_views, other[0].feature_sum,
-                        other[0].privacy)
+    other_plan = PartPlan("pooled", (7, 12, 6), SAMPLES, 11, "paper")  # other counts
+    views = np.random.default_rng(1).random((len(other_plan.views_of(1)), SPACE.dim))
+    stranger = release_part(PartialCounts.from_features(views, SPACE), SPACE, plan=other_plan,
+                            part=1, spec=PrivacySpec.none())
     with pytest.raises(ConflictError, match="another plan"):
         kb.receive_part(stranger)
+    forged = TaskPart(SPACE.space_id, 2, parts[1].plan, parts[1].counts, parts[1].n_views + 1,
+                      parts[1].feature_sum, parts[1].privacy)
+    with pytest.raises(ConfigError, match="its plan gives it"):
+        kb.receive_part(forged)  # the server recomputes each part's share of the plan
     assert kb.receive_part(parts[0])["state"] == "waiting"
     assert not store.has_fingerprint(SPACE.space_id, "pooled")  # nothing half-merged
     assert kb.parts_state(SPACE.space_id, "pooled")["missing"] == [2]

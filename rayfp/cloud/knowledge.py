@@ -17,11 +17,11 @@ import numpy as np
 from rayfp import defaults
 from rayfp.core.confidence import Confidence, confidence_of
 from rayfp.core.distance import DEFAULT_METRIC, get_metric
-from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, released_epsilon
+from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, finalize, released_epsilon
 from rayfp.core.hubness import MAX_QUERIES, Hubness, measure_hubness
 from rayfp.core.index import ScreenedIndex
 from rayfp.core.kernels import AUTO
-from rayfp.core.parts import TaskPart
+from rayfp.core.parts import TaskPart, check_compatible, validate_part
 from rayfp.core.schemas import COMPONENT_KINDS
 from rayfp.core.store import Store, privacy_summary
 from rayfp.errors import (
@@ -31,6 +31,7 @@ from rayfp.errors import (
     SpaceMismatchError,
     TooFewImagesError,
 )
+from rayfp.privacy.parts import merge_parts
 from rayfp.privacy.policy import check_privacy, check_replicates_total
 from rayfp.registry import look_up
 
@@ -314,11 +315,8 @@ class KnowledgeBase:
         merged fingerprint like any registration and store it (the parts are then dropped).
         A part that arrived before, or that does not match the parts already here, is refused
         (ConflictError) and changes nothing; nothing half-merged is ever ranked."""
-        from rayfp.core.fingerprint import finalize
-        from rayfp.core.parts import check_compatible
-        from rayfp.privacy.parts import merge_parts
-
         space = self.space(part.space_id)
+        validate_part(part, space)
         elsewhere = [s for s in self.store.spaces_with_parts(part.task_id)
                      if s != part.space_id]
         if elsewhere:
@@ -334,9 +332,6 @@ class KnowledgeBase:
             raise
         except ConfigError as exc:  # another plan or release than the parts held
             raise ConflictError(str(exc)) from None
-        if part.counts.shape[0] != space.dim:
-            raise ConfigError(f"part {part.part}: counts of {part.counts.shape[0]} dimensions, "
-                              f"the space has {space.dim}")
         parts = sorted([*held, part], key=lambda p: p.part)
         if len(parts) < part.plan.parts:
             self.store.put_part(part)

@@ -165,6 +165,35 @@ class TaskPart:
                               f"n_views, feature_sum and privacy ({exc})") from None
 
 
+def validate_part(part: TaskPart, space: FingerprintSpace) -> None:
+    """Raise ConfigError unless a part received from elsewhere fits its space and its plan:
+    the view count its plan gives it, counts of the right shape (exact: D x B non-negative
+    integers, n_views per dimension; private: D x release bins, finite)."""
+    if part.space_id != space.space_id:
+        raise SpaceMismatchError(f"part {part.part} is in space {part.space_id}, not "
+                                 f"{space.space_id}")
+    expected = len(part.plan.views_of(part.part))
+    if part.n_views != expected:
+        raise ConfigError(f"part {part.part} of {part.task_id!r} holds {part.n_views} views; "
+                          f"its plan gives it {expected}")
+    counts = np.asarray(part.counts)
+    if part.private:
+        bins = int(part.privacy["dp"].get("release_bins") or space.bins)
+        if counts.shape != (space.dim, bins) or not np.isfinite(counts).all():
+            raise ConfigError(f"part {part.part}: expected finite noisy counts of shape "
+                              f"({space.dim}, {bins}), got {counts.shape}")
+        return
+    if counts.shape != (space.dim, space.bins):
+        raise ConfigError(f"part {part.part}: expected counts of shape ({space.dim}, "
+                          f"{space.bins}), got {counts.shape}")
+    if (counts < 0).any() or (counts != np.round(counts)).any() or (
+            counts.sum(axis=1) != part.n_views).any():
+        raise ConfigError(f"part {part.part}: exact counts must be non-negative integers with "
+                          f"{part.n_views} views in every dimension")
+    if np.asarray(part.feature_sum).shape != (space.dim,):
+        raise ConfigError(f"part {part.part}: expected {space.dim} feature sums")
+
+
 def check_parts(parts: Sequence[TaskPart]) -> None:
     """Raise unless the parts are all K parts, once each, of one task, plan and space."""
     check_compatible(parts)

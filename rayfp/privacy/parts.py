@@ -52,7 +52,6 @@ def release_part(partial: PartialCounts, space: FingerprintSpace, *, plan: PartP
     coarse = coarsen(np.asarray(partial.counts, np.float64), bins)
     active = _active(space)
     coarse[active] += noise.normal(sigma, (int(active.sum()), bins))
-    coarse[~active] = coarsen(np.asarray(partial.counts, np.float64), bins)[~active]
     record = release_record(spec, scale, release_bins=bins, noise=noise.name)
     return TaskPart(space.space_id, part, plan, coarse, partial.n,
                     np.zeros(space.dim), {"dp": {**record, "sigma_part": sigma},
