@@ -31,7 +31,7 @@ from rayfp.cluster.pipeline import (
 from rayfp.core.store import Store
 from rayfp.errors import ConfigError, RayfpError
 from rayfp.extract.backbones import get_backbone_spec, resolve_weights
-from rayfp.io.sources import list_archive
+from rayfp.io.sources import list_archive, with_window
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--threads", type=int, help="torch threads per actor (default: its CPUs)")
     p.add_argument("--min-images", type=int, default=defaults.MIN_IMAGES)
+    p.add_argument("--window", help="Hounsfield window for CT files without a manifest "
+                                     "`window`: brain, soft-tissue, lung or bone")
     add_privacy_flags(p)
     p.add_argument("--tasks", nargs="*", help="only these task ids")
     p.add_argument("--overwrite", action="store_true", help="recompute existing fingerprints")
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     log = logging.getLogger("rayfp.job")
     try:
-        files = list_archive(args.archive)
+        files = with_window(list_archive(args.archive), args.window)
         if args.tasks:
             files = [f for f in files if f.task_id in set(args.tasks)]
         config = ArchiveJobConfig(

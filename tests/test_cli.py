@@ -222,3 +222,6 @@ def test_a_task_in_two_parts_merges_to_the_fingerprint_of_the_union(archive, edg
     assert code == 2 and "announced 1 images" in err
     code, _, err = run(capsys, "merge", tmp_path / "part1.npz", "--store", store)
     assert code == 2 and "missing part(s) [2]" in err
+    code, _, err = run(capsys, "fingerprint", archive / "us", "--task-id", "x", "--space",
+                       space_id, "--store", store, "--window", "liver", "--quiet")
+    assert code == 2 and "unknown CT window 'liver'" in err

@@ -112,3 +112,43 @@ def test_the_volume_is_the_sampling_unit(mni, tmp_path):
     assert np.array_equal(flat.images_of_views(drawn.image_index, drawn.slice_u),
                           drawn.image_index)
     assert gzip  # (the truncated-file test above uses .nii.gz bytes)
+
+
+def test_ct_windows_from_a_flag_or_the_manifest(tmp_path):
+    import pydicom.data
+
+    from rayfp.errors import ConfigError
+    from rayfp.io.image import window_bounds
+    from rayfp.io.sources import read_manifest, with_window
+    from rayfp.io.work import sampled_frames
+
+    ct = pydicom.data.get_testdata_file("CT_small.dcm")
+    mr = pydicom.data.get_testdata_file("MR_small.dcm")
+    stored = decode_file(ct)[0].pixels
+    lung, bone = (decode_file(ct, window=w)[0].pixels for w in ("lung", "bone"))
+    assert not np.allclose(stored, lung) and not np.allclose(lung, bone)
+    assert np.array_equal(decode_file(mr, window="lung")[0].pixels, decode_file(mr)[0].pixels)
+    assert window_bounds("brain") == (0.0, 80.0)
+    with pytest.raises(ConfigError, match="soft-tissue"):
+        window_bounds("liver")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,modality,window\n{ct},CT,bone\n{mr},MR,\n")
+    sources = read_manifest(manifest)
+    assert [s.window for s in sources] == ["bone", ""]
+    assert [s.window for s in with_window(sources, "lung")] == ["bone", "lung"]  # row wins
+    (tmp_path / "bad.csv").write_text(f"path,window\n{ct},liver\n")
+    with pytest.raises(ConfigError, match="CT window"):
+        read_manifest(tmp_path / "bad.csv")
+    inventory = take_inventory(sources, task_id="ct")
+    work = {item.path: item for item in plan_work(inventory, samples=4, seed=0)}
+    assert work[ct].window == "bone" and work[mr].window == ""
+    frame = next(sampled_frames(work[ct]))  # the views are cut from the bone-windowed image
+    assert frame.canonical.shape == (3, 256, 256)
+    assert not np.allclose(frame.canonical, next(sampled_frames(
+        dataclasses_replace(work[ct], window=""))).canonical)
+
+
+def dataclasses_replace(item, **changes):
+    import dataclasses
+
+    return dataclasses.replace(item, **changes)

@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-views", action="store_true",
                    help="keep each view's bins and image in STORE/site-only/ (never sent), "
                         "for `rayfp query --replicates`")
+    p.add_argument("--window", help="Hounsfield window for CT (DICOM, or NIfTI in HU) without a "
+                                     "manifest `window`: brain, soft-tissue, lung or bone "
+                                     "(default: the stored or the robust window)")
     p.add_argument("--part", metavar="k/K",
                    help="this site's part k of a task pooled over K sites (with "
                         "--part-images); writes --part-out instead of a fingerprint")
@@ -193,7 +196,8 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
                               min_images=args.min_images, batch_size=args.batch_size,
                               weights=args.weights, modality=args.modality,
                               threads=args.threads, progress=not args.quiet,
-                              privacy=privacy_spec(args), keep_views=args.keep_views)
+                              privacy=privacy_spec(args), keep_views=args.keep_views,
+                              window=args.window)
     _print_skipped(result.skipped)
     fp = result.fingerprint
     dp = fp.privacy.get("dp")
@@ -239,7 +243,7 @@ def _fingerprint_part(args: argparse.Namespace) -> int:
         args.paths, task_id=args.task_id, space_id=args.space, store=_store(args), part=k,
         image_counts=counts, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
         weights=args.weights, threads=args.threads, progress=not args.quiet,
-        privacy=privacy_spec(args), noise_share=args.noise_share)
+        privacy=privacy_spec(args), noise_share=args.noise_share, window=args.window)
     _print_skipped(inventory.skipped)
     out = Path(args.part_out or Path(args.store) / "parts-out" /
                f"{args.task_id}-part-{k}-of-{total}.npz")

@@ -44,10 +44,11 @@ def read_uri(uri: str) -> bytes:
         raise errors.NotAnImageError(uri, f"cannot read: {exc}") from exc
 
 
-def iter_frames(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
-                ) -> Iterator[DecodedImage]:
+def iter_frames(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                window: str | None = None) -> Iterator[DecodedImage]:
     """Yield every image (frame) in a file, or raise a :class:`rayfp.errors.DecodeError`.
-    ``path`` is a local path or a URI (``s3://bucket/a.dcm``, ``file:///data/a.png``).
+    ``path`` is a local path or a URI (``s3://bucket/a.dcm``, ``file:///data/a.png``);
+    ``window``: a Hounsfield preset for CT (DICOM or NIfTI).
 
     >>> frames = list(iter_frames(pydicom.data.get_testdata_file("CT_small.dcm")))  # doctest: +SKIP
     """
@@ -68,14 +69,14 @@ def iter_frames(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
     if size == 0:
         raise errors.EmptyFileError(path, "the file is empty (0 bytes)")
     if is_nifti(path):
-        yield from iter_nifti_frames(path, max_pixels=max_pixels, data=data)
+        yield from iter_nifti_frames(path, max_pixels=max_pixels, data=data, window=window)
     elif _is_raster(head, path):
         yield from iter_raster_frames(path, max_pixels=max_pixels, data=data)
     else:
-        yield from iter_dicom_frames(path, max_pixels=max_pixels, data=data)
+        yield from iter_dicom_frames(path, max_pixels=max_pixels, data=data, window=window)
 
 
-def decode_file(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
-                ) -> list[DecodedImage]:
+def decode_file(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                window: str | None = None) -> list[DecodedImage]:
     """All frames of one file as a list (see :func:`iter_frames`)."""
-    return list(iter_frames(path, max_pixels=max_pixels))
+    return list(iter_frames(path, max_pixels=max_pixels, window=window))

@@ -24,6 +24,7 @@ from rayfp.io.image import (
     integer_range_to_unit,
     rescale_to_unit,
     robust_window,
+    window_bounds,
 )
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -117,9 +118,12 @@ def _decode_pixel_array(ds: pydicom.Dataset, path: str) -> np.ndarray:
         raise errors.BadValueRepresentationError(path, str(exc)) from exc
 
 
-def _grey_frame_to_unit(frame: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
-    values = apply_modality_lut(frame, ds)
-    if "VOILUTSequence" in ds:
+def _grey_frame_to_unit(frame: np.ndarray, ds: pydicom.Dataset, window: str | None = None
+                        ) -> np.ndarray:
+    values = apply_modality_lut(frame, ds)  # CT: Hounsfield units
+    if window and str(ds.get("Modality", "")) == "CT":
+        lo, hi = window_bounds(window)
+    elif "VOILUTSequence" in ds:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             values = apply_voi_lut(values, ds).astype(np.float32)
@@ -151,9 +155,10 @@ def _colour_frame_to_unit(frame: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     return integer_range_to_unit(frame, int(ds.get("BitsStored", ds.BitsAllocated)))
 
 
-def iter_dicom_frames(path: str, *, max_pixels: int, data: bytes | None = None
-                      ) -> Iterator[DecodedImage]:
-    """Decode every frame of a DICOM file into [0, 1] float32 images."""
+def iter_dicom_frames(path: str, *, max_pixels: int, data: bytes | None = None,
+                      window: str | None = None) -> Iterator[DecodedImage]:
+    """Decode every frame of a DICOM file into [0, 1] float32 images; ``window``: a Hounsfield
+    preset for CT (other modalities keep their stored or robust window)."""
     ds = read_dataset(path, data)
     n_frames = count_frames(ds, path, max_pixels=max_pixels)
     pixels = _decode_pixel_array(ds, path)
@@ -168,7 +173,7 @@ def iter_dicom_frames(path: str, *, max_pixels: int, data: bytes | None = None
         if colour:
             unit = _colour_frame_to_unit(frame, ds)
         else:
-            unit = _grey_frame_to_unit(frame, ds)
+            unit = _grey_frame_to_unit(frame, ds, window)
         if not np.isfinite(unit).all():
             raise errors.CorruptCodestreamError(path, f"frame {index} decodes to NaN/inf values")
         yield DecodedImage(unit, ImageMeta(path, modality, index, n_frames))

@@ -11,6 +11,20 @@ import numpy as np
 
 # A robust window for images without a stored one: ignore the extreme 0.5 % on each side.
 ROBUST_PERCENTILES = (0.5, 99.5)
+# Hounsfield windows (centre, width) for CT in HU: chosen with --window or a manifest's
+# `window` column; every other image gets its stored or the robust window.
+WINDOW_PRESETS = {"brain": (40.0, 80.0), "soft-tissue": (40.0, 400.0),
+                  "lung": (-600.0, 1500.0), "bone": (400.0, 1800.0)}
+
+
+def window_bounds(name: str) -> tuple[float, float]:
+    """(lo, hi) in HU of a preset; an unknown name is a ConfigError listing the presets."""
+    from rayfp.registry import look_up
+
+    centre, width = WINDOW_PRESETS[look_up("CT window", name, WINDOW_PRESETS)]
+    return centre - width / 2.0, centre + width / 2.0
+
+
 # Above this many pixels (rows x columns x frames) a file is refused before decoding.
 DEFAULT_MAX_PIXELS = 2**28
 

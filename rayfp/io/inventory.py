@@ -53,6 +53,7 @@ class FileRecord:
     reason: str = ""
     detail: str = ""
     volume: bool = False  # the frames are slices of one volume: one sampling unit
+    window: str = ""  # the CT window it was decoded with ("": its stored or robust one)
 
     def to_record(self) -> dict:
         return dataclasses.asdict(self)
@@ -66,7 +67,7 @@ def inventory_file(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     """Decode one file. The modality is the manifest's, else the file's own, else 'unknown'.
     Never raises for a bad file: unexpected decoder crashes are recorded too."""
     try:
-        frames = decode_file(source.path, max_pixels=max_pixels)
+        frames = decode_file(source.path, max_pixels=max_pixels, window=source.window or None)
     except DecodeError as exc:
         return FileRecord(source.path, source.task_id, 0, "", exc.reason, exc.detail)
     except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not kill the job
@@ -74,7 +75,7 @@ def inventory_file(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS)
                           f"{type(exc).__name__}: {exc}")
     modality = source.modality or frames[0].meta.modality or UNKNOWN_MODALITY
     return FileRecord(source.path, source.task_id, len(frames), modality,
-                      volume=frames[0].meta.volume)
+                      volume=frames[0].meta.volume, window=source.window)
 
 
 @dataclasses.dataclass
@@ -87,6 +88,7 @@ class TaskInventory:
     skipped: list[SkippedFile]
     modalities: collections.Counter
     volumes: set[str] = dataclasses.field(default_factory=set)  # files whose frames are slices
+    windows: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> CT window
 
     @property
     def n_images(self) -> int:
@@ -147,6 +149,8 @@ def group_inventory(records: Iterable[FileRecord]) -> dict[str, TaskInventory]:
         task.modalities[record.modality] += 1 if record.volume else record.n_frames
         if record.volume:
             task.volumes.add(record.path)
+        if record.window:
+            task.windows[record.path] = record.window
     for task in tasks.values():
         task.images.sort()
         task.skipped.sort(key=lambda s: s.path)

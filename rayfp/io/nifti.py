@@ -6,7 +6,8 @@ slices are the frames views are cut from.
 - Slices are taken along the acquisition axis: the header's slice dimension if it names one,
   else the axis with the largest voxel size (thick slices), else the last axis.
 - Intensities: the robust window (0.5 / 99.5 percentiles) of the whole volume, so all slices
-  of a volume share one window. (CT in Hounsfield units: see `window_presets` below.)
+  of a volume share one window; a CT volume in Hounsfield units can take a preset instead
+  (rayfp.io.image.WINDOW_PRESETS).
 - Background: a slice with fewer than 5 % of its pixels above 10 % of the window is skipped;
   a volume with no other slice keeps its middle slice (it is still an image of the task).
 - 4-D files: the first volume.
@@ -22,15 +23,18 @@ from collections.abc import Iterator
 import numpy as np
 
 from rayfp import errors
-from rayfp.io.image import DecodedImage, ImageMeta, rescale_to_unit, robust_window
+from rayfp.io.image import (
+    DecodedImage,
+    ImageMeta,
+    rescale_to_unit,
+    robust_window,
+    window_bounds,
+)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 FOREGROUND_LEVEL = 0.10  # of the window
 FOREGROUND_SHARE = 0.05  # of a slice's pixels
 
-# Hounsfield windows (centre, width) for CT volumes stored in HU.
-WINDOW_PRESETS = {"brain": (40.0, 80.0), "soft-tissue": (40.0, 400.0),
-                  "lung": (-600.0, 1500.0), "bone": (400.0, 1800.0)}
 
 
 def is_nifti(path: str) -> bool:
@@ -100,9 +104,8 @@ def iter_nifti_frames(path: str, *, max_pixels: int, data: bytes | None = None,
                                                   f"{max_pixels}")
     if not np.isfinite(volume).all():
         volume = np.nan_to_num(volume, nan=0.0, posinf=0.0, neginf=0.0)
-    if window is not None:
-        centre, width = WINDOW_PRESETS[window]
-        lo, hi = centre - width / 2, centre + width / 2
+    if window:
+        lo, hi = window_bounds(window)
     else:
         lo, hi = robust_window(volume)
     unit = rescale_to_unit(volume, lo, hi)

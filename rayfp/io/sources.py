@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 from rayfp.errors import ConfigError
 from rayfp.io.decode import is_uri
+from rayfp.io.image import window_bounds
 from rayfp.io.nifti import NIFTI_SUFFIXES
 from rayfp.io.raster import RASTER_SUFFIXES
 
@@ -29,6 +30,7 @@ MANIFEST_SUFFIXES = (".csv", ".parquet")
 MANIFEST_PATH = "path"
 MANIFEST_TASK_ID = "task_id"
 MANIFEST_MODALITY = "modality"
+MANIFEST_WINDOW = "window"
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -39,6 +41,7 @@ class ImageSource:
     path: str
     task_id: str = ""
     modality: str = ""
+    window: str = ""  # a Hounsfield preset for CT (rayfp.io.image.WINDOW_PRESETS); "": stored
 
 
 def is_candidate(name: str) -> bool:
@@ -60,7 +63,7 @@ def read_manifest(location: str | os.PathLike) -> list[ImageSource]:
     """A CSV or Parquet manifest (local or behind a URI) -> its sources, in file order.
 
     Columns: ``path`` (required; relative paths are resolved against the manifest's folder),
-    ``task_id`` and ``modality`` (optional; empty when absent)."""
+    ``task_id``, ``modality`` and ``window`` (a CT Hounsfield preset) (optional)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -77,7 +80,7 @@ def read_manifest(location: str | os.PathLike) -> list[ImageSource]:
         table = pq.read_table(source) if parquet else pacsv.read_csv(
             source, convert_options=pacsv.ConvertOptions(column_types={
                 MANIFEST_PATH: pa.string(), MANIFEST_TASK_ID: pa.string(),
-                MANIFEST_MODALITY: pa.string()}))
+                MANIFEST_MODALITY: pa.string(), MANIFEST_WINDOW: pa.string()}))
     except (pa.ArrowInvalid, OSError) as exc:
         raise ConfigError(f"manifest {location} cannot be read as "
                           f"{'Parquet' if parquet else 'CSV'}: {exc}") from exc
@@ -86,9 +89,10 @@ def read_manifest(location: str | os.PathLike) -> list[ImageSource]:
                           f"{table.column_names}")
     columns = {name: table.column(name).to_pylist() if name in table.column_names
                else [None] * table.num_rows
-               for name in (MANIFEST_PATH, MANIFEST_TASK_ID, MANIFEST_MODALITY)}
+               for name in (MANIFEST_PATH, MANIFEST_TASK_ID, MANIFEST_MODALITY,
+                            MANIFEST_WINDOW)}
     sources = []
-    for name, task_id, modality in zip(*columns.values()):
+    for name, task_id, modality, window in zip(*columns.values()):
         if not name:
             raise ConfigError(f"manifest {location} has a row with an empty {MANIFEST_PATH!r}")
         name = str(name)
@@ -98,7 +102,10 @@ def read_manifest(location: str | os.PathLike) -> list[ImageSource]:
             resolved = f"{base}/{name}"
         else:
             resolved = os.fspath(Path(base) / name)
-        sources.append(ImageSource(resolved, str(task_id or ""), str(modality or "")))
+        if window:
+            window_bounds(str(window))  # an unknown preset fails here, naming the row's value
+        sources.append(ImageSource(resolved, str(task_id or ""), str(modality or ""),
+                                   str(window or "")))
     return sources
 
 
@@ -180,3 +187,11 @@ def list_archive(location: str | os.PathLike) -> list[ImageSource]:
                           "manifest")
     unique = {(s.task_id, s.path): s for s in sources}
     return sorted(unique.values(), key=lambda s: (s.task_id, s.path))
+
+
+def with_window(sources: Sequence[ImageSource], window: str | None) -> list[ImageSource]:
+    """The sources, each without a window of its own given ``window`` (a CT preset)."""
+    if not window:
+        return list(sources)
+    window_bounds(window)  # refuse an unknown preset before any file is read
+    return [s if s.window else dataclasses.replace(s, window=window) for s in sources]

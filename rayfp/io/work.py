@@ -32,6 +32,7 @@ class WorkItem:
     left: list[int]
     flip: list[bool]
     volume: bool = False  # the file is one volume: its views share one image key
+    window: str = ""  # the CT window the inventory decoded it with
 
     @property
     def n_views(self) -> int:
@@ -87,14 +88,14 @@ def plan_work(task: TaskInventory, *, samples: int, seed: int, plan: str = PAPER
         item["top"] += drawn.crop_top[sample_ids].tolist()
         item["left"] += drawn.crop_left[sample_ids].tolist()
         item["flip"] += drawn.flip[sample_ids].tolist()
-    return [WorkItem(task.task_id, path, **item, volume=path in task.volumes)
-            for path, item in per_file.items()]
+    return [WorkItem(task.task_id, path, **item, volume=path in task.volumes,
+                     window=task.windows.get(path, "")) for path, item in per_file.items()]
 
 
 def sampled_frames(item: WorkItem, *, max_pixels: int = DEFAULT_MAX_PIXELS
                    ) -> Iterator[SampledFrame]:
     """Decode the item's file once; yield each needed frame, canonicalised, with its views."""
-    frames = decode_file(item.path, max_pixels=max_pixels)
+    frames = decode_file(item.path, max_pixels=max_pixels, window=item.window or None)
     wanted = np.asarray(item.frame)
     for frame in sorted(set(item.frame)):
         mask = wanted == frame
