@@ -18,7 +18,6 @@ before anyone sees them (secure aggregation), which this cloud does not do.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
+from rayfp.core.npzfile import load_npz, save_npz
 from rayfp.core.sampling import SamplePlan, sample_plan
 from rayfp.errors import ConfigError, SpaceMismatchError
 
@@ -121,28 +121,20 @@ class TaskPart:
         return self.privacy.get("dp") is not None
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"format": FORMAT, "space_id": self.space_id, "part": self.part,
-                "plan": self.plan.to_record(), "n_views": self.n_views, "privacy": self.privacy}
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, meta=json.dumps(meta), counts=self.counts,
-                            feature_sum=self.feature_sum)
-        os.replace(tmp, path)
-        return path
+        return save_npz(path, FORMAT, {"space_id": self.space_id, "part": self.part,
+                                       "plan": self.plan.to_record(), "n_views": self.n_views,
+                                       "privacy": self.privacy},
+                        counts=self.counts, feature_sum=self.feature_sum)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TaskPart:
+        meta, arrays = load_npz(path, FORMAT, "task part")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                if meta.get("format") != FORMAT:
-                    raise ConfigError(f"{path}: not a rayfp task part ({meta.get('format')})")
-                return cls(meta["space_id"], int(meta["part"]),
-                           PartPlan.from_record(meta["plan"]), z["counts"],
-                           int(meta["n_views"]), z["feature_sum"], meta["privacy"])
-        except (OSError, KeyError, ValueError) as exc:
-            raise ConfigError(f"{path}: unreadable task part ({exc})") from exc
+            return cls(meta["space_id"], int(meta["part"]), PartPlan.from_record(meta["plan"]),
+                       arrays["counts"], int(meta["n_views"]), arrays["feature_sum"],
+                       meta["privacy"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: unreadable task part ({exc!r})") from None
 
     def to_record(self) -> dict[str, Any]:
         """JSON for the wire (POST /v1/tasks/{id}/parts)."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
+from rayfp.core.npzfile import load_npz, save_npz
 from rayfp.errors import ConfigError, SpaceMismatchError
 
 FORMAT = "rayfp-views-1"
@@ -78,27 +79,19 @@ class ViewTable:
         return cls(space.space_id, task_id, images, image_of_view, bins, sums)
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, format=FORMAT, space_id=self.space_id, task_id=self.task_id,
-                            images=np.array(self.images, dtype=str),
-                            image_of_view=self.image_of_view, bins=self.bins,
-                            image_sums=self.image_sums)
-        os.replace(tmp, path)
-        return path
+        return save_npz(path, FORMAT, {"space_id": self.space_id, "task_id": self.task_id,
+                                       "images": list(self.images)},
+                        image_of_view=self.image_of_view, bins=self.bins,
+                        image_sums=self.image_sums)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ViewTable:
+        meta, arrays = load_npz(path, FORMAT, "view table")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                if str(z["format"]) != FORMAT:
-                    raise ConfigError(f"{path}: not a rayfp view table ({z['format']})")
-                return cls(str(z["space_id"]), str(z["task_id"]),
-                           tuple(z["images"].tolist()), z["image_of_view"], z["bins"],
-                           z["image_sums"])
-        except (OSError, KeyError, ValueError) as exc:
-            raise ConfigError(f"{path}: unreadable view table ({exc})") from exc
+            return cls(meta["space_id"], meta["task_id"], tuple(meta["images"]),
+                       arrays["image_of_view"], arrays["bins"], arrays["image_sums"])
+        except KeyError as exc:
+            raise ConfigError(f"{path}: unreadable view table (no {exc})") from None
 
     # -- resampling -------------------------------------------------------------------------
     def _one_hot(self, space: FingerprintSpace):

@@ -182,19 +182,43 @@ def privatize(partial: PartialCounts, space: FingerprintSpace, *, n_images: int,
                           record)
 
 
-def noisy_counts(counts: np.ndarray, n: int, space: FingerprintSpace, *, bins: int,
-                 sigma: float, noise) -> tuple[np.ndarray, np.ndarray]:
-    """The Gaussian mechanism on one histogram and its post-processing: noise of ``sigma`` on
-    the counts summed over ``bins`` coarse bins of every non-degenerate dimension, projected
-    onto non-negative integers summing to n, spread back over the space's bins; the mean read
-    off the result at the bin centres. Returns (counts (D, B) int64, mean (D,))."""
-    coarse = coarsen(np.asarray(counts, np.float64), bins)
+def active_dims(space: FingerprintSpace) -> np.ndarray:
+    """(D,) bool: the dimensions that get noise (degenerate ones hold all mass in bin 0
+    whatever the images)."""
     active = np.ones(space.dim, bool)
     active[space.degenerate_dims] = False
-    coarse[active] += noise.normal(sigma, (int(active.sum()), bins))
-    out = spread(project_to_counts(coarse, n), space.bins)
-    out[~active] = np.asarray(counts)[~active]  # data-independent: all mass in bin 0
+    return active
+
+
+def add_noise(coarse: np.ndarray, space: FingerprintSpace, *, sigma: float, noise
+              ) -> np.ndarray:
+    """The Gaussian mechanism on coarse counts (D, release bins): noise of ``sigma`` in every
+    non-degenerate dimension."""
+    out = np.array(coarse, np.float64)
+    active = active_dims(space)
+    out[active] += noise.normal(sigma, (int(active.sum()), out.shape[1]))
+    return out
+
+
+def finish_counts(noisy_coarse: np.ndarray, n: int, space: FingerprintSpace
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Post-processing of noisy coarse counts (free under DP): projected onto non-negative
+    integers summing to n, spread back over the space's bins, degenerate dimensions all in
+    bin 0; the mean read off the result at the bin centres. Returns (counts (D, B) int64,
+    mean (D,))."""
+    out = spread(project_to_counts(noisy_coarse, n), space.bins)
+    inactive = ~active_dims(space)
+    out[inactive] = 0
+    out[inactive, 0] = n  # data-independent: all mass in bin 0
     return out, (out * bin_centres(space)).sum(axis=1) / n
+
+
+def noisy_counts(counts: np.ndarray, n: int, space: FingerprintSpace, *, bins: int,
+                 sigma: float, noise) -> tuple[np.ndarray, np.ndarray]:
+    """The Gaussian mechanism on one histogram over ``bins`` coarse bins, and its
+    post-processing (finish_counts)."""
+    coarse = coarsen(np.asarray(counts, np.float64), bins)
+    return finish_counts(add_noise(coarse, space, sigma=sigma, noise=noise), n, space)
 
 
 def bin_centres(space: FingerprintSpace) -> np.ndarray:

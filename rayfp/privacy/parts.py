@@ -19,13 +19,14 @@ from rayfp.core.sampling import views_per_image_cap
 from rayfp.errors import ConfigError
 from rayfp.privacy.mechanism import (
     PrivacySpec,
-    bin_centres,
+    add_noise,
     calibrate,
+    finish_counts,
     privacy_record,
     release_record,
 )
 from rayfp.privacy.noise import noise_source
-from rayfp.privacy.postprocess import coarsen, project_to_counts, spread
+from rayfp.privacy.postprocess import coarsen
 
 
 def release_part(partial: PartialCounts, space: FingerprintSpace, *, plan: PartPlan, part: int,
@@ -49,19 +50,12 @@ def release_part(partial: PartialCounts, space: FingerprintSpace, *, plan: PartP
     sigma = split_sigma(scale.sigma_counts, plan.parts, noise_share)
     bins = spec.bins_for(space)
     noise = noise_source(spec.seed)
-    coarse = coarsen(np.asarray(partial.counts, np.float64), bins)
-    active = _active(space)
-    coarse[active] += noise.normal(sigma, (int(active.sum()), bins))
+    coarse = add_noise(coarsen(np.asarray(partial.counts, np.float64), bins), space,
+                       sigma=sigma, noise=noise)
     record = release_record(spec, scale, release_bins=bins, noise=noise.name)
     return TaskPart(space.space_id, part, plan, coarse, partial.n,
                     np.zeros(space.dim), {"dp": {**record, "sigma_part": sigma},
                                           "noise_share": noise_share})
-
-
-def _active(space: FingerprintSpace) -> np.ndarray:
-    active = np.ones(space.dim, bool)
-    active[space.degenerate_dims] = False
-    return active
 
 
 def merge_parts(parts: Sequence[TaskPart], space: FingerprintSpace, *, min_images: int
@@ -80,11 +74,7 @@ def merge_parts(parts: Sequence[TaskPart], space: FingerprintSpace, *, min_image
         raise ConfigError(f"the parts hold {n} views, the plan {first.plan.samples}")
     dp = dict(first.privacy["dp"])
     coarse = np.sum([np.asarray(p.counts, np.float64) for p in parts], axis=0)
-    counts = spread(project_to_counts(coarse, n), space.bins)
-    active = _active(space)
-    counts[~active] = 0
-    counts[~active, 0] = n  # degenerate dimensions: everything in bin 0
-    mean = (counts * bin_centres(space)).sum(axis=1) / n
+    counts, mean = finish_counts(coarse, n, space)
     merged_sigma = float(dp["sigma_part"]) * math.sqrt(first.plan.parts)
     dp.update({"sigma_counts": merged_sigma, "parts": first.plan.parts,
                "noise_share": first.privacy["noise_share"]})
