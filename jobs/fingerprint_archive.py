@@ -8,6 +8,10 @@ ROOT has one sub-folder per task (searched recursively); a manifest is a CSV/Par
 path and optionally task_id (without it the manifest is one task named after its file) and
 modality. Re-running skips tasks already fingerprinted in the
 space (use --overwrite to recompute). Unreadable files go to the store's `failures` table.
+
+A site's share of tasks pooled over several sites: --site-parts plans.json
+({"task": {"part": k, "image_counts": [M_1, ..., M_K]}}) writes those tasks as parts to
+--part-out (send them with `rayfp send-part`, or merge with `rayfp merge`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from rayfp.cluster.pipeline import (
     new_job_id,
     take_archive_inventory,
 )
+from rayfp.core.parts import read_site_parts
 from rayfp.core.store import Store
 from rayfp.errors import ConfigError, RayfpError
 from rayfp.extract.backbones import get_backbone_spec, resolve_weights
@@ -57,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-images", type=int, default=defaults.MIN_IMAGES)
     p.add_argument("--window", help="Hounsfield window for CT files without a manifest "
                                      "`window`: brain, soft-tissue, lung or bone")
+    p.add_argument("--site-parts", metavar="JSON",
+                   help='tasks pooled over sites: {"task": {"part": k, "image_counts": '
+                        '[M1, ..., MK]}}; those tasks are written as parts, not fingerprints')
+    p.add_argument("--part-out", help="folder for the parts (default STORE/parts-out)")
+    p.add_argument("--noise-share", choices=("full", "split"), default="full",
+                   help="a private part's noise: full (default) or split (secure "
+                        "aggregation only)")
     add_privacy_flags(p)
     p.add_argument("--tasks", nargs="*", help="only these task ids")
     p.add_argument("--overwrite", action="store_true", help="recompute existing fingerprints")
@@ -72,13 +84,17 @@ def main(argv: list[str] | None = None) -> int:
         files = with_window(list_archive(args.archive), args.window)
         if args.tasks:
             files = [f for f in files if f.task_id in set(args.tasks)]
+        privacy = privacy_spec(args)
+        site_parts = read_site_parts(args.site_parts, samples=args.samples, seed=args.seed,
+                                     plan=privacy.plan) if args.site_parts else {}
         config = ArchiveJobConfig(
             store=args.store, samples=args.samples, seed=args.seed,
             frames_per_batch=args.batch_size, workers=args.workers,
             gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
             threads=args.threads,
             weights=args.weights, min_images=args.min_images, overwrite=args.overwrite,
-            privacy=privacy_spec(args),
+            privacy=privacy, site_parts=site_parts, parts_out=args.part_out or "",
+            noise_share=args.noise_share,
             job_id=os.environ.get("RAY_JOB_ID") or new_job_id(),
             source=args.archive if "://" in args.archive else os.path.abspath(args.archive))
         ray.init(address=args.address, log_to_driver=True)
@@ -97,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fingerprint_archive: error: {exc}", file=sys.stderr)
         return 2
     log.info("done: %d written, %d already present, %d below the image minimum, %d files "
-             "failed (see the store's failures table), %.1f images/s", len(report.written),
-             len(report.skipped_existing), len(report.too_few_images), report.failures,
+             "failed, %d irregular DICOM series used (see the store's failures table), "
+             "%.1f images/s", len(report.written), len(report.skipped_existing),
+             len(report.too_few_images), report.failures, report.series_problems,
              report.views_per_second)
     print(f"space {space.space_id}")
     return 0

@@ -70,6 +70,58 @@ class UnsupportedLayoutError(DecodeError):
     reason = "unsupported_layout"
 
 
+class SeriesError(RayfpError, ValueError):
+    """A DICOM series whose slices do not make a regular volume. The series is still one
+    sampling unit and its slices are still used along the acquisition axis; the error is
+    reported (the inventory's ``series_problems``), never raised by a job."""
+
+    reason = "series_irregular"
+
+    def __init__(self, series: str, detail: str, *, paths: Iterable[str] = ()) -> None:
+        self.series = series
+        self.paths = sorted(paths)
+        self.detail = detail
+        super().__init__(f"series {series}: {self.reason}: {detail}")
+
+    def __eq__(self, other: object) -> bool:  # a reported value: the job's equals the local one
+        return (type(other) is type(self) and (self.series, self.detail, self.paths) ==
+                (other.series, other.detail, other.paths))
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.series, self.detail))
+
+
+class MixedOrientationError(SeriesError):
+    """Slices of one series lie in planes of different orientation (e.g. localizers)."""
+
+    reason = "series_mixed_orientation"
+
+
+class MissingSlicesError(SeriesError):
+    """Gaps in the slice positions larger than the series' own slice spacing."""
+
+    reason = "series_missing_slices"
+
+
+class IrregularSpacingError(SeriesError):
+    """Slice spacings that differ without a whole number of missing slices."""
+
+    reason = "series_irregular_spacing"
+
+
+class DuplicateSlicesError(SeriesError):
+    """Several files at one slice position (e.g. the same slice stored twice)."""
+
+    reason = "series_duplicate_positions"
+
+
+class MissingGeometryError(SeriesError):
+    """Files of a series without Image Position/Orientation (Patient): ordered by Instance
+    Number instead."""
+
+    reason = "series_missing_geometry"
+
+
 # --- configuration, registries, data ----------------------------------------------------------
 
 

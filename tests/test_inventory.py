@@ -89,7 +89,9 @@ def test_inventory_never_raises_and_groups_by_task(archive):
     assert by_name["badVR.dcm"].reason == "bad_vr"
     assert FileRecord.from_record(by_name["badVR.dcm"].to_record()) == by_name["badVR.dcm"]
     tasks = group_inventory(rows)
-    assert tasks["mr"].n_images == 11 and tasks["mr"].modality == "MR"
+    # emri_small's 10 frames are one multi-frame volume: one unit, like MR_small
+    assert tasks["mr"].n_images == 2 and len(tasks["mr"].images) == 11
+    assert tasks["mr"].modality == "MR"
     assert [Path(f.path).name for f in tasks["mr"].skipped] == ["MR_truncated.dcm"]
     assert tasks["mr"].images == sorted(tasks["mr"].images)
     local = take_inventory(discover_sources([archive / "mr"]), task_id="mr")
@@ -110,10 +112,11 @@ def test_work_plan_is_the_sample_plan(archive):
     work = plan_work(task, samples=500, seed=3)
     assert expected_views(work) == {"mr": 500}
     plan = sample_plan(task.n_images, 500, 3)
+    images = task.images_of_views(plan.image_index, plan.slice_u)  # a unit's view -> a slice
     planned = sorted((item.path, f, t, lft, fl) for item in work
                      for f, t, lft, fl in zip(item.frame, item.top, item.left, item.flip))
     reference = sorted((task.images[i].path, task.images[i].frame, int(t), int(lft), bool(fl))
-                       for i, t, lft, fl in zip(plan.image_index, plan.crop_top, plan.crop_left,
+                       for i, t, lft, fl in zip(images, plan.crop_top, plan.crop_left,
                                                 plan.flip))
     assert planned == reference
     emri = next(item for item in work if item.path.endswith("emri_small.dcm"))

@@ -64,7 +64,22 @@ def archive(tmp_path_factory) -> Path:
             shutil.copy(corpus[name], root / task / name)
     (root / "mr" / "empty.dcm").write_bytes(b"")
     _brain_volumes(root / "brain")
+    _brain_series(root / "series")
     return root
+
+
+def _brain_series(folder: Path) -> None:
+    """Three DICOM series of single-slice files in one folder (slabs of the MNI152 template),
+    the third with two slices missing: three units, one reported series problem."""
+    from rayfp.io.series_writer import mni_volume, write_series
+
+    volume, spacing = mni_volume(2)
+    for i, start in enumerate((20, 35, 50)):
+        paths = write_series(volume[start:start + 8], folder, series_uid=f"1.2.826.0.9.{i}",
+                             spacing=spacing, prefix=f"s{i}-", patient_id=f"p{i}")
+        if i == 2:
+            for path in paths[3:5]:
+                os.unlink(path)
 
 
 def _brain_volumes(folder: Path) -> None:
@@ -111,20 +126,25 @@ def test_job_submit_fingerprints_every_task_and_reports_failures(submitted):
     store = Store(submitted["store"])
     assert "task mr done" in submitted["log"] and "images/s" in submitted["log"]
     fps = store.fingerprints(submitted["space"])
-    assert [fp.task_id for fp in fps] == ["brain", "mr", "us"]
-    # frames of 2-D files count as images; a volume is one unit, whatever its slices
-    assert [fp.n_images for fp in fps] == [3, 13, 33] and all(fp.n_samples == 48 for fp in fps)
+    assert [fp.task_id for fp in fps] == ["brain", "mr", "series", "us"]
+    # a volume is one unit, whatever its slices: a NIfTI file, a multi-frame file, a series
+    # spread over files (MR_small and its RLE copy are one series: one unit)
+    assert [fp.n_images for fp in fps] == [3, 3, 3, 4] and all(fp.n_samples == 48 for fp in fps)
     failures = store.read_table("failures").to_pylist()
     assert sorted((Path(f["path"]).name, f["reason"]) for f in failures) == [
-        ("MR_truncated.dcm", "truncated"), ("badVR.dcm", "bad_vr"), ("empty.dcm", "zero_bytes")]
-    assert all(f["job_id"] and f["task_id"] == "mr" for f in failures)
+        ("MR_truncated.dcm", "truncated"), ("badVR.dcm", "bad_vr"), ("empty.dcm", "zero_bytes"),
+        ("series:1.2.826.0.9.2", "series_missing_slices"),
+        ("series:1.3.6.1.4.1.5962.1.3.4.1.20040826185059.5457", "series_duplicate_positions")]
+    assert all(f["job_id"] for f in failures)
+    assert {f["task_id"] for f in failures} == {"mr", "series"}
+    assert "2 irregular DICOM series used" in submitted["log"]
     assert "rayfp-archive-job" in fps[1].source and str(Path(fps[1].source).name) != ""
 
 
 def test_ray_job_and_cli_give_identical_counts(submitted, archive, capsys, tmp_path):
     local = tmp_path / "local"  # its own store: the job's store stays as the job wrote it
     shutil.copytree(submitted["store"] / "spaces", local / "spaces")
-    for task in ("us", "brain"):  # 2-D frames, and slices of volumes
+    for task in ("us", "brain", "series"):  # 2-D frames, slices of volumes and of series
         code = rayfp_cli(["fingerprint", str(archive / task), "--task-id", task, "--space",
                           submitted["space"], "--store", str(local), "--samples", "48",
                           "--min-images", "3", "--epsilon", "inf", "--quiet"])
@@ -163,10 +183,48 @@ def test_a_manifest_gives_the_same_task_row_and_counts_through_cli_and_ray(
     fps = {way: Store(store).get_fingerprint(space, "us-scan") for way, store in stores.items()}
     assert np.array_equal(fps["ray"].counts, fps["cli"].counts)
     assert np.array_equal(fps["ray"].feature_sum, fps["cli"].feature_sum)
-    assert fps["ray"].n_images == fps["cli"].n_images == 33
+    assert fps["ray"].n_images == fps["cli"].n_images == 4
     assert fps["ray"].privacy == fps["cli"].privacy and fps["cli"].privacy["dp"]["epsilon"] == 4
     exact = Store(submitted["store"]).get_fingerprint(space, "us")  # same images, no noise
     assert not np.array_equal(fps["cli"].counts, exact.counts)
+
+
+def test_a_site_fingerprints_its_part_of_a_pooled_task_with_the_job(
+        cluster, submitted, archive, tmp_path, capsys):
+    """Site 1 runs the archive job on its volumes, site 2 the CLI on its DICOM series; the
+    merged parts equal one site's fingerprint of both, exactly."""
+    space = submitted["space"]
+    store = tmp_path / "store"
+    shutil.copytree(submitted["store"] / "spaces", store / "spaces")
+    manifest = tmp_path / "site1.csv"
+    manifest.write_text("path,task_id\n" + "\n".join(
+        f"{p},pooled" for p in sorted((archive / "brain").iterdir())))
+    plans = tmp_path / "plans.json"
+    plans.write_text(json.dumps({"pooled": {"part": 1, "image_counts": [3, 3]}}))
+    job = run_job(cluster, manifest, "--store", store, "--space", space, *COMMON,
+                  "--site-parts", plans, "--part-out", tmp_path / "parts")
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert "task pooled done" in job.stdout
+    assert not Store(store).has_fingerprint(space, "pooled")  # a part is not a fingerprint
+    part1 = tmp_path / "parts" / "pooled-part-1-of-2.npz"
+    again = run_job(cluster, manifest, "--store", store, "--space", space, *COMMON,
+                    "--site-parts", plans, "--part-out", tmp_path / "parts")
+    assert "0 written, 1 already present" in again.stdout  # re-running is safe
+    common = ["--space", space, "--store", str(store), "--samples", "48", "--epsilon", "inf",
+              "--quiet"]
+    assert rayfp_cli(["fingerprint", str(archive / "series"), "--task-id", "pooled",
+                      "--part", "2/2", "--part-images", "3,3", "--part-out",
+                      str(tmp_path / "part2.npz"), *common]) == 0
+    assert rayfp_cli(["merge", str(part1), str(tmp_path / "part2.npz"), "--store", str(store),
+                      "--min-images", "3"]) == 0
+    assert rayfp_cli(["fingerprint", str(archive / "brain"), str(archive / "series"),
+                      "--task-id", "union", "--min-images", "3", *common]) == 0
+    capsys.readouterr()
+    merged = Store(store).get_fingerprint(space, "pooled")
+    union = Store(store).get_fingerprint(space, "union")
+    assert merged.n_images == union.n_images == 6
+    assert np.array_equal(merged.counts, union.counts)
+    np.testing.assert_allclose(merged.feature_sum, union.feature_sum, rtol=1e-9)
 
 
 def test_rerun_skips_and_minimum_is_reported(cluster, submitted, archive, tmp_path):
@@ -176,18 +234,18 @@ def test_rerun_skips_and_minimum_is_reported(cluster, submitted, archive, tmp_pa
     again = run_job(cluster, archive, "--store", submitted["store"], "--space",
                     submitted["space"], *COMMON)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "0 written, 3 already present" in again.stdout
+    assert "0 written, 4 already present" in again.stdout
     assert path.stat().st_mtime_ns == before
     copy = tmp_path / "store"  # overwriting happens in a copy: the job's store stays as it was
     shutil.copytree(submitted["store"], copy)
     strict = run_job(cluster, f"file://{archive}", "--store", copy, "--space",
                      submitted["space"], "--overwrite", "--tasks", "mr", "us", "--samples",
-                     "48", "--min-images", "20")
+                     "48", "--min-images", "4")
     assert strict.returncode == 0, strict.stderr[-3000:]
-    assert "task mr: 13 decodable images < minimum 20" in strict.stdout
+    assert "task mr: 3 decodable images < minimum 4" in strict.stdout
     via_uri = Store(copy).get_fingerprint(submitted["space"], "us")
     assert json.loads(via_uri.source)["archive"] == f"file://{archive}"  # recomputed from a URI
-    assert via_uri.n_images == 33
+    assert via_uri.n_images == 4
 
 
 def test_killed_job_resumes_to_the_uninterrupted_store(cluster, submitted, archive, tmp_path):

@@ -101,7 +101,7 @@ def test_the_volume_is_the_sampling_unit(mni, tmp_path):
                              "flat2.png"}
     assert 300 < per_file["mni.nii.gz"].n_views < 500  # about 2000 / 5
     assert len(set(per_file["mni.nii.gz"].frame)) > 0.8 * slices
-    assert per_file["mni.nii.gz"].volume and not per_file["flat0.png"].volume
+    assert per_file["mni.nii.gz"].unit and not per_file["flat0.png"].unit
     # The balanced (private) plan caps views per volume, not per slice.
     balanced = plan_work(inventory, samples=2000, seed=4, plan="balanced")
     assert {item.n_views for item in balanced} == {400}

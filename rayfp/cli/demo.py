@@ -25,7 +25,9 @@ from rayfp.io import decode_file
 from rayfp.privacy.mechanism import PrivacySpec
 
 DEMO_BACKBONE = "efficientnet_lite0"
-DEMO_MIN_IMAGES = 4  # demo tasks are tiny; real tasks keep the default of 50
+# Demo tasks are tiny: pydicom ships two X-ray images (each in several encodings, one series
+# apiece), so each X-ray task holds one unit. Real tasks keep the default of 50.
+DEMO_MIN_IMAGES = 1
 DICOM_MODALITIES = {"CT": "ct", "MR": "mr", "US": "us", "CR": "xray"}
 
 
@@ -43,17 +45,24 @@ def dicom_corpus() -> list[Path]:
     return sorted(p for folder in folders for p in folder.glob("*.dcm"))
 
 
-def _dicom_pools() -> dict[str, list[str]]:
-    """Decodable DICOM files grouped by demo modality (CT, MR, US, CR)."""
-    pools: dict[str, list[str]] = {m: [] for m in DICOM_MODALITIES.values()}
-    for path in dicom_corpus():
-        try:
-            frames = decode_file(path)
-        except DecodeError:
-            continue
-        modality = DICOM_MODALITIES.get(frames[0].meta.modality)
+def _dicom_pools() -> dict[str, list[list[str]]]:
+    """Decodable DICOM files grouped by demo modality (CT, MR, US, CR), as units: the files of
+    one series (pydicom ships one slice in several encodings under one series) stay together,
+    so the two tasks of a modality never share a patient's images."""
+    from rayfp.io.inventory import take_inventory
+    from rayfp.io.sources import ImageSource
+
+    inventory = take_inventory([ImageSource(os.fspath(p)) for p in dicom_corpus()])
+    units: dict[str, list[str]] = {}
+    for ref in inventory.images:
+        paths = units.setdefault(inventory.unit_key(ref), [])
+        if ref.path not in paths:
+            paths.append(ref.path)
+    pools: dict[str, list[list[str]]] = {m: [] for m in DICOM_MODALITIES.values()}
+    for paths in units.values():
+        modality = DICOM_MODALITIES.get(decode_file(paths[0])[0].meta.modality)
         if modality:
-            pools[modality].append(os.fspath(path))
+            pools[modality].append(paths)
     return pools
 
 
@@ -144,8 +153,9 @@ def build_demo_tasks(data_dir: str | os.PathLike) -> dict[str, tuple[str, str]]:
     """Write the demo tasks under data_dir: task id -> (manifest CSV, modality)."""
     data_dir = Path(data_dir)
     tasks: dict[str, tuple[str, str]] = {}
-    for modality, files in _dicom_pools().items():
-        for half, chunk in (("a", files[0::2]), ("b", files[1::2])):
+    for modality, units in _dicom_pools().items():
+        for half, chunk in (("a", units[0::2]), ("b", units[1::2])):
+            chunk = [path for unit in chunk for path in unit]
             task = f"{modality}-{half}"
             tasks[task] = (_write_manifest(chunk, data_dir / f"{task}.csv", modality), modality)
     for modality, halves in _skimage_pools(data_dir).items():

@@ -161,11 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_skipped(skipped) -> None:
+def _print_skipped(skipped, series_problems=()) -> None:
+    """Every file that gave no image, and every DICOM series whose geometry is irregular (it
+    is still used: one unit, its slices along the acquisition axis)."""
     for s in skipped:
         print(f"skipped {s.path}: {s.reason}: {s.detail}", file=sys.stderr)
     if skipped:
         print(f"{len(skipped)} file(s) skipped", file=sys.stderr)
+    for problem in series_problems:
+        print(f"series {problem.series}: {problem.reason}: {problem.detail}", file=sys.stderr)
+    if series_problems:
+        print(f"{len(series_problems)} series problem(s) reported; those series are still "
+              "used, one unit each", file=sys.stderr)
 
 
 def cmd_edges(args: argparse.Namespace) -> int:
@@ -198,7 +205,7 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
                               threads=args.threads, progress=not args.quiet,
                               privacy=privacy_spec(args), keep_views=args.keep_views,
                               window=args.window)
-    _print_skipped(result.skipped)
+    _print_skipped(result.skipped, result.inventory.series_problems)
     fp = result.fingerprint
     dp = fp.privacy.get("dp")
     guarantee = (f"(ε={dp['epsilon']:g}, δ={dp['delta']:g})-DP per image, at most "
@@ -230,7 +237,7 @@ def format_matrix(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], 
 def _fingerprint_part(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rayfp.core.parts import parse_part
+    from rayfp.core.parts import parse_part, part_file_name
     from rayfp.extract.api import fingerprint_part
 
     if not (args.part and args.part_images):
@@ -244,9 +251,9 @@ def _fingerprint_part(args: argparse.Namespace) -> int:
         image_counts=counts, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
         weights=args.weights, threads=args.threads, progress=not args.quiet,
         privacy=privacy_spec(args), noise_share=args.noise_share, window=args.window)
-    _print_skipped(inventory.skipped)
+    _print_skipped(inventory.skipped, inventory.series_problems)
     out = Path(args.part_out or Path(args.store) / "parts-out" /
-               f"{args.task_id}-part-{k}-of-{total}.npz")
+               part_file_name(args.task_id, k, total))
     part.save(out)
     kind = ("exact counts" if not part.private else
             f"noisy counts, ε={part.privacy['dp']['epsilon']:g}, noise share "
@@ -385,7 +392,7 @@ def cmd_stability(args: argparse.Namespace) -> int:
 
         inventory = take_inventory(discover_sources(args.paths), task_id=args.task_id,
                                    progress=not args.quiet)
-        _print_skipped(inventory.skipped)
+        _print_skipped(inventory.skipped, inventory.series_problems)
         inventory.require(1)
         _, views = fingerprint_inventory(
             inventory, space, extractor_for_space(space, weights=args.weights,

@@ -27,6 +27,7 @@ from ray.data import ActorPoolStrategy
 
 from rayfp import defaults
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
+from rayfp.core.parts import PartPlan, part_file_name
 from rayfp.core.store import Store
 from rayfp.core.tasks import save_task_fingerprint
 from rayfp.errors import ConfigError
@@ -34,6 +35,7 @@ from rayfp.io.inventory import FileRecord, TaskInventory, group_inventory, inven
 from rayfp.io.sources import ImageSource
 from rayfp.io.work import SampledFrame, WorkItem, expected_views, plan_work, sampled_frames
 from rayfp.privacy.mechanism import PrivacySpec, release
+from rayfp.privacy.parts import release_part
 
 log = logging.getLogger("rayfp.cluster.pipeline")
 
@@ -60,6 +62,11 @@ class ArchiveJobConfig:
     overwrite: bool = False
     job_id: str = dataclasses.field(default_factory=new_job_id)
     source: str = ""  # the root/manifest the files came from, recorded in each fingerprint
+    # Tasks pooled over several sites (rayfp.core.parts): task -> (its plan, this site's part).
+    # Those tasks are written as parts to ``parts_out``, never as fingerprints.
+    site_parts: dict[str, tuple[PartPlan, int]] = dataclasses.field(default_factory=dict)
+    parts_out: str = ""
+    noise_share: str = "full"
 
     def __post_init__(self) -> None:
         for name in ("samples", "frames_per_batch", "workers"):
@@ -164,6 +171,7 @@ class ArchiveReport:
     failures: int
     seconds: float
     views: int
+    series_problems: int = 0
 
     @property
     def views_per_second(self) -> float:
@@ -181,27 +189,56 @@ def fingerprint_archive(inventories: dict[str, TaskInventory], space: Fingerprin
     store.get_space(space.space_id)  # fail before any work, not when the first task is written
     started = time.perf_counter()
     failures = [f for inv in inventories.values() for f in inv.skipped]
-    if failures:
+    # Irregular DICOM series are used (one unit each) and reported beside the failed files.
+    irregular = [(task_id, p) for task_id, inv in inventories.items()
+                 for p in inv.series_problems]
+    if failures or irregular:
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        store.upsert("failures", [{"task_id": f.task_id, "path": f.path, "reason": f.reason,
-                                   "detail": f.detail, "job_id": config.job_id,
-                                   "created_at": now} for f in failures])
+        rows = [{"task_id": f.task_id, "path": f.path, "reason": f.reason, "detail": f.detail}
+                for f in failures]
+        rows += [{"task_id": task_id, "path": f"series:{p.series}", "reason": p.reason,
+                  "detail": p.detail} for task_id, p in irregular]
+        store.upsert("failures", [dict(row, job_id=config.job_id, created_at=now)
+                                  for row in rows])
     todo, skipped, too_few = [], [], {}
     for task_id, inv in inventories.items():
-        if not config.overwrite and store.has_fingerprint(space.space_id, task_id):
+        site_part = config.site_parts.get(task_id)
+        if not config.overwrite and (_part_path(config, task_id).exists() if site_part else
+                                     store.has_fingerprint(space.space_id, task_id)):
             skipped.append(task_id)
-        elif inv.n_images < config.min_images:
+        elif site_part and inv.n_images != site_part[0].image_counts[site_part[1] - 1]:
+            too_few[task_id] = inv.n_images
+            on_progress(f"task {task_id}: part {site_part[1]} announced "
+                        f"{site_part[0].image_counts[site_part[1] - 1]} images, "
+                        f"{inv.n_images} are decodable here; part not written")
+        elif not site_part and inv.n_images < config.min_images:
             too_few[task_id] = inv.n_images
             on_progress(f"task {task_id}: {inv.n_images} decodable images < minimum "
                         f"{config.min_images}; not fingerprinted")
         else:
             todo.append(task_id)
-    work = [item for t in todo for item in plan_work(inventories[t], samples=config.samples,
-                                                     seed=config.seed,
-                                                     plan=config.privacy.plan)]
+    work = [item for t in todo for item in plan_work(
+        inventories[t], samples=config.samples, seed=config.seed, plan=config.privacy.plan,
+        drawn=config.site_parts[t][0].views_of(config.site_parts[t][1])
+        if t in config.site_parts else None)]
     expected = expected_views(work)
     totals: dict[str, PartialCounts] = {}
     written, views = [], 0
+
+    def finish(task_id: str, counts: PartialCounts) -> None:
+        if task_id in config.site_parts:
+            _write_part(counts, space, config, task_id)
+        else:
+            _write_task(store, counts, inventories[task_id], config,
+                        (task_sources or {}).get(task_id))
+        written.append(task_id)
+        rate = views / max(time.perf_counter() - started, 1e-9)
+        on_progress(f"task {task_id} done ({len(written)}/{len(todo)} tasks, "
+                    f"{views} views, {rate:.1f} images/s)")
+
+    for task_id in todo:  # a site's part may hold none of the task's views
+        if task_id not in expected:
+            finish(task_id, PartialCounts.empty(space))
     if work:
         for batch in _feature_stream(work, space, config, emit_features=False):
             for i, task_id in enumerate(batch["task_id"]):
@@ -211,17 +248,28 @@ def fingerprint_archive(inventories: dict[str, TaskInventory], space: Fingerprin
                 totals[task_id] = totals[task_id] + part if task_id in totals else part
                 views += part.n
                 if totals[task_id].n == expected[task_id]:
-                    _write_task(store, totals.pop(task_id), inventories[task_id], config,
-                                (task_sources or {}).get(task_id))
-                    written.append(task_id)
-                    rate = views / (time.perf_counter() - started)
-                    on_progress(f"task {task_id} done ({len(written)}/{len(todo)} tasks, "
-                                f"{views} views, {rate:.1f} images/s)")
+                    finish(task_id, totals.pop(task_id))
     if totals:
         raise RuntimeError(f"tasks {sorted(totals)} did not receive all their views; the "
                            "pipeline lost data")
     return ArchiveReport(written, skipped, too_few, len(failures),
-                         time.perf_counter() - started, views)
+                         time.perf_counter() - started, views, len(irregular))
+
+
+def _part_path(config: ArchiveJobConfig, task_id: str):
+    from pathlib import Path
+
+    plan, part = config.site_parts[task_id]
+    folder = Path(config.parts_out or Path(config.store) / "parts-out")
+    return folder / part_file_name(task_id, part, plan.parts)
+
+
+def _write_part(partial: PartialCounts, space: FingerprintSpace, config: ArchiveJobConfig,
+                task_id: str) -> None:
+    """This site's part of a pooled task, released with its share of the noise, to send."""
+    plan, part = config.site_parts[task_id]
+    release_part(partial, space, plan=plan, part=part, spec=config.privacy,
+                 noise_share=config.noise_share).save(_part_path(config, task_id))
 
 
 def _write_task(store: Store, partial: PartialCounts, inv: TaskInventory,

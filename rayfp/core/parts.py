@@ -96,6 +96,32 @@ def parse_part(text: str) -> tuple[int, int]:
     return k, total
 
 
+def part_file_name(task_id: str, part: int, parts: int) -> str:
+    """Where a site writes its part (``rayfp fingerprint --part``, the archive job)."""
+    return f"{task_id}-part-{part}-of-{parts}.npz"
+
+
+def read_site_parts(path: str | os.PathLike, *, samples: int, seed: int, plan: str
+                    ) -> dict[str, tuple[PartPlan, int]]:
+    """A site's share of pooled tasks, for the archive job: a JSON object
+    ``{"task_id": {"part": k, "image_counts": [M_1, ..., M_K]}, ...}`` -> task -> (the task's
+    plan, this site's part k). Samples, seed and plan are the job's, as every site's must be."""
+    import json
+
+    try:
+        rows = json.loads(Path(path).read_text())
+        out = {}
+        for task_id, row in rows.items():
+            task_plan = PartPlan(str(task_id), tuple(int(m) for m in row["image_counts"]),
+                                 samples, seed, plan)
+            task_plan.check_part(int(row["part"]))
+            out[str(task_id)] = (task_plan, int(row["part"]))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ConfigError(f"{path}: expected a JSON object {{task_id: {{\"part\": k, "
+                          f"\"image_counts\": [M_1, ..., M_K]}}}}; {exc!r}") from None
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskPart:
     """One site's share of a task: exact integer counts (D, B), or, for a private task, noisy

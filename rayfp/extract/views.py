@@ -148,7 +148,7 @@ def view_bank(task: TaskInventory, extractor: FeatureExtractor, *, views: int, s
               batch_size: int = defaults.BATCH_SIZE, progress: bool = False) -> np.ndarray:
     """``views`` augmented views of every image of the task (the privacy audit's population):
     (n_images, views, D) float32, images in inventory order."""
-    if task.volumes:
+    if task.units:
         raise ConfigError("the audit's unit is a 2-D image; it does not take volumes yet")
     work = plan_work(task, samples=task.n_images * views, seed=seed, plan=BALANCED_PLAN)
     row_of = {(ref.path, ref.frame): i for i, ref in enumerate(task.images)}

@@ -1,5 +1,9 @@
 """DICOM decoding: pydicom >= 3 with the pylibjpeg / GDCM plugins for compressed syntaxes.
 
+A multi-frame file is one volume (one sampling unit; grey frames that are background by
+rayfp.io.image.is_foreground are not sampled). A single-slice file carries its place in its
+series (SliceGeometry); rayfp.io.series groups such files into volumes.
+
 Order of operations (PS3.3 C.11): stored values -> Modality LUT (Rescale Slope/Intercept) ->
 VOI LUT or Window Center/Width (else a robust percentile window) -> MONOCHROME1 inversion.
 Colour (RGB, YBR_*, PALETTE COLOR) is converted to RGB and scaled by its bit depth.
@@ -21,7 +25,9 @@ from rayfp import errors
 from rayfp.io.image import (
     DecodedImage,
     ImageMeta,
+    SliceGeometry,
     integer_range_to_unit,
+    is_foreground,
     rescale_to_unit,
     robust_window,
     window_bounds,
@@ -169,14 +175,47 @@ def iter_dicom_frames(path: str, *, max_pixels: int, data: bytes | None = None,
     if pixels.ndim == frame_ndim:
         pixels = pixels[None]
     modality = str(ds.get("Modality", ""))
+    units = []
     for index, frame in enumerate(pixels):
-        if colour:
-            unit = _colour_frame_to_unit(frame, ds)
-        else:
-            unit = _grey_frame_to_unit(frame, ds, window)
+        unit = _colour_frame_to_unit(frame, ds) if colour else _grey_frame_to_unit(frame, ds,
+                                                                                   window)
         if not np.isfinite(unit).all():
             raise errors.CorruptCodestreamError(path, f"frame {index} decodes to NaN/inf values")
-        yield DecodedImage(unit, ImageMeta(path, modality, index, n_frames))
+        units.append(unit)
+    if n_frames == 1:
+        yield DecodedImage(units[0], ImageMeta(path, modality, 0, 1,
+                                               slice=slice_geometry(ds)))
+        return
+    kept = [u for u in units if colour or is_foreground(u)] or [units[len(units) // 2]]
+    for index, unit in enumerate(kept):
+        yield DecodedImage(unit, ImageMeta(path, modality, index, len(kept), volume=True))
+
+
+def slice_geometry(ds: pydicom.Dataset) -> SliceGeometry | None:
+    """A single-slice file's series and place in it; None without a Series Instance UID.
+    Geometry that cannot be parsed is left out (the series check reports it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about odd UIDs; they still group
+        series = str(ds.get("SeriesInstanceUID", "") or "")
+        patient = f"{ds.get('PatientID', '') or ''}/{ds.get('StudyInstanceUID', '') or ''}"
+    if not series:
+        return None
+    position, orientation, spacing = float("nan"), "", ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            iop = np.asarray([float(v) for v in ds.get("ImageOrientationPatient", [])])
+            ipp = np.asarray([float(v) for v in ds.get("ImagePositionPatient", [])])
+            spacing = ",".join(f"{float(v):g}" for v in ds.get("PixelSpacing", []) or [])
+            instance = int(ds.get("InstanceNumber", 0) or 0)
+    except (TypeError, ValueError):
+        return SliceGeometry(series, patient)
+    if iop.shape == (6,) and np.isfinite(iop).all():
+        orientation = ",".join(f"{v:.3f}" for v in np.round(iop, 3) + 0.0)
+        if ipp.shape == (3,) and np.isfinite(ipp).all():
+            normal = np.cross(iop[:3], iop[3:])
+            position = float(ipp @ normal)
+    return SliceGeometry(series, patient, position, orientation, spacing, instance)
 
 
 def looks_like_dicom(head: bytes) -> bool:

@@ -25,6 +25,23 @@ def window_bounds(name: str) -> tuple[float, float]:
     return centre - width / 2.0, centre + width / 2.0
 
 
+# Background rule for the slices of a volume (NIfTI, multi-frame DICOM, DICOM series): a slice
+# with fewer than FOREGROUND_SHARE of its pixels above FOREGROUND_LEVEL of its window is
+# background and is not sampled; a volume with no other slice keeps its middle one.
+FOREGROUND_LEVEL = 0.10
+FOREGROUND_SHARE = 0.05
+
+
+def foreground_share(unit: np.ndarray) -> float:
+    """The share of pixels above FOREGROUND_LEVEL in a [0, 1] slice ((H, W) or (H, W, 3))."""
+    grey = unit if unit.ndim == 2 else unit.mean(axis=-1)
+    return float((grey > FOREGROUND_LEVEL).mean())
+
+
+def is_foreground(unit: np.ndarray) -> bool:
+    return foreground_share(unit) >= FOREGROUND_SHARE
+
+
 # Above this many pixels (rows x columns x frames) a file is refused before decoding.
 DEFAULT_MAX_PIXELS = 2**28
 
@@ -32,13 +49,31 @@ DEFAULT_MAX_PIXELS = 2**28
 @dataclasses.dataclass(frozen=True)
 class ImageMeta:
     """Where a decoded image came from: ``frame`` is its index in a multi-frame file;
-    ``volume``: the file's frames are slices of one volume (one sampling unit)."""
+    ``volume``: the file's frames are slices of one volume (one sampling unit); ``slice``:
+    a single-slice DICOM file's place in its series (grouped into a volume by the inventory)."""
 
     path: str
     modality: str = ""
     frame: int = 0
     n_frames: int = 1
     volume: bool = False
+    slice: SliceGeometry | None = None  # a single-slice DICOM file's place in its series
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceGeometry:
+    """Where a single-slice DICOM file lies in its series (PS3.3 C.7.6.2).
+
+    position: Image Position (Patient) projected on the slice normal (mm; NaN without IPP);
+    orientation: Image Orientation (Patient) rounded to 1e-3, as text ("" without IOP);
+    patient: "PatientID/StudyInstanceUID" (the unit one could group by)."""
+
+    series: str
+    patient: str = ""
+    position: float = float("nan")
+    orientation: str = ""
+    pixel_spacing: str = ""
+    instance: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """What a task's files hold: the decodable images (frames) and the files that cannot be used.
 
+The sampling unit: a 2-D image (or a frame of a 2-D file), or a whole volume: a NIfTI file,
+a multi-frame DICOM file, or a DICOM series spread over single-slice files (rayfp.io.series).
 One model for every path. `inventory_file` decodes one file and never raises (a job must not
 die on one bad file); `group_inventory` turns per-file records into per-task inventories. The
 local client maps `inventory_file` in a loop, the Ray job maps it over a cluster: both group the
@@ -18,7 +20,8 @@ from tqdm import tqdm
 
 from rayfp.errors import DecodeError, TooFewImagesError
 from rayfp.io.decode import decode_file
-from rayfp.io.image import DEFAULT_MAX_PIXELS
+from rayfp.io.image import DEFAULT_MAX_PIXELS, is_foreground
+from rayfp.io.series import SeriesVolume, assemble_series
 from rayfp.io.sources import ImageSource
 
 UNKNOWN_MODALITY = "unknown"
@@ -54,6 +57,15 @@ class FileRecord:
     detail: str = ""
     volume: bool = False  # the frames are slices of one volume: one sampling unit
     window: str = ""  # the CT window it was decoded with ("": its stored or robust one)
+    # A single-slice DICOM file's place in its series (rayfp.io.image.SliceGeometry, flat so
+    # that the record travels as a plain row through Ray Data).
+    series: str = ""
+    patient: str = ""
+    position: float = float("nan")
+    orientation: str = ""
+    pixel_spacing: str = ""
+    instance: int = 0
+    foreground: bool = True
 
     def to_record(self) -> dict:
         return dataclasses.asdict(self)
@@ -73,22 +85,29 @@ def inventory_file(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not kill the job
         return FileRecord(source.path, source.task_id, 0, "", "decoder_crash",
                           f"{type(exc).__name__}: {exc}")
-    modality = source.modality or frames[0].meta.modality or UNKNOWN_MODALITY
-    return FileRecord(source.path, source.task_id, len(frames), modality,
-                      volume=frames[0].meta.volume, window=source.window)
+    meta = frames[0].meta
+    modality = source.modality or meta.modality or UNKNOWN_MODALITY
+    record = FileRecord(source.path, source.task_id, len(frames), modality,
+                        volume=meta.volume, window=source.window)
+    if meta.slice is None:
+        return record
+    return dataclasses.replace(record, **dataclasses.asdict(meta.slice),
+                               foreground=is_foreground(frames[0].pixels))
 
 
 @dataclasses.dataclass
 class TaskInventory:
-    """The decodable images of one task (sorted: sampling indexes into this list), the files
-    that were skipped, and the images per modality."""
+    """The decodable images of one task (sampling indexes into this list: a unit's images are
+    contiguous), the files that were skipped, the units per modality, and the DICOM series
+    assembled into volumes (with their geometry problems)."""
 
     task_id: str
     images: list[ImageRef]
     skipped: list[SkippedFile]
     modalities: collections.Counter
-    volumes: set[str] = dataclasses.field(default_factory=set)  # files whose frames are slices
+    units: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> its volume's key
     windows: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> CT window
+    series: list[SeriesVolume] = dataclasses.field(default_factory=list)
 
     @property
     def n_images(self) -> int:
@@ -98,16 +117,25 @@ class TaskInventory:
 
     @property
     def unit_starts(self) -> np.ndarray:
-        """Index in ``images`` of each unit's first image (a volume's slices are contiguous:
-        images are sorted by path, then frame)."""
-        keys = [ref.path if ref.path in self.volumes else (ref.path, ref.frame)
-                for ref in self.images]
+        """Index in ``images`` of each unit's first image."""
+        keys = [self.unit_key(ref) for ref in self.images]
         return np.array([i for i, key in enumerate(keys) if i == 0 or key != keys[i - 1]],
                         np.int64)
 
     def unit_key(self, ref: ImageRef) -> str:
-        """What a view table and the privacy unit call the image's unit."""
-        return ref.path if ref.path in self.volumes else f"{ref.path}#{ref.frame}"
+        """What a view table and the privacy unit call the image's unit: the volume's key
+        (a volume file's path, or "series:<Series Instance UID>"), else "path#frame"."""
+        return self.units.get(ref.path) or f"{ref.path}#{ref.frame}"
+
+    @property
+    def series_problems(self) -> list:
+        """Every series' geometry problems (rayfp.errors.SeriesError), by series."""
+        return [problem for volume in self.series for problem in volume.problems]
+
+    @property
+    def n_background(self) -> int:
+        """Slices of DICOM series that are background and are not sampled."""
+        return sum(volume.n_background for volume in self.series)
 
     def images_of_views(self, unit_index: np.ndarray, slice_u: np.ndarray | None) -> np.ndarray:
         """Each view's image: the unit's only image, or its slice picked by ``slice_u``."""
@@ -136,25 +164,53 @@ class TaskInventory:
 
 
 def group_inventory(records: Iterable[FileRecord]) -> dict[str, TaskInventory]:
-    """Per-file records -> per-task inventories, sorted by task id (images by path, frame)."""
+    """Per-file records -> per-task inventories, sorted by task id. Images are in path order,
+    a volume's at its first path, a series' slices in slice order."""
     tasks: dict[str, TaskInventory] = {}
+    slices: dict[tuple[str, str], list[FileRecord]] = collections.defaultdict(list)
     for record in records:
         task = tasks.setdefault(record.task_id, TaskInventory(record.task_id, [], [],
                                                               collections.Counter()))
         if record.reason:
             task.skipped.append(SkippedFile(record.path, record.task_id, record.reason,
                                             record.detail))
+        elif record.series and record.n_frames == 1 and not record.volume:
+            slices[record.task_id, record.series].append(record)
+        else:
+            _add_file(task, record)
+    order: dict[str, tuple[str, int]] = {}  # path -> (where its unit sorts, rank in the unit)
+    for (task_id, uid), group in sorted(slices.items()):
+        if len(group) == 1:  # a lone slice is a 2-D image like any other
+            _add_file(tasks[task_id], group[0])
             continue
-        task.images.extend(ImageRef(record.path, f) for f in range(record.n_frames))
-        task.modalities[record.modality] += 1 if record.volume else record.n_frames
-        if record.volume:
-            task.volumes.add(record.path)
-        if record.window:
-            task.windows[record.path] = record.window
+        _add_series(tasks[task_id], assemble_series(uid, group), group, order)
     for task in tasks.values():
-        task.images.sort()
+        task.images.sort(key=lambda ref: (order.get(ref.path, (ref.path, 0)), ref.frame))
         task.skipped.sort(key=lambda s: s.path)
     return dict(sorted(tasks.items()))
+
+
+def _add_file(task: TaskInventory, record: FileRecord) -> None:
+    task.images.extend(ImageRef(record.path, f) for f in range(record.n_frames))
+    task.modalities[record.modality] += 1 if record.volume else record.n_frames
+    if record.volume:
+        task.units[record.path] = record.path
+    if record.window:
+        task.windows[record.path] = record.window
+
+
+def _add_series(task: TaskInventory, volume: SeriesVolume, group: list[FileRecord],
+                order: dict[str, tuple[str, int]]) -> None:
+    by_path = {r.path: r for r in group}
+    anchor = min(volume.ordered)
+    for rank, path in enumerate(volume.sampled):
+        task.images.append(ImageRef(path, 0))
+        task.units[path] = f"series:{volume.series}"
+        order[path] = (anchor, rank)
+        if by_path[path].window:
+            task.windows[path] = by_path[path].window
+    task.modalities[collections.Counter(r.modality for r in group).most_common(1)[0][0]] += 1
+    task.series.append(volume)
 
 
 def take_inventory(sources: Sequence[ImageSource], *, task_id: str = "",

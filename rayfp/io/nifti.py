@@ -9,7 +9,8 @@ slices are the frames views are cut from.
   of a volume share one window; a CT volume in Hounsfield units can take a preset instead
   (rayfp.io.image.WINDOW_PRESETS).
 - Background: a slice with fewer than 5 % of its pixels above 10 % of the window is skipped;
-  a volume with no other slice keeps its middle slice (it is still an image of the task).
+  a volume with no other slice keeps its middle slice (rayfp.io.image.is_foreground, the rule
+  every volume follows).
 - 4-D files: the first volume.
 """
 
@@ -24,6 +25,8 @@ import numpy as np
 
 from rayfp import errors
 from rayfp.io.image import (
+    FOREGROUND_LEVEL,
+    FOREGROUND_SHARE,
     DecodedImage,
     ImageMeta,
     rescale_to_unit,
@@ -32,10 +35,6 @@ from rayfp.io.image import (
 )
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-FOREGROUND_LEVEL = 0.10  # of the window
-FOREGROUND_SHARE = 0.05  # of a slice's pixels
-
-
 
 def is_nifti(path: str) -> bool:
     return path.lower().endswith(NIFTI_SUFFIXES)

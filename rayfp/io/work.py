@@ -31,7 +31,7 @@ class WorkItem:
     top: list[int]
     left: list[int]
     flip: list[bool]
-    volume: bool = False  # the file is one volume: its views share one image key
+    unit: str = ""  # the volume the file belongs to (its views share this image key)
     window: str = ""  # the CT window the inventory decoded it with
 
     @property
@@ -88,7 +88,7 @@ def plan_work(task: TaskInventory, *, samples: int, seed: int, plan: str = PAPER
         item["top"] += drawn.crop_top[sample_ids].tolist()
         item["left"] += drawn.crop_left[sample_ids].tolist()
         item["flip"] += drawn.flip[sample_ids].tolist()
-    return [WorkItem(task.task_id, path, **item, volume=path in task.volumes,
+    return [WorkItem(task.task_id, path, **item, unit=task.units.get(path, ""),
                      window=task.windows.get(path, "")) for path, item in per_file.items()]
 
 
@@ -103,7 +103,7 @@ def sampled_frames(item: WorkItem, *, max_pixels: int = DEFAULT_MAX_PIXELS
                            top=np.asarray(item.top, np.int16)[mask],
                            left=np.asarray(item.left, np.int16)[mask],
                            flip=np.asarray(item.flip, bool)[mask],
-                           image=item.path if item.volume else image_key(item.path, frame))
+                           image=item.unit or image_key(item.path, frame))
 
 
 def image_key(path: str, frame: int) -> str:
