@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(address=args.address, log_to_driver=True)
         log.info("%d files in %d tasks; inventory pass", len(files),
                  len({f.task_id for f in files}))
-        inventories = take_archive_inventory(files)
+        inventories = take_archive_inventory(files, unit=privacy.unit)
         store = Store(args.store)
         if args.space:
             space = store.get_space(args.space)

@@ -82,7 +82,8 @@ def test_edges_fingerprint_compare_nearest_show_plot(archive, edges_run, cli_sto
     assert "skipped" not in errs["us"]
     store = Store(cli_store)
     mr = store.get_fingerprint(space_id, "mr")
-    assert mr.n_samples == 48 and mr.n_images == 1 + 1 + 10 + 1  # frames count as images
+    # MR_small and its RLE copy are one series, emri_small's 10 frames one volume: 3 units
+    assert mr.n_samples == 48 and mr.n_images == 3
     assert (mr.counts.sum(axis=1) == 48).all()
 
     code, out, _ = run(capsys, "compare", "--store", cli_store, "--space", space_id,
@@ -104,12 +105,12 @@ def test_edges_fingerprint_compare_nearest_show_plot(archive, edges_run, cli_sto
     assert (views.n_images, views.n_views) == (mr.n_images, mr.n_samples)
     png = tmp_path / "stability.png"
     code, out, err = run(capsys, "stability", "--task-id", "mr", "--space", space_id,
-                         "--store", cli_store, "--sizes", "1,5,13", "--draws", "4", "-k", "1",
+                         "--store", cli_store, "--sizes", "1,2,3", "--draws", "4", "-k", "1",
                          "--out", png)
     assert code == 0, err
     assert "with all of them the top-1 is us" in out and Image.open(png).size[0] > 300
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
-    assert [r[:2] for r in rows] == [["1", "4"], ["5", "4"], ["13", "1"]]
+    assert [r[:2] for r in rows] == [["1", "4"], ["2", "4"], ["3", "1"]]
     assert rows[-1][2] == "1.00"  # all images: the answer itself
     code, out, err = run(capsys, "stability", archive / "us", "--task-id", "us-again",
                          "--space", space_id, "--store", cli_store, "--samples", "32",
@@ -170,12 +171,19 @@ def test_errors_are_clear_and_exit_2(archive, cli_store, capsys):
     assert code == 2 and "resnet34" in err
 
 
-def test_audit_runs_on_real_backbone_features(archive, cli_store, capsys, tmp_path):
-    """`rayfp audit PATH --space --store`: real frames through the space's backbone, the three
-    attacks and the bound, with and without noise."""
+def test_audit_runs_on_real_backbone_features(cli_store, capsys, tmp_path):
+    """`rayfp audit PATH --space --store`: real images (20 MNI152 slices as PNG) through the
+    space's backbone, the three attacks and the bound, with and without noise."""
+    from rayfp.io.series_writer import mni_volume
+
+    volume, _ = mni_volume(2)
+    (tmp_path / "slices").mkdir()
+    for z in range(10, 90, 4):  # 20 images: 4 x the 5 members
+        Image.fromarray((volume[z] / volume.max() * 255).astype(np.uint8)).save(
+            tmp_path / "slices" / f"slice{z:03d}.png")
     space_id = Store(cli_store).space_ids()[0]
     out_dir = tmp_path / "audit"
-    code, out, err = run(capsys, "audit", archive / "us", "--space", space_id, "--store",
+    code, out, err = run(capsys, "audit", tmp_path / "slices", "--space", space_id, "--store",
                          cli_store, "--members", "5", "--samples", "50", "--views", "4",
                          "--candidates", "5", "--shadows", "2", "--epsilon", "inf", "1",
                          "--out", out_dir, "--quiet", "--threads", "2")

@@ -41,7 +41,7 @@ def test_a_series_is_one_unit_in_slice_order(brain, tmp_path):
     inv = inventory_of(tmp_path)
     assert inv.n_images == 1 and inv.modality == "MR" and inv.series_problems == []
     (series,) = inv.series
-    assert series.ordered == paths[::-1] and series.patient == "anon/1.2.826.0.1.1.0"
+    assert series.ordered == paths[::-1] and series.study == "anon/1.2.826.0.1.1.0"
     assert series.spacing == pytest.approx(spacing)
     foreground = [p for p, plane in zip(paths, volume / volume.max())
                   if is_foreground(plane)]
@@ -132,3 +132,26 @@ def test_a_multi_frame_file_is_one_unit():
     inv = take_inventory(discover_sources([path]), task_id="mf")
     assert (inv.n_images, len(inv.images)) == (1, 10)
     assert {inv.unit_key(ref) for ref in inv.images} == {path}
+
+
+def test_the_unit_can_be_the_patient(brain, tmp_path):
+    """Two series of one patient (say T1 and a second acquisition) and one of another, plus a
+    PNG without any patient: 4 units as images or volumes, 3 as patients."""
+    from PIL import Image
+
+    from rayfp.privacy.mechanism import PrivacySpec
+
+    volume, spacing = brain
+    write_series(volume[:8], tmp_path, series_uid="1.5.1", patient_id="alice", prefix="a1-")
+    write_series(volume[8:16], tmp_path, series_uid="1.5.2", patient_id="alice", prefix="a2-")
+    write_series(volume[16:24], tmp_path, series_uid="1.5.3", patient_id="bob", prefix="b-")
+    Image.fromarray((volume[12] / volume.max() * 255).astype(np.uint8)).save(tmp_path / "z.png")
+    sources = discover_sources([tmp_path])
+    assert take_inventory(sources, task_id="t").n_images == 4
+    by_patient = take_inventory(sources, task_id="t", unit="patient")
+    assert by_patient.n_images == 3
+    keys = [by_patient.unit_key(by_patient.images[i]) for i in by_patient.unit_starts]
+    assert keys == ["patient:alice", "patient:bob", f"{tmp_path / 'z.png'}#0"]
+    assert len({by_patient.unit_key(ref) for ref in by_patient.images}) == 3  # contiguous
+    with pytest.raises(errors.ConfigError, match="unit must be"):
+        PrivacySpec(unit="study")

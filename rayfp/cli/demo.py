@@ -19,7 +19,6 @@ import numpy as np
 from rayfp.core.confidence import UNSURE
 from rayfp.core.distance import METRICS, LinearIndex, distance_matrix
 from rayfp.core.store import Store
-from rayfp.errors import DecodeError
 from rayfp.extract.api import create_space, extractor_for_space, fingerprint_task
 from rayfp.io import decode_file
 from rayfp.privacy.mechanism import PrivacySpec

@@ -34,6 +34,10 @@ def add_privacy_flags(p: argparse.ArgumentParser) -> None:
                         "leaves the site (see PRIVACY.md)")
     p.add_argument("--delta", type=float, default=defaults.DP_DELTA,
                    help=f"(default {defaults.DP_DELTA:g})")
+    p.add_argument("--unit", choices=("image", "patient"), default="image",
+                   help="the unit sampled and protected: image (a 2-D image, or a whole "
+                        "volume: NIfTI, multi-frame DICOM, DICOM series; default) or patient "
+                        "(all DICOM files of one Patient ID)")
     p.add_argument("--noise-seed", type=int,
                    help="seeded noise, for tests and experiments only (default: os.urandom)")
 
@@ -41,4 +45,5 @@ def add_privacy_flags(p: argparse.ArgumentParser) -> None:
 def privacy_spec(args: argparse.Namespace) -> PrivacySpec:
     from rayfp.privacy.mechanism import PrivacySpec
 
-    return PrivacySpec(epsilon=args.epsilon, delta=args.delta, seed=args.noise_seed)
+    return PrivacySpec(epsilon=args.epsilon, delta=args.delta, seed=args.noise_seed,
+                       unit=args.unit)

@@ -104,14 +104,17 @@ class FingerprintActor:
                 "n": np.asarray([p.n for p in parts.values()], dtype=np.int64)}
 
 
-def take_archive_inventory(sources: Sequence[ImageSource]) -> dict[str, TaskInventory]:
-    """Pass 1: decode every file once on CPU tasks; returns per-task inventories."""
+def take_archive_inventory(sources: Sequence[ImageSource], *, unit: str = "image"
+                           ) -> dict[str, TaskInventory]:
+    """Pass 1: decode every file once on CPU tasks; returns per-task inventories (a volume
+    spread over files, or a patient's files, are grouped here from the small per-file
+    records: no pixels reach the driver)."""
     if not sources:
         return {}
     ds = ray.data.from_items([dataclasses.asdict(s) for s in sources])
     records = ds.map(lambda row: inventory_file(ImageSource(**row)).to_record(),
                      num_cpus=1).take_all()
-    return group_inventory(FileRecord.from_record(r) for r in records)
+    return group_inventory((FileRecord.from_record(r) for r in records), unit=unit)
 
 
 def _frames_of(row: dict[str, Any]) -> list[dict[str, Any]]:

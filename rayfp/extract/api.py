@@ -126,7 +126,7 @@ def fingerprint_task(paths: Sequence[str | os.PathLike], *, task_id: str, space_
     privacy = privacy or PrivacySpec()
     space = store.get_space(space_id)
     inventory = take_inventory(with_window(discover_sources(paths), window), task_id=task_id,
-                               progress=progress)
+                               progress=progress, unit=privacy.unit)
     inventory.require(min_images)
     extractor = extractor or extractor_for_space(space, weights=weights, threads=threads)
     partial, views = fingerprint_inventory(inventory, space, extractor, samples=samples,
@@ -162,7 +162,7 @@ def fingerprint_part(paths: Sequence[str | os.PathLike], *, task_id: str, space_
     plan = PartPlan(task_id, tuple(int(m) for m in image_counts), samples, seed, privacy.plan)
     plan.check_part(part)
     inventory = take_inventory(with_window(discover_sources(paths), window), task_id=task_id,
-                               progress=progress)
+                               progress=progress, unit=privacy.unit)
     if inventory.n_images != plan.image_counts[part - 1]:
         raise ConfigError(f"part {part} of {task_id!r} announced {plan.image_counts[part - 1]} "
                           f"images; {inventory.n_images} are decodable here "

@@ -19,7 +19,7 @@ from rayfp import defaults
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts, bin_indices, clip_to_edges
 from rayfp.core.replicates import ViewTable
 from rayfp.core.sampling import BALANCED_PLAN, CROP_SIZE, PAPER_PLAN
-from rayfp.errors import ConfigError, SpaceMismatchError
+from rayfp.errors import SpaceMismatchError
 from rayfp.extract.backbones import FeatureExtractor
 from rayfp.io.image import DEFAULT_MAX_PIXELS
 from rayfp.io.inventory import TaskInventory
@@ -146,12 +146,12 @@ def fingerprint_inventory(task: TaskInventory, space: FingerprintSpace,
 
 def view_bank(task: TaskInventory, extractor: FeatureExtractor, *, views: int, seed: int,
               batch_size: int = defaults.BATCH_SIZE, progress: bool = False) -> np.ndarray:
-    """``views`` augmented views of every image of the task (the privacy audit's population):
-    (n_images, views, D) float32, images in inventory order."""
-    if task.units:
-        raise ConfigError("the audit's unit is a 2-D image; it does not take volumes yet")
+    """``views`` augmented views of every unit of the task (the privacy audit's population: a
+    2-D image, or a volume whose views spread over its slices): (n_images, views, D) float32,
+    units in inventory order."""
     work = plan_work(task, samples=task.n_images * views, seed=seed, plan=BALANCED_PLAN)
-    row_of = {(ref.path, ref.frame): i for i, ref in enumerate(task.images)}
+    unit_of = np.searchsorted(task.unit_starts, np.arange(len(task.images)), side="right") - 1
+    row_of = {(ref.path, ref.frame): int(unit_of[i]) for i, ref in enumerate(task.images)}
     bank = np.zeros((task.n_images, views, extractor.spec.feature_dim), np.float32)
     filled = np.zeros(task.n_images, np.int64)
     pending: list[tuple[int, SampledFrame]] = []

@@ -175,6 +175,9 @@ def iter_dicom_frames(path: str, *, max_pixels: int, data: bytes | None = None,
     if pixels.ndim == frame_ndim:
         pixels = pixels[None]
     modality = str(ds.get("Modality", ""))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        patient = str(ds.get("PatientID", "") or "").strip()
     units = []
     for index, frame in enumerate(pixels):
         unit = _colour_frame_to_unit(frame, ds) if colour else _grey_frame_to_unit(frame, ds,
@@ -183,12 +186,13 @@ def iter_dicom_frames(path: str, *, max_pixels: int, data: bytes | None = None,
             raise errors.CorruptCodestreamError(path, f"frame {index} decodes to NaN/inf values")
         units.append(unit)
     if n_frames == 1:
-        yield DecodedImage(units[0], ImageMeta(path, modality, 0, 1,
-                                               slice=slice_geometry(ds)))
+        yield DecodedImage(units[0], ImageMeta(path, modality, 0, 1, slice=slice_geometry(ds),
+                                               patient=patient))
         return
     kept = [u for u in units if colour or is_foreground(u)] or [units[len(units) // 2]]
     for index, unit in enumerate(kept):
-        yield DecodedImage(unit, ImageMeta(path, modality, index, len(kept), volume=True))
+        yield DecodedImage(unit, ImageMeta(path, modality, index, len(kept), volume=True,
+                                           patient=patient))
 
 
 def slice_geometry(ds: pydicom.Dataset) -> SliceGeometry | None:
@@ -197,7 +201,7 @@ def slice_geometry(ds: pydicom.Dataset) -> SliceGeometry | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about odd UIDs; they still group
         series = str(ds.get("SeriesInstanceUID", "") or "")
-        patient = f"{ds.get('PatientID', '') or ''}/{ds.get('StudyInstanceUID', '') or ''}"
+        study = f"{ds.get('PatientID', '') or ''}/{ds.get('StudyInstanceUID', '') or ''}"
     if not series:
         return None
     position, orientation, spacing = float("nan"), "", ""
@@ -209,13 +213,13 @@ def slice_geometry(ds: pydicom.Dataset) -> SliceGeometry | None:
             spacing = ",".join(f"{float(v):g}" for v in ds.get("PixelSpacing", []) or [])
             instance = int(ds.get("InstanceNumber", 0) or 0)
     except (TypeError, ValueError):
-        return SliceGeometry(series, patient)
+        return SliceGeometry(series, study)
     if iop.shape == (6,) and np.isfinite(iop).all():
         orientation = ",".join(f"{v:.3f}" for v in np.round(iop, 3) + 0.0)
         if ipp.shape == (3,) and np.isfinite(ipp).all():
             normal = np.cross(iop[:3], iop[3:])
             position = float(ipp @ normal)
-    return SliceGeometry(series, patient, position, orientation, spacing, instance)
+    return SliceGeometry(series, study, position, orientation, spacing, instance)
 
 
 def looks_like_dicom(head: bytes) -> bool:

@@ -58,6 +58,7 @@ class ImageMeta:
     n_frames: int = 1
     volume: bool = False
     slice: SliceGeometry | None = None  # a single-slice DICOM file's place in its series
+    patient: str = ""  # DICOM Patient ID: the unit of `--unit patient`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +67,10 @@ class SliceGeometry:
 
     position: Image Position (Patient) projected on the slice normal (mm; NaN without IPP);
     orientation: Image Orientation (Patient) rounded to 1e-3, as text ("" without IOP);
-    patient: "PatientID/StudyInstanceUID" (the unit one could group by)."""
+    study: "PatientID/StudyInstanceUID"."""
 
     series: str
-    patient: str = ""
+    study: str = ""
     position: float = float("nan")
     orientation: str = ""
     pixel_spacing: str = ""

@@ -18,13 +18,17 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from rayfp.errors import DecodeError, TooFewImagesError
+from rayfp.errors import ConfigError, DecodeError, TooFewImagesError
 from rayfp.io.decode import decode_file
 from rayfp.io.image import DEFAULT_MAX_PIXELS, is_foreground
 from rayfp.io.series import SeriesVolume, assemble_series
 from rayfp.io.sources import ImageSource
 
 UNKNOWN_MODALITY = "unknown"
+# What one sampling (and privacy) unit is: "image" (a 2-D image or frame, or a whole volume:
+# NIfTI, multi-frame DICOM, DICOM series), or "patient" (every file with one DICOM Patient
+# ID; files without one stay image units).
+UNITS = ("image", "patient")
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -60,12 +64,13 @@ class FileRecord:
     # A single-slice DICOM file's place in its series (rayfp.io.image.SliceGeometry, flat so
     # that the record travels as a plain row through Ray Data).
     series: str = ""
-    patient: str = ""
+    study: str = ""
     position: float = float("nan")
     orientation: str = ""
     pixel_spacing: str = ""
     instance: int = 0
     foreground: bool = True
+    patient: str = ""  # DICOM Patient ID ("" when the file names none)
 
     def to_record(self) -> dict:
         return dataclasses.asdict(self)
@@ -88,7 +93,7 @@ def inventory_file(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     meta = frames[0].meta
     modality = source.modality or meta.modality or UNKNOWN_MODALITY
     record = FileRecord(source.path, source.task_id, len(frames), modality,
-                        volume=meta.volume, window=source.window)
+                        volume=meta.volume, window=source.window, patient=meta.patient)
     if meta.slice is None:
         return record
     return dataclasses.replace(record, **dataclasses.asdict(meta.slice),
@@ -163,14 +168,21 @@ class TaskInventory:
                 "images or lower --min-images if your privacy policy allows")
 
 
-def group_inventory(records: Iterable[FileRecord]) -> dict[str, TaskInventory]:
+def group_inventory(records: Iterable[FileRecord], *, unit: str = "image"
+                    ) -> dict[str, TaskInventory]:
     """Per-file records -> per-task inventories, sorted by task id. Images are in path order,
-    a volume's at its first path, a series' slices in slice order."""
+    a volume's at its first path, a series' slices in slice order; with ``unit="patient"`` a
+    patient's images follow each other from where the first of them stands."""
+    if unit not in UNITS:
+        raise ConfigError(f"unit must be one of {UNITS}, got {unit!r}")
     tasks: dict[str, TaskInventory] = {}
+    patients: dict[str, str] = {}
     slices: dict[tuple[str, str], list[FileRecord]] = collections.defaultdict(list)
     for record in records:
         task = tasks.setdefault(record.task_id, TaskInventory(record.task_id, [], [],
                                                               collections.Counter()))
+        if record.patient:
+            patients[record.path] = record.patient
         if record.reason:
             task.skipped.append(SkippedFile(record.path, record.task_id, record.reason,
                                             record.detail))
@@ -187,7 +199,24 @@ def group_inventory(records: Iterable[FileRecord]) -> dict[str, TaskInventory]:
     for task in tasks.values():
         task.images.sort(key=lambda ref: (order.get(ref.path, (ref.path, 0)), ref.frame))
         task.skipped.sort(key=lambda s: s.path)
+        if unit == "patient":
+            _group_by_patient(task, patients)
     return dict(sorted(tasks.items()))
+
+
+def _group_by_patient(task: TaskInventory, patients: dict[str, str]) -> None:
+    """Every image of one Patient ID becomes one unit ("patient:<id>"), contiguous, at the
+    place of the patient's first image; images without an ID keep their unit and place."""
+    first: dict[str, int] = {}
+    for index, ref in enumerate(task.images):
+        if ref.path in patients:
+            first.setdefault(patients[ref.path], index)
+    place = {ref: (first[patients[ref.path]] if ref.path in patients else index, index)
+             for index, ref in enumerate(task.images)}
+    task.images.sort(key=place.__getitem__)
+    for ref in task.images:
+        if ref.path in patients:
+            task.units[ref.path] = f"patient:{patients[ref.path]}"
 
 
 def _add_file(task: TaskInventory, record: FileRecord) -> None:
@@ -214,10 +243,11 @@ def _add_series(task: TaskInventory, volume: SeriesVolume, group: list[FileRecor
 
 
 def take_inventory(sources: Sequence[ImageSource], *, task_id: str = "",
-                   max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False
-                   ) -> TaskInventory:
-    """All sources as one task (the local client's case): each file decoded once, here."""
+                   max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = False,
+                   unit: str = "image") -> TaskInventory:
+    """All sources as one task (the local client's case): each file decoded once, here.
+    ``unit``: what one sampling and privacy unit is (UNITS)."""
     records = [dataclasses.replace(inventory_file(s, max_pixels=max_pixels), task_id=task_id)
                for s in tqdm(sources, desc="decode", unit="file", disable=not progress)]
-    return group_inventory(records).get(
+    return group_inventory(records, unit=unit).get(
         task_id, TaskInventory(task_id, [], [], collections.Counter()))

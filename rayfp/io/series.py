@@ -40,7 +40,7 @@ class SliceRecord(Protocol):
     orientation: str
     instance: int
     pixel_spacing: str
-    patient: str
+    study: str
     foreground: bool
 
 
@@ -49,13 +49,13 @@ class SeriesVolume:
     """One series assembled: its files in slice order, the ones sampled, its geometry and
     what is wrong with it.
 
-    spacing: (row, column, slice) in mm, NaN where unknown; patient: "PatientID/StudyUID"."""
+    spacing: (row, column, slice) in mm, NaN where unknown; study: "PatientID/StudyUID"."""
 
     series: str
     ordered: list[str]
     sampled: list[str]
     spacing: tuple[float, float, float]
-    patient: str
+    study: str
     problems: list[errors.SeriesError]
 
     @property
@@ -81,13 +81,13 @@ def assemble_series(series: str, records: Sequence[SliceRecord]) -> SeriesVolume
     main = collections.Counter(r.orientation for r in records).most_common(1)[0][0]
     row, column = _pixel_spacing(series, [r for r in records if r.orientation == main],
                                  problems)  # a localizer in another plane may differ
-    patients = sorted({r.patient for r in records})
-    if len(patients) > 1:
+    studies = sorted({r.study for r in records})
+    if len(studies) > 1:
         problems.append(errors.SeriesError(
-            series, f"files name {len(patients)} patients/studies {patients[:3]}: one series "
+            series, f"files name {len(studies)} patients/studies {studies[:3]}: one series "
             "UID reused across patients; it is still treated as one unit", paths=paths))
     return SeriesVolume(series, [r.path for r in ordered], sampled, (row, column, step),
-                        patients[0], problems)
+                        studies[0], problems)
 
 
 def _order_by_position(series: str, records: Sequence[SliceRecord],

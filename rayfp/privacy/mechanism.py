@@ -63,6 +63,9 @@ class PrivacySpec:
     mean: str = MEAN_FROM_COUNTS
     count_share: float = defaults.DP_COUNT_SHARE
     seed: int | None = None
+    # The unit protected (and sampled): "image" (a 2-D image, a frame or a whole volume) or
+    # "patient" (all files with one DICOM Patient ID), rayfp.io.inventory.UNITS.
+    unit: str = "image"
 
     def __post_init__(self) -> None:
         if not self.epsilon > 0:
@@ -73,6 +76,8 @@ class PrivacySpec:
             raise ConfigError(f"count_share must be in (0, 1), got {self.count_share}")
         if self.release_bins is not None and self.release_bins < 2:
             raise ConfigError(f"release_bins must be >= 2, got {self.release_bins}")
+        if self.unit not in ("image", "patient"):
+            raise ConfigError(f"unit must be 'image' or 'patient', got {self.unit!r}")
         if self.mean not in MEAN_SOURCES:
             raise ConfigError(f"mean must be one of {MEAN_SOURCES}, got {self.mean!r}")
 
@@ -96,8 +101,8 @@ class PrivacySpec:
         return BALANCED_PLAN if self.private else "paper"
 
     @classmethod
-    def none(cls) -> PrivacySpec:
-        return cls(epsilon=math.inf)
+    def none(cls, *, unit: str = "image") -> PrivacySpec:
+        return cls(epsilon=math.inf, unit=unit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +237,7 @@ def release_record(spec: PrivacySpec, scale: NoiseScale, *, release_bins: int, n
                    ) -> dict[str, Any]:
     """What a private fingerprint records about its release (the `privacy` JSON's ``dp``)."""
     return {"mechanism": MECHANISM, "epsilon": spec.epsilon, "delta": spec.delta,
-            "unit": "image", "neighbours": "replace-one",
+            "unit": spec.unit, "neighbours": "replace-one",
             "plan": BALANCED_PLAN, "views_per_image_cap": scale.cap,
             "mean": spec.mean, "release_bins": release_bins,
             "count_share": 1.0 - spec.sum_share,
@@ -257,7 +262,7 @@ def privacy_record(spec: PrivacySpec, *, min_images: int, release: dict[str, Any
     """The `privacy` JSON of a stored fingerprint (DESIGN §2): the floor of distinct images, the
     sampling plan and, for a private release, its mechanism."""
     return {"min_images": min_images, "plan": spec.plan, "dp": release,
-            "dp_epsilon": spec.epsilon if spec.private else None}
+            "dp_epsilon": spec.epsilon if spec.private else None, "unit": spec.unit}
 
 
 def release(partial: PartialCounts, space: FingerprintSpace, *, task_id: str, n_images: int,
