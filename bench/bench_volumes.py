@@ -119,6 +119,7 @@ def _peak_rss(stop, peaks: dict) -> None:
 
 
 def bench_ray_inventory(folder: Path) -> list[tuple[str, str]]:
+    import os
     import threading
 
     import ray
@@ -140,6 +141,7 @@ def bench_ray_inventory(folder: Path) -> list[tuple[str, str]]:
         for series in (250, 500, 1000):
             subset = [f for f in files if int(f.path.rsplit("/s", 1)[1][:4]) < series]
             stop, peaks = threading.Event(), {}
+            before = _rss(str(os.getpid()))
             sampler = threading.Thread(target=_peak_rss, args=(stop, peaks))
             sampler.start()
             started = time.perf_counter()
@@ -152,7 +154,9 @@ def bench_ray_inventory(folder: Path) -> list[tuple[str, str]]:
             rows.append((f"Ray inventory, {series} synthetic series ({len(subset)} files of "
                          "64×64, 2 CPUs)",
                          f"{seconds:.1f} s ({len(subset) / seconds:.0f} files/s); peak RSS: "
-                         f"driver {peaks['driver'] / 2**20:.0f} MiB, all Ray workers "
+                         f"driver {peaks['driver'] / 2**20:.0f} MiB (+"
+                         f"{(peaks['driver'] - before) / 2**20:.0f} MiB over its "
+                         f"{before / 2**20:.0f} MiB before), all Ray workers "
                          f"{peaks['workers'] / 2**20:.0f} MiB"))
     finally:
         ray.shutdown()

@@ -67,9 +67,8 @@ def assemble_series(series: str, records: Sequence[SliceRecord]) -> SeriesVolume
     """Order a series' files, pick the slices to sample, check the geometry (never raises)."""
     paths = [r.path for r in records]
     problems: list[errors.SeriesError] = []
-    located = [r for r in records if not math.isnan(r.position) and r.orientation]
-    if len(located) < len(records):
-        missing = sorted(r.path for r in records if r not in located)
+    missing = sorted(r.path for r in records if math.isnan(r.position) or not r.orientation)
+    if missing:
         problems.append(errors.MissingGeometryError(
             series, f"{len(missing)} of {len(records)} files lack Image Position/Orientation "
             "(Patient); the series is ordered by Instance Number", paths=missing))
