@@ -36,7 +36,7 @@ from rayfp.core.parts import read_site_parts
 from rayfp.core.store import Store
 from rayfp.errors import ConfigError, RayfpError
 from rayfp.extract.backbones import get_backbone_spec, resolve_weights
-from rayfp.io.sources import list_archive, with_window
+from rayfp.io.sources import list_archive, with_decoding
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-share", choices=("full", "split"), default="full",
                    help="a private part's noise: full (default) or split (secure "
                         "aggregation only)")
+    p.add_argument("--slice-axes", help="the planes NIfTI volumes are sliced along: "
+                   "acquisition (default), axial, coronal, sagittal or all")
     add_privacy_flags(p)
     p.add_argument("--tasks", nargs="*", help="only these task ids")
     p.add_argument("--overwrite", action="store_true", help="recompute existing fingerprints")
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     log = logging.getLogger("rayfp.job")
     try:
-        files = with_window(list_archive(args.archive), args.window)
+        files = with_decoding(list_archive(args.archive), window=args.window,
+                              axes=args.slice_axes)
         if args.tasks:
             files = [f for f in files if f.task_id in set(args.tasks)]
         privacy = privacy_spec(args)

@@ -191,8 +191,8 @@ def test_a_manifest_gives_the_same_task_row_and_counts_through_cli_and_ray(
 
 def test_a_site_fingerprints_its_part_of_a_pooled_task_with_the_job(
         cluster, submitted, archive, tmp_path, capsys):
-    """Site 1 runs the archive job on its volumes, site 2 the CLI on its DICOM series; the
-    merged parts equal one site's fingerprint of both, exactly."""
+    """Site 1 runs the archive job on its volumes (sliced along all three planes), site 2 the
+    CLI on its DICOM series; the merged parts equal one site's fingerprint of both, exactly."""
     space = submitted["space"]
     store = tmp_path / "store"
     shutil.copytree(submitted["store"] / "spaces", store / "spaces")
@@ -202,7 +202,8 @@ def test_a_site_fingerprints_its_part_of_a_pooled_task_with_the_job(
     plans = tmp_path / "plans.json"
     plans.write_text(json.dumps({"pooled": {"part": 1, "image_counts": [3, 3]}}))
     job = run_job(cluster, manifest, "--store", store, "--space", space, *COMMON,
-                  "--site-parts", plans, "--part-out", tmp_path / "parts")
+                  "--site-parts", plans, "--part-out", tmp_path / "parts",
+                  "--slice-axes", "all")
     assert job.returncode == 0, job.stderr[-3000:]
     assert "task pooled done" in job.stdout
     assert not Store(store).has_fingerprint(space, "pooled")  # a part is not a fingerprint
@@ -218,7 +219,8 @@ def test_a_site_fingerprints_its_part_of_a_pooled_task_with_the_job(
     assert rayfp_cli(["merge", str(part1), str(tmp_path / "part2.npz"), "--store", str(store),
                       "--min-images", "3"]) == 0
     assert rayfp_cli(["fingerprint", str(archive / "brain"), str(archive / "series"),
-                      "--task-id", "union", "--min-images", "3", *common]) == 0
+                      "--task-id", "union", "--min-images", "3", "--slice-axes", "all",
+                      *common]) == 0
     capsys.readouterr()
     merged = Store(store).get_fingerprint(space, "pooled")
     union = Store(store).get_fingerprint(space, "union")

@@ -119,7 +119,7 @@ def test_ct_windows_from_a_flag_or_the_manifest(tmp_path):
 
     from rayfp.errors import ConfigError
     from rayfp.io.image import window_bounds
-    from rayfp.io.sources import read_manifest, with_window
+    from rayfp.io.sources import read_manifest, with_decoding
     from rayfp.io.work import sampled_frames
 
     ct = pydicom.data.get_testdata_file("CT_small.dcm")
@@ -135,7 +135,7 @@ def test_ct_windows_from_a_flag_or_the_manifest(tmp_path):
     manifest.write_text(f"path,modality,window\n{ct},CT,bone\n{mr},MR,\n")
     sources = read_manifest(manifest)
     assert [s.window for s in sources] == ["bone", ""]
-    assert [s.window for s in with_window(sources, "lung")] == ["bone", "lung"]  # row wins
+    assert [s.window for s in with_decoding(sources, window="lung")] == ["bone", "lung"]  # row wins
     (tmp_path / "bad.csv").write_text(f"path,window\n{ct},liver\n")
     with pytest.raises(ConfigError, match="CT window"):
         read_manifest(tmp_path / "bad.csv")
@@ -152,3 +152,47 @@ def dataclasses_replace(item, **changes):
     import dataclasses
 
     return dataclasses.replace(item, **changes)
+
+
+def test_slices_along_any_plane_or_all_three(mni, tmp_path):
+    """--slice-axes: the acquisition axis by default, one plane, or all three; thick slices
+    are resampled to square pixels; the volume stays one unit; a manifest row can choose."""
+    import nibabel as nib
+
+    from rayfp.errors import ConfigError
+    from rayfp.io.nifti import foreground_slices
+    from rayfp.io.sources import read_manifest, with_decoding
+    from rayfp.io.work import sampled_frames
+
+    folder, template = mni
+    path = folder / "mni.nii.gz"
+    unit = np.asarray([f.pixels for f in decode_file(path, axes="axial")])
+    assert unit.shape == np.asarray([f.pixels for f in decode_file(path)]).shape  # axial
+    counts = {axes: len(decode_file(path, axes=axes))
+              for axes in ("sagittal", "coronal", "axial", "all")}
+    assert counts["all"] == counts["sagittal"] + counts["coronal"] + counts["axial"]
+    assert len({counts["sagittal"], counts["coronal"], counts["axial"]}) > 1
+    with pytest.raises(ConfigError, match="coronal"):
+        decode_file(path, axes="diagonal")
+    # 6 mm slices: a coronal slice is resampled from 2 x 6 mm to 2 x 2 mm pixels.
+    affine = template.affine.copy()
+    affine[2, 2] *= 3
+    thick = tmp_path / "thick.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(template.dataobj)[:, :, ::3], affine), thick)
+    depth = np.asarray(template.dataobj)[:, :, ::3].shape[2]
+    coronal = decode_file(thick, axes="coronal")[0].pixels
+    assert coronal.shape[0] == 3 * depth and decode_file(thick)[0].pixels.shape[0] != 3 * depth
+    volume01 = np.ones((4, 5, 6), np.float32)
+    assert foreground_slices(volume01, 1) == [0, 1, 2, 3, 4]
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,slice_axes\n{path},all\n{thick},\n")
+    sources = with_decoding(read_manifest(manifest), axes="coronal")
+    assert [s.axes for s in sources] == ["all", "coronal"]  # the row wins
+    inventory = take_inventory(sources, task_id="planes")
+    assert inventory.n_images == 2 and len(inventory.images) == counts["all"] + len(
+        decode_file(thick, axes="coronal"))
+    work = {item.path: item for item in plan_work(inventory, samples=40, seed=2)}
+    assert work[str(path)].axes == "all"
+    frames = list(sampled_frames(work[str(path)]))
+    assert sum(len(f.top) for f in frames) == work[str(path)].n_views

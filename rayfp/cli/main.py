@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", help="Hounsfield window for CT (DICOM, or NIfTI in HU) without a "
                                      "manifest `window`: brain, soft-tissue, lung or bone "
                                      "(default: the stored or the robust window)")
+    p.add_argument("--slice-axes",
+                   help="the planes NIfTI volumes are sliced along: acquisition (default), "
+                        "axial, coronal, sagittal or all three; DICOM volumes keep their "
+                        "acquisition axis")
     p.add_argument("--part", metavar="k/K",
                    help="this site's part k of a task pooled over K sites (with "
                         "--part-images); writes --part-out instead of a fingerprint")
@@ -204,7 +208,7 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
                               weights=args.weights, modality=args.modality,
                               threads=args.threads, progress=not args.quiet,
                               privacy=privacy_spec(args), keep_views=args.keep_views,
-                              window=args.window)
+                              window=args.window, slice_axes=args.slice_axes)
     _print_skipped(result.skipped, result.inventory.series_problems)
     fp = result.fingerprint
     dp = fp.privacy.get("dp")
@@ -250,7 +254,8 @@ def _fingerprint_part(args: argparse.Namespace) -> int:
         args.paths, task_id=args.task_id, space_id=args.space, store=_store(args), part=k,
         image_counts=counts, samples=args.samples, seed=args.seed, batch_size=args.batch_size,
         weights=args.weights, threads=args.threads, progress=not args.quiet,
-        privacy=privacy_spec(args), noise_share=args.noise_share, window=args.window)
+        privacy=privacy_spec(args), noise_share=args.noise_share, window=args.window,
+        slice_axes=args.slice_axes)
     _print_skipped(inventory.skipped, inventory.series_problems)
     out = Path(args.part_out or Path(args.store) / "parts-out" /
                part_file_name(args.task_id, k, total))

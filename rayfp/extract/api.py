@@ -24,7 +24,7 @@ from rayfp.errors import ConfigError, SpaceMismatchError
 from rayfp.extract.backbones import RANDOM_WEIGHTS_TAG, FeatureExtractor, get_backbone_spec
 from rayfp.extract.views import fingerprint_inventory, iter_features
 from rayfp.io.inventory import SkippedFile, TaskInventory, take_inventory
-from rayfp.io.sources import discover_sources, with_window
+from rayfp.io.sources import discover_sources, with_decoding
 from rayfp.privacy.mechanism import PrivacySpec, release
 from rayfp.privacy.parts import release_part
 
@@ -116,17 +116,19 @@ def fingerprint_task(paths: Sequence[str | os.PathLike], *, task_id: str, space_
                      extractor: FeatureExtractor | None = None, modality: str = "",
                      threads: int | None = None, progress: bool = False,
                      privacy: PrivacySpec | None = None,
-                     keep_views: bool = False, window: str | None = None) -> FingerprintResult:
+                     keep_views: bool = False, window: str | None = None,
+                     slice_axes: str | None = None) -> FingerprintResult:
     """Fingerprint one task's images in a stored space and write it (replacing an older one).
     ``modality`` overrides the one read from the manifest or the files. ``privacy`` (default:
     the default ε) decides the release; ``PrivacySpec.none()`` stores the exact counts.
     ``keep_views``: also keep the views' bins and images in the store's site-only area, for
     replicates (`rayfp query --replicates`); they never leave the site. ``window``: a
-    Hounsfield preset for CT files whose manifest row names none."""
+    Hounsfield preset for CT files whose manifest row names none; ``slice_axes``: the planes
+    NIfTI volumes are sliced along (rayfp.io.image.SLICE_AXES)."""
     privacy = privacy or PrivacySpec()
     space = store.get_space(space_id)
-    inventory = take_inventory(with_window(discover_sources(paths), window), task_id=task_id,
-                               progress=progress, unit=privacy.unit)
+    sources = with_decoding(discover_sources(paths), window=window, axes=slice_axes)
+    inventory = take_inventory(sources, task_id=task_id, progress=progress, unit=privacy.unit)
     inventory.require(min_images)
     extractor = extractor or extractor_for_space(space, weights=weights, threads=threads)
     partial, views = fingerprint_inventory(inventory, space, extractor, samples=samples,
@@ -141,7 +143,8 @@ def fingerprint_task(paths: Sequence[str | os.PathLike], *, task_id: str, space_
     fp = save_task_fingerprint(
         store, released, task_id=task_id, n_images=inventory.n_images, modality=main_modality,
         source={"kind": "rayfp-cli", "inputs": [os.fspath(p) for p in paths], "seed": seed,
-                **({"window": window} if window else {})},
+                **({"window": window} if window else {}),
+                **({"slice_axes": slice_axes} if slice_axes else {})},
         privacy=record)
     return FingerprintResult(fp, inventory, main_modality)
 
@@ -153,16 +156,16 @@ def fingerprint_part(paths: Sequence[str | os.PathLike], *, task_id: str, space_
                      weights: str | os.PathLike | None = None,
                      extractor: FeatureExtractor | None = None, threads: int | None = None,
                      progress: bool = False, privacy: PrivacySpec | None = None,
-                     noise_share: str = "full", window: str | None = None
-                     ) -> tuple[TaskPart, TaskInventory]:
+                     noise_share: str = "full", window: str | None = None,
+                     slice_axes: str | None = None) -> tuple[TaskPart, TaskInventory]:
     """This site's part ``part`` of a task pooled over K sites (rayfp.core.parts): its images
     must be the M_k it announced; its views are its share of the task's plan."""
     privacy = privacy or PrivacySpec()
     space = store.get_space(space_id)
     plan = PartPlan(task_id, tuple(int(m) for m in image_counts), samples, seed, privacy.plan)
     plan.check_part(part)
-    inventory = take_inventory(with_window(discover_sources(paths), window), task_id=task_id,
-                               progress=progress, unit=privacy.unit)
+    sources = with_decoding(discover_sources(paths), window=window, axes=slice_axes)
+    inventory = take_inventory(sources, task_id=task_id, progress=progress, unit=privacy.unit)
     if inventory.n_images != plan.image_counts[part - 1]:
         raise ConfigError(f"part {part} of {task_id!r} announced {plan.image_counts[part - 1]} "
                           f"images; {inventory.n_images} are decodable here "

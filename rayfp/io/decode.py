@@ -45,10 +45,12 @@ def read_uri(uri: str) -> bytes:
 
 
 def iter_frames(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                window: str | None = None) -> Iterator[DecodedImage]:
+                window: str | None = None, axes: str | None = None
+                ) -> Iterator[DecodedImage]:
     """Yield every image (frame) in a file, or raise a :class:`rayfp.errors.DecodeError`.
     ``path`` is a local path or a URI (``s3://bucket/a.dcm``, ``file:///data/a.png``);
-    ``window``: a Hounsfield preset for CT (DICOM or NIfTI).
+    ``window``: a Hounsfield preset for CT (DICOM or NIfTI); ``axes``: the planes a NIfTI
+    volume is sliced along (rayfp.io.image.SLICE_AXES; default: its acquisition axis).
 
     >>> frames = list(iter_frames(pydicom.data.get_testdata_file("CT_small.dcm")))  # doctest: +SKIP
     """
@@ -69,7 +71,8 @@ def iter_frames(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
     if size == 0:
         raise errors.EmptyFileError(path, "the file is empty (0 bytes)")
     if is_nifti(path):
-        yield from iter_nifti_frames(path, max_pixels=max_pixels, data=data, window=window)
+        yield from iter_nifti_frames(path, max_pixels=max_pixels, data=data, window=window,
+                                     axes=axes)
     elif _is_raster(head, path):
         yield from iter_raster_frames(path, max_pixels=max_pixels, data=data)
     else:
@@ -77,6 +80,6 @@ def iter_frames(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 def decode_file(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                window: str | None = None) -> list[DecodedImage]:
+                window: str | None = None, axes: str | None = None) -> list[DecodedImage]:
     """All frames of one file as a list (see :func:`iter_frames`)."""
-    return list(iter_frames(path, max_pixels=max_pixels, window=window))
+    return list(iter_frames(path, max_pixels=max_pixels, window=window, axes=axes))

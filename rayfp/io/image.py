@@ -25,6 +25,22 @@ def window_bounds(name: str) -> tuple[float, float]:
     return centre - width / 2.0, centre + width / 2.0
 
 
+# Which slices of a volume views are cut from: the acquisition axis (default), one anatomical
+# plane of the canonical RAS+ volume (axis 0 sagittal, 1 coronal, 2 axial), or all three.
+# NIfTI volumes follow it; DICOM volumes keep their acquisition axis (their slices are files or
+# frames: a reformat would need the whole series in one worker).
+SLICE_AXES = {"acquisition": None, "sagittal": (0,), "coronal": (1,), "axial": (2,),
+              "all": (0, 1, 2)}
+
+
+def slice_axes(name: str | None) -> tuple[int, ...] | None:
+    """The canonical axes of a SLICE_AXES name (None: the acquisition axis); an unknown
+    name is a ConfigError listing the choices."""
+    from rayfp.registry import look_up
+
+    return SLICE_AXES[look_up("slice axes", name or "acquisition", SLICE_AXES)]
+
+
 # Background rule for the slices of a volume (NIfTI, multi-frame DICOM, DICOM series): a slice
 # with fewer than FOREGROUND_SHARE of its pixels above FOREGROUND_LEVEL of its window is
 # background and is not sampled; a volume with no other slice keeps its middle one.

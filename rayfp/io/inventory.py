@@ -61,6 +61,7 @@ class FileRecord:
     detail: str = ""
     volume: bool = False  # the frames are slices of one volume: one sampling unit
     window: str = ""  # the CT window it was decoded with ("": its stored or robust one)
+    axes: str = ""  # the planes a NIfTI volume was sliced along ("": acquisition)
     # A single-slice DICOM file's place in its series (rayfp.io.image.SliceGeometry, flat so
     # that the record travels as a plain row through Ray Data).
     series: str = ""
@@ -84,7 +85,8 @@ def inventory_file(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     """Decode one file. The modality is the manifest's, else the file's own, else 'unknown'.
     Never raises for a bad file: unexpected decoder crashes are recorded too."""
     try:
-        frames = decode_file(source.path, max_pixels=max_pixels, window=source.window or None)
+        frames = decode_file(source.path, max_pixels=max_pixels, window=source.window or None,
+                             axes=source.axes or None)
     except DecodeError as exc:
         return FileRecord(source.path, source.task_id, 0, "", exc.reason, exc.detail)
     except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not kill the job
@@ -93,7 +95,8 @@ def inventory_file(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     meta = frames[0].meta
     modality = source.modality or meta.modality or UNKNOWN_MODALITY
     record = FileRecord(source.path, source.task_id, len(frames), modality,
-                        volume=meta.volume, window=source.window, patient=meta.patient)
+                        volume=meta.volume, window=source.window, axes=source.axes,
+                        patient=meta.patient)
     if meta.slice is None:
         return record
     return dataclasses.replace(record, **dataclasses.asdict(meta.slice),
@@ -112,6 +115,7 @@ class TaskInventory:
     modalities: collections.Counter
     units: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> its volume's key
     windows: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> CT window
+    axes: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> slice axes
     series: list[SeriesVolume] = dataclasses.field(default_factory=list)
 
     @property
@@ -226,6 +230,8 @@ def _add_file(task: TaskInventory, record: FileRecord) -> None:
         task.units[record.path] = record.path
     if record.window:
         task.windows[record.path] = record.window
+    if record.axes:
+        task.axes[record.path] = record.axes
 
 
 def _add_series(task: TaskInventory, volume: SeriesVolume, group: list[FileRecord],

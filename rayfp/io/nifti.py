@@ -4,7 +4,9 @@ slices are the frames views are cut from.
 - Orientation: the volume is brought to the closest canonical (RAS+) orientation first, so the
   same anatomy lies along the same axis in every file.
 - Slices are taken along the acquisition axis: the header's slice dimension if it names one,
-  else the axis with the largest voxel size (thick slices), else the last axis.
+  else the axis with the largest voxel size (thick slices), else the last axis; or along the
+  planes ``axes`` names (rayfp.io.image.SLICE_AXES: axial, coronal, sagittal, all), each slice
+  resampled to square pixels (thick slices make reformatted planes anisotropic).
 - Intensities: the robust window (0.5 / 99.5 percentiles) of the whole volume, so all slices
   of a volume share one window; a CT volume in Hounsfield units can take a preset instead
   (rayfp.io.image.WINDOW_PRESETS).
@@ -31,6 +33,7 @@ from rayfp.io.image import (
     ImageMeta,
     rescale_to_unit,
     robust_window,
+    slice_axes,
     window_bounds,
 )
 
@@ -89,9 +92,11 @@ def foreground_slices(volume01: np.ndarray, axis: int) -> list[int]:
 
 
 def iter_nifti_frames(path: str, *, max_pixels: int, data: bytes | None = None,
-                      window: str | None = None) -> Iterator[DecodedImage]:
+                      window: str | None = None, axes: str | None = None
+                      ) -> Iterator[DecodedImage]:
     """Every foreground slice of the volume as a frame in [0, 1]; ``window``: a Hounsfield
-    preset (CT) instead of the robust window."""
+    preset (CT) instead of the robust window; ``axes``: the planes (default: acquisition)."""
+    planes = slice_axes(axes)  # an unknown name fails before the volume is read
     image, volume = _load(path, data)
     if volume.ndim == 4:
         volume = volume[..., 0]
@@ -108,12 +113,31 @@ def iter_nifti_frames(path: str, *, max_pixels: int, data: bytes | None = None,
     else:
         lo, hi = robust_window(volume)
     unit = rescale_to_unit(volume, lo, hi)
-    axis = slice_axis(image, volume.shape)
-    kept = foreground_slices(unit, axis)
-    moved = np.moveaxis(unit, axis, 0)
-    for frame, index in enumerate(kept):
+    import nibabel as nib
+
+    zooms = [float(z) for z in nib.as_closest_canonical(image).header.get_zooms()[:3]]
+    axes_used = planes if planes is not None else (slice_axis(image, volume.shape),)
+    kept = [(axis, index) for axis in axes_used for index in foreground_slices(unit, axis)]
+    for frame, (axis, index) in enumerate(kept):
         # rows top-down, as the slice is usually viewed (canonical RAS: flip the second axis)
-        pixels = np.ascontiguousarray(np.rot90(moved[index]))
+        plane = np.rot90(np.take(unit, index, axis=axis))
+        rows_mm, cols_mm = [zooms[i] for i in range(3) if i != axis][::-1]
+        pixels = np.ascontiguousarray(square_pixels(plane, rows_mm, cols_mm))
         yield DecodedImage(pixels, ImageMeta(os.fspath(path), "", frame, len(kept),
                                              volume=True))
+
+
+def square_pixels(plane: np.ndarray, rows_mm: float, cols_mm: float) -> np.ndarray:
+    """Resample a slice whose pixels are rows_mm x cols_mm to square pixels of the finer size
+    (unchanged when they are within 1 %)."""
+    fine = min(rows_mm, cols_mm)
+    if fine <= 0 or max(rows_mm, cols_mm) <= 1.01 * fine:
+        return plane
+    from PIL import Image
+
+    height = max(1, round(plane.shape[0] * rows_mm / fine))
+    width = max(1, round(plane.shape[1] * cols_mm / fine))
+    resized = Image.fromarray(np.ascontiguousarray(plane, np.float32), mode="F").resize(
+        (width, height), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
 

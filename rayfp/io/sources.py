@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from rayfp.errors import ConfigError
 from rayfp.io.decode import is_uri
-from rayfp.io.image import window_bounds
+from rayfp.io.image import slice_axes, window_bounds
 from rayfp.io.nifti import NIFTI_SUFFIXES
 from rayfp.io.raster import RASTER_SUFFIXES
 
@@ -31,6 +31,7 @@ MANIFEST_PATH = "path"
 MANIFEST_TASK_ID = "task_id"
 MANIFEST_MODALITY = "modality"
 MANIFEST_WINDOW = "window"
+MANIFEST_SLICE_AXES = "slice_axes"
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -42,6 +43,7 @@ class ImageSource:
     task_id: str = ""
     modality: str = ""
     window: str = ""  # a Hounsfield preset for CT (rayfp.io.image.WINDOW_PRESETS); "": stored
+    axes: str = ""  # the planes a NIfTI volume is sliced along (SLICE_AXES); "": acquisition
 
 
 def is_candidate(name: str) -> bool:
@@ -63,7 +65,8 @@ def read_manifest(location: str | os.PathLike) -> list[ImageSource]:
     """A CSV or Parquet manifest (local or behind a URI) -> its sources, in file order.
 
     Columns: ``path`` (required; relative paths are resolved against the manifest's folder),
-    ``task_id``, ``modality`` and ``window`` (a CT Hounsfield preset) (optional)."""
+    ``task_id``, ``modality``, ``window`` (a CT Hounsfield preset) and ``slice_axes`` (the
+    planes of a NIfTI volume) (optional)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -80,7 +83,8 @@ def read_manifest(location: str | os.PathLike) -> list[ImageSource]:
         table = pq.read_table(source) if parquet else pacsv.read_csv(
             source, convert_options=pacsv.ConvertOptions(column_types={
                 MANIFEST_PATH: pa.string(), MANIFEST_TASK_ID: pa.string(),
-                MANIFEST_MODALITY: pa.string(), MANIFEST_WINDOW: pa.string()}))
+                MANIFEST_MODALITY: pa.string(), MANIFEST_WINDOW: pa.string(),
+                MANIFEST_SLICE_AXES: pa.string()}))
     except (pa.ArrowInvalid, OSError) as exc:
         raise ConfigError(f"manifest {location} cannot be read as "
                           f"{'Parquet' if parquet else 'CSV'}: {exc}") from exc
@@ -90,9 +94,9 @@ def read_manifest(location: str | os.PathLike) -> list[ImageSource]:
     columns = {name: table.column(name).to_pylist() if name in table.column_names
                else [None] * table.num_rows
                for name in (MANIFEST_PATH, MANIFEST_TASK_ID, MANIFEST_MODALITY,
-                            MANIFEST_WINDOW)}
+                            MANIFEST_WINDOW, MANIFEST_SLICE_AXES)}
     sources = []
-    for name, task_id, modality, window in zip(*columns.values()):
+    for name, task_id, modality, window, axes in zip(*columns.values()):
         if not name:
             raise ConfigError(f"manifest {location} has a row with an empty {MANIFEST_PATH!r}")
         name = str(name)
@@ -104,8 +108,10 @@ def read_manifest(location: str | os.PathLike) -> list[ImageSource]:
             resolved = os.fspath(Path(base) / name)
         if window:
             window_bounds(str(window))  # an unknown preset fails here, naming the row's value
+        if axes:
+            slice_axes(str(axes))
         sources.append(ImageSource(resolved, str(task_id or ""), str(modality or ""),
-                                   str(window or "")))
+                                   str(window or ""), str(axes or "")))
     return sources
 
 
@@ -189,9 +195,13 @@ def list_archive(location: str | os.PathLike) -> list[ImageSource]:
     return sorted(unique.values(), key=lambda s: (s.task_id, s.path))
 
 
-def with_window(sources: Sequence[ImageSource], window: str | None) -> list[ImageSource]:
-    """The sources, each without a window of its own given ``window`` (a CT preset)."""
-    if not window:
-        return list(sources)
-    window_bounds(window)  # refuse an unknown preset before any file is read
-    return [s if s.window else dataclasses.replace(s, window=window) for s in sources]
+def with_decoding(sources: Sequence[ImageSource], *, window: str | None = None,
+                  axes: str | None = None) -> list[ImageSource]:
+    """The sources, each without a window (or slice axes) of its own given ``window`` (a CT
+    preset) and ``axes`` (SLICE_AXES); a manifest's own values win."""
+    if window:
+        window_bounds(window)  # refuse an unknown preset before any file is read
+    if axes:
+        slice_axes(axes)
+    return [dataclasses.replace(s, window=s.window or window or "", axes=s.axes or axes or "")
+            for s in sources]

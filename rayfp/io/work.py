@@ -33,6 +33,7 @@ class WorkItem:
     flip: list[bool]
     unit: str = ""  # the volume the file belongs to (its views share this image key)
     window: str = ""  # the CT window the inventory decoded it with
+    axes: str = ""  # the planes the inventory sliced a NIfTI volume along
 
     @property
     def n_views(self) -> int:
@@ -89,13 +90,15 @@ def plan_work(task: TaskInventory, *, samples: int, seed: int, plan: str = PAPER
         item["left"] += drawn.crop_left[sample_ids].tolist()
         item["flip"] += drawn.flip[sample_ids].tolist()
     return [WorkItem(task.task_id, path, **item, unit=task.units.get(path, ""),
-                     window=task.windows.get(path, "")) for path, item in per_file.items()]
+                     window=task.windows.get(path, ""), axes=task.axes.get(path, ""))
+            for path, item in per_file.items()]
 
 
 def sampled_frames(item: WorkItem, *, max_pixels: int = DEFAULT_MAX_PIXELS
                    ) -> Iterator[SampledFrame]:
     """Decode the item's file once; yield each needed frame, canonicalised, with its views."""
-    frames = decode_file(item.path, max_pixels=max_pixels, window=item.window or None)
+    frames = decode_file(item.path, max_pixels=max_pixels, window=item.window or None,
+                         axes=item.axes or None)
     wanted = np.asarray(item.frame)
     for frame in sorted(set(item.frame)):
         mask = wanted == frame
