@@ -123,7 +123,8 @@ def test_orientation_duplicates_and_missing_geometry_are_reported(brain, tmp_pat
 
 
 def test_a_multi_frame_file_is_one_unit():
-    """pydicom's enhanced multi-frame MR: its 10 frames are slices of one volume."""
+    """pydicom's enhanced multi-frame MR and CT: a file's frames are slices of one volume, and
+    files of one series (the same MR acquisition in four encodings) are one unit."""
     from pydicom.data import get_testdata_file
 
     path = get_testdata_file("emri_small.dcm")
@@ -132,6 +133,13 @@ def test_a_multi_frame_file_is_one_unit():
     inv = take_inventory(discover_sources([path]), task_id="mf")
     assert (inv.n_images, len(inv.images)) == (1, 10)
     assert {inv.unit_key(ref) for ref in inv.images} == {path}
+    encodings = [get_testdata_file(f"emri_small{suffix}.dcm")
+                 for suffix in ("", "_big_endian", "_RLE", "_jpeg_2k_lossless")]
+    ct = get_testdata_file("eCT_Supplemental.dcm")
+    inv = take_inventory(discover_sources([*encodings, ct]), task_id="mf")
+    assert (inv.n_images, len(inv.images)) == (2, 4 * 10 + len(decode_file(ct)))
+    units = {inv.unit_key(inv.images[i]) for i in inv.unit_starts}
+    assert ct in units and any(key.startswith("series:") for key in units)
 
 
 def test_the_unit_can_be_the_patient(brain, tmp_path):

@@ -190,9 +190,10 @@ def iter_dicom_frames(path: str, *, max_pixels: int, data: bytes | None = None,
                                                patient=patient))
         return
     kept = [u for u in units if colour or is_foreground(u)] or [units[len(units) // 2]]
+    series = slice_geometry(ds)  # its series: other files of it join the same unit
     for index, unit in enumerate(kept):
         yield DecodedImage(unit, ImageMeta(path, modality, index, len(kept), volume=True,
-                                           patient=patient))
+                                           patient=patient, slice=series))
 
 
 def slice_geometry(ds: pydicom.Dataset) -> SliceGeometry | None:

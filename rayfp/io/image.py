@@ -73,7 +73,7 @@ class ImageMeta:
     frame: int = 0
     n_frames: int = 1
     volume: bool = False
-    slice: SliceGeometry | None = None  # a single-slice DICOM file's place in its series
+    slice: SliceGeometry | None = None  # a DICOM file's series (a single slice: its place)
     patient: str = ""  # DICOM Patient ID: the unit of `--unit patient`
 
 

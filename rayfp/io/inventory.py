@@ -181,7 +181,7 @@ def group_inventory(records: Iterable[FileRecord], *, unit: str = "image"
         raise ConfigError(f"unit must be one of {UNITS}, got {unit!r}")
     tasks: dict[str, TaskInventory] = {}
     patients: dict[str, str] = {}
-    slices: dict[tuple[str, str], list[FileRecord]] = collections.defaultdict(list)
+    series: dict[tuple[str, str], list[FileRecord]] = collections.defaultdict(list)
     for record in records:
         task = tasks.setdefault(record.task_id, TaskInventory(record.task_id, [], [],
                                                               collections.Counter()))
@@ -190,16 +190,16 @@ def group_inventory(records: Iterable[FileRecord], *, unit: str = "image"
         if record.reason:
             task.skipped.append(SkippedFile(record.path, record.task_id, record.reason,
                                             record.detail))
-        elif record.series and record.n_frames == 1 and not record.volume:
-            slices[record.task_id, record.series].append(record)
+        elif record.series:
+            series[record.task_id, record.series].append(record)
         else:
             _add_file(task, record)
     order: dict[str, tuple[str, int]] = {}  # path -> (where its unit sorts, rank in the unit)
-    for (task_id, uid), group in sorted(slices.items()):
-        if len(group) == 1:  # a lone slice is a 2-D image like any other
+    for (task_id, uid), group in sorted(series.items()):
+        if len(group) == 1:  # a lone file: a 2-D image or a multi-frame volume like any other
             _add_file(tasks[task_id], group[0])
-            continue
-        _add_series(tasks[task_id], assemble_series(uid, group), group, order)
+        else:
+            _add_series(tasks[task_id], uid, group, order)
     for task in tasks.values():
         task.images.sort(key=lambda ref: (order.get(ref.path, (ref.path, 0)), ref.frame))
         task.skipped.sort(key=lambda s: s.path)
@@ -234,18 +234,33 @@ def _add_file(task: TaskInventory, record: FileRecord) -> None:
         task.axes[record.path] = record.axes
 
 
-def _add_series(task: TaskInventory, volume: SeriesVolume, group: list[FileRecord],
+def _add_series(task: TaskInventory, uid: str, group: list[FileRecord],
                 order: dict[str, tuple[str, int]]) -> None:
-    by_path = {r.path: r for r in group}
-    anchor = min(volume.ordered)
-    for rank, path in enumerate(volume.sampled):
-        task.images.append(ImageRef(path, 0))
-        task.units[path] = f"series:{volume.series}"
-        order[path] = (anchor, rank)
-        if by_path[path].window:
-            task.windows[path] = by_path[path].window
+    """Several files of one series: one unit. Multi-frame files (pydicom ships one acquisition
+    in several encodings) come first, then the single-slice files, assembled in slice order."""
+    anchor, ranks = min(r.path for r in group), iter(range(len(group)))
+
+    def place(record: FileRecord, frames: Iterable[int]) -> None:
+        task.images.extend(ImageRef(record.path, f) for f in frames)
+        task.units[record.path] = f"series:{uid}"
+        order[record.path] = (anchor, next(ranks))
+        if record.window:
+            task.windows[record.path] = record.window
+        if record.axes:
+            task.axes[record.path] = record.axes
+
+    for record in sorted((r for r in group if r.volume), key=lambda r: r.path):
+        place(record, range(record.n_frames))
+    slices = [r for r in group if not r.volume]
+    if len(slices) >= 2:
+        volume = assemble_series(uid, slices)
+        by_path = {r.path: r for r in slices}
+        for path in volume.sampled:
+            place(by_path[path], [0])
+        task.series.append(volume)
+    if len(slices) == 1:
+        place(slices[0], [0])
     task.modalities[collections.Counter(r.modality for r in group).most_common(1)[0][0]] += 1
-    task.series.append(volume)
 
 
 def take_inventory(sources: Sequence[ImageSource], *, task_id: str = "",
