@@ -197,8 +197,8 @@ def iter_dicom_frames(path: str, *, max_pixels: int, data: bytes | None = None,
 
 
 def slice_geometry(ds: pydicom.Dataset) -> SliceGeometry | None:
-    """A single-slice file's series and place in it; None without a Series Instance UID.
-    Geometry that cannot be parsed is left out (the series check reports it)."""
+    """A file's series and, for a single slice, its place in it; None without a Series
+    Instance UID. Geometry that cannot be parsed is left out (the series check reports it)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about odd UIDs; they still group
         series = str(ds.get("SeriesInstanceUID", "") or "")

@@ -1,7 +1,8 @@
 """What a task's files hold: the decodable images (frames) and the files that cannot be used.
 
-The sampling unit: a 2-D image (or a frame of a 2-D file), or a whole volume: a NIfTI file,
-a multi-frame DICOM file, or a DICOM series spread over single-slice files (rayfp.io.series).
+The sampling unit: a 2-D image, or a whole volume: a NIfTI file, a multi-frame DICOM file, or
+the files of one DICOM series (rayfp.io.series); with ``unit="patient"``, all files of one
+DICOM Patient ID.
 One model for every path. `inventory_file` decodes one file and never raises (a job must not
 die on one bad file); `group_inventory` turns per-file records into per-task inventories. The
 local client maps `inventory_file` in a loop, the Ray job maps it over a cluster: both group the
@@ -62,8 +63,8 @@ class FileRecord:
     volume: bool = False  # the frames are slices of one volume: one sampling unit
     window: str = ""  # the CT window it was decoded with ("": its stored or robust one)
     axes: str = ""  # the planes a NIfTI volume was sliced along ("": acquisition)
-    # A single-slice DICOM file's place in its series (rayfp.io.image.SliceGeometry, flat so
-    # that the record travels as a plain row through Ray Data).
+    # A DICOM file's series and a single slice's place in it (rayfp.io.image.SliceGeometry,
+    # flat so that the record travels as a plain row through Ray Data).
     series: str = ""
     study: str = ""
     position: float = float("nan")
