@@ -120,7 +120,7 @@ def iter_nifti_frames(path: str, *, max_pixels: int, data: bytes | None = None,
     kept = [(axis, index) for axis in axes_used for index in foreground_slices(unit, axis)]
     for frame, (axis, index) in enumerate(kept):
         # rows top-down, as the slice is usually viewed (canonical RAS: flip the second axis)
-        plane = np.rot90(np.take(unit, index, axis=axis))
+        plane = np.rot90(np.moveaxis(unit, axis, 0)[index])  # a view (np.take copies slowly)
         rows_mm, cols_mm = [zooms[i] for i in range(3) if i != axis][::-1]
         pixels = np.ascontiguousarray(square_pixels(plane, rows_mm, cols_mm))
         yield DecodedImage(pixels, ImageMeta(os.fspath(path), "", frame, len(kept),
