@@ -20,7 +20,6 @@ from rayfp.core.confidence import UNSURE
 from rayfp.core.distance import METRICS, LinearIndex, distance_matrix
 from rayfp.core.store import Store
 from rayfp.extract.api import create_space, extractor_for_space, fingerprint_task
-from rayfp.io import decode_file
 from rayfp.privacy.mechanism import PrivacySpec
 
 DEMO_BACKBONE = "efficientnet_lite0"
@@ -48,10 +47,12 @@ def _dicom_pools() -> dict[str, list[list[str]]]:
     """Decodable DICOM files grouped by demo modality (CT, MR, US, CR), as units: the files of
     one series (pydicom ships one slice in several encodings under one series) stay together,
     so the two tasks of a modality never share a patient's images."""
-    from rayfp.io.inventory import take_inventory
+    from rayfp.io.inventory import group_inventory, inventory_file
     from rayfp.io.sources import ImageSource
 
-    inventory = take_inventory([ImageSource(os.fspath(p)) for p in dicom_corpus()])
+    records = [inventory_file(ImageSource(os.fspath(p))) for p in dicom_corpus()]
+    modality_of = {r.path: r.modality for r in records}  # each file decoded once
+    inventory = group_inventory(records)[""]
     units: dict[str, list[str]] = {}
     for ref in inventory.images:
         paths = units.setdefault(inventory.unit_key(ref), [])
@@ -59,7 +60,7 @@ def _dicom_pools() -> dict[str, list[list[str]]]:
             paths.append(ref.path)
     pools: dict[str, list[list[str]]] = {m: [] for m in DICOM_MODALITIES.values()}
     for paths in units.values():
-        modality = DICOM_MODALITIES.get(decode_file(paths[0])[0].meta.modality)
+        modality = DICOM_MODALITIES.get(modality_of[paths[0]])
         if modality:
             pools[modality].append(paths)
     return pools

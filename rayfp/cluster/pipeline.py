@@ -206,13 +206,13 @@ def fingerprint_archive(inventories: dict[str, TaskInventory], space: Fingerprin
     todo, skipped, too_few = [], [], {}
     for task_id, inv in inventories.items():
         site_part = config.site_parts.get(task_id)
+        announced = site_part[0].image_counts[site_part[1] - 1] if site_part else 0
         if not config.overwrite and (_part_path(config, task_id).exists() if site_part else
                                      store.has_fingerprint(space.space_id, task_id)):
             skipped.append(task_id)
-        elif site_part and inv.n_images != site_part[0].image_counts[site_part[1] - 1]:
+        elif site_part and inv.n_images != announced:
             too_few[task_id] = inv.n_images
-            on_progress(f"task {task_id}: part {site_part[1]} announced "
-                        f"{site_part[0].image_counts[site_part[1] - 1]} images, "
+            on_progress(f"task {task_id}: part {site_part[1]} announced {announced} images, "
                         f"{inv.n_images} are decodable here; part not written")
         elif not site_part and inv.n_images < config.min_images:
             too_few[task_id] = inv.n_images

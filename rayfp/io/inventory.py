@@ -229,6 +229,11 @@ def _add_file(task: TaskInventory, record: FileRecord) -> None:
     task.modalities[record.modality] += 1 if record.volume else record.n_frames
     if record.volume:
         task.units[record.path] = record.path
+    _keep_decoding(task, record)
+
+
+def _keep_decoding(task: TaskInventory, record: FileRecord) -> None:
+    """How the file was decoded, so its views are cut from the same frames."""
     if record.window:
         task.windows[record.path] = record.window
     if record.axes:
@@ -245,10 +250,7 @@ def _add_series(task: TaskInventory, uid: str, group: list[FileRecord],
         task.images.extend(ImageRef(record.path, f) for f in frames)
         task.units[record.path] = f"series:{uid}"
         order[record.path] = (anchor, next(ranks))
-        if record.window:
-            task.windows[record.path] = record.window
-        if record.axes:
-            task.axes[record.path] = record.axes
+        _keep_decoding(task, record)
 
     for record in sorted((r for r in group if r.volume), key=lambda r: r.path):
         place(record, range(record.n_frames))

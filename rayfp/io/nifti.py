@@ -54,7 +54,9 @@ def _load(path: str, data: bytes | None):
         else:
             raw = gzip.decompress(data) if path.lower().endswith(".gz") else data
             image = nib.Nifti1Image.from_bytes(raw)
-        volume = np.asarray(nib.as_closest_canonical(image).dataobj, dtype=np.float32)
+        # Reoriented once: the canonical image's header gives the slice axis and the zooms.
+        image = nib.as_closest_canonical(image)
+        volume = np.asarray(image.dataobj, dtype=np.float32)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise errors.TruncatedFileError(path, f"the compressed volume is cut short ({exc})") \
             from exc
@@ -63,14 +65,11 @@ def _load(path: str, data: bytes | None):
         if "too short" in detail or "Expected" in detail or "truncated" in detail.lower():
             raise errors.TruncatedFileError(path, f"the volume is cut short ({detail})") from exc
         raise errors.NotAnImageError(path, f"not a readable NIfTI volume ({detail})") from exc
-    return image, volume
+    return image, volume  # the canonical (RAS+) image and its voxels
 
 
-def slice_axis(image, shape: tuple[int, ...]) -> int:
-    """The acquisition axis of a (canonical) volume: see the module's docstring."""
-    import nibabel as nib
-
-    canonical = nib.as_closest_canonical(image)
+def slice_axis(canonical) -> int:
+    """The acquisition axis of a canonical (RAS+) image: see the module's docstring."""
     try:
         named = canonical.header.get_dim_info()[2]
     except Exception:  # noqa: BLE001 - an odd header field must not stop decoding
@@ -113,10 +112,8 @@ def iter_nifti_frames(path: str, *, max_pixels: int, data: bytes | None = None,
     else:
         lo, hi = robust_window(volume)
     unit = rescale_to_unit(volume, lo, hi)
-    import nibabel as nib
-
-    zooms = [float(z) for z in nib.as_closest_canonical(image).header.get_zooms()[:3]]
-    axes_used = planes if planes is not None else (slice_axis(image, volume.shape),)
+    zooms = [float(z) for z in image.header.get_zooms()[:3]]
+    axes_used = planes if planes is not None else (slice_axis(image),)
     kept = [(axis, index) for axis in axes_used for index in foreground_slices(unit, axis)]
     for frame, (axis, index) in enumerate(kept):
         # rows top-down, as the slice is usually viewed (canonical RAS: flip the second axis)
