@@ -27,7 +27,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--min-images", type=int, default=defaults.MIN_IMAGES)
-
+    p.add_argument("--shards", type=int, default=1,
+                   help="rank on S index shard deployments (spaces too large for one replica)")
+    p.add_argument("--shard-cpus", type=float, default=1.0,
+                   help="CPUs each shard replica reserves (default 1)")
     p.add_argument("--max-epsilon", type=parse_epsilon, default=defaults.MAX_EPSILON,
                    help=f"refuse fingerprints less private than this (default "
                         f"{defaults.MAX_EPSILON:g}); 'inf' accepts exact counts (public data)")
@@ -92,7 +95,8 @@ def cmd_serve(args: argparse.Namespace) -> int:  # pragma: no cover - blocking s
     start_local_serve(args.host, args.port)
     max_epsilon = None if math.isinf(args.max_epsilon) else args.max_epsilon
     serve.run(build_app({"store": args.store, "token": args.token,
-                         "min_images": args.min_images, "max_epsilon": max_epsilon}),
+                         "min_images": args.min_images, "max_epsilon": max_epsilon,
+                         "shards": args.shards, "shard_cpus": args.shard_cpus}),
               blocking=True)
     return 0
 

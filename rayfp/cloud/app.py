@@ -35,10 +35,12 @@ from rayfp.cloud.models import (
 )
 from rayfp.cloud.models import Neighbour as NeighbourOut
 from rayfp.cloud.recommend import recommend
+from rayfp.cloud.sharded import IndexShard, ShardFanOut
 from rayfp.core import cpu
 from rayfp.core.fingerprint import Fingerprint
 from rayfp.core.index import configure_threads
 from rayfp.core.parts import TaskPart
+from rayfp.core.store import privacy_summary
 from rayfp.core.wire import decode_fingerprint, decode_replicates
 from rayfp.errors import ConfigError, ConflictError, NotFoundError, PrivacyPolicyError, RayfpError
 from rayfp.privacy.replicates import check_replicates_record
@@ -131,7 +133,10 @@ class _Timings:
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
 @serve.ingress(api)
 class KnowledgeCloud:
-    def __init__(self, args: AppArgs) -> None:
+    """The ingress. With shard handles (a sharded cloud), ranking is fanned out to them and
+    this replica holds no index; otherwise it ranks with its own."""
+
+    def __init__(self, args: AppArgs, shards: list[Any] | None = None) -> None:
         # Ray pins OMP/BLAS to the replica's num_cpus (1); the ranking GEMM is memory-bound and
         # measured ~2x faster with 2 threads on this 2-core box.
         configure_threads(args.threads)
@@ -139,18 +144,20 @@ class KnowledgeCloud:
         self.cpu = cpu.describe()
         api.state.token = args.token
         api.state.max_request_bytes = args.max_request_bytes
+        self.fan_out = ShardFanOut(shards) if shards else None
         self.kb = KnowledgeBase(args.store, min_images=args.min_images, kernel=args.kernel,
                                 max_epsilon=args.max_epsilon,
-                                hubness_queries=args.hubness_queries)
-        log.info("rayfp knowledge cloud on %s", cpu.one_line())
-        for space_id in self.kb.store.space_ids():
+                                hubness_queries=0 if shards else args.hubness_queries)
+        log.info("rayfp knowledge cloud on %s%s", cpu.one_line(),
+                 f", ranking on {len(shards)} shards" if shards else "")
+        for space_id in [] if shards else self.kb.store.space_ids():
             index = self.kb.index(space_id)  # load before taking traffic
             if index is not None:
                 log.info("space %s: %d sources, index kernel %s", space_id, len(index),
                          index.describe_kernel())
 
     def check_health(self) -> None:
-        for space_id in self.kb.store.space_ids():
+        for space_id in [] if self.fan_out else self.kb.store.space_ids():
             self.kb.index(space_id)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -169,6 +176,8 @@ class KnowledgeCloud:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _nearest_batch(self, queries: list[tuple[Fingerprint, int, str]]
                              ) -> list[list[Neighbour]]:
+        if self.fan_out is not None:
+            return await self.fan_out.nearest_many(queries)
         return self.kb.nearest_many(queries)
 
     def _replicates(self, query: Query, fp: Fingerprint) -> tuple[list[Fingerprint], Any]:
@@ -193,8 +202,13 @@ class KnowledgeCloud:
             fp = self._fingerprint(query.fingerprint, task_id="<query>")
             replicates, epsilon_total = self._replicates(query, fp)
             timings.mark("decode")
-            found, confidence = self.kb.nearest_with_replicates(fp, replicates, k=k,
-                                                                metric=metric)
+            if self.fan_out is not None:
+                search = await self.fan_out.replicate_search(fp, replicates, k=k,
+                                                             metric=metric)
+                found, confidence = self.kb.with_confidence(fp.space_id, metric, search)
+            else:
+                found, confidence = self.kb.nearest_with_replicates(fp, replicates, k=k,
+                                                                    metric=metric)
             timings.mark("rank")
             return found, metric, k, ConfidenceOut(
                 replicates=confidence.replicates, stability=confidence.stability,
@@ -205,8 +219,9 @@ class KnowledgeCloud:
             timings.mark("decode")
             found = await self._nearest_batch((fp, k, metric))
         else:
-            found = self.kb.nearest_to_task(query.task_id, k=k, metric=metric,
-                                            space_id=query.space_id)
+            fp = self.kb.stored_fingerprint(query.task_id, query.space_id)
+            found = (self.kb.nearest_imported(query.task_id, k=k, metric=metric) if fp is None
+                     else await self._nearest_batch((fp, k, metric)))
         timings.mark("rank")
         return found, metric, k, None
 
@@ -217,21 +232,22 @@ class KnowledgeCloud:
 
     # -- routes -------------------------------------------------------------------------------
     @api.get("/v1/health")
-    def health(self) -> dict[str, Any]:
-        kernels = {}
-        for space_id in self.kb.store.space_ids():
-            index = self.kb.index(space_id)
-            if index is not None:
-                kernels[space_id] = {"kernel": index.kernel, "sources": len(index),
-                                     "measured_ms": {name: round(seconds * 1e3, 3) for name,
-                                                     seconds in index.kernel_timings.items()}}
-        return {"status": "ok", "spaces": len(self.kb.store.space_ids()), "kernels": kernels,
-                "cpu": self.cpu}
+    async def health(self) -> dict[str, Any]:
+        """Each space's index (kernel, sources, bytes); a sharded cloud lists every shard's."""
+        out = {"status": "ok", "spaces": len(self.kb.store.space_ids()), "cpu": self.cpu,
+               "replica": serve.get_replica_context().replica_id.unique_id}
+        if self.fan_out is not None:
+            return {**out, "shards": await self.fan_out.describe()}
+        return {**out, "kernels": self.kb.describe()}
 
     @api.get("/v1/spaces")
-    def spaces(self) -> list[dict[str, Any]]:
-        return [{**s, "privacy": self.kb.privacy_summary(s["space_id"])}
-                for s in self.kb.store.summary()["spaces"]]
+    async def spaces(self) -> list[dict[str, Any]]:
+        out = []
+        for s in self.kb.store.summary()["spaces"]:
+            epsilons = (await self.fan_out.epsilons(s["space_id"]) if self.fan_out is not None
+                        else self.kb.epsilons(s["space_id"]))
+            out.append({**s, "privacy": privacy_summary(epsilons)})
+        return out
 
     @api.get("/v1/spaces/{space_id}")
     def space(self, space_id: str) -> dict[str, Any]:
@@ -307,5 +323,12 @@ def start_local_serve(host: str, port: int, **init_kwargs: Any) -> None:
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Typed app builder: `serve run rayfp.cloud.app:build_app store=STORE token=...`."""
-    return KnowledgeCloud.bind(AppArgs(**args))
+    """Typed app builder: `serve run rayfp.cloud.app:build_app store=STORE token=...`.
+    With shards > 1, S IndexShard deployments rank and KnowledgeCloud fans out to them."""
+    app_args = AppArgs(**args)
+    if app_args.shards == 1:
+        return KnowledgeCloud.bind(app_args)
+    shards = [IndexShard.options(name=f"IndexShard{i}",
+                                 ray_actor_options={"num_cpus": app_args.shard_cpus})
+              .bind(app_args, i) for i in range(app_args.shards)]
+    return KnowledgeCloud.bind(app_args, shards)

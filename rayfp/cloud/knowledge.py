@@ -23,6 +23,7 @@ from rayfp.core.index import ScreenedIndex
 from rayfp.core.kernels import AUTO
 from rayfp.core.parts import TaskPart, check_compatible, validate_part
 from rayfp.core.schemas import COMPONENT_KINDS
+from rayfp.core.shards import merge_top_k, shard_of_key
 from rayfp.core.store import Store, privacy_summary
 from rayfp.errors import (
     ConfigError,
@@ -59,6 +60,35 @@ class Neighbour:
     distance_hi: float | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class ReplicateSearch:
+    """A query's and its replicates' top-k with what confidence needs, from one index (or one
+    shard: merge_replicate_searches joins the shards' searches into the global one)."""
+
+    ranked: list[list[tuple[str, float]]]  # [query, *replicates] top-k, nearest first
+    to_replicates: dict[str, list[float]]  # each of the query's top-k -> its R distances
+    certified: bool
+    epsilon: dict[str, float | None]  # each of the query's top-k -> its release ε
+
+
+def merge_replicate_searches(searches: Sequence[ReplicateSearch], k: int) -> ReplicateSearch:
+    """Shards' searches -> the global one: every ranked list is merged by (distance, task id);
+    a neighbour's distances to the replicates come from the shard that holds it."""
+    ranked = [merge_top_k([search.ranked[j] for search in searches], k)
+              for j in range(len(searches[0].ranked))]
+    answer = {t for t, _ in ranked[0]}
+    to_replicates = {t: d for search in searches for t, d in search.to_replicates.items()
+                     if t in answer}
+    epsilon = {t: e for search in searches for t, e in search.epsilon.items() if t in answer}
+    return ReplicateSearch(ranked, to_replicates, all(s.certified for s in searches), epsilon)
+
+
+def merge_neighbours(answers: Sequence[Sequence[Neighbour]], k: int) -> list[Neighbour]:
+    """Shards' top-k neighbour lists -> the global top-k, in ScreenedIndex's order."""
+    return sorted((n for answer in answers for n in answer),
+                  key=lambda n: (n.distance, n.task_id))[:k]
+
+
 @dataclasses.dataclass
 class _CachedIndex:
     version: tuple  # the space folder's stat when the index was brought up to date
@@ -70,13 +100,20 @@ class _CachedIndex:
 
 class KnowledgeBase:
     """Tasks, fingerprints, components and imported distances of one store, with a cached
-    linear-form index per space that is rebuilt when the space's fingerprints change."""
+    linear-form index per space that is rebuilt when the space's fingerprints change.
+
+    shard=(i, S): the index holds only the sources whose task key hashes to shard i of S
+    (rayfp.core.shards), for one shard deployment of a sharded cloud."""
 
     def __init__(self, store: Store | str | os.PathLike, *,
                  min_images: int = defaults.MIN_IMAGES, kernel: str = AUTO,
                  max_epsilon: float | None = None,
-                 hubness_queries: int = MAX_QUERIES) -> None:
+                 hubness_queries: int = MAX_QUERIES,
+                 shard: tuple[int, int] | None = None) -> None:
         self.store = store if isinstance(store, Store) else Store(store)
+        if shard is not None and not 0 <= shard[0] < shard[1]:
+            raise ConfigError(f"shard must be (i, S) with 0 <= i < S, got {shard}")
+        self.shard = shard
         self.min_images = min_images
         self.max_epsilon = max_epsilon  # refuse fingerprints less private than this; None: all
         self.hubness_queries = hubness_queries  # stored tasks ranked to measure hubness; 0: off
@@ -111,6 +148,9 @@ class KnowledgeBase:
         if cached is not None and cached.version == version:
             return cached.index
         files = self.store.fingerprint_files(space_id)
+        if self.shard is not None:
+            files = {path: signature for path, signature in files.items()
+                     if shard_of_key(path.stem, self.shard[1]) == self.shard[0]}
         old_files = cached.files if cached is not None and cached.index is not None else {}
         changed = [path for path, signature in files.items() if old_files.get(path) != signature]
         removed = [cached.task_of[path] for path in old_files if path not in files]
@@ -122,7 +162,8 @@ class KnowledgeBase:
         elif old_files:
             index = cached.index.with_changes(fresh, removed)
             if index.should_remeasure:  # the space has grown: choose its kernel again
-                index = ScreenedIndex(self.store.fingerprints(space_id), kernel=self.kernel)
+                index = ScreenedIndex(self.store.read_fingerprints(files, space_id),
+                                      kernel=self.kernel)
         else:
             index = ScreenedIndex(fresh, kernel=self.kernel)
         epsilon = {task: eps for task, eps in (cached.epsilon if old_files else {}).items()
@@ -131,12 +172,28 @@ class KnowledgeBase:
         self._indexes[space_id] = _CachedIndex(version, files, task_of, index, epsilon)
         return index
 
-    def privacy_summary(self, space_id: str) -> dict[str, Any]:
-        """How the space's sources were released (exact / private, ε range), from the index's
-        cache: what the cloud holds, without reading the store."""
+    def epsilons(self, space_id: str) -> dict[str, float | None]:
+        """Task id -> the ε its fingerprint was released at (None: exact counts), from the
+        index's cache: what this cloud (or shard) holds, without reading the store."""
         self.index(space_id)
         cached = self._indexes.get(space_id)
-        return privacy_summary(cached.epsilon if cached is not None else {})
+        return dict(cached.epsilon) if cached is not None else {}
+
+    def privacy_summary(self, space_id: str) -> dict[str, Any]:
+        """How the space's sources were released (exact / private, ε range)."""
+        return privacy_summary(self.epsilons(space_id))
+
+    def describe(self) -> dict[str, Any]:
+        """Each space's index: its kernel, sources, bytes and the kernel timings measured."""
+        out = {}
+        for space_id in self.store.space_ids():
+            index = self.index(space_id)
+            if index is not None:
+                out[space_id] = {"kernel": index.kernel, "sources": len(index),
+                                 "nbytes": index.nbytes,
+                                 "measured_ms": {name: round(seconds * 1e3, 3) for name, seconds
+                                                 in index.kernel_timings.items()}}
+        return out
 
     # Hubness ranks stored tasks against each other (seconds at 1,000 sources): answers use the
     # last measurement, refreshed in the background at most once a minute after changes, so no
@@ -149,8 +206,10 @@ class KnowledgeBase:
         space changed since the last measurement. Otherwise return the last one (None before
         the first) and refresh it in a background thread when it is out of date and older than
         HUBNESS_MAX_AGE_S."""
+        if self.hubness_queries < 1:
+            return None
         index = self.index(space_id)
-        if index is None or self.hubness_queries < 1:
+        if index is None:
             return None
         key, version = (space_id, metric), self._indexes[space_id].version
         cached = self._hubness.get(key)
@@ -212,6 +271,14 @@ class KnowledgeBase:
         """The k nearest of the query and how sure that is: the query and its R replicates are
         ranked in one batched search (one GEMM), then each neighbour's distance to every
         replicate is computed exactly."""
+        return self.with_confidence(
+            target.space_id, metric, self.replicate_search(target, replicates, k=k,
+                                                           metric=metric))
+
+    def replicate_search(self, target: Fingerprint, replicates: Sequence[Fingerprint], *,
+                         k: int, metric: str) -> ReplicateSearch | None:
+        """The ranking half of nearest_with_replicates (None: no sources here); what each
+        shard of a sharded cloud computes."""
         weighting = get_metric(metric).weighting
         if weighting is None:
             raise ConfigError(f"replicates are ranked by bKLD; metric {metric!r} has no batched "
@@ -221,20 +288,33 @@ class KnowledgeBase:
                 raise ConfigError("replicates must be in the query's space")
         index = self.index(target.space_id)
         if index is None:
-            return [], confidence_of([], [[]], np.zeros((1, 0)))
+            return None
         found, distances, certified = index.search_with_replicates(target, replicates, k,
                                                                    weighting=weighting)
         ranked = [result.neighbours for result in found]
-        answer = [t for t, _ in ranked[0]]
-        confidence = confidence_of(answer, [[t for t, _ in found] for found in ranked[1:]],
-                                   distances, certified=certified)
-        plain = self._as_neighbours(target.space_id, metric, ranked[0])
+        epsilon = self._indexes[target.space_id].epsilon
+        return ReplicateSearch(ranked, {t: distances[:, j].tolist()
+                                        for j, (t, _) in enumerate(ranked[0])},
+                               certified, {t: epsilon.get(t) for t, _ in ranked[0]})
+
+    def with_confidence(self, space_id: str, metric: str, search: ReplicateSearch | None
+                        ) -> tuple[list[Neighbour], Confidence]:
+        """The neighbours of a replicate search, each with its confidence."""
+        if search is None or not search.ranked[0]:
+            return [], confidence_of([], [[]], np.zeros((1, 0)))
+        answer = [t for t, _ in search.ranked[0]]
+        distances = np.array([search.to_replicates[t] for t in answer]).T  # (R, k)
+        confidence = confidence_of(answer, [[t for t, _ in found]
+                                            for found in search.ranked[1:]],
+                                   distances, certified=search.certified)
+        plain = self._as_neighbours(space_id, metric, search.ranked[0], search.epsilon)
         return [dataclasses.replace(n, **dataclasses.asdict(confidence.per_neighbour[n.task_id]))
                 for n in plain], confidence
 
-    def _as_neighbours(self, space_id: str, metric: str, found: list[tuple[str, float]]
-                       ) -> list[Neighbour]:
-        epsilon = self._indexes[space_id].epsilon
+    def _as_neighbours(self, space_id: str, metric: str, found: list[tuple[str, float]],
+                       epsilon: Mapping[str, float | None] | None = None) -> list[Neighbour]:
+        if epsilon is None:
+            epsilon = self._indexes[space_id].epsilon
         hubs = self.hubness(space_id, metric, wait=False)
         return [Neighbour(t, d, f"fingerprint:{space_id}", epsilon.get(t),
                           None if hubs is None else hubs.k_occurrence.get(t),
@@ -248,14 +328,20 @@ class KnowledgeBase:
                         space_id: str | None = None) -> list[Neighbour]:
         """By the task's fingerprint when it has one (in ``space_id`` or its only space),
         else from imported distance matrices (the paper's tasks)."""
+        fp = self.stored_fingerprint(task_id, space_id)
+        if fp is not None:
+            return self.nearest_to_fingerprint(fp, k=k, metric=metric)
+        return self.nearest_imported(task_id, k=k, metric=metric)
+
+    def stored_fingerprint(self, task_id: str, space_id: str | None = None
+                           ) -> Fingerprint | None:
+        """A stored task's fingerprint to query with (None: it has none, e.g. a paper task)."""
         fps = [fp for fp in self.store.find_fingerprints(task_id)
                if space_id is None or fp.space_id == space_id]
         if len(fps) > 1:
             raise ConfigError(f"task {task_id!r} has fingerprints in spaces "
                               f"{[fp.space_id for fp in fps]}; choose one with space_id")
-        if fps:
-            return self.nearest_to_fingerprint(fps[0], k=k, metric=metric)
-        return self._nearest_imported(task_id, k=k, metric=metric)
+        return fps[0] if fps else None
 
     def _imported_distances(self) -> tuple[Any, dict]:
         """The imported distance table and its row numbers per (selector, target), re-read
@@ -267,7 +353,7 @@ class KnowledgeBase:
             self._imported = (signature, frame, groups)
         return self._imported[1], self._imported[2]
 
-    def _nearest_imported(self, task_id: str, *, k: int, metric: str) -> list[Neighbour]:
+    def nearest_imported(self, task_id: str, *, k: int, metric: str) -> list[Neighbour]:
         selector = IMPORTED_SELECTOR_FOR_METRIC.get(metric, metric)
         frame, groups = self._imported_distances()
         if frame.empty:

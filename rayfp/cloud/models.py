@@ -39,6 +39,9 @@ class AppArgs(BaseModel):
     hubness_queries: int = Field(256, ge=0, description="stored tasks ranked against the others "
                                                         "to flag hubs (in the background); 0 "
                                                         "turns hub flags off")
+    shards: int = Field(1, ge=1, description="index shard deployments; 1: the ingress ranks "
+                                             "itself (rayfp.cloud.sharded)")
+    shard_cpus: float = Field(1.0, ge=0, description="CPUs reserved by each shard replica")
     max_epsilon: float | None = Field(defaults.MAX_EPSILON, gt=0,
                                       description="refuse fingerprints that are not "
                                                   "(ε <= this)-DP with 403; null accepts all "

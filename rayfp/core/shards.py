@@ -5,27 +5,33 @@ Exactness: each shard returns its own exact top-k (float64 re-ranked bKLD, ties 
 the global top-k is among the union of those lists (any source in the global top-k is in its
 own shard's top-k), so merging them by (distance, task id) gives the exhaustive answer.
 A task always lives on the shard its id hashes to, so a re-registration replaces it there.
+The hash is the one the store names fingerprint files by, so a shard replica picks its own
+files from a directory listing without reading anyone else's.
 
 Torch-free and Ray-free: the Serve router and shard deployments call these functions.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 from rayfp.core.fingerprint import Fingerprint
 from rayfp.core.index import ScreenedIndex
 from rayfp.core.kernels import AUTO
+from rayfp.core.store import task_key
 from rayfp.errors import ConfigError
+
+
+def shard_of_key(key: str, shards: int) -> int:
+    """The shard of a task by its store key (the hex name of its fingerprint file)."""
+    if shards < 1:
+        raise ConfigError(f"shards must be >= 1, got {shards}")
+    return int(key[:16], 16) % shards
 
 
 def shard_of(task_id: str, shards: int) -> int:
     """The shard a task lives on: a stable hash of its id (the same on every machine)."""
-    if shards < 1:
-        raise ConfigError(f"shards must be >= 1, got {shards}")
-    digest = hashlib.blake2b(task_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % shards
+    return shard_of_key(task_key(task_id), shards)
 
 
 def partition(sources: Sequence[Fingerprint], shards: int) -> list[list[Fingerprint]]:

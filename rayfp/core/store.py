@@ -57,9 +57,13 @@ def _check_version(table: pa.Table, path: Path) -> None:
                          f"up to {schemas.SCHEMA_VERSION}: upgrade rayfp")
 
 
+def task_key(task_id: str) -> str:
+    """A filesystem-safe, collision-free key for any task id (96 bits of its sha256, hex)."""
+    return hashlib.sha256(task_id.encode()).hexdigest()[:24]
+
+
 def task_file_name(task_id: str) -> str:
-    """A filesystem-safe, collision-free file name for any task id."""
-    return hashlib.sha256(task_id.encode()).hexdigest()[:24] + ".parquet"
+    return task_key(task_id) + ".parquet"
 
 
 class Store:
@@ -127,7 +131,7 @@ class Store:
     # -- parts of tasks pooled over several sites, kept until all have arrived ----------------
     def _parts_dir(self, space_id: str, task_id: str) -> Path:
         return (self.root / "parts" / f"{schemas.SPACE_ID}={space_id}"
-                / task_file_name(task_id).removesuffix(".parquet"))
+                / task_key(task_id))
 
     def put_part(self, part: TaskPart) -> Path:
         self.get_space(part.space_id)
@@ -140,7 +144,7 @@ class Store:
 
     def spaces_with_parts(self, task_id: str) -> list[str]:
         """The spaces holding parts of this task that wait for the rest."""
-        name = task_file_name(task_id).removesuffix(".parquet")
+        name = task_key(task_id)
         root = self.root / "parts"
         return sorted(folder.parent.name.split("=", 1)[1]
                       for folder in root.glob(f"{schemas.SPACE_ID}=*/{name}")
@@ -155,7 +159,7 @@ class Store:
     SITE_ONLY = "site-only"
 
     def _views_path(self, space_id: str, task_id: str) -> Path:
-        name = task_file_name(task_id).removesuffix(".parquet") + ".npz"
+        name = task_key(task_id) + ".npz"
         return self.root / self.SITE_ONLY / "views" / f"{schemas.SPACE_ID}={space_id}" / name
 
     def put_views(self, views: ViewTable) -> Path:
