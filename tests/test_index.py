@@ -9,7 +9,7 @@ from conftest import make_space, random_fingerprint
 from rayfp.core.distance import METRICS, TARGET_SOFTMAX, UNIFORM, LinearIndex, distance
 from rayfp.core.fingerprint import Fingerprint
 from rayfp.core.index import DIGIT, DIGITS, ScreenedIndex, query_digits
-from rayfp.core.kernels import KERNELS, Float32Screen, Int8Counts, choose_kernel
+from rayfp.core.kernels import KERNELS, Float32Screen, Int8Counts, Uint8Numba, choose_kernel
 from rayfp.errors import ConfigError, SpaceMismatchError
 
 ALL_KERNELS = sorted(KERNELS)
@@ -81,10 +81,11 @@ def concentrated(space, task_id: str, n: int) -> Fingerprint:
 
 @pytest.mark.parametrize("kernel,largest", [("int8-gemm", 2_000_000),
                                             ("float32-torch", 2_000_000), ("float32-numpy", 2_000_000),
-                                            ("auto", 2_000_000)])
+                                            ("uint8-numba", 2_000_000), ("auto", 2_000_000)])
 def test_large_counts_overflow_and_dimension_chunks_stay_exact(kernel, largest):
     """int8: counts above 127 live in the sparse overflow matrix, and huge n splits the GEMM by
-    dimension so int32 sums cannot overflow. float32: large counts are exact up to 2^24. Every
+    dimension so int32 sums cannot overflow. uint8: counts above 255 overflow likewise, and the
+    float32 loop is exact up to 2^24. float32: large counts are exact up to 2^24. Every
     way must leave the top-k exact; "auto" must leave out a kernel that cannot hold the counts
     exactly (float32 once a count reaches 2^24)."""
     rng = np.random.default_rng(8)
@@ -99,6 +100,10 @@ def test_large_counts_overflow_and_dimension_chunks_stay_exact(kernel, largest):
         assert index.kernel == "int8-gemm" and list(index.kernel_timings) == ["int8-gemm"]
     if isinstance(matrix, Int8Counts):
         assert matrix.overflow.nnz > 0 and len(matrix.chunks) > 1
+    elif isinstance(matrix, Uint8Numba):
+        assert matrix.overflow.nnz > 0 and matrix.low.max() == 255
+        with pytest.raises(ConfigError, match="not exact in float32"):
+            ScreenedIndex(fps + [concentrated(space, "huge", 2**24)], kernel="uint8-numba")
     else:
         assert isinstance(matrix, Float32Screen) and matrix.matrix.max() > 2**20
         with pytest.raises(ConfigError, match="not exact in float32"):
@@ -162,7 +167,7 @@ def test_every_kernels_error_bound_holds_and_auto_keeps_the_fastest(sources):
         assert (np.abs(approx - exact) <= error).all(), name
         assert (error[:, 0] < 1e-2 * exact[:, 0]).all(), name  # and the bound is useful
         np.testing.assert_array_equal(matrix.counts(np.array([3, 7])), counts[[3, 7]])
-    fake = {"int8-gemm": 2.0, "float32-torch": 1.0, "float32-numpy": 3.0}
+    fake = {"int8-gemm": 2.0, "float32-torch": 1.0, "float32-numpy": 3.0, "uint8-numba": 4.0}
     chosen, timings = choose_kernel(fake.get)
     assert chosen == "float32-torch" and timings == fake
     index = ScreenedIndex(fps)

