@@ -63,7 +63,9 @@ class Client:
         self.port = port
         self.local = threading.local()
 
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[float, dict]:
+    def request(self, method: str, path: str, body: bytes | None = None
+                ) -> tuple[float, dict, dict[str, float]]:
+        """(latency ms, answer, the app's Server-Timing entries in ms)."""
         connection = getattr(self.local, "connection", None)
         if connection is None:
             connection = self.local.connection = http.client.HTTPConnection(
@@ -76,7 +78,10 @@ class Client:
         ms = (time.perf_counter() - t0) * 1e3
         if response.status != 200:
             raise RuntimeError(f"{method} {path}: HTTP {response.status} {payload[:200]!r}")
-        return ms, json.loads(payload)
+        timing = response.getheader("Server-Timing") or ""
+        inside = {name: float(value) for name, value in
+                  (entry.split(";dur=") for entry in timing.split(", ") if ";dur=" in entry)}
+        return ms, json.loads(payload), inside
 
 
 def ingress_port(app: str, fallback: int) -> int:
@@ -101,18 +106,21 @@ def measure(port: int, bodies: list[bytes], wanted: list[list[str]], queries: in
             clients: int) -> dict:
     client = Client(port)
 
-    def one(i: int) -> tuple[float, bool]:
-        ms, answer = client.request("POST", "/v1/nearest", bodies[i % len(bodies)])
-        return ms, [n["task_id"] for n in answer["neighbours"]] == wanted[i % len(wanted)]
+    def one(i: int) -> tuple[float, bool, dict[str, float]]:
+        ms, answer, inside = client.request("POST", "/v1/nearest", bodies[i % len(bodies)])
+        return (ms, [n["task_id"] for n in answer["neighbours"]] == wanted[i % len(wanted)],
+                inside)
 
     with ThreadPoolExecutor(max_workers=clients) as pool:
         list(pool.map(one, range(clients * 4)))  # warm every connection
         t0 = time.perf_counter()
         results = list(pool.map(one, range(queries)))
         wall = time.perf_counter() - t0
-    times = [ms for ms, _ in results]
+    times = [ms for ms, _, _ in results]
     return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)),
-            "qps": queries / wall, "identical": all(ok for _, ok in results)}
+            "qps": queries / wall, "identical": all(ok for _, ok, _ in results),
+            "app": float(np.median([inside["app"] for _, _, inside in results])),
+            "rank": float(np.median([inside["rank"] for _, _, inside in results]))}
 
 
 def child(args: argparse.Namespace) -> int:
@@ -137,8 +145,12 @@ def child(args: argparse.Namespace) -> int:
     bodies = [body.encode() for body in work["bodies"]]
     floor = Client(target)
     floor.request("GET", "/v1/health")
+    kernel = floor.request("GET", "/v1/health")[1].get("kernels", {})
+    for space_id in work["spaces"]:  # hub flags are measured once, in the background after the
+        floor.request("GET", f"/v1/spaces/{space_id}")  # first query: this waits for them
     empty = [floor.request("GET", "/v1/health")[0] for _ in range(200)]
     out = {"mode": args.child, "shards": args.shards, "ready_s": ready_s,
+           "kernel": ",".join(sorted({v["kernel"] for v in kernel.values()})),
            "health_p50": float(np.percentile(empty, 50)),
            "one": measure(target, bodies, work["wanted"], args.queries, 1),
            "eight": measure(target, bodies, work["wanted"], args.queries * 2, 8)}
@@ -165,7 +177,7 @@ def prepare(directory: Path, sources: int, checked: int) -> tuple[Path, Path]:
     work = directory / "work.json"
     work.write_text(json.dumps({"bodies": [json.dumps({"fingerprint": encode_fingerprint(q),
                                                        "k": K}) for q in queries],
-                                "wanted": wanted}))
+                                "wanted": wanted, "spaces": [space.space_id]}))
     print(f"{sources:,} sources written and ranked exhaustively in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     return store.root, work
@@ -179,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=400, help="per client count")
     parser.add_argument("--checked", type=int, default=10, help="distinct query fingerprints")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--label", default="", help="added to the section title (a rerun)")
     parser.add_argument("--child", choices=list(MODES), help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -204,16 +217,19 @@ def main(argv: list[str] | None = None) -> int:
                 r = json.loads(lines[-1][len("RESULT "):])
                 one, eight = r["one"], r["eight"]
                 rows.append((f"{args.sources:,} sources, {shards} shard(s), {mode}",
-                             f"1 client p50 {one['p50']:.1f} ms, p99 {one['p99']:.1f} ms; "
+                             f"1 client p50 {one['p50']:.1f} ms, p99 {one['p99']:.1f} ms "
+                             f"(in the app {one['app']:.1f}, ranking {one['rank']:.1f}); "
                              f"8 clients p50 {eight['p50']:.1f} ms, p99 {eight['p99']:.1f} ms, "
-                             f"{eight['qps']:.0f} queries/s; empty GET p50 "
+                             f"{eight['qps']:.0f} queries/s (in the app {eight['app']:.1f}); "
+                             f"kernel {r['kernel'] or 'on shards'}; empty GET p50 "
                              f"{r['health_p50']:.1f} ms; identical to exhaustive top-5: "
                              f"{one['identical'] and eight['identical']}"))
                 print(rows[-1], flush=True)
     if not args.no_write:
-        write_section(rows, f"{TITLE} ({args.sources:,} sources)",
-                      f"python -m bench.bench_ingress --sources {args.sources} --shards "
-                      + " ".join(map(str, args.shards)))
+        label = f", {args.label}" if args.label else ""
+        write_section(rows, f"{TITLE} ({args.sources:,} sources{label})",
+                      f"python -m bench.bench_ingress --sources {args.sources} --modes "
+                      + " ".join(args.modes) + " --shards " + " ".join(map(str, args.shards)))
     return 0
 
 

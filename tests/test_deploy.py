@@ -39,6 +39,9 @@ def test_serve_config_is_valid_and_its_args_build_the_app():
     app = config.applications[0]
     assert app.import_path == "rayfp.cloud.app:build_app"
     assert AppArgs(**app.args).default_metric == "bkld-small"  # the builder's typed arguments
+    (cloud,) = app.deployments  # the ingress scales out with load
+    assert cloud.name == "KnowledgeCloud"
+    assert cloud.autoscaling_config["max_replicas"] > cloud.autoscaling_config["min_replicas"]
 
 
 def test_an_installed_wheel_serves_from_anywhere(tmp_path):

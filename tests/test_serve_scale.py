@@ -1,6 +1,6 @@
-"""The knowledge cloud scaled out, on one real local Ray + Serve over HTTP: 1, 2 and 4 index
-shards answer exactly what the exhaustive ranking answers, and several replicas of the
-ingress stay in step with the store they share."""
+"""The knowledge cloud scaled out, on one real local Ray + Serve behind HAProxy, over HTTP: 1, 2
+and 4 index shards answer exactly what the exhaustive ranking answers, and several replicas of
+the ingress stay in step with the store they share."""
 
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ def cloud(tmp_path_factory):
         kb.register_task({"modality": "synthetic"}, fp)
     queries = [private_fingerprint(rng, space, f"query-{i}", n=300) for i in range(6)]
     port = _free_port()
-    start_local_serve("127.0.0.1", port, num_cpus=2)
+    # HAProxy, the cluster's ingress: it balances the replicas of the second test (direct
+    # ingress gives each replica a port of its own).
+    start_local_serve("127.0.0.1", port, ingress="haproxy", num_cpus=2)
     try:
         yield {"url": f"http://127.0.0.1:{port}", "space": space, "sources": sources,
                "queries": queries, "store": store}

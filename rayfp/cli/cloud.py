@@ -27,6 +27,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--min-images", type=int, default=defaults.MIN_IMAGES)
+    p.add_argument("--ingress", choices=("direct", "haproxy", "proxy"), default="direct",
+                   help="how HTTP reaches the app: the replica itself (default, fastest), "
+                        "HAProxy (several replicas), or Serve's proxy")
     p.add_argument("--shards", type=int, default=1,
                    help="rank on S index shard deployments (spaces too large for one replica)")
     p.add_argument("--shard-cpus", type=float, default=1.0,
@@ -92,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:  # pragma: no cover - blocking s
 
     from rayfp.cloud.app import build_app, start_local_serve
 
-    start_local_serve(args.host, args.port)
+    start_local_serve(args.host, args.port, ingress=args.ingress)
     max_epsilon = None if math.isinf(args.max_epsilon) else args.max_epsilon
     serve.run(build_app({"store": args.store, "token": args.token,
                          "min_images": args.min_images, "max_epsilon": max_epsilon,

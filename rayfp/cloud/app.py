@@ -304,22 +304,60 @@ class KnowledgeCloud:
         return {"task_id": task_id, "kind": component.kind, "value": component.value}
 
 
-# Proxy -> replica over gRPC instead of Ray actor calls (Ray's inter-deployment gRPC transport,
-# Serve performance guide): measured 5.0 vs 6.5 ms p50 for a 51 KB POST on loopback here. Ray
-# reads it when the proxy starts, so it must be in the environment of the Ray processes:
-# `RAY_SERVE_PROXY_USE_GRPC=1 serve run serve/config.yaml` (rayfp serve sets it itself).
-SERVE_ENVIRONMENT = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
+# How HTTP reaches the ingress replica (Ray reads these when its processes start, so they must
+# be in the environment of `ray start` on a cluster). Measured side by side at 1,000 sources
+# (bench/bench_ingress.py, BENCHMARKS.md): the proxy hop cost 12-15 ms per 25 KB query here,
+# direct ingress and HAProxy 1-3 ms.
+#   direct   the ingress replica serves HTTP on the port itself; no proxy hop, nothing bound
+#            beyond the host asked for. One replica per port: `rayfp serve`'s default.
+#   haproxy  HAProxy in front of the replicas' own ports: balances several replicas and nodes
+#            (a cluster's choice). Replicas then listen on all interfaces and HAProxy's stats
+#            (8404) and metrics (9101) ports too: firewall them.
+#   proxy    Serve's proxy actor, gRPC to the replica (Ray's inter-deployment transport).
+INGRESS = ("direct", "haproxy", "proxy")
+_INGRESS_VARIABLES = ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
+                      "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT",
+                      "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
+                      "RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_PROXY_USE_GRPC")
 
 
-def start_local_serve(host: str, port: int, **init_kwargs: Any) -> None:
-    """Local Ray + Serve's HTTP proxy as `rayfp serve`, the tests and the benchmark use them.
-    Replicas import rayfp like any installed package: nothing is put on their path."""
+def serve_environment(ingress: str, port: int) -> dict[str, str]:
+    """The Ray environment of one ingress choice, serving HTTP on ``port``."""
+    if ingress == "direct":  # the replica takes the port; Serve's idle proxy gets a free one
+        return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+                "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+                "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),  # exclusive
+                # the drain waits for an outside load balancer to notice; there is none here
+                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+    if ingress == "haproxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    if ingress == "proxy":
+        return {"RAY_SERVE_PROXY_USE_GRPC": "1"}
+    raise ConfigError(f"ingress must be one of {list(INGRESS)}, got {ingress!r}")
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def start_local_serve(host: str, port: int, *, ingress: str = "direct",
+                      **init_kwargs: Any) -> None:
+    """Local Ray + Serve answering HTTP on host:port, as `rayfp serve`, the tests and the
+    benchmarks use them. Replicas import rayfp like any installed package: nothing is put on
+    their path."""
     import ray
 
-    for name, value in SERVE_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
+    environment = serve_environment(ingress, port)
+    for name in _INGRESS_VARIABLES:  # a previous choice in this process must not linger
+        os.environ.pop(name, None)
+    os.environ.update(environment)
     ray.init(address="local", include_dashboard=False, **init_kwargs)
-    serve.start(http_options={"host": host, "port": port})
+    proxy_port = _free_port(host) if ingress == "direct" else port
+    serve.start(http_options={"host": host, "port": proxy_port})
 
 
 def build_app(args: dict[str, Any]) -> Application:
