@@ -24,7 +24,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,24 +35,16 @@ from pathlib import Path
 import numpy as np
 
 from bench.bench_core import write_section
+from bench.bench_serve import free_port
 from bench.bench_shards import exhaustive_top_k, make_fingerprint
 from rayfp.core.wire import encode_fingerprint
 
 K = 5
-MODES = {
-    "proxy": {},
-    "grpc": {"RAY_SERVE_PROXY_USE_GRPC": "1"},
-    "direct": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"},
-    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
-    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-}
+# Modes `rayfp serve --ingress` offers (started as it starts them), and Ray's own others.
+RAYFP_INGRESS = {"grpc": "proxy", "direct": "direct", "haproxy": "haproxy"}
+RAY_ONLY = {"proxy": {}, "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
+MODES = ["proxy", "grpc", "direct", "haproxy", "throughput"]
 TITLE = "Knowledge cloud ingress: proxy, gRPC, direct ingress, HAProxy"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Client:
@@ -84,24 +75,6 @@ class Client:
         return ms, json.loads(payload), inside
 
 
-def ingress_port(app: str, fallback: int) -> int:
-    """Where clients connect: with direct ingress alone, the ingress replica's own port (a
-    load balancer would find it the same way); otherwise Serve's HTTP port."""
-    import psutil
-
-    for connection in psutil.net_connections("tcp"):
-        if connection.status != psutil.CONN_LISTEN or connection.pid is None:
-            continue
-        try:
-            name = " ".join(psutil.Process(connection.pid).cmdline())
-        except psutil.Error:
-            continue
-        if f"ServeReplica:{app}:KnowledgeCloud" in name and 30000 <= connection.laddr.port \
-                <= 31000:  # its HTTP port (its gRPC one is in 40000-41000)
-            return connection.laddr.port
-    return fallback
-
-
 def measure(port: int, bodies: list[bytes], wanted: list[list[str]], queries: int,
             clients: int) -> dict:
     client = Client(port)
@@ -124,26 +97,30 @@ def measure(port: int, bodies: list[bytes], wanted: list[list[str]], queries: in
 
 
 def child(args: argparse.Namespace) -> int:
-    """One mode in this process's own Ray: deploy, measure, print one JSON line."""
-    os.environ.update(MODES[args.child])
+    """One mode in this process's own Ray: deploy, measure, print one JSON line. Every mode
+    answers HTTP on ``port``."""
     import ray
     from ray import serve
 
-    from rayfp.cloud.app import build_app
+    from rayfp.cloud.app import build_app, start_local_serve
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    if args.child in RAYFP_INGRESS:
+        start_local_serve("127.0.0.1", port, ingress=RAYFP_INGRESS[args.child], num_cpus=2,
+                          log_to_driver=False)
+    else:
+        os.environ.update(RAY_ONLY[args.child])
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
     started = time.perf_counter()
     serve.run(build_app({"store": args.store, "token": "x", "min_images": 1,
                          "max_epsilon": None, "shards": args.shards,
                          "shard_cpus": 1.0 / args.shards}), name="bench", route_prefix="/")
     ready_s = time.perf_counter() - started
-    target = ingress_port("bench", port) if args.child == "direct" else port
     work = json.loads(Path(args.work).read_text())
     bodies = [body.encode() for body in work["bodies"]]
-    floor = Client(target)
+    floor = Client(port)
     floor.request("GET", "/v1/health")
     kernel = floor.request("GET", "/v1/health")[1].get("kernels", {})
     for space_id in work["spaces"]:  # hub flags are measured once, in the background after the
@@ -152,8 +129,8 @@ def child(args: argparse.Namespace) -> int:
     out = {"mode": args.child, "shards": args.shards, "ready_s": ready_s,
            "kernel": ",".join(sorted({v["kernel"] for v in kernel.values()})),
            "health_p50": float(np.percentile(empty, 50)),
-           "one": measure(target, bodies, work["wanted"], args.queries, 1),
-           "eight": measure(target, bodies, work["wanted"], args.queries * 2, 8)}
+           "one": measure(port, bodies, work["wanted"], args.queries, 1),
+           "eight": measure(port, bodies, work["wanted"], args.queries * 2, 8)}
     serve.shutdown()
     ray.shutdown()
     print("RESULT " + json.dumps(out), flush=True)
@@ -186,13 +163,13 @@ def prepare(directory: Path, sources: int, checked: int) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources", type=int, default=1000)
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
     parser.add_argument("--shards", type=int, nargs="+", default=[1])
     parser.add_argument("--queries", type=int, default=400, help="per client count")
     parser.add_argument("--checked", type=int, default=10, help="distinct query fingerprints")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--label", default="", help="added to the section title (a rerun)")
-    parser.add_argument("--child", choices=list(MODES), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -27,3 +27,6 @@ DP_DELTA = 1e-6
 DP_COUNT_SHARE = 0.9  # with a separately noised sum: the counts' share of the budget (mu^2)
 DP_RELEASE_BINS = 10  # noisy counts over 10 coarse bins, spread back over the space's B
 MAX_EPSILON = 8.0  # the service refuses fingerprints with a larger epsilon (or none)
+# How HTTP reaches the knowledge cloud (rayfp.cloud.app.serve_environment); the first is
+# `rayfp serve`'s default.
+INGRESS = ("direct", "haproxy", "proxy")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 import pytest
 
@@ -59,3 +61,10 @@ def paper_data_dir():
         raise FileNotFoundError(f"the paper's released data is expected at {path} (the shared/ "
                                 "folder beside the checkout) or at $RAYFP_PAPER_DATA")
     return path
+
+
+def free_port() -> int:
+    """A free TCP port on loopback, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

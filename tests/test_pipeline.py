@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 from rayfp.cli.demo import dicom_corpus
 from rayfp.cli.main import main as rayfp_cli
@@ -28,18 +28,12 @@ COMMON = ["--samples", "48", "--min-images", "3", "--batch-size", "4", "--epsilo
 PRIVATE = ["--epsilon", "4", "--noise-seed", "3"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cluster():
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     subprocess.run([BIN / "ray", "start", "--head", "--num-cpus=2", "--num-gpus=0",
                     f"--port={port}", "--node-ip-address=127.0.0.1",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_space, paper_data_dir, private_fingerprint, random_fingerprint
+from conftest import (
+    free_port,
+    make_space,
+    paper_data_dir,
+    private_fingerprint,
+    random_fingerprint,
+)
 
 from rayfp.cloud.client import CloudClient, ServerError
 from rayfp.cloud.knowledge import KnowledgeBase
@@ -27,12 +32,6 @@ from rayfp.core.wire import encode_fingerprint
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret"
 MAX_BYTES = 2 * 2**20
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +51,7 @@ def cloud(tmp_path_factory):
     kb = KnowledgeBase(store)
     for fp in known[:5]:  # the sixth is registered over HTTP by a test
         kb.register_task({"modality": "synthetic"}, fp)
-    port = _free_port()
+    port = free_port()
     start_local_serve("127.0.0.1", port, num_cpus=2)  # as `rayfp serve` does
     serve.run(build_app({"store": str(store.root), "token": TOKEN, "min_images": 20,
                          "max_request_bytes": MAX_BYTES}),

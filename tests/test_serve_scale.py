@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 import urllib.request
 
 import numpy as np
 import pytest
-from conftest import make_space, private_fingerprint
+from conftest import free_port, make_space, private_fingerprint
 
 from rayfp.cloud.client import CloudClient
 from rayfp.cloud.knowledge import KnowledgeBase
@@ -21,12 +20,6 @@ from rayfp.core.store import Store
 
 TOKEN = "s3cret"
 K = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +40,7 @@ def cloud(tmp_path_factory):
     for fp in sources:
         kb.register_task({"modality": "synthetic"}, fp)
     queries = [private_fingerprint(rng, space, f"query-{i}", n=300) for i in range(6)]
-    port = _free_port()
+    port = free_port()
     # HAProxy, the cluster's ingress: it balances the replicas of the second test (direct
     # ingress gives each replica a port of its own).
     start_local_serve("127.0.0.1", port, ingress="haproxy", num_cpus=2)

@@ -27,7 +27,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--min-images", type=int, default=defaults.MIN_IMAGES)
-    p.add_argument("--ingress", choices=("direct", "haproxy", "proxy"), default="direct",
+    p.add_argument("--ingress", choices=defaults.INGRESS, default=defaults.INGRESS[0],
                    help="how HTTP reaches the app: the replica itself (default, fastest), "
                         "HAProxy (several replicas), or Serve's proxy")
     p.add_argument("--shards", type=int, default=1,

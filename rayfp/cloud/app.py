@@ -21,6 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.serve import Application
 
+from rayfp import defaults
 from rayfp.cloud.knowledge import KnowledgeBase, Neighbour
 from rayfp.cloud.models import (
     AppArgs,
@@ -314,7 +315,6 @@ class KnowledgeCloud:
 #            (a cluster's choice). Replicas then listen on all interfaces and HAProxy's stats
 #            (8404) and metrics (9101) ports too: firewall them.
 #   proxy    Serve's proxy actor, gRPC to the replica (Ray's inter-deployment transport).
-INGRESS = ("direct", "haproxy", "proxy")
 _INGRESS_VARIABLES = ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
                       "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT",
                       "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
@@ -333,7 +333,7 @@ def serve_environment(ingress: str, port: int) -> dict[str, str]:
         return {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
     if ingress == "proxy":
         return {"RAY_SERVE_PROXY_USE_GRPC": "1"}
-    raise ConfigError(f"ingress must be one of {list(INGRESS)}, got {ingress!r}")
+    raise ConfigError(f"ingress must be one of {list(defaults.INGRESS)}, got {ingress!r}")
 
 
 def _free_port(host: str) -> int:
@@ -344,7 +344,7 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def start_local_serve(host: str, port: int, *, ingress: str = "direct",
+def start_local_serve(host: str, port: int, *, ingress: str = defaults.INGRESS[0],
                       **init_kwargs: Any) -> None:
     """Local Ray + Serve answering HTTP on host:port, as `rayfp serve`, the tests and the
     benchmarks use them. Replicas import rayfp like any installed package: nothing is put on

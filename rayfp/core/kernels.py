@@ -214,18 +214,10 @@ class Float32Screen:
         """As Int8Counts.inner. The query is scaled by a power of two (exact) so its largest
         entry is in [0.5, 1): underflow can only touch entries 2^126 times smaller, and the
         absolute floor below covers them."""
-        top = queries.max(axis=0)
-        scale = np.exp2(np.ceil(np.log2(np.where(top > 0, top, 1.0))))
+        scale = _power_of_two_scale(queries)
         scaled = np.ascontiguousarray(queries / scale, dtype=np.float32)
         approx = self._gemm(scaled).astype(np.float64) * scale
-        length = self.matrix.shape[1]
-        # |fl(q)·c − q·c| <= u·q·c + tiny·c per term; the sums add γ_L of Σ |fl(q)|·c. With
-        # q, c >= 0, Σ q·c = exact <= approx / (1 − g), so the bound follows from approx alone.
-        gamma = length * _FLOAT32_UNIT / (1 - length * _FLOAT32_UNIT)
-        g = _FLOAT32_UNIT + gamma * (1 + _FLOAT32_UNIT)
-        # Underflow: each of the Σ c query roundings and nonzero products loses <= tiny.
-        error = (g / (1 - g)) * np.abs(approx) + np.outer(count_total * (1 + gamma),
-                                                          2 * _FLOAT32_TINY * scale)
+        error = _float32_error(approx, self.matrix.shape[1], count_total, scale)
         return approx, error + FLOAT_SLACK * np.abs(approx)
 
     def counts(self, rows: np.ndarray, dtype: type = np.int64) -> np.ndarray:
@@ -251,10 +243,20 @@ class Float32Numpy(Float32Screen):
             return self.matrix @ scaled
 
 
+def _power_of_two_scale(queries: np.ndarray) -> np.ndarray:
+    """(T,) powers of two that bring each query column's largest entry into [0.5, 1): dividing
+    by them is exact, and underflow can only touch entries 2^126 times smaller."""
+    top = queries.max(axis=0)
+    return np.exp2(np.ceil(np.log2(np.where(top > 0, top, 1.0))))
+
+
 def _float32_error(approx: np.ndarray, length: int, count_total: np.ndarray, scale: np.ndarray
                    ) -> np.ndarray:
-    """The bound of a float32 product of L-term rows with the query rounded to float32 (see
-    Float32Screen.inner)."""
+    """The error bound of a float32 product of L-term rows of counts with the query rounded to
+    float32 (scaled by ``scale``). |fl(q)·c − q·c| <= u·q·c + tiny·c per term; the sums add γ_L
+    of Σ |fl(q)|·c, in any summation order. With q, c >= 0, Σ q·c <= approx / (1 − g), so the
+    bound follows from approx alone; underflow: each of the Σ c query roundings and nonzero
+    products loses <= tiny."""
     gamma = length * _FLOAT32_UNIT / (1 - length * _FLOAT32_UNIT)
     g = _FLOAT32_UNIT + gamma * (1 + _FLOAT32_UNIT)
     return ((g / (1 - g)) * np.abs(approx)
@@ -333,8 +335,7 @@ class Uint8Numba:
         import numba
         import torch
 
-        top = queries.max(axis=0)
-        scale = np.exp2(np.ceil(np.log2(np.where(top > 0, top, 1.0))))
+        scale = _power_of_two_scale(queries)
         scaled = np.ascontiguousarray((queries / scale).T, dtype=np.float32)  # (T, L)
         out = np.empty((len(self), scaled.shape[0]), np.float32)
         numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
