@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import urllib.request
 
 import numpy as np
@@ -71,6 +72,17 @@ def get(cloud, path: str):
 
 def health(cloud) -> dict:
     return get(cloud, "/v1/health")
+
+
+def replicas_answering(cloud, expected: int, timeout_s: float = 120.0) -> int:
+    """How many distinct replicas answer /v1/health, polled until `expected` have answered or
+    the time is up: HAProxy learns of a new replica a moment after Serve reports it running."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < expected and time.monotonic() < deadline:
+        seen |= {health(cloud)["replica"] for _ in range(20)}
+        time.sleep(0.2)
+    return len(seen)
 
 
 def exhaustive(target, sources, k, metric="bkld-small"):
@@ -144,12 +156,17 @@ def test_one_two_and_four_shards_answer_the_exhaustive_ranking(cloud):
 def test_replicas_of_the_cloud_stay_in_step_with_the_store(cloud):
     """Two ingress replicas share the store: a task registered through one is ranked by every
     replica on the next query (each brings its index up to date incrementally)."""
+    from ray import serve
+
     from rayfp.cloud.app import KnowledgeCloud
     from rayfp.cloud.models import AppArgs
 
-    client = deploy(cloud, KnowledgeCloud.options(num_replicas=2).bind(
-        AppArgs(**app_args(cloud))))
-    assert len({health(cloud)["replica"] for _ in range(40)}) == 2  # both answer
+    # A clean start, not a rolling update: the previous app's replicas would hold the 2 CPUs
+    # while they drain, and the second replica would wait for them.
+    serve.delete("rayfp")
+    client = deploy(cloud, KnowledgeCloud.options(
+        num_replicas=2, ray_actor_options={"num_cpus": 0.5}).bind(AppArgs(**app_args(cloud))))
+    assert replicas_answering(cloud, 2) == 2  # both answer
     rng = np.random.default_rng(5)
     news = [private_fingerprint(rng, cloud["space"], f"late-{i}", n=300) for i in range(4)]
     every = list(cloud["sources"])
