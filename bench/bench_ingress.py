@@ -147,8 +147,8 @@ def prepare(directory: Path, sources: int, checked: int) -> tuple[Path, Path]:
     store.put_space(space)
     t0 = time.perf_counter()
     fps = [make_fingerprint(space, f"task-{i}") for i in range(sources)]
-    for fp in fps:
-        store.put_fingerprint(fp)
+    for start in range(0, len(fps), 1000):  # a bulk import: 1,000 fingerprints per commit
+        store.put_fingerprints(fps[start:start + 1000])
     queries = [make_fingerprint(space, f"query-{10**9 + i}") for i in range(checked)]
     wanted = [[t for t, _ in found] for found in exhaustive_top_k(fps, queries)]
     work = directory / "work.json"

@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             sources = [realistic_fingerprint(rng, space, f"s{i:05d}", 1000)
                        for i in range(n_sources)]
-            for fp in sources:
-                store.put_fingerprint(fp)
+            for start in range(0, len(sources), 1000):  # a bulk import: 1,000 per commit
+                store.put_fingerprints(sources[start:start + 1000])
             print(f"{n_sources} fingerprints written in {time.perf_counter() - t0:.0f} s",
                   flush=True)
             queries = [realistic_fingerprint(rng, space, f"q{i}", 1000) for i in range(20)]

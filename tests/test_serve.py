@@ -86,7 +86,7 @@ def test_health_spaces_and_openapi(cloud):
     status, spaces = http(cloud, "GET", "/v1/spaces")
     assert status == 200 and spaces[0]["space_id"] == cloud["space"].space_id
     # 5, or 6 once a test has registered site-5 over HTTP: whatever the store holds now
-    assert spaces[0]["fingerprints"] == len(cloud["store"].fingerprint_files(
+    assert spaces[0]["fingerprints"] == len(cloud["store"].fingerprints(
         cloud["space"].space_id)) >= 5
     released = spaces[0]["privacy"]  # the cloud knows what it holds: every source is private
     assert (released["exact"], released["epsilon_max"]) == (0, 1.0)

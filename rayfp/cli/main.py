@@ -37,7 +37,8 @@ def _store(args: argparse.Namespace) -> Store:
 
 
 def _add_store(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", required=True, help="store directory (created on first write)")
+    p.add_argument("--store", required=True, help="store folder or s3:// URI (created on first "
+                                                  "write)")
 
 
 def _add_extraction(p: argparse.ArgumentParser) -> None:
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub)
     add_cloud_parsers(sub)
     add_audit_parser(sub)
+    from rayfp.cli.store_cmd import add_parser as add_store_parser
+
+    add_store_parser(sub)
 
     p = sub.add_parser("merge", help="merge the parts of a task pooled over several sites into "
                                      "one fingerprint")
@@ -437,6 +441,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _store_command(args: argparse.Namespace) -> int:
+    from rayfp.cli.store_cmd import cmd_store
+
+    return cmd_store(args)
+
+
 def _cloud(name: str):
     def run(args: argparse.Namespace) -> int:
         from rayfp.cli import cloud as cloud_cli
@@ -452,7 +462,7 @@ COMMANDS = {"edges": cmd_edges, "fingerprint": cmd_fingerprint, "compare": cmd_c
             "serve": _cloud("cmd_serve"), "query": _cloud("cmd_query"),
             "recommend": _cloud("cmd_query"), "register": _cloud("cmd_register"),
             "audit": _audit, "stability": cmd_stability, "merge": cmd_merge,
-            "send-part": _cloud("cmd_send_part")}
+            "send-part": _cloud("cmd_send_part"), "store": _store_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

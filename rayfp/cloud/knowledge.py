@@ -17,6 +17,7 @@ import numpy as np
 from rayfp import defaults
 from rayfp.core.confidence import Confidence, confidence_of
 from rayfp.core.distance import DEFAULT_METRIC, get_metric
+from rayfp.core.feed import FingerprintFeed
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, finalize, released_epsilon
 from rayfp.core.hubness import MAX_QUERIES, Hubness, measure_hubness
 from rayfp.core.index import ScreenedIndex
@@ -91,11 +92,13 @@ def merge_neighbours(answers: Sequence[Sequence[Neighbour]], k: int) -> list[Nei
 
 @dataclasses.dataclass
 class _CachedIndex:
-    version: tuple  # the space folder's stat when the index was brought up to date
-    files: dict  # fingerprint file -> signature it had when read
-    task_of: dict  # fingerprint file -> task id
+    feed: FingerprintFeed  # the space's fingerprints as this index last saw them
     index: ScreenedIndex | None
     epsilon: dict  # task id -> its fingerprint's ε (None: exact counts)
+
+    @property
+    def version(self) -> int | None:
+        return self.feed.version
 
 
 class KnowledgeBase:
@@ -132,44 +135,32 @@ class KnowledgeBase:
         return self._spaces[space_id]
 
     # -- spaces and indexes ---------------------------------------------------------------
-    def _version(self, space_id: str) -> tuple:
-        folder = self.store.root / "fingerprints" / f"space_id={space_id}"
-        if not folder.is_dir():
-            return (0,)
-        stat = folder.stat()  # renames into the folder (our atomic writes) change its mtime
-        return (stat.st_mtime_ns, stat.st_nlink, stat.st_size)
-
     def index(self, space_id: str) -> ScreenedIndex | None:
-        """The space's index, brought up to date with the store: only fingerprint files that
-        were added, replaced or removed since the last call are read (a registration into a
-        10,000-task space reads one file, not 10,000)."""
-        version = self._version(space_id)
+        """The space's index, brought up to date with the store: only the data files committed
+        since the last call are read (a registration into a 10,000-task space reads one file,
+        not 10,000)."""
         cached = self._indexes.get(space_id)
-        if cached is not None and cached.version == version:
+        if cached is None:
+            self.space(space_id)  # NotFoundError for an unknown space
+            keep = None if self.shard is None else (
+                lambda key, shard=self.shard: shard_of_key(key, shard[1]) == shard[0])
+            cached = _CachedIndex(FingerprintFeed(self.store, space_id, keep), None, {})
+        changes = cached.feed.refresh()
+        if changes is None:
             return cached.index
-        files = self.store.fingerprint_files(space_id)
-        if self.shard is not None:
-            files = {path: signature for path, signature in files.items()
-                     if shard_of_key(path.stem, self.shard[1]) == self.shard[0]}
-        old_files = cached.files if cached is not None and cached.index is not None else {}
-        changed = [path for path, signature in files.items() if old_files.get(path) != signature]
-        removed = [cached.task_of[path] for path in old_files if path not in files]
-        fresh = self.store.read_fingerprints(changed, space_id)
-        task_of = {**(cached.task_of if old_files else {}),
-                   **{path: fp.task_id for path, fp in zip(changed, fresh)}}
-        if not files:
+        index = cached.index
+        if not cached.feed.task_ids():
             index = None
-        elif old_files:
-            index = cached.index.with_changes(fresh, removed)
+        elif index is not None:
+            index = index.with_changes(changes.fresh, changes.removed)
             if index.should_remeasure:  # the space has grown: choose its kernel again
-                index = ScreenedIndex(self.store.read_fingerprints(files, space_id),
-                                      kernel=self.kernel)
+                index = ScreenedIndex(cached.feed.current(), kernel=self.kernel)
         else:
-            index = ScreenedIndex(fresh, kernel=self.kernel)
-        epsilon = {task: eps for task, eps in (cached.epsilon if old_files else {}).items()
-                   if task not in removed}
-        epsilon.update({fp.task_id: released_epsilon(fp.privacy) for fp in fresh})
-        self._indexes[space_id] = _CachedIndex(version, files, task_of, index, epsilon)
+            index = ScreenedIndex(changes.fresh, kernel=self.kernel)
+        epsilon = {task: eps for task, eps in cached.epsilon.items()
+                   if task not in changes.removed}
+        epsilon.update({fp.task_id: released_epsilon(fp.privacy) for fp in changes.fresh})
+        self._indexes[space_id] = _CachedIndex(cached.feed, index, epsilon)
         return index
 
     def epsilons(self, space_id: str) -> dict[str, float | None]:

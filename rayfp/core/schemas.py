@@ -14,7 +14,9 @@ from rayfp import defaults
 # 2: a fingerprint's `privacy` JSON records its sampling plan and, for a differentially private
 #    release, the mechanism (`dp`: ε, δ, views per image, noise). Version 1 rows read as exact
 #    counts (no `dp`), which they are.
-SCHEMA_VERSION = 2
+# 3: the store is Delta Lake tables (rayfp.core.delta): rows carry their write stamp
+#    (written_at_ns, write_id), fingerprints their task_key, and counts are int32.
+SCHEMA_VERSION = 3
 
 SPACE_ID = "space_id"
 TASK_ID = "task_id"

@@ -1,60 +1,57 @@
-"""The Parquet store: a directory that pandas, pyarrow and DuckDB read directly (DESIGN §2).
+"""The store: Delta Lake tables that pandas, pyarrow, DuckDB and Ray Data read (DESIGN §2).
 
-    STORE/spaces/<space_id>.parquet
-    STORE/fingerprints/space_id=<space_id>/<task key>.parquet   (one row per task and space)
-    STORE/{tasks,components,transfers,baselines}/<table>.parquet
+    STORE/spaces/                      one row per space (immutable: its id is its content hash)
+    STORE/fingerprints/space_id=<id>/  one row per task and space (Delta, partitioned by space)
+    STORE/{tasks,components,transfers,baselines,failures,imported_distances}/   small tables
+    STORE/parts/, STORE/site-only/     multi-site parts and a site's own view tables (.npz)
 
-Writes go to a hidden temporary file and are renamed into place, so readers never see half a
-file; re-writing a task in a space replaces its file, so re-runs never duplicate.
+STORE is a local folder or an ``s3://`` URI (rayfp.core.delta: how writes commit and why Delta).
+Every write is an append of its rows with a write stamp: a registration costs one small file and
+one commit whatever the number of stored tasks, concurrent writers never lose a row, and a key
+written again is replaced for every reader (the newest row of a key wins) while the older row
+stays readable in the table's history until ``rayfp store compact`` folds it away.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
-import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
 from rayfp.core import schemas
+from rayfp.core.delta import STAMP, WRITE_ID, DeltaTables, check_not_legacy, newest_per_key, stamp_columns
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, released_epsilon
 from rayfp.core.parts import TaskPart
 from rayfp.core.replicates import ViewTable
 from rayfp.errors import ConfigError, NotFoundError, SpaceMismatchError, StoreError
 from rayfp.registry import look_up
 
-_COMPRESSION = "zstd"
+SPACES_TABLE = "spaces"
+FINGERPRINTS_TABLE = "fingerprints"
+TASK_KEY = "task_key"
+
+# Delta has no unsigned integers: counts are stored as int32 (a bin holding more than 2**31
+# samples is refused), and read back as int64.
+_FINGERPRINT_ROWS = pa.schema([
+    pa.field(schemas.SPACE_ID, pa.string()), pa.field(TASK_KEY, pa.string()),
+    *[pa.field(f.name, pa.list_(pa.int32())) if f.name == schemas.COUNTS else f
+      for f in schemas.FINGERPRINTS]])
+_COUNT_MAX = np.iinfo(np.int32).max
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        pq.write_table(table, tmp, compression=_COMPRESSION)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _signature(stat: os.stat_result) -> tuple[int, int, int]:
-    """Changes whenever a file is rewritten: writes replace files by a rename (new inode)."""
-    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-
-
-def _check_version(table: pa.Table, path: Path) -> None:
+def _check_version(table: pa.Table, where: str) -> None:
     versions = set(table.column("schema_version").to_pylist()) if table.num_rows else set()
     if any(v is None or v > schemas.SCHEMA_VERSION for v in versions):
-        raise StoreError(f"{path} has schema_version {sorted(versions, key=str)}; this rayfp reads "
-                         f"up to {schemas.SCHEMA_VERSION}: upgrade rayfp")
+        raise StoreError(f"{where} has schema_version {sorted(versions, key=str)}; this rayfp "
+                         f"reads up to {schemas.SCHEMA_VERSION}: upgrade rayfp")
 
 
 def task_key(task_id: str) -> str:
@@ -62,78 +59,212 @@ def task_key(task_id: str) -> str:
     return hashlib.sha256(task_id.encode()).hexdigest()[:24]
 
 
-def task_file_name(task_id: str) -> str:
-    return task_key(task_id) + ".parquet"
+def _row_to_fingerprint(row: Mapping[str, Any]) -> Fingerprint:
+    return Fingerprint.from_record(row)
+
+
+def _fingerprints_of(table: pa.Table) -> list[Fingerprint]:
+    """Fingerprints from rows of the fingerprint table (counts decoded without Python lists)."""
+    out = []
+    counts, sums = table.column(schemas.COUNTS), table.column(schemas.FEATURE_SUM)
+    scalars = table.drop_columns([schemas.COUNTS, schemas.FEATURE_SUM]).to_pylist()
+    for i, row in enumerate(scalars):
+        row[schemas.COUNTS] = counts[i].values.to_numpy(zero_copy_only=False)
+        row[schemas.FEATURE_SUM] = sums[i].values.to_numpy(zero_copy_only=False)
+        out.append(_row_to_fingerprint(row))
+    return out
 
 
 class Store:
-    """Typed access to a store directory (created on first write)."""
+    """Typed access to a store (created on first write): a local folder or an s3:// URI."""
 
     def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root)
+        self.tables = DeltaTables(root)
+        self.object_store = self.tables.object_store
+        self.root: Path | str = self.tables.root if self.object_store else Path(root)
+        if not self.object_store:
+            check_not_legacy(self.root)
+        self._spaces: dict[str, FingerprintSpace] = {}
+        self._read_cache: dict[str, tuple[int, pa.Table]] = {}
+        self._cache_lock = threading.Lock()
 
-    # -- locking for read-modify-write of the small tables ------------------------------------
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    def _local(self, what: str) -> Path:
+        if self.object_store:
+            raise ConfigError(f"{what} are kept in a local store folder; {self.root} is an "
+                              f"object store")
+        return self.root
 
     # -- spaces -------------------------------------------------------------------------------
+    def _space_rows(self) -> pa.Table:
+        return self._newest(SPACES_TABLE, (schemas.SPACE_ID,), schemas.SPACES)
+
     def put_space(self, space: FingerprintSpace) -> str:
+        if space.space_id in self.space_ids():  # immutable: its id is the hash of its content
+            return space.space_id
         row = {**space.to_record(), "schema_version": schemas.SCHEMA_VERSION}
         row["preprocessing"] = json.dumps(row["preprocessing"], sort_keys=True)
-        path = self.root / "spaces" / f"{space.space_id}.parquet"
-        if not path.exists():  # a space is immutable: its id is the hash of its content
-            _write_atomic(pa.Table.from_pylist([row], schema=schemas.SPACES), path)
+        self.tables.append(SPACES_TABLE,
+                           stamp_columns(pa.Table.from_pylist([row], schema=schemas.SPACES)))
+        self._spaces[space.space_id] = space
         return space.space_id
 
     def space_ids(self) -> list[str]:
-        folder = self.root / "spaces"
-        return sorted(p.stem for p in folder.glob("*.parquet")) if folder.is_dir() else []
+        return sorted(self._space_rows().column(schemas.SPACE_ID).to_pylist())
 
     def get_space(self, space_id: str) -> FingerprintSpace:
-        path = self.root / "spaces" / f"{space_id}.parquet"
-        if not path.is_file():
+        if space_id in self._spaces:
+            return self._spaces[space_id]
+        rows = self._space_rows()
+        match = rows.filter(pc.equal(rows[schemas.SPACE_ID], space_id))
+        if match.num_rows == 0:
             raise NotFoundError(
                 f"space {space_id!r} is not in store {self.root}; known spaces: "
                 f"{self.space_ids()}. Create one with `rayfp edges PATH... --store {self.root}`")
-        table = pq.read_table(path, schema=schemas.SPACES)
-        _check_version(table, path)
         try:
-            return FingerprintSpace.from_record({**table.to_pylist()[0], "space_id": space_id})
+            space = FingerprintSpace.from_record(match.to_pylist()[0])
         except SpaceMismatchError as exc:
-            raise StoreError(f"{path}: {exc}") from None
+            raise StoreError(f"{self.tables.uri(SPACES_TABLE)}: {exc}") from None
+        self._spaces[space_id] = space
+        return space
 
     # -- fingerprints -------------------------------------------------------------------------
-    def _fingerprint_path(self, space_id: str, task_id: str) -> Path:
-        return self.root / "fingerprints" / f"{schemas.SPACE_ID}={space_id}" / task_file_name(task_id)
+    def put_fingerprint(self, fp: Fingerprint) -> None:
+        """Write (or replace) the fingerprint of fp.task_id in fp.space_id: one commit."""
+        self.put_fingerprints([fp])
 
-    def put_fingerprint(self, fp: Fingerprint) -> Path:
-        """Write (or replace) the fingerprint of fp.task_id in fp.space_id."""
-        self.get_space(fp.space_id)  # refuse fingerprints of unknown spaces
-        counts = np.asarray(fp.counts)
-        if counts.min() < 0 or counts.max() > np.iinfo(np.uint32).max:
-            raise ConfigError(f"counts of {fp.task_id!r} do not fit uint32")
-        row = {**fp.to_record(), schemas.COUNTS: counts.astype(np.uint32).ravel(),
-               "privacy": json.dumps(dict(fp.privacy), sort_keys=True),
-               "schema_version": schemas.SCHEMA_VERSION}
-        del row[schemas.SPACE_ID]  # the hive partition, not a file column
-        table = pa.Table.from_pydict({k: [v] for k, v in row.items()}, schema=schemas.FINGERPRINTS)
-        path = self._fingerprint_path(fp.space_id, fp.task_id)
-        _write_atomic(table, path)
-        return path
+    def put_fingerprints(self, fps: Sequence[Fingerprint]) -> None:
+        """Write (or replace) several fingerprints in one commit (one data file per space)."""
+        rows = []
+        for fp in fps:
+            self.get_space(fp.space_id)  # refuse fingerprints of unknown spaces
+            counts = np.asarray(fp.counts)
+            if counts.min() < 0 or counts.max() > _COUNT_MAX:
+                raise ConfigError(f"counts of {fp.task_id!r} must lie in [0, {_COUNT_MAX}]")
+            rows.append({**fp.to_record(), schemas.COUNTS: counts.astype(np.int32).ravel(),
+                         TASK_KEY: task_key(fp.task_id),
+                         "privacy": json.dumps(dict(fp.privacy), sort_keys=True),
+                         "schema_version": schemas.SCHEMA_VERSION})
+        if not rows:
+            return
+        table = pa.Table.from_pydict({f.name: [row[f.name] for row in rows]
+                                      for f in _FINGERPRINT_ROWS}, schema=_FINGERPRINT_ROWS)
+        self.tables.append(FINGERPRINTS_TABLE, stamp_columns(table),
+                           partition_by=[schemas.SPACE_ID])
+
+    def delete_fingerprint(self, space_id: str, task_id: str) -> int:
+        """Remove a task's fingerprint from a space (one commit; older versions keep it until
+        the table is vacuumed). Returns the number of rows removed."""
+        return self.tables.delete(FINGERPRINTS_TABLE, f"{schemas.SPACE_ID} = '{_hex(space_id)}' "
+                                  f"AND {TASK_KEY} = '{task_key(task_id)}'")
+
+    def fingerprint_version(self) -> int | None:
+        """The fingerprint table's version: changes with every write (None: nothing written)."""
+        return self.tables.version(FINGERPRINTS_TABLE)
+
+    def fingerprint_files(self, space_id: str) -> pa.Table:
+        """The space's live data files with their row counts and task-key ranges, from the
+        table's log alone (rayfp.core.feed reads only the files it has not seen)."""
+        self.get_space(space_id)
+        files = self.tables.files(FINGERPRINTS_TABLE, (schemas.SPACE_ID, space_id))
+        if files.num_rows == 0:
+            return pa.table({"path": pa.array([], pa.string()), "num_records": pa.array(
+                [], pa.int64()), "min_key": pa.array([], pa.string()),
+                "max_key": pa.array([], pa.string())})
+        return pa.table({"path": files["path"], "num_records": files["num_records"],
+                         "min_key": files[f"min.{TASK_KEY}"],
+                         "max_key": files[f"max.{TASK_KEY}"]})
+
+    def read_fingerprint_files(self, paths: Sequence[str], space_id: str,
+                               keep_key=None) -> list[tuple[str, Fingerprint, tuple[int, str]]]:
+        """(file, fingerprint, write stamp) of every row of these data files whose task key
+        ``keep_key`` accepts (all when None)."""
+        out = []
+        for path, table in zip(paths, self.tables.read_files(FINGERPRINTS_TABLE, paths)):
+            _check_version(table, f"{self.tables.uri(FINGERPRINTS_TABLE)}/{path}")
+            if keep_key is not None:
+                table = table.filter(pa.array([keep_key(k) for k in
+                                               table.column(TASK_KEY).to_pylist()], pa.bool_()))
+            table = _as_fingerprint_rows(table, space_id)
+            stamps = zip(table.column(STAMP).to_pylist(), table.column(WRITE_ID).to_pylist())
+            for fp, stamp in zip(_fingerprints_of(table.drop_columns([STAMP, WRITE_ID])),
+                                 stamps):
+                out.append((path, fp, stamp))
+        return out
+
+    def _fingerprint_rows(self, space_id: str, *, version: int | None = None,
+                          task_id: str | None = None,
+                          columns: Sequence[str] | None = None) -> pa.Table:
+        """The newest row of each task of a space (optionally one task, or at an old version,
+        or only some columns)."""
+        self.get_space(space_id)
+        if task_id is not None and version is None:
+            table = self._rows_of_task(space_id, task_id)
+        else:
+            wanted = None if columns is None else [
+                schemas.TASK_ID, "schema_version", *columns, STAMP, WRITE_ID]
+            table = self.tables.read(FINGERPRINTS_TABLE, version=version,
+                                     partition=(schemas.SPACE_ID, space_id), columns=wanted)
+            if table is None:
+                return _FINGERPRINT_ROWS.empty_table()
+            table = _as_fingerprint_rows(table, space_id, wanted)
+            if task_id is not None:
+                table = table.filter(pc.equal(table[schemas.TASK_ID], task_id))
+        _check_version(table, self.tables.uri(FINGERPRINTS_TABLE))
+        return newest_per_key(table, (schemas.TASK_ID,))
+
+    def _rows_of_task(self, space_id: str, task_id: str) -> pa.Table:
+        """A task's rows, reading only the files whose key range holds its key (the log's
+        statistics: with one task per file, exactly the task's own files)."""
+        key = task_key(task_id)
+        files = self.fingerprint_files(space_id)
+        mine = files.filter(pc.and_(pc.less_equal(files["min_key"], key),
+                                    pc.greater_equal(files["max_key"], key)))
+        tables = [_as_fingerprint_rows(t, space_id) for t in self.tables.read_files(
+            FINGERPRINTS_TABLE, mine["path"].to_pylist())]
+        if not tables:
+            return _FINGERPRINT_ROWS.append(pa.field(STAMP, pa.int64())).append(
+                pa.field(WRITE_ID, pa.string())).empty_table()
+        table = pa.concat_tables(tables)
+        return table.filter(pc.equal(table[schemas.TASK_ID], task_id))
+
+    def has_fingerprint(self, space_id: str, task_id: str) -> bool:
+        return self._fingerprint_rows(space_id, task_id=task_id).num_rows > 0
+
+    def get_fingerprint(self, space_id: str, task_id: str) -> Fingerprint:
+        rows = self._fingerprint_rows(space_id, task_id=task_id)
+        if rows.num_rows == 0:
+            raise NotFoundError(f"no fingerprint of task {task_id!r} in space {space_id} "
+                                f"(store {self.root}); run `rayfp fingerprint ... --task-id "
+                                f"{task_id} --space {space_id}`")
+        return _fingerprints_of(rows)[0]
+
+    def fingerprints(self, space_id: str, *, version: int | None = None) -> list[Fingerprint]:
+        """Every fingerprint of a space, sorted by task id; at an older version of the table
+        when given (what the space held then: history without copies)."""
+        return sorted(_fingerprints_of(self._fingerprint_rows(space_id, version=version)),
+                      key=lambda fp: fp.task_id)
+
+    def history(self) -> list[dict[str, Any]]:
+        """The fingerprint table's commits, newest first (version, timestamp, operation)."""
+        table = self.tables.table(FINGERPRINTS_TABLE)
+        return [] if table is None else table.history()
+
+    def release_epsilons(self, space_id: str) -> dict[str, float | None]:
+        """Task id -> the ε its fingerprint was released at (None: exact counts)."""
+        rows = self._fingerprint_rows(space_id, columns=["privacy"])
+        return {task: released_epsilon(json.loads(privacy or "{}")) for task, privacy in
+                sorted(zip(rows[schemas.TASK_ID].to_pylist(), rows["privacy"].to_pylist()))}
 
     # -- parts of tasks pooled over several sites, kept until all have arrived ----------------
     def _parts_dir(self, space_id: str, task_id: str) -> Path:
-        return (self.root / "parts" / f"{schemas.SPACE_ID}={space_id}"
+        return (self._local("multi-site task parts") / "parts" / f"{schemas.SPACE_ID}={space_id}"
                 / task_key(task_id))
 
     def put_part(self, part: TaskPart) -> Path:
+        self._local("multi-site task parts")
         self.get_space(part.space_id)
         return part.save(self._parts_dir(part.space_id, part.task_id) / f"part-{part.part}.npz")
 
@@ -145,6 +276,8 @@ class Store:
     def spaces_with_parts(self, task_id: str) -> list[str]:
         """The spaces holding parts of this task that wait for the rest."""
         name = task_key(task_id)
+        if self.object_store:
+            return []
         root = self.root / "parts"
         return sorted(folder.parent.name.split("=", 1)[1]
                       for folder in root.glob(f"{schemas.SPACE_ID}=*/{name}")
@@ -160,7 +293,7 @@ class Store:
 
     def _views_path(self, space_id: str, task_id: str) -> Path:
         name = task_key(task_id) + ".npz"
-        return self.root / self.SITE_ONLY / "views" / f"{schemas.SPACE_ID}={space_id}" / name
+        return self._local("view tables") / self.SITE_ONLY / "views" / f"{schemas.SPACE_ID}={space_id}" / name
 
     def put_views(self, views: ViewTable) -> Path:
         self.get_space(views.space_id)
@@ -173,69 +306,10 @@ class Store:
                                 f"{self.root}); fingerprint it with --keep-views")
         return ViewTable.load(path)
 
-    def has_fingerprint(self, space_id: str, task_id: str) -> bool:
-        return self._fingerprint_path(space_id, task_id).is_file()
-
-    def _read_fingerprint_file(self, path: Path, space_id: str) -> Fingerprint:
-        table = pq.read_table(path, schema=schemas.FINGERPRINTS, use_threads=False)
-        _check_version(table, path)
-        columns = {name: table.column(name) for name in table.column_names}
-        row = {name: col[0].as_py() for name, col in columns.items()
-               if name not in (schemas.COUNTS, schemas.FEATURE_SUM)}
-        row[schemas.COUNTS] = columns[schemas.COUNTS].combine_chunks().values.to_numpy()
-        row[schemas.FEATURE_SUM] = columns[schemas.FEATURE_SUM].combine_chunks().values.to_numpy()
-        return Fingerprint.from_record({**row, schemas.SPACE_ID: space_id})
-
-    def get_fingerprint(self, space_id: str, task_id: str) -> Fingerprint:
-        path = self._fingerprint_path(space_id, task_id)
-        if not path.is_file():
-            raise NotFoundError(f"no fingerprint of task {task_id!r} in space {space_id} "
-                                f"(store {self.root}); run `rayfp fingerprint ... --task-id "
-                                f"{task_id} --space {space_id}`")
-        return self._read_fingerprint_file(path, space_id)
-
-    def fingerprints(self, space_id: str) -> list[Fingerprint]:
-        """Every fingerprint of a space, sorted by task id."""
-        return sorted(self.read_fingerprints(self.fingerprint_files(space_id), space_id),
-                      key=lambda fp: fp.task_id)
-
-    def fingerprint_files(self, space_id: str) -> dict[Path, tuple[int, int, int]]:
-        """The fingerprint files of a space, each with a signature (inode, mtime, size) that
-        changes whenever the file is rewritten (writes replace the file by a rename)."""
-        self.get_space(space_id)
-        folder = self.root / "fingerprints" / f"{schemas.SPACE_ID}={space_id}"
-        if not folder.is_dir():
-            return {}
-        files = {}
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.name.endswith(".parquet") and not entry.name.startswith("."):
-                    files[Path(entry.path)] = _signature(entry.stat())
-        return files
-
-    def read_fingerprints(self, paths: Iterable[Path], space_id: str, *, threads: int = 4
-                          ) -> list[Fingerprint]:
-        """Read fingerprint files in parallel (Parquet decoding releases the GIL): 10,000
-        files measured ~2 ms each one at a time."""
-        paths = list(paths)
-        if len(paths) < 8:
-            return [self._read_fingerprint_file(p, space_id) for p in paths]
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            return list(pool.map(lambda p: self._read_fingerprint_file(p, space_id), paths))
-
-    def release_epsilons(self, space_id: str) -> dict[str, float | None]:
-        """Task id -> the ε its fingerprint was released at (None: exact counts), reading only
-        two columns of each file."""
-        out = {}
-        for path in self.fingerprint_files(space_id):
-            row = pq.read_table(path, columns=[schemas.TASK_ID, "privacy"]).to_pylist()[0]
-            out[row[schemas.TASK_ID]] = released_epsilon(json.loads(row["privacy"] or "{}"))
-        return dict(sorted(out.items()))
-
     def find_fingerprints(self, task_id: str) -> list[Fingerprint]:
         """The fingerprints of one task in every space it has one."""
-        return [self.get_fingerprint(s, task_id) for s in self.space_ids()
-                if self.has_fingerprint(s, task_id)]
+        found = [self._fingerprint_rows(s, task_id=task_id) for s in self.space_ids()]
+        return [_fingerprints_of(rows)[0] for rows in found if rows.num_rows]
 
     def fingerprint_of(self, task_id: str, space_id: str | None = None) -> Fingerprint:
         """The task's fingerprint in ``space_id``, or in its only space when none is given."""
@@ -250,29 +324,34 @@ class Store:
         return found[0]
 
     # -- small upserted tables ----------------------------------------------------------------
-    def _table_path(self, name: str) -> Path:
-        return self.root / name / f"{name}.parquet"
+    def _newest(self, name: str, key: Sequence[str], schema: pa.Schema) -> pa.Table:
+        """The newest row of each key of a table, cached until the table's next commit."""
+        version = self.tables.version(name)
+        if version is None:
+            return schema.empty_table()
+        with self._cache_lock:
+            cached = self._read_cache.get(name)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        table = self.tables.read(name, version=version)
+        _check_version(table, self.tables.uri(name))
+        newest = newest_per_key(table, key).select(schema.names).cast(schema)
+        with self._cache_lock:
+            self._read_cache[name] = (version, newest)
+        return newest
 
-    def table_signature(self, name: str) -> tuple[int, int, int] | None:
-        """(inode, mtime, size) of a small table's file, None before its first write: changes
-        whenever the table is rewritten (writes replace the file by a rename)."""
-        try:
-            return _signature(self._table_path(name).stat())
-        except FileNotFoundError:
-            return None
+    def table_signature(self, name: str) -> int | None:
+        """The table's Delta version (None before its first write): changes with every write."""
+        return self.tables.version(_table_spec(name).name)
 
     def read_table(self, name: str) -> pa.Table:
         """A whole small table (empty with the right schema when nothing was written yet)."""
         spec = _table_spec(name)
-        path = self._table_path(name)
-        if not path.is_file():
-            return spec.schema.empty_table()
-        table = pq.read_table(path, schema=spec.schema)
-        _check_version(table, path)
-        return table
+        return self._newest(spec.name, spec.key, spec.schema)
 
     def upsert(self, name: str, rows: Sequence[Mapping[str, Any]]) -> int:
-        """Insert rows; a row whose key columns match an existing row replaces it."""
+        """Insert rows; a row whose key columns match an existing row replaces it (one commit,
+        an append: the newest row of a key wins)."""
         spec = _table_spec(name)
         rows = [{**row, "schema_version": schemas.SCHEMA_VERSION} for row in rows]
         try:
@@ -280,13 +359,34 @@ class Store:
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
             raise ConfigError(f"rows for table {name!r} do not match its schema "
                               f"{spec.schema.names}: {exc}") from exc
-        with self._lock():
-            old = self.read_table(name)
-            keys = {tuple(r[k] for k in spec.key) for r in rows}
-            kept = [r for r in old.to_pylist() if tuple(r[k] for k in spec.key) not in keys]
-            merged = pa.concat_tables([pa.Table.from_pylist(kept, schema=spec.schema), new])
-            _write_atomic(merged, self._table_path(name))
+        if rows:
+            self.tables.append(spec.name, stamp_columns(new))
         return len(rows)
+
+    # -- maintenance --------------------------------------------------------------------------
+    def compact(self) -> dict[str, int]:
+        """Fold superseded rows away and merge small files, table by table. Safe beside
+        writers: it deletes only the rows it saw superseded (by write id), and Delta's optimize
+        rewrites files without touching concurrent appends. History stays until vacuumed."""
+        removed = {}
+        keys = {SPACES_TABLE: (schemas.SPACE_ID,),
+                FINGERPRINTS_TABLE: (schemas.SPACE_ID, schemas.TASK_ID),
+                **{spec.name: spec.key for spec in schemas.TABLES.values()}}
+        for name, key in keys.items():
+            table = self.tables.read(name)
+            if table is None:
+                continue
+            if name == FINGERPRINTS_TABLE:
+                table = table.select([*key, STAMP, WRITE_ID])
+            newest = set(newest_per_key(table.select([*key, STAMP, WRITE_ID]).append_column(
+                "_id", table[WRITE_ID]), key)["_id"].to_pylist())
+            stale = [w for w in table[WRITE_ID].to_pylist() if w not in newest]
+            for start in range(0, len(stale), 1000):
+                ids = ", ".join(f"'{_hex(w)}'" for w in stale[start:start + 1000])
+                self.tables.delete(name, f"{WRITE_ID} IN ({ids})")
+            self.tables.table(name).optimize.compact()
+            removed[name] = len(stale)
+        return removed
 
     def summary(self, *, privacy: bool = False) -> dict[str, Any]:
         """Counts per space and per table, for `rayfp show`; with ``privacy``, each space's
@@ -294,15 +394,34 @@ class Store:
         spaces = []
         for space_id in self.space_ids():
             space = self.get_space(space_id)
-            folder = self.root / "fingerprints" / f"{schemas.SPACE_ID}={space_id}"
-            n = len(list(folder.glob("*.parquet"))) if folder.is_dir() else 0
+            epsilons = self.release_epsilons(space_id)
             spaces.append({"space_id": space_id, "backbone": space.backbone, "dim": space.dim,
-                           "bins": space.bins, "fingerprints": n, "reference": space.reference,
-                           "created_at": space.created_at})
+                           "bins": space.bins, "fingerprints": len(epsilons),
+                           "reference": space.reference, "created_at": space.created_at})
             if privacy:
-                spaces[-1]["privacy"] = privacy_summary(self.release_epsilons(space_id))
+                spaces[-1]["privacy"] = privacy_summary(epsilons)
         tables = {name: self.read_table(name).num_rows for name in schemas.TABLES}
         return {"store": str(self.root), "spaces": spaces, "tables": tables}
+
+
+def _as_fingerprint_rows(table: pa.Table, space_id: str,
+                         columns: Sequence[str] | None = None) -> pa.Table:
+    """Rows of the fingerprint table as written, in its column order (a data file read alone
+    lacks its partition column)."""
+    if schemas.SPACE_ID in table.column_names:
+        table = table.drop_columns([schemas.SPACE_ID])
+    table = table.add_column(0, schemas.SPACE_ID, pa.array([space_id] * table.num_rows,
+                                                           pa.string()))
+    names = [*_FINGERPRINT_ROWS.names, STAMP, WRITE_ID]
+    return table.select([n for n in names if columns is None or n in columns
+                         or n == schemas.SPACE_ID])
+
+
+def _hex(value: str) -> str:
+    """A value spliced into a Delta predicate: only ids of hex digits are (no quoting needed)."""
+    if not value or any(c not in "0123456789abcdef" for c in value):
+        raise StoreError(f"expected a hex id, got {value!r}")
+    return value
 
 
 def privacy_summary(epsilons: dict[str, float | None]) -> dict[str, Any]:
