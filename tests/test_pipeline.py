@@ -116,7 +116,7 @@ def submitted(cluster, archive, tmp_path_factory):
     return {"store": store, "space": space_id, "log": out.stdout}
 
 
-def test_job_submit_fingerprints_every_task_and_reports_failures(submitted):
+def test_job_submit_fingerprints_every_task_and_reports_failures(cluster, submitted):
     store = Store(submitted["store"])
     assert "task mr done" in submitted["log"] and "images/s" in submitted["log"]
     fps = store.fingerprints(submitted["space"])
@@ -133,6 +133,14 @@ def test_job_submit_fingerprints_every_task_and_reports_failures(submitted):
     assert {f["task_id"] for f in failures} == {"mr", "series"}
     assert "2 irregular DICOM series used" in submitted["log"]
     assert "rayfp-archive-job" in fps[1].source and str(Path(fps[1].source).name) != ""
+    # The store's tables are Delta tables that Ray Data reads directly, on the cluster.
+    read = subprocess.run(
+        [sys.executable, "-c", "import sys, ray; ray.init(address=sys.argv[1]); "
+         "print(ray.data.read_delta(sys.argv[2]).count())", cluster["gcs"],
+         str(submitted["store"] / "fingerprints")], env=cluster["env"],
+        capture_output=True, text=True, timeout=300)
+    assert read.returncode == 0, read.stderr[-3000:]
+    assert int(read.stdout.split()[-1]) == len(fps)  # one row per task: each written once
 
 
 def test_ray_job_and_cli_give_identical_counts(submitted, archive, capsys, tmp_path):
