@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             print("  " + item.describe())
         if args.dry_run or not items:
             return 0
+        if store.object_store:  # no lock there: a second run only repeats work (its
+            return _run(args, store, target, items, log)  # commits are as safe as the first's)
         Path(args.store).mkdir(parents=True, exist_ok=True)
         with open(Path(args.store) / ".refingerprint.lock", "w") as lock:
             try:

@@ -261,6 +261,9 @@ def _fingerprint_part(args: argparse.Namespace) -> int:
         privacy=privacy_spec(args), noise_share=args.noise_share, window=args.window,
         slice_axes=args.slice_axes)
     _print_skipped(inventory.skipped, inventory.series_problems)
+    if not args.part_out and _store(args).object_store:
+        raise ConfigError(f"--store {args.store} is on object storage: give a local file for "
+                          f"this site's part (--part-out)")
     out = Path(args.part_out or Path(args.store) / "parts-out" /
                part_file_name(args.task_id, k, total))
     part.save(out)

@@ -262,7 +262,12 @@ def fingerprint_archive(inventories: dict[str, TaskInventory], space: Fingerprin
 def _part_path(config: ArchiveJobConfig, task_id: str):
     from pathlib import Path
 
+    from rayfp.core.delta import is_object_store
+
     plan, part = config.site_parts[task_id]
+    if not config.parts_out and is_object_store(config.store):
+        raise ConfigError(f"the store {config.store} is on object storage: give a local folder "
+                          f"for this site's part files (--part-out)")
     folder = Path(config.parts_out or Path(config.store) / "parts-out")
     return folder / part_file_name(task_id, part, plan.parts)
 
