@@ -23,6 +23,7 @@ import pytest
 from conftest import free_port, make_space, random_fingerprint
 
 from rayfp.cloud.knowledge import KnowledgeBase
+from rayfp.core.delta import OBJECT_STORE_POLL_S
 from rayfp.core.distance import get_metric
 from rayfp.core.parts import TaskPart
 from rayfp.core.store import Store
@@ -106,6 +107,7 @@ def test_a_store_on_s3_round_trips_ranks_and_keeps_history(s3, rng):
     twin = random_fingerprint(rng, space, "task-4", n=700)  # task-4 written again
     store.put_fingerprint(twin)
     feed = kb._indexes[space.space_id].feed
+    time.sleep(OBJECT_STORE_POLL_S + 0.1)  # another writer's commit: seen within the interval
     changes = feed.refresh()
     assert changes.files_read == 1 and [fp.task_id for fp in changes.fresh] == ["task-4"]
     assert again.get_fingerprint(space.space_id, "task-4").n_samples == 700

@@ -34,6 +34,10 @@ from rayfp.errors import StoreError
 STAMP = "written_at_ns"  # when the row was written: the newest row of a key wins
 WRITE_ID = "write_id"  # breaks a tie between two writers stamping the same nanosecond
 
+# How stale a reader of an object store may be about other writers' commits (listing the log
+# is an HTTP request); its own writes it sees at once.
+OBJECT_STORE_POLL_S = 1.0
+
 # Concurrent commits to one table race for the next log version; the loser re-reads the log and
 # tries again. 8 writers appending in a loop lose a race about once in 40 commits (measured).
 COMMIT_ATTEMPTS = 40
@@ -99,6 +103,7 @@ class DeltaTables:
         self.root = str(root).rstrip("/") if self.object_store else str(Path(root).absolute())
         self.options = storage_options(self.root)
         self._tables: dict[str, object] = {}
+        self._looked: dict[str, float | int] = {}  # table -> when (or at which log mtime) read
         self._lock = threading.Lock()
         self._filesystem: tuple[pafs.FileSystem, str] | None = None
 
@@ -123,6 +128,24 @@ class DeltaTables:
             return table
 
     def version(self, name: str) -> int | None:
+        """The table's latest version, cheaply: every query of the cloud asks. Locally the log
+        folder's mtime says whether anything was committed (reading the log costs 1-2 ms at
+        1,000 commits); on object storage the log is listed at most every OBJECT_STORE_POLL_S,
+        and at once after this process's own writes."""
+        now = time.monotonic()
+        if self.object_store:
+            seen = self._looked.get(name)
+            if seen is not None and now - seen < OBJECT_STORE_POLL_S and name in self._tables:
+                return self._tables[name].version()
+            self._looked[name] = now
+        else:
+            try:
+                stamp = os.stat(f"{self.uri(name)}/_delta_log").st_mtime_ns
+            except FileNotFoundError:
+                return None
+            if self._looked.get(name) == stamp and name in self._tables:
+                return self._tables[name].version()
+            self._looked[name] = stamp  # taken before reading: a commit after it shows next time
         table = self.table(name)
         return None if table is None else table.version()
 
@@ -140,6 +163,7 @@ class DeltaTables:
                                 partition_by=list(partition_by) if partition_by else None,
                                 storage_options=None if not isinstance(target, str)
                                 else self.options)
+                self.touched(name)  # our own commit: the next look reads the log
                 return
             except Exception as exc:  # delta-rs raises several types for a lost race
                 if not _is_conflict(exc) or attempt >= COMMIT_ATTEMPTS:
@@ -154,11 +178,17 @@ class DeltaTables:
             return 0
         for attempt in itertools.count(1):
             try:
-                return int(table.delete(predicate).get("num_deleted_rows", 0))
+                deleted = int(table.delete(predicate).get("num_deleted_rows", 0))
+                self.touched(name)
+                return deleted
             except Exception as exc:
                 if not _is_conflict(exc) or attempt >= COMMIT_ATTEMPTS:
                     raise StoreError(f"could not delete from {self.uri(name)}: {exc}") from exc
                 table.update_incremental()
+
+    def touched(self, name: str) -> None:
+        """This process changed the table: the next version() reads its log."""
+        self._looked.pop(name, None)
 
     def files(self, name: str, partition: tuple[str, str] | None = None) -> pa.Table:
         """The table's live data files: path (relative to the table), num_records and the

@@ -385,6 +385,7 @@ class Store:
                 ids = ", ".join(f"'{_hex(w)}'" for w in stale[start:start + 1000])
                 self.tables.delete(name, f"{WRITE_ID} IN ({ids})")
             self.tables.table(name).optimize.compact()
+            self.tables.touched(name)
             removed[name] = len(stale)
         return removed
 
