@@ -271,3 +271,17 @@ def test_migrate_copies_a_directory_layout_store_and_the_old_one_is_refused(tmp_
         t["name"] for t in tasks)
     assert (new / "site-only" / "views" / "kept.npz").read_bytes() == b"views of a site"
     assert rayfp_cli(["store", "migrate", str(old), str(new)]) == 2  # never into a used store
+
+
+def test_a_reader_sees_every_commit_of_another_writer_at_once(store, rng):
+    """The cheap version check (is the next log entry there?) misses no commit, however fast
+    they follow each other."""
+    space = make_space()
+    store.put_space(space)
+    reader = Store(store.root)
+    assert reader.fingerprint_version() is None  # nothing written yet
+    for i in range(5):
+        store.put_fingerprint(random_fingerprint(rng, space, f"t{i}"))
+        store.put_fingerprint(random_fingerprint(rng, space, f"u{i}"))  # back to back
+        assert reader.fingerprint_version() == store.fingerprint_version() == 2 * i + 1
+        assert len(reader.fingerprints(space.space_id)) == 2 * i + 2

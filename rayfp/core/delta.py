@@ -103,7 +103,7 @@ class DeltaTables:
         self.root = str(root).rstrip("/") if self.object_store else str(Path(root).absolute())
         self.options = storage_options(self.root)
         self._tables: dict[str, object] = {}
-        self._looked: dict[str, float | int] = {}  # table -> when (or at which log mtime) read
+        self._looked: dict[str, float | bool] = {}  # table -> when its log was last read
         self._lock = threading.Lock()
         self._filesystem: tuple[pafs.FileSystem, str] | None = None
 
@@ -128,25 +128,25 @@ class DeltaTables:
             return table
 
     def version(self, name: str) -> int | None:
-        """The table's latest version, cheaply: every query of the cloud asks. Locally the log
-        folder's mtime says whether anything was committed (reading the log costs 1-2 ms at
-        1,000 commits); on object storage the log is listed at most every OBJECT_STORE_POLL_S,
-        and at once after this process's own writes."""
-        now = time.monotonic()
+        """The table's latest version, cheaply: every query of the cloud asks. Locally one
+        stat says whether the next version's log entry exists (reading the log costs 1-2 ms
+        at 1,000 commits; commits are numbered without gaps). On object storage the log is
+        listed at most every OBJECT_STORE_POLL_S, and at once after this process's writes."""
+        cached = self._tables.get(name)
         if self.object_store:
-            seen = self._looked.get(name)
-            if seen is not None and now - seen < OBJECT_STORE_POLL_S and name in self._tables:
-                return self._tables[name].version()
+            now, seen = time.monotonic(), self._looked.get(name)
+            if cached is not None and seen is not None and now - seen < OBJECT_STORE_POLL_S:
+                return cached.version()
             self._looked[name] = now
-        else:
-            try:
-                stamp = os.stat(f"{self.uri(name)}/_delta_log").st_mtime_ns
-            except FileNotFoundError:
-                return None
-            if self._looked.get(name) == stamp and name in self._tables:
-                return self._tables[name].version()
-            self._looked[name] = stamp  # taken before reading: a commit after it shows next time
+        elif cached is not None and name in self._looked:
+            following = f"{self.uri(name)}/_delta_log/{cached.version() + 1:020d}.json"
+            if not os.path.exists(following):
+                return cached.version()
+        elif not os.path.isdir(f"{self.uri(name)}/_delta_log"):
+            return None
         table = self.table(name)
+        if not self.object_store:
+            self._looked[name] = True
         return None if table is None else table.version()
 
     def append(self, name: str, data: pa.Table, *, partition_by: Sequence[str] | None = None
