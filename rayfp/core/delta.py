@@ -15,6 +15,7 @@ without rewriting anything (``compact`` folds the superseded rows away).
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import random
 import threading
@@ -38,9 +39,16 @@ WRITE_ID = "write_id"  # breaks a tie between two writers stamping the same nano
 # is an HTTP request); its own writes it sees at once.
 OBJECT_STORE_POLL_S = 1.0
 
+# Small files are merged every this many commits (see DeltaTables._maybe_compact), into files
+# of up to this size (a merged file is not rewritten once it is this large).
+AUTO_COMPACT_EVERY = 100
+COMPACT_TARGET_BYTES = 32 * 2**20
+
 # Concurrent commits to one table race for the next log version; the loser re-reads the log and
 # tries again. 8 writers appending in a loop lose a race about once in 40 commits (measured).
 COMMIT_ATTEMPTS = 40
+
+log = logging.getLogger(__name__)
 
 _last_stamp = 0
 _stamp_lock = threading.Lock()
@@ -164,6 +172,7 @@ class DeltaTables:
                                 storage_options=None if not isinstance(target, str)
                                 else self.options)
                 self.touched(name)  # our own commit: the next look reads the log
+                self._maybe_compact(name)
                 return
             except Exception as exc:  # delta-rs raises several types for a lost race
                 if not _is_conflict(exc) or attempt >= COMMIT_ATTEMPTS:
@@ -185,6 +194,20 @@ class DeltaTables:
                 if not _is_conflict(exc) or attempt >= COMMIT_ATTEMPTS:
                     raise StoreError(f"could not delete from {self.uri(name)}: {exc}") from exc
                 table.update_incremental()
+
+    def _maybe_compact(self, name: str) -> None:
+        """Merge small files every AUTO_COMPACT_EVERY versions, by whichever writer commits that
+        version. An append costs time in the number of live files (delta-rs: 14 ms at 100
+        files, 44 ms at 400, measured), so this keeps a registration O(1) as the table grows.
+        Best effort: the merge is an optimisation, a failed one leaves the table as it was."""
+        table = self.table(name, refresh=False)
+        if table is None or table.version() % AUTO_COMPACT_EVERY:
+            return
+        try:
+            table.optimize.compact(target_size=COMPACT_TARGET_BYTES)
+        except Exception as exc:  # e.g. a concurrent compaction won the race
+            log.info("compaction of %s skipped: %s", self.uri(name), exc)
+        self.touched(name)
 
     def touched(self, name: str) -> None:
         """This process changed the table: the next version() reads its log."""

@@ -48,41 +48,66 @@ class FingerprintFeed:
             listing["max_key"].to_pylist())))
         new = [path for path in live if path not in self._files]
         gone = [path for path in self._files if path not in live]
-        orphans = set()  # tasks whose newest row was in a file that is gone
+        moved: dict[str, tuple] = {}  # task -> stamp of its newest row, whose file went away
         for path in gone:
             for task, _ in self._files.pop(path):
                 if self._winner.get(task, (None, None))[1] == path:
-                    orphans.add(task)
-                    del self._winner[task]
+                    moved[task] = self._winner.pop(task)[0]
+        # The new files' keys first (three small columns): a compaction rewrites rows this
+        # view already holds, which only move; only rows newer than what it holds are decoded.
         to_read = [path for path in new if self._wanted(*live[path])]
         for path in new:
             self._files[path] = []
-        fresh: dict[str, Fingerprint] = {}
-        for path, fp, stamp in self.store.read_fingerprint_files(to_read, self.space_id,
-                                                                 self.keep_key):
-            self._files[path].append((fp.task_id, stamp))
-            current = self._winner.get(fp.task_id)
-            if current is None or stamp > current[0]:
-                self._winner[fp.task_id] = (stamp, path)
-                fresh[fp.task_id] = fp
-        files_read = len(to_read)
-        # A task whose newest file went away (a delete, or a compaction that rewrote it and
-        # whose new file we read above) falls back to its newest remaining row, if any.
-        lost = orphans - set(fresh)
-        fallback: dict[str, tuple[tuple, str]] = {}
+        # A file of one row (a registration) is read whole at once; larger ones (bulk writes,
+        # compactions) by their keys first.
+        singles = [path for path in to_read if live[path][0] == 1]
+        several = [path for path in to_read if live[path][0] != 1]
+        decoded: dict[tuple, Fingerprint] = {}
+        rows_of: dict[str, list] = {path: [] for path in singles}
+        for path, fp, stamp in self.store.read_fingerprint_files(singles, self.space_id):
+            decoded[(fp.task_id, stamp)] = fp
+            rows_of[path].append((fp.task_id, None, stamp))
+        rows_of.update(zip(several, self.store.read_fingerprint_keys(several)))
+        newest: dict[str, tuple[tuple, str]] = {}
+        for path, rows in rows_of.items():
+            for task, key, stamp in rows:
+                if key is not None and self.keep_key is not None and not self.keep_key(key):
+                    continue
+                self._files[path].append((task, stamp))
+                if task not in newest or stamp > newest[task][0]:
+                    newest[task] = (stamp, path)
+        decode: dict[str, set] = {}  # file -> (task, stamp) rows to decode
+        for task, (stamp, path) in newest.items():
+            held = self._winner.get(task, (moved.get(task), None))[0]
+            if held is not None and stamp == held:  # the same row, rewritten elsewhere
+                self._winner[task] = (stamp, path)
+            elif held is None or stamp > held:
+                decode.setdefault(path, set()).add((task, stamp))
+        # A task whose newest row went away and came back nowhere (a delete) falls back to
+        # its newest remaining row, if any.
+        lost = {task for task in moved if task not in self._winner and task not in
+                {t for rows in decode.values() for t, _ in rows}}
         for path, rows in self._files.items():
             for task, stamp in rows:
-                if task in lost and (task not in fallback or stamp > fallback[task][0]):
-                    fallback[task] = (stamp, path)
-        reread = sorted({path for _, path in fallback.values()})
-        for path, fp, stamp in self.store.read_fingerprint_files(reread, self.space_id,
-                                                                 self.keep_key):
-            if fallback.get(fp.task_id) == (stamp, path):
+                if task in lost and (task not in self._winner or stamp > self._winner[task][0]):
+                    self._winner[task] = (stamp, path)
+        for task in lost & set(self._winner):
+            stamp, path = self._winner.pop(task)
+            decode.setdefault(path, set()).add((task, stamp))
+        fresh = []
+        for path, rows in decode.items():
+            for task, stamp in [row for row in rows if row in decoded]:
+                self._winner[task] = (stamp, path)
+                fresh.append(decoded[(task, stamp)])
+        paths = sorted(path for path, rows in decode.items() if rows - decoded.keys())
+        rows_to_decode = {row for rows in decode.values() for row in rows} - decoded.keys()
+        for path, fp, stamp in self.store.read_fingerprint_files(
+                paths, self.space_id, lambda task, stamp: (task, stamp) in rows_to_decode):
+            if (fp.task_id, stamp) in decode[path]:
                 self._winner[fp.task_id] = (stamp, path)
-                fresh[fp.task_id] = fp
-        files_read += len(reread)
-        removed = sorted(lost - set(fallback))
-        return FingerprintChanges(list(fresh.values()), removed, files_read)
+                fresh.append(fp)
+        removed = sorted(task for task in moved if task not in self._winner)
+        return FingerprintChanges(fresh, removed, len(to_read) + len(paths))
 
     def _wanted(self, rows: int, min_key: str | None, max_key: str | None) -> bool:
         if self.keep_key is None or rows != 1 or min_key is None or min_key != max_key:
@@ -91,12 +116,9 @@ class FingerprintFeed:
 
     def current(self) -> list[Fingerprint]:
         """Every fingerprint in the view, read again from their files (to rebuild an index)."""
-        by_file: dict[str, set[str]] = {}
-        for task, (_, path) in self._winner.items():
-            by_file.setdefault(path, set()).add(task)
-        out = []
-        for path, fp, stamp in self.store.read_fingerprint_files(sorted(by_file), self.space_id,
-                                                                 self.keep_key):
-            if self._winner.get(fp.task_id) == (stamp, path):
-                out.append(fp)
-        return sorted(out, key=lambda fp: fp.task_id)
+        wanted = {(task, stamp) for task, (stamp, _) in self._winner.items()}
+        paths = sorted({path for _, path in self._winner.values()})
+        found = self.store.read_fingerprint_files(
+            paths, self.space_id, lambda task, stamp: (task, stamp) in wanted)
+        unique = {fp.task_id: fp for _, fp, _ in found}
+        return sorted(unique.values(), key=lambda fp: fp.task_id)

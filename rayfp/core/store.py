@@ -177,18 +177,32 @@ class Store:
                          "min_key": files[f"min.{TASK_KEY}"],
                          "max_key": files[f"max.{TASK_KEY}"]})
 
-    def read_fingerprint_files(self, paths: Sequence[str], space_id: str,
-                               keep_key=None) -> list[tuple[str, Fingerprint, tuple[int, str]]]:
-        """(file, fingerprint, write stamp) of every row of these data files whose task key
-        ``keep_key`` accepts (all when None)."""
+    def read_fingerprint_keys(self, paths: Sequence[str]
+                              ) -> list[list[tuple[str, str, tuple[int, str]]]]:
+        """(task id, task key, write stamp) of every row of each data file: three small
+        columns, the counts are not decoded."""
+        out = []
+        for table in self.tables.read_files(FINGERPRINTS_TABLE, paths,
+                                            [schemas.TASK_ID, TASK_KEY, STAMP, WRITE_ID]):
+            out.append(list(zip(table[schemas.TASK_ID].to_pylist(), table[TASK_KEY].to_pylist(),
+                                zip(table[STAMP].to_pylist(), table[WRITE_ID].to_pylist()))))
+        return out
+
+    def read_fingerprint_files(self, paths: Sequence[str], space_id: str, wanted=None
+                               ) -> list[tuple[str, Fingerprint, tuple[int, str]]]:
+        """(file, fingerprint, write stamp) of the rows of these data files; only the rows
+        whose (task id, stamp) ``wanted`` accepts are decoded (all when None)."""
         out = []
         for path, table in zip(paths, self.tables.read_files(FINGERPRINTS_TABLE, paths)):
             _check_version(table, f"{self.tables.uri(FINGERPRINTS_TABLE)}/{path}")
-            if keep_key is not None:
-                table = table.filter(pa.array([keep_key(k) for k in
-                                               table.column(TASK_KEY).to_pylist()], pa.bool_()))
             table = _as_fingerprint_rows(table, space_id)
-            stamps = zip(table.column(STAMP).to_pylist(), table.column(WRITE_ID).to_pylist())
+            stamps = list(zip(table.column(STAMP).to_pylist(),
+                              table.column(WRITE_ID).to_pylist()))
+            if wanted is not None:
+                keep = [wanted(task, stamp) for task, stamp in
+                        zip(table.column(schemas.TASK_ID).to_pylist(), stamps)]
+                table = table.filter(pa.array(keep, pa.bool_()))
+                stamps = [stamp for stamp, kept in zip(stamps, keep) if kept]
             for fp, stamp in zip(_fingerprints_of(table.drop_columns([STAMP, WRITE_ID])),
                                  stamps):
                 out.append((path, fp, stamp))
