@@ -203,7 +203,7 @@ def test_eight_concurrent_writers_lose_nothing_and_duplicate_nothing(store, tmp_
     go.touch()
     compactions = 0
     while any(p.poll() is None for p in procs):
-        store.compact()  # concurrently with the writers: it must not hide their appends
+        store.compact()  # beside the writers: it may give way, it must never lose a row
         compactions += 1
     assert [p.wait() for p in procs] == [0] * writers and compactions >= 1
     expected = {f"w{i}-{j:02d}": (i, j) for i in range(writers) for j in range(count)}
@@ -213,7 +213,7 @@ def test_eight_concurrent_writers_lose_nothing_and_duplicate_nothing(store, tmp_
         again = random_fingerprint(np.random.default_rng(list(expected[fp.task_id])), space,
                                    fp.task_id)
         assert np.array_equal(fp.counts, again.counts)
-    store.compact()
+    assert None not in store.compact().values()  # alone, it completes
     raw = DeltaTable(store.root / "fingerprints").to_pyarrow_table(columns=["task_id"])
     assert raw.num_rows == len(expected)  # no row written twice, the stale one folded away
     tasks = store.read_table("tasks")

@@ -34,6 +34,9 @@ def cmd_store(args: argparse.Namespace) -> int:
     elif args.action == "compact":
         removed = Store(args.store).compact()
         print(json.dumps({"superseded_rows_removed": removed}))
+        gave_way = sorted(name for name, rows in removed.items() if rows is None)
+        if gave_way:
+            print(f"gave way to concurrent writers on {', '.join(gave_way)}: run it again")
     else:
         for commit in Store(args.store).history()[:args.n]:
             print(f"version {commit.get('version')}  {commit.get('timestamp')}  "

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,14 +29,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayfp.core import schemas
-from rayfp.core.delta import STAMP, WRITE_ID, DeltaTables, check_not_legacy, newest_per_key, stamp_columns
+from rayfp.core.delta import (
+    AUTO_COMPACT_EVERY,
+    COMPACT_TARGET_BYTES,
+    STAMP,
+    WRITE_ID,
+    DeltaTables,
+    check_not_legacy,
+    newest_per_key,
+    stamp_columns,
+)
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, released_epsilon
 from rayfp.core.parts import TaskPart
 from rayfp.core.replicates import ViewTable
 from rayfp.errors import ConfigError, NotFoundError, SpaceMismatchError, StoreError
 from rayfp.registry import look_up
 
+log = logging.getLogger(__name__)
+
 SPACES_TABLE = "spaces"
+MAX_FILES_PER_MERGE = 500  # one merge commit rewrites at most this many small files
 FINGERPRINTS_TABLE = "fingerprints"
 TASK_KEY = "task_key"
 
@@ -153,6 +167,8 @@ class Store:
                                       for f in _FINGERPRINT_ROWS}, schema=_FINGERPRINT_ROWS)
         self.tables.append(FINGERPRINTS_TABLE, stamp_columns(table),
                            partition_by=[schemas.SPACE_ID])
+        for space_id in sorted({fp.space_id for fp in fps}):
+            self._after_write(FINGERPRINTS_TABLE, space_id)
 
     def delete_fingerprint(self, space_id: str, task_id: str) -> int:
         """Remove a task's fingerprint from a space (one commit; older versions keep it until
@@ -375,33 +391,79 @@ class Store:
                               f"{spec.schema.names}: {exc}") from exc
         if rows:
             self.tables.append(spec.name, stamp_columns(new))
+            self._after_write(spec.name)
         return len(rows)
 
     # -- maintenance --------------------------------------------------------------------------
-    def compact(self) -> dict[str, int]:
-        """Fold superseded rows away and merge small files, table by table. Safe beside
-        writers: it deletes only the rows it saw superseded (by write id), and Delta's optimize
-        rewrites files without touching concurrent appends. History stays until vacuumed."""
-        removed = {}
-        keys = {SPACES_TABLE: (schemas.SPACE_ID,),
+    def _keys(self) -> dict[str, tuple[str, ...]]:
+        return {SPACES_TABLE: (schemas.SPACE_ID,),
                 FINGERPRINTS_TABLE: (schemas.SPACE_ID, schemas.TASK_ID),
                 **{spec.name: spec.key for spec in schemas.TABLES.values()}}
-        for name, key in keys.items():
-            table = self.tables.read(name)
-            if table is None:
-                continue
-            if name == FINGERPRINTS_TABLE:
-                table = table.select([*key, STAMP, WRITE_ID])
-            newest = set(newest_per_key(table.select([*key, STAMP, WRITE_ID]).append_column(
-                "_id", table[WRITE_ID]), key)["_id"].to_pylist())
-            stale = [w for w in table[WRITE_ID].to_pylist() if w not in newest]
-            for start in range(0, len(stale), 1000):
-                ids = ", ".join(f"'{_hex(w)}'" for w in stale[start:start + 1000])
-                self.tables.delete(name, f"{WRITE_ID} IN ({ids})")
-            self.tables.table(name).optimize.compact()
-            self.tables.touched(name)
-            removed[name] = len(stale)
-        return removed
+
+    def compact(self, *, superseded: bool = True) -> dict[str, int | None]:
+        """Merge each table's small files into one (per space) and, with ``superseded``, drop
+        the rows a newer row of their key replaced. Safe beside writers: each step is one
+        commit that fails, changing nothing, if a concurrent commit added data; it is then
+        planned again, a few times. History stays readable until the table is vacuumed.
+        Returns the superseded rows dropped per table; None where it gave way to writers
+        (run it again when they are quieter)."""
+        dropped: dict[str, int | None] = {}
+        for name, key in self._keys().items():
+            spaces = self.space_ids() if name == FINGERPRINTS_TABLE else [None]
+            try:
+                dropped[name] = sum(self._compact_part(name, key, space_id, superseded)
+                                    for space_id in spaces)
+            except StoreError as exc:
+                log.warning("compaction of %s gave way to concurrent writers: %s", name, exc)
+                dropped[name] = None
+        return dropped
+
+    def _after_write(self, name: str, space_id: str | None = None) -> None:
+        """Every AUTO_COMPACT_EVERY commits the writer that made it merges small files, so a
+        registration's cost stays flat as the table grows. Best effort: under contention it
+        gives way (and the next one tries again)."""
+        version = self.tables.version(name)
+        if version is not None and version > 0 and version % AUTO_COMPACT_EVERY == 0:
+            try:
+                self._compact_part(name, self._keys()[name], space_id, False, attempts=1)
+            except StoreError as exc:
+                log.info("merging small files of %s skipped: %s", name, exc)
+
+    def _compact_part(self, name: str, key: Sequence[str], space_id: str | None,
+                      superseded: bool, *, attempts: int = 5) -> int:
+        partition = (schemas.SPACE_ID, space_id) if space_id is not None else None
+        for attempt in range(1, attempts + 1):
+            files = self.tables.files(name, partition)
+            if files.num_rows == 0:
+                return 0
+            small = files.filter(pc.less(files["size_bytes"], COMPACT_TARGET_BYTES))
+            small_paths = small["path"].to_pylist()[:MAX_FILES_PER_MERGE]
+            stale: set[str] = set()
+            if superseded:
+                keys = self.tables.read(name, partition=partition,
+                                        columns=[*key, STAMP, WRITE_ID])
+                newest = newest_per_key(keys.append_column("_id", keys[WRITE_ID]), key)
+                stale = set(keys[WRITE_ID].to_pylist()) - set(newest["_id"].to_pylist())
+            if len(small_paths) < 2 and not stale:
+                return 0
+            rows = self.tables.read_files(name, small_paths)
+            merged = pa.concat_tables(rows, promote_options="permissive") if rows else None
+            ids = set(stale)
+            if merged is not None:
+                if partition is not None:
+                    merged = merged.append_column(partition[0], pa.array(
+                        [partition[1]] * merged.num_rows, pa.string()))
+                ids |= set(merged[WRITE_ID].to_pylist())
+                merged = merged.filter(pa.array([w not in stale for w in
+                                                 merged[WRITE_ID].to_pylist()], pa.bool_()))
+            try:
+                self.tables.overwrite_rows(name, merged, sorted(ids), partition=partition)
+                return len(stale)
+            except StoreError:
+                if attempt == attempts:
+                    raise
+                time.sleep(0.05 * attempt)
+        return 0
 
     def summary(self, *, privacy: bool = False) -> dict[str, Any]:
         """Counts per space and per table, for `rayfp show`; with ``privacy``, each space's
