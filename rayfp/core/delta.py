@@ -275,7 +275,7 @@ class DeltaTables:
     def read_files(self, name: str, paths: Sequence[str], columns: Sequence[str] | None = None,
                    *, threads: int = 4) -> list[pa.Table]:
         """Several data files, in parallel (Parquet decoding releases the GIL)."""
-        if len(paths) < 8:
+        if len(paths) < 2:
             return [self.read_file(name, p, columns) for p in paths]
         with ThreadPoolExecutor(max_workers=threads) as pool:
             return list(pool.map(lambda p: self.read_file(name, p, columns), paths))

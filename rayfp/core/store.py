@@ -217,8 +217,9 @@ class Store:
             if wanted is not None:
                 keep = [wanted(task, stamp) for task, stamp in
                         zip(table.column(schemas.TASK_ID).to_pylist(), stamps)]
-                table = table.filter(pa.array(keep, pa.bool_()))
-                stamps = [stamp for stamp, kept in zip(stamps, keep) if kept]
+                if not all(keep):  # a filter copies every count: only when it drops rows
+                    table = table.filter(pa.array(keep, pa.bool_()))
+                    stamps = [stamp for stamp, kept in zip(stamps, keep) if kept]
             for fp, stamp in zip(_fingerprints_of(table.drop_columns([STAMP, WRITE_ID])),
                                  stamps):
                 out.append((path, fp, stamp))
