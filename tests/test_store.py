@@ -285,3 +285,27 @@ def test_a_reader_sees_every_commit_of_another_writer_at_once(store, rng):
         store.put_fingerprint(random_fingerprint(rng, space, f"u{i}"))  # back to back
         assert reader.fingerprint_version() == store.fingerprint_version() == 2 * i + 1
         assert len(reader.fingerprints(space.space_id)) == 2 * i + 2
+
+
+def test_compact_then_vacuum_keeps_the_present_and_drops_old_history(store, rng, capsys):
+    from rayfp.cli.main import main as rayfp_cli
+
+    space = make_space()
+    store.put_space(space)
+    first = random_fingerprint(rng, space, "t", n=300)
+    store.put_fingerprint(first)
+    other = random_fingerprint(rng, space, "u", n=500)
+    store.put_fingerprint(other)
+    before = store.fingerprint_version()
+    store.put_fingerprint(random_fingerprint(rng, space, "t", n=900))
+    assert rayfp_cli(["store", "compact", str(store.root)]) == 0
+    assert '"fingerprints": 1' in capsys.readouterr().out  # the superseded row of t
+    assert {fp.task_id: fp.n_samples for fp in store.fingerprints(space.space_id)} == {
+        "t": 900, "u": 500}
+    assert len(store.fingerprint_files(space.space_id)) == 1  # merged into one file
+    old = store.fingerprints(space.space_id, version=before)  # history, before the vacuum
+    assert [fp.n_samples for fp in old if fp.task_id == "t"] == [300]
+    assert rayfp_cli(["store", "vacuum", str(store.root), "--retention-hours", "0"]) == 0
+    assert {fp.task_id for fp in Store(store.root).fingerprints(space.space_id)} == {"t", "u"}
+    with pytest.raises(StoreError, match="unreadable"):
+        Store(store.root).fingerprints(space.space_id, version=before)

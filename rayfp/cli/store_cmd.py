@@ -1,4 +1,4 @@
-"""`rayfp store migrate|compact|history`: keeping a store's Delta tables."""
+"""`rayfp store migrate|compact|vacuum|history`: keeping a store's Delta tables."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ def add_parser(sub) -> None:
     q = actions.add_parser("compact", help="fold superseded rows away and merge small files "
                                            "(safe while others write; history stays)")
     q.add_argument("store", help="a store folder or s3:// URI")
+    q = actions.add_parser("vacuum", help="delete data files older versions need: history older "
+                                          "than the retention becomes unreadable")
+    q.add_argument("store", help="a store folder or s3:// URI")
+    q.add_argument("--retention-hours", type=int, default=168,
+                   help="keep every version younger than this (default 168, a week)")
     q = actions.add_parser("history", help="the fingerprint table's commits, newest first")
     q.add_argument("store", help="a store folder or s3:// URI")
     q.add_argument("-n", type=int, default=20, help="how many commits (default 20)")
@@ -37,6 +42,9 @@ def cmd_store(args: argparse.Namespace) -> int:
         gave_way = sorted(name for name, rows in removed.items() if rows is None)
         if gave_way:
             print(f"gave way to concurrent writers on {', '.join(gave_way)}: run it again")
+    elif args.action == "vacuum":
+        deleted = Store(args.store).vacuum(args.retention_hours)
+        print(json.dumps({"data_files_deleted": deleted}))
     else:
         for commit in Store(args.store).history()[:args.n]:
             print(f"version {commit.get('version')}  {commit.get('timestamp')}  "

@@ -48,6 +48,7 @@ from rayfp.registry import look_up
 log = logging.getLogger(__name__)
 
 SPACES_TABLE = "spaces"
+VACUUM_RETENTION_HOURS = 168  # Delta's default: a week of history
 MAX_FILES_PER_MERGE = 500  # one merge commit rewrites at most this many small files
 FINGERPRINTS_TABLE = "fingerprints"
 TASK_KEY = "task_key"
@@ -418,6 +419,23 @@ class Store:
                 log.warning("compaction of %s gave way to concurrent writers: %s", name, exc)
                 dropped[name] = None
         return dropped
+
+    def vacuum(self, retention_hours: int = VACUUM_RETENTION_HOURS) -> dict[str, int]:
+        """Delete the data files no version younger than ``retention_hours`` needs: history
+        older than that becomes unreadable. Below a week, a writer slower than the retention
+        could lose a file it has written and not yet committed. Returns files deleted per
+        table."""
+        if retention_hours < 0:
+            raise ConfigError(f"retention must be >= 0 hours, got {retention_hours}")
+        deleted = {}
+        for name in self._keys():
+            table = self.tables.table(name)
+            if table is not None:
+                deleted[name] = len(table.vacuum(
+                    retention_hours=retention_hours, dry_run=False,
+                    enforce_retention_duration=retention_hours >= VACUUM_RETENTION_HOURS))
+                self.tables.touched(name)
+        return deleted
 
     def _after_write(self, name: str, space_id: str | None = None) -> None:
         """Every AUTO_COMPACT_EVERY commits the writer that made it merges small files, so a
