@@ -314,10 +314,6 @@ class DeltaTables:
                 [schema.field(c) for c in columns if c in schema.names]).empty_table()
         return pa.concat_tables(tables, promote_options="permissive")
 
-    def exists(self) -> bool:
-        if self.object_store:
-            return True
-        return Path(self.root).is_dir()
 
 
 def _unquote(path: str) -> str:

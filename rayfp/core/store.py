@@ -59,6 +59,8 @@ _FINGERPRINT_ROWS = pa.schema([
     pa.field(schemas.SPACE_ID, pa.string()), pa.field(TASK_KEY, pa.string()),
     *[pa.field(f.name, pa.list_(pa.int32())) if f.name == schemas.COUNTS else f
       for f in schemas.FINGERPRINTS]])
+_STAMPED_ROWS = _FINGERPRINT_ROWS.append(pa.field(STAMP, pa.int64())).append(
+    pa.field(WRITE_ID, pa.string()))  # as the table holds them
 _COUNT_MAX = np.iinfo(np.int32).max
 
 
@@ -74,10 +76,6 @@ def task_key(task_id: str) -> str:
     return hashlib.sha256(task_id.encode()).hexdigest()[:24]
 
 
-def _row_to_fingerprint(row: Mapping[str, Any]) -> Fingerprint:
-    return Fingerprint.from_record(row)
-
-
 def _fingerprints_of(table: pa.Table) -> list[Fingerprint]:
     """Fingerprints from rows of the fingerprint table (counts decoded without Python lists)."""
     out = []
@@ -86,7 +84,7 @@ def _fingerprints_of(table: pa.Table) -> list[Fingerprint]:
     for i, row in enumerate(scalars):
         row[schemas.COUNTS] = counts[i].values.to_numpy(zero_copy_only=False)
         row[schemas.FEATURE_SUM] = sums[i].values.to_numpy(zero_copy_only=False)
-        out.append(_row_to_fingerprint(row))
+        out.append(Fingerprint.from_record(row))
     return out
 
 
@@ -101,6 +99,7 @@ class Store:
             check_not_legacy(self.root)
         self._spaces: dict[str, FingerprintSpace] = {}
         self._read_cache: dict[str, tuple[int, pa.Table]] = {}
+        self._epsilons: dict[str, tuple[int | None, dict]] = {}  # space -> (version, ε by task)
         self._cache_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -257,8 +256,7 @@ class Store:
         tables = [_as_fingerprint_rows(t, space_id) for t in self.tables.read_files(
             FINGERPRINTS_TABLE, mine["path"].to_pylist())]
         if not tables:
-            return _FINGERPRINT_ROWS.append(pa.field(STAMP, pa.int64())).append(
-                pa.field(WRITE_ID, pa.string())).empty_table()
+            return _STAMPED_ROWS.empty_table()
         table = pa.concat_tables(tables)
         return table.filter(pc.equal(table[schemas.TASK_ID], task_id))
 
@@ -285,10 +283,17 @@ class Store:
         return [] if table is None else table.history()
 
     def release_epsilons(self, space_id: str) -> dict[str, float | None]:
-        """Task id -> the ε its fingerprint was released at (None: exact counts)."""
+        """Task id -> the ε its fingerprint was released at (None: exact counts); read again
+        only after the fingerprint table changed (`rayfp show`, the cloud's /v1/spaces)."""
+        version = self.fingerprint_version()
+        cached = self._epsilons.get(space_id)
+        if cached is not None and cached[0] == version:
+            return dict(cached[1])
         rows = self._fingerprint_rows(space_id, columns=["privacy"])
-        return {task: released_epsilon(json.loads(privacy or "{}")) for task, privacy in
-                sorted(zip(rows[schemas.TASK_ID].to_pylist(), rows["privacy"].to_pylist()))}
+        epsilons = {task: released_epsilon(json.loads(privacy or "{}")) for task, privacy in
+                    sorted(zip(rows[schemas.TASK_ID].to_pylist(), rows["privacy"].to_pylist()))}
+        self._epsilons[space_id] = (version, epsilons)
+        return dict(epsilons)
 
     # -- parts of tasks pooled over several sites, kept until all have arrived ----------------
     def _parts_dir(self, space_id: str, task_id: str) -> Path:
@@ -508,7 +513,7 @@ def _as_fingerprint_rows(table: pa.Table, space_id: str,
         table = table.drop_columns([schemas.SPACE_ID])
     table = table.add_column(0, schemas.SPACE_ID, pa.array([space_id] * table.num_rows,
                                                            pa.string()))
-    names = [*_FINGERPRINT_ROWS.names, STAMP, WRITE_ID]
+    names = _STAMPED_ROWS.names
     return table.select([n for n in names if columns is None or n in columns
                          or n == schemas.SPACE_ID])
 
