@@ -167,6 +167,9 @@ def test_every_kernels_error_bound_holds_and_auto_keeps_the_fastest(sources):
         assert (np.abs(approx - exact) <= error).all(), name
         assert (error[:, 0] < 1e-2 * exact[:, 0]).all(), name  # and the bound is useful
         np.testing.assert_array_equal(matrix.counts(np.array([3, 7])), counts[[3, 7]])
+        # the re-rank's float64 products of a few rows, with every query at once
+        np.testing.assert_allclose(matrix.exact_products(np.array([7, 3]), queries.T),
+                                   exact[[7, 3]], rtol=1e-12, atol=0)
     fake = {"int8-gemm": 2.0, "float32-torch": 1.0, "float32-numpy": 3.0, "uint8-numba": 4.0}
     chosen, timings = choose_kernel(fake.get)
     assert chosen == "float32-torch" and timings == fake
