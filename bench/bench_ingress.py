@@ -126,11 +126,18 @@ def child(args: argparse.Namespace) -> int:
     for space_id in work["spaces"]:  # hub flags are measured once, in the background after the
         floor.request("GET", f"/v1/spaces/{space_id}")  # first query: this waits for them
     empty = [floor.request("GET", "/v1/health")[0] for _ in range(200)]
+    def batches() -> tuple[int, int]:  # (batches ranked, queries) of the replica answering
+        counted = floor.request("GET", "/v1/health")[1].get("batches", {})
+        return counted.get("ranked", 0), counted.get("queries", 0)
+
     out = {"mode": args.child, "shards": args.shards, "ready_s": ready_s,
            "kernel": ",".join(sorted({v["kernel"] for v in kernel.values()})),
            "health_p50": float(np.percentile(empty, 50)),
-           "one": measure(port, bodies, work["wanted"], args.queries, 1),
-           "eight": measure(port, bodies, work["wanted"], args.queries * 2, 8)}
+           "one": measure(port, bodies, work["wanted"], args.queries, 1)}
+    before = batches()
+    out["eight"] = measure(port, bodies, work["wanted"], args.queries * 2, 8)
+    after = batches()
+    out["eight"]["batch"] = (after[1] - before[1]) / max(1, after[0] - before[0])
     serve.shutdown()
     ray.shutdown()
     print("RESULT " + json.dumps(out), flush=True)
@@ -197,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"1 client p50 {one['p50']:.1f} ms, p99 {one['p99']:.1f} ms "
                              f"(in the app {one['app']:.1f}, ranking {one['rank']:.1f}); "
                              f"8 clients p50 {eight['p50']:.1f} ms, p99 {eight['p99']:.1f} ms, "
-                             f"{eight['qps']:.0f} queries/s (in the app {eight['app']:.1f}); "
+                             f"{eight['qps']:.0f} queries/s (in the app {eight['app']:.1f}, "
+                             f"{eight.get('batch', 0):.1f} queries a batch); "
                              f"kernel {r['kernel'] or 'on shards'}; empty GET p50 "
                              f"{r['health_p50']:.1f} ms; identical to exhaustive top-5: "
                              f"{one['identical'] and eight['identical']}"))

@@ -235,10 +235,14 @@ def test_oversized_bodies_get_413_not_500(cloud):
 def test_concurrent_queries_are_batched_and_identical(cloud):
     client = CloudClient(cloud["url"])
     targets = cloud["known"][:5] * 4
+    before = http(cloud, "GET", "/v1/health")[1]["batches"]
     sequential = [client.nearest(fingerprint=fp, k=2)["neighbours"] for fp in targets[:5]]
     with ThreadPoolExecutor(max_workers=8) as pool:
         parallel = list(pool.map(lambda fp: client.nearest(fingerprint=fp, k=2)["neighbours"],
                                  targets))
+    after = http(cloud, "GET", "/v1/health")[1]["batches"]
+    assert after["queries"] - before["queries"] == 25  # every query went through the batcher
+    assert 1 <= after["ranked"] - before["ranked"] <= 25
     for i, answer in enumerate(parallel):  # a GEMM and a GEMV agree to rounding
         expected = sequential[i % 5]
         assert [n["task_id"] for n in answer] == [n["task_id"] for n in expected]

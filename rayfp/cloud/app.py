@@ -3,8 +3,8 @@
 
     serve run serve/config.yaml          # or: rayfp serve --store STORE
 Handlers parse, call rayfp.cloud.knowledge / rayfp.cloud.recommend, and format; no science
-here. Concurrent nearest-task queries are batched (@serve.batch) and handed to
-KnowledgeBase.nearest_many, which ranks each space and metric with one GEMM.
+here. Concurrent nearest-task queries are batched (rayfp.cloud.batching) and handed to
+KnowledgeBase.nearest_many, which ranks each space and metric in one pass over its index.
 """
 
 
@@ -13,6 +13,7 @@ import hmac
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -22,6 +23,7 @@ from ray import serve
 from ray.serve import Application
 
 from rayfp import defaults
+from rayfp.cloud.batching import QueryBatcher
 from rayfp.cloud.knowledge import KnowledgeBase, Neighbour
 from rayfp.cloud.models import (
     AppArgs,
@@ -96,7 +98,27 @@ class RequestSizeLimit:
         return await self.app(scope, counted, send)
 
 
+class NearestInFlight:
+    """Counts the nearest-task requests inside this replica, from their first byte (before
+    FastAPI parses the body) to their last: the batcher's sign that other queries are coming."""
+
+    count = 0
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope.get("path", "").endswith("/v1/nearest"):
+            return await self.app(scope, receive, send)
+        NearestInFlight.count += 1
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            NearestInFlight.count -= 1
+
+
 api.add_middleware(RequestSizeLimit)
+api.add_middleware(NearestInFlight)
 
 
 def require_token(request: Request, credentials: Annotated[
@@ -129,9 +151,12 @@ class _Timings:
         return ", ".join(f"{name};dur={seconds * 1e3:.3f}" for name, seconds in entries)
 
 
+MAX_BATCH = 32
+
+
 # max_ongoing_requests >= the batch size, or Serve holds queries back at the proxy (default 5)
 # and a batch can never fill.
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32)
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=MAX_BATCH)
 @serve.ingress(api)
 class KnowledgeCloud:
     """The ingress. With shard handles (a sharded cloud), ranking is fanned out to them and
@@ -146,6 +171,8 @@ class KnowledgeCloud:
         api.state.token = args.token
         api.state.max_request_bytes = args.max_request_bytes
         self.fan_out = ShardFanOut(shards) if shards else None
+        self.batcher = QueryBatcher(self._rank, in_flight=lambda: NearestInFlight.count,
+                                    max_batch=MAX_BATCH)
         self.kb = KnowledgeBase(args.store, min_images=args.min_images, kernel=args.kernel,
                                 max_epsilon=args.max_epsilon,
                                 hubness_queries=0 if shards else args.hubness_queries)
@@ -172,11 +199,8 @@ class KnowledgeCloud:
         self.kb.admit(fp)
         return fp
 
-    # No waiting for a fuller batch: queries that arrive while one batch is ranked form the
-    # next one; a 2 ms wait measured as 2 ms more latency for a single client.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
-    async def _nearest_batch(self, queries: list[tuple[Fingerprint, int, str]]
-                             ) -> list[list[Neighbour]]:
+    async def _rank(self, queries: Sequence[tuple[Fingerprint, int, str]]
+                    ) -> list[list[Neighbour]]:
         if self.fan_out is not None:
             return await self.fan_out.nearest_many(queries)
         return self.kb.nearest_many(queries)
@@ -218,11 +242,11 @@ class KnowledgeCloud:
         if query.fingerprint is not None:
             fp = self._fingerprint(query.fingerprint, task_id="<query>")
             timings.mark("decode")
-            found = await self._nearest_batch((fp, k, metric))
+            found = await self.batcher.submit((fp, k, metric))
         else:
             fp = self.kb.stored_fingerprint(query.task_id, query.space_id)
             found = (self.kb.nearest_imported(query.task_id, k=k, metric=metric) if fp is None
-                     else await self._nearest_batch((fp, k, metric)))
+                     else await self.batcher.submit((fp, k, metric)))
         timings.mark("rank")
         return found, metric, k, None
 
@@ -236,7 +260,8 @@ class KnowledgeCloud:
     async def health(self) -> dict[str, Any]:
         """Each space's index (kernel, sources, bytes); a sharded cloud lists every shard's."""
         out = {"status": "ok", "spaces": len(self.kb.store.space_ids()), "cpu": self.cpu,
-               "replica": serve.get_replica_context().replica_id.unique_id}
+               "replica": serve.get_replica_context().replica_id.unique_id,
+               "batches": {"ranked": self.batcher.batches, "queries": self.batcher.queries}}
         if self.fan_out is not None:
             return {**out, "shards": await self.fan_out.describe()}
         return {**out, "kernels": self.kb.describe()}
