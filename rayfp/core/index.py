@@ -342,10 +342,10 @@ class ScreenedIndex:
         approx = lse_term - inner
         error = error + FLOAT_SLACK * np.abs(lse_term)
         candidates = []
+        live = np.flatnonzero(self.alive)
         for j, target in enumerate(targets):
-            rows = np.flatnonzero(self.alive)
-            if exclude_self:
-                rows = rows[self._ids[rows] != target.task_id]
+            own = self._row_of.get(target.task_id) if exclude_self else None
+            rows = live if own is None else live[live != own]
             kk = min(k, len(rows))
             if kk == 0:
                 candidates.append(rows[:0])
