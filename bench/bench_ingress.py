@@ -127,7 +127,8 @@ def child(args: argparse.Namespace) -> int:
         floor.request("GET", f"/v1/spaces/{space_id}")  # first query: this waits for them
     empty = [floor.request("GET", "/v1/health")[0] for _ in range(200)]
     def batches() -> tuple[int, int]:  # (batches ranked, queries) of the replica answering
-        counted = floor.request("GET", "/v1/health")[1].get("batches", {})
+        # a new connection: the server closes one left idle while the clients ran
+        counted = Client(port).request("GET", "/v1/health")[1].get("batches", {})
         return counted.get("ranked", 0), counted.get("queries", 0)
 
     out = {"mode": args.child, "shards": args.shards, "ready_s": ready_s,
