@@ -114,9 +114,18 @@ def child(args: argparse.Namespace) -> int:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
     started = time.perf_counter()
-    serve.run(build_app({"store": args.store, "token": "x", "min_images": 1,
-                         "max_epsilon": None, "shards": args.shards,
-                         "shard_cpus": 1.0 / args.shards}), name="bench", route_prefix="/")
+    app_args = {"store": args.store, "token": "x", "min_images": 1, "max_epsilon": None,
+                "shards": args.shards, "shard_cpus": 1.0 / args.shards}
+    if args.replicas > 1:  # the 2 CPUs split between replicas, one ranking thread each
+        from rayfp.cloud.app import KnowledgeCloud
+        from rayfp.cloud.models import AppArgs
+
+        app = KnowledgeCloud.options(
+            num_replicas=args.replicas, ray_actor_options={"num_cpus": 2 / args.replicas}
+        ).bind(AppArgs(**app_args, threads=max(1, 2 // args.replicas)))
+    else:
+        app = build_app(app_args)
+    serve.run(app, name="bench", route_prefix="/")
     ready_s = time.perf_counter() - started
     work = json.loads(Path(args.work).read_text())
     bodies = [body.encode() for body in work["bodies"]]
@@ -177,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checked", type=int, default=10, help="distinct query fingerprints")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--label", default="", help="added to the section title (a rerun)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="ingress replicas (one shard only; HAProxy balances them)")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -191,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.modes:
                 command = [sys.executable, "-m", "bench.bench_ingress", "--child", mode,
                            "--store", str(store), "--work", str(work), "--shards", str(shards),
-                           "--queries", str(args.queries)]
+                           "--queries", str(args.queries), "--replicas", str(args.replicas)]
                 done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
                 lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
                 if done.returncode or not lines:
@@ -201,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 r = json.loads(lines[-1][len("RESULT "):])
                 one, eight = r["one"], r["eight"]
-                rows.append((f"{args.sources:,} sources, {shards} shard(s), {mode}",
+                replicas = f", {args.replicas} replicas" if args.replicas > 1 else ""
+                rows.append((f"{args.sources:,} sources, {shards} shard(s){replicas}, {mode}",
                              f"1 client p50 {one['p50']:.1f} ms, p99 {one['p99']:.1f} ms "
                              f"(in the app {one['app']:.1f}, ranking {one['rank']:.1f}); "
                              f"8 clients p50 {eight['p50']:.1f} ms, p99 {eight['p99']:.1f} ms, "

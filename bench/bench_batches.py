@@ -1,0 +1,97 @@
+"""The index's cost per query, alone and in batches, against what memory allows.
+
+    python -m bench.bench_batches [--sources 1000 10000] [--no-write]
+
+Synthetic sources (D = 512, B = 100, as bench_ingress), the uint8-numba kernel, 2 threads. Per
+size: a lone query's whole top-5 search; a batch of T through top_k_many (four queries per pass
+over the index) against the same T queries one after another; and the time to merely stream
+the index's bytes once (a numba sum over the uint8 counts), the floor of a lone query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from bench.bench_core import synthetic_space, write_section
+from bench.bench_shards import make_fingerprint
+from rayfp.core.index import ScreenedIndex
+from rayfp.core.kernels import configure_threads
+
+TITLE = "Lookup batches: the index per query, alone and four per pass"
+
+
+def median_ms(run, repeats: int) -> float:
+    times = []
+    for r in range(repeats):
+        started = time.perf_counter()
+        run(r)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times)) * 1e3
+
+
+def stream_ms(counts: np.ndarray, repeats: int = 9) -> float:
+    """One read of every byte of the index, summed (2 threads): what memory bandwidth allows."""
+    import numba
+
+    @numba.njit(parallel=True, nogil=True)
+    def row_sums(a, out):  # pragma: no cover - compiled
+        for s in numba.prange(a.shape[0]):
+            row = a[s]
+            total = np.uint32(0)
+            for i in range(row.shape[0]):
+                total += row[i]
+            out[s] = total
+
+    out = np.empty(len(counts), np.uint32)
+    row_sums(counts, out)
+    return median_ms(lambda _: row_sums(counts, out), repeats)
+
+
+def bench_size(n_sources: int, queries: list) -> list[tuple[str, str]]:
+    space = synthetic_space(512, 100)
+    index = ScreenedIndex([make_fingerprint(space, f"task-{i}") for i in range(n_sources)],
+                          kernel="uint8-numba")
+    counts = index.segments[0].rows.counts.low
+    floor = stream_ms(counts)
+    index.top_k_many(queries[:8], 5)  # warm-up: compilation, pools
+    repeats = 15 if n_sources <= 1000 else 5
+    lone = median_ms(lambda r: index.top_k(queries[r % len(queries)], 5), repeats)
+    label = f"{n_sources:,} sources ({counts.nbytes / 2**20:.0f} MiB of uint8 counts)"
+    rows = [(f"{label}, lone query", f"{lone:.1f} ms (streaming the counts once: {floor:.1f} ms, "
+                                     f"{counts.nbytes / floor / 1e6:.1f} GB/s)")]
+    for size in (2, 4, 8, 16):
+        batch = queries[:size]
+        together = median_ms(lambda _, batch=batch: index.top_k_many(batch, 5),
+                             max(3, repeats // 2))
+        apart = median_ms(lambda _, batch=batch: [index.top_k(q, 5) for q in batch],
+                          max(3, repeats // 2))
+        rows.append((f"{label}, batch of {size}",
+                     f"{together / size:.2f} ms a query together, {apart / size:.2f} ms one "
+                     f"after another ({apart / together:.1f}x)"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sources", type=int, nargs="+", default=[1000, 10_000])
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    configure_threads(2)
+    space = synthetic_space(512, 100)
+    queries = [make_fingerprint(space, f"query-{10**9 + i}") for i in range(16)]
+    rows = []
+    for n_sources in args.sources:
+        rows += bench_size(n_sources, queries)
+        for row in rows[-5:]:
+            print(row, flush=True)
+    if not args.no_write:
+        write_section(rows, TITLE, "python -m bench.bench_batches --sources "
+                      + " ".join(map(str, args.sources)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
