@@ -227,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         label = f", {args.label}" if args.label else ""
         write_section(rows, f"{TITLE} ({args.sources:,} sources{label})",
                       f"python -m bench.bench_ingress --sources {args.sources} --modes "
-                      + " ".join(args.modes) + " --shards " + " ".join(map(str, args.shards)))
+                      + " ".join(args.modes) + " --shards " + " ".join(map(str, args.shards))
+                      + (f" --replicas {args.replicas}" if args.replicas > 1 else "")
+                      + (f" --label '{args.label}'" if args.label else ""))
     return 0
 
 

@@ -100,7 +100,9 @@ class RequestSizeLimit:
 
 class NearestInFlight:
     """Counts the nearest-task requests inside this replica, from their first byte (before
-    FastAPI parses the body) to their last: the batcher's sign that other queries are coming."""
+    FastAPI parses the body) to their last: the batcher's sign that other queries are coming.
+    Queries with replicates count too, though they are ranked apart; a batch waits for them no
+    longer than the batcher's bound."""
 
     count = 0
 
