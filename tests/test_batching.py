@@ -66,19 +66,38 @@ def test_arrivals_during_a_batch_form_the_next_and_the_batch_size_is_capped():
     assert ranker.batches == [[100], [0, 1, 2], [3, 4, 5], [6]]
 
 
-def test_a_failed_batch_fails_every_query_in_it_and_the_next_batch_runs():
-    async def scenario():
-        ranker = Ranker(fail=True)
-        batcher = QueryBatcher(ranker, in_flight=lambda: 3, max_wait_s=0.5)
-        results = await asyncio.gather(*(batcher.submit(q) for q in range(3)),
-                                       return_exceptions=True)
-        ranker.fail = False
-        again = await asyncio.gather(*(batcher.submit(q) for q in range(3)))
-        return results, again
+def test_one_bad_query_fails_alone_and_the_rest_of_its_batch_is_answered():
+    class PicksyRanker(Ranker):
+        async def __call__(self, queries):
+            self.batches.append(list(queries))
+            if 13 in queries:
+                raise ValueError("query 13 is in no space here")
+            return [2 * q for q in queries]
 
-    results, again = asyncio.run(scenario())
-    assert all(isinstance(r, ValueError) and "gone" in str(r) for r in results)
-    assert again == [0, 2, 4]
+    async def scenario():
+        ranker = PicksyRanker()
+        batcher = QueryBatcher(ranker, in_flight=lambda: 3, max_wait_s=0.5)
+        results = await asyncio.gather(*(batcher.submit(q) for q in (1, 13, 2)),
+                                       return_exceptions=True)
+        again = await asyncio.gather(*(batcher.submit(q) for q in (3, 4, 5)))
+        return ranker, results, again
+
+    ranker, results, again = asyncio.run(scenario())
+    assert results[0] == 2 and results[2] == 4
+    assert isinstance(results[1], ValueError) and "13" in str(results[1])
+    assert ranker.batches[:4] == [[1, 13, 2], [1], [13], [2]]  # the batch, then each alone
+    assert again == [6, 8, 10] and ranker.batches[4:] == [[3, 4, 5]]
+
+
+def test_a_lone_query_that_fails_gets_its_error():
+    async def scenario():
+        batcher = QueryBatcher(Ranker(fail=True), in_flight=lambda: 1)
+        with pytest.raises(ValueError, match="gone"):
+            await batcher.submit(1)
+        return batcher
+
+    batcher = asyncio.run(scenario())
+    assert batcher.batches == 1
 
 
 def test_a_batch_does_not_wait_past_its_bound_for_queries_that_never_come():

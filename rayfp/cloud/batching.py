@@ -15,6 +15,9 @@ request's first byte, before its body is parsed):
   (the requests parsed right after a batch catch up), after ``max_wait_s`` at most, or at
   ``max_batch`` queries.
 
+If a batch fails, each of its queries is ranked again alone, so one bad query gets its own
+error and the others their answers.
+
 The ranking function runs on the event loop (it blocks it, as @serve.batch's did): requests
 that arrive meanwhile are parsed after it, and join the next batch.
 """
@@ -85,13 +88,28 @@ class QueryBatcher(Generic[Query, Answer]):
                 del self._waiting[:self.max_batch]
                 try:
                     answers = await self._run([query for query, _ in batch])
-                except Exception as exc:  # every query of the batch gets the error
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                except Exception as exc:
+                    if len(batch) == 1:
+                        _settle_future(batch[0][1], exception=exc)
+                        continue
+                    # One bad query must not fail the others: each is ranked again alone
+                    # and gets its own answer or error.
+                    for query, future in batch:
+                        try:
+                            _settle_future(future, answer=(await self._run([query]))[0])
+                        except Exception as alone:
+                            _settle_future(future, exception=alone)
                 else:
                     for (_, future), answer in zip(batch, answers):
-                        if not future.done():  # the client may have gone
-                            future.set_result(answer)
+                        _settle_future(future, answer=answer)
         finally:
             self._busy = False
+
+
+def _settle_future(future: asyncio.Future, *, answer=None, exception=None) -> None:
+    if future.done():  # the request went away (its client disconnected)
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        future.set_result(answer)
