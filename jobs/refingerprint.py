@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--space", help="target space id")
     target.add_argument("--backbone", help="target = the newest space of this backbone")
     p.add_argument("--dry-run", action="store_true", help="list the work, change nothing")
+    p.add_argument("--archive", help="an archive (one folder per task) holding the private "
+                                     "tasks, whose stores keep no file locations")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=8, help="canonical frames per actor call")
@@ -84,7 +86,7 @@ def _run(args, store, target, items, log) -> int:
                           []).append(item)
     for (samples, seed, min_images, privacy), group in sorted(groups.items(),
                                                               key=lambda g: repr(g[0])):
-        files = [f for item in group for f in files_for(item)]
+        files = [f for item in group for f in files_for(item, archive=args.archive)]
         config = ArchiveJobConfig(
             store=args.store, samples=samples, seed=seed, min_images=min_images,
             privacy=privacy,

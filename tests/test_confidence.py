@@ -18,6 +18,7 @@ from rayfp.core.replicates import (
     ViewTable,
     bootstrap_weights,
     multiplicity_norm,
+    poisson_bound,
     subsample_weights,
 )
 from rayfp.core.store import Store
@@ -122,7 +123,7 @@ def test_exact_replicates_are_free_and_private_ones_are_accounted():
     spec = PrivacySpec(epsilon=1.0, seed=9)
     replicates, record = query_replicates(table, private, SPACE, replicates=16, spec=spec,
                                           resample_seed=5, resampling="bootstrap")
-    factor = multiplicity_norm(bootstrap_weights(IMAGES, 16, 5))
+    factor = poisson_bound(16)  # public: the bound on one image's keyed multiplicities
     base_dp = private.privacy["dp"]
     assert record["dp"]["sigma_counts"] == pytest.approx(base_dp["sigma_counts"] * factor)
     # Two Gaussian mechanisms of equal multiplier at ε = 1 each: more than 1, less than 2.
@@ -137,6 +138,8 @@ def test_exact_replicates_are_free_and_private_ones_are_accounted():
                ({**record, "n_images": IMAGES + 1}, "images"),
                ({**record, "replicates": 3}, "the record says"),
                ({**record, "resampling": "jackknife"}, "unknown resampling"),
+               ({**record, "dp": {k: v for k, v in record["dp"].items() if k != "weights"}},
+                "older rayfp"),
                ({"replicates": 16, "n_images": IMAGES, "resampling": "bootstrap"},
                 "malformed")]
     for bad, reason in refused:

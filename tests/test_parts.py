@@ -11,7 +11,7 @@ from conftest import make_space
 from rayfp.cloud.knowledge import KnowledgeBase
 from rayfp.core.fingerprint import PartialCounts, finalize
 from rayfp.core.parts import PartPlan, TaskPart, check_parts, parse_part
-from rayfp.core.sampling import sample_plan
+from rayfp.core.sampling import KEYED_PLAN, keyed_plan, sample_plan
 from rayfp.core.store import Store
 from rayfp.errors import ConfigError, ConflictError, SpaceMismatchError
 from rayfp.privacy.mechanism import PrivacySpec
@@ -30,12 +30,17 @@ def _features(plan, offset: int, images: np.ndarray) -> np.ndarray:
                    + 0.05 * plan.flip[:, None], 0, 1)
 
 
+def _contents(images: np.ndarray, offset: int, count: int) -> list[bytes]:
+    """Each image's content digest (what the inventory computes from its pixels)."""
+    return [images[i].tobytes() for i in range(offset, offset + count)]
+
+
 def _parts(spec: PrivacySpec, *, noise_share: str = "full", task: str = "pooled"):
     images = np.random.default_rng(0).random((sum(COUNTS), SPACE.dim)) * 0.8
     plan = PartPlan(task, COUNTS, SAMPLES, seed=11, plan=spec.plan)
     parts = []
     for k in range(1, len(COUNTS) + 1):
-        drawn = plan.views_of(k)
+        drawn = plan.views_of(k, _contents(images, plan.offset(k), COUNTS[k - 1]))
         partial = PartialCounts.from_features(_features(drawn, plan.offset(k), images), SPACE,
                                               clip_sum=spec.private)
         parts.append(release_part(partial, SPACE, plan=plan, part=k, spec=spec,
@@ -57,6 +62,26 @@ def test_the_parts_split_the_task_plan_exactly():
     for bad in ("4/3", "x", "0/2"):
         with pytest.raises(ConfigError):
             parse_part(bad)
+
+
+@pytest.mark.parametrize("samples", [SAMPLES, 601, 17])  # M | N, N mod M != 0, N < M
+def test_keyed_parts_hold_the_task_views_from_their_own_images(samples):
+    images = np.random.default_rng(0).random((sum(COUNTS), SPACE.dim))
+    plan = PartPlan("t", COUNTS, samples, seed=3, plan=KEYED_PLAN)
+    shares = [plan.views_of(k, _contents(images, plan.offset(k), COUNTS[k - 1]))
+              for k in (1, 2, 3)]
+    assert [len(s) for s in shares] == [plan.views_in(k) for k in (1, 2, 3)]
+    assert sum(len(s) for s in shares) == samples
+    cap = -(-samples // sum(COUNTS))
+    for share in shares:  # no image above the task's cap, whichever part holds it
+        assert np.bincount(share.image_index).max() <= cap
+    with pytest.raises(ConfigError, match="content of its 7 units"):
+        plan.views_of(1)
+    if samples % sum(COUNTS) == 0:  # then the merge is the single-site keyed plan of the union
+        whole = keyed_plan(_contents(images, 0, sum(COUNTS)), samples, 3)
+        merged = np.concatenate([_features(s, plan.offset(k), images)
+                                 for k, s in enumerate(shares, start=1)])
+        assert np.array_equal(np.sort(merged, axis=0), np.sort(_features(whole, 0, images), axis=0))
 
 
 def test_exact_parts_merge_to_the_single_site_fingerprint(tmp_path):
@@ -87,7 +112,7 @@ def test_private_parts_merge_into_a_release_the_policy_accepts():
             one_site.privacy["dp"]["sigma_part"] * factor)
         assert part_sigma == pytest.approx(one_site.privacy["dp"]["sigma_part"] * (
             1 if share == "full" else 1 / np.sqrt(3)))
-    with pytest.raises(ConfigError, match="balanced"):
+    with pytest.raises(ConfigError, match="keyed"):
         release_part(PartialCounts.empty(SPACE), SPACE, part=1, spec=PrivacySpec(),
                      plan=PartPlan("t", COUNTS, SAMPLES, 0, "paper"))
 

@@ -12,7 +12,13 @@ import pytest
 from conftest import make_space
 
 from rayfp.core.fingerprint import Fingerprint, PartialCounts
-from rayfp.core.sampling import BALANCED_PLAN, sample_plan, views_per_image_cap
+from rayfp.core.sampling import (
+    BALANCED_PLAN,
+    KEYED_PLAN,
+    keyed_plan,
+    sample_plan,
+    views_per_image_cap,
+)
 from rayfp.errors import ConfigError, PrivacyPolicyError
 from rayfp.privacy.audit import AuditConfig, run_audit
 from rayfp.privacy.mechanism import (
@@ -32,10 +38,11 @@ from rayfp.privacy.synthetic import TaskFamilies, synthetic_space
 
 
 @pytest.mark.parametrize("n_images, n_samples", [(7, 100), (200, 10_000), (500, 300)])
-def test_the_balanced_plan_bounds_every_image(n_images, n_samples):
-    plan = sample_plan(n_images, n_samples, 3, plan=BALANCED_PLAN)
+def test_the_keyed_plan_bounds_every_image(n_images, n_samples):
+    contents = [i.to_bytes(4, "little") for i in range(n_images)]
+    plan = keyed_plan(contents, n_samples, 3)
     per_image = np.bincount(plan.image_index, minlength=n_images)
-    cap = views_per_image_cap(n_images, n_samples, plan=BALANCED_PLAN)
+    cap = views_per_image_cap(n_images, n_samples, plan=KEYED_PLAN)
     assert per_image.max() == cap == math.ceil(n_samples / n_images)
     assert per_image.max() - per_image.min() <= 1 and per_image.sum() == n_samples
     paper_cap = views_per_image_cap(n_images, n_samples, plan="paper", seed=3)
@@ -82,7 +89,7 @@ def test_a_private_release_is_a_valid_fingerprint_with_its_record():
     assert ((mean >= space.edges_lo - 1e-9) & (mean <= space.edges_hi + 1e-9)).all()
     dp = record["dp"]
     assert (dp["epsilon"], dp["delta"], dp["views_per_image_cap"], dp["plan"]) == (
-        2.0, 1e-6, 5, BALANCED_PLAN)
+        2.0, 1e-6, 5, KEYED_PLAN)
     assert record["dp_epsilon"] == 2.0 and record["min_images"] == 50
     assert dp["noise"].startswith("seeded")
     assert spec_from_record(record) == PrivacySpec(epsilon=2.0)  # re-fingerprinting keeps it
@@ -129,7 +136,8 @@ def test_the_policy_checks_epsilon_and_the_record():
     check_privacy(dataclasses.replace(fp, privacy={}), space, max_epsilon=None)  # no policy
     bad = [({}, "exact counts"), ({"epsilon": 9.0}, "at most ε = 8"),
            ({"sigma_counts": 1.0}, "below the"), ({"views_per_image_cap": 1}, "at least 4"),
-           ({"delta": 0.01}, "at most 1e-05"), ({"mechanism": "laplace"}, "gaussian")]
+           ({"delta": 0.01}, "at most 1e-05"), ({"mechanism": "laplace"}, "gaussian"),
+           ({"plan": BALANCED_PLAN}, "follow the file order")]
     for change, message in bad:
         privacy = {} if not change else {**record, "dp": {**record["dp"], **change},
                                          "dp_epsilon": change.get("epsilon", 4.0)}

@@ -222,7 +222,8 @@ def fingerprint_archive(inventories: dict[str, TaskInventory], space: Fingerprin
             todo.append(task_id)
     work = [item for t in todo for item in plan_work(
         inventories[t], samples=config.samples, seed=config.seed, plan=config.privacy.plan,
-        drawn=config.site_parts[t][0].views_of(config.site_parts[t][1])
+        drawn=config.site_parts[t][0].views_of(config.site_parts[t][1],
+                                               inventories[t].unit_contents())
         if t in config.site_parts else None)]
     expected = expected_views(work)
     totals: dict[str, PartialCounts] = {}

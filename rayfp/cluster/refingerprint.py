@@ -30,7 +30,8 @@ class RefingerprintItem:
     privacy: PrivacySpec
 
     def describe(self) -> str:
-        where = self.source.get("archive") or ", ".join(self.source.get("inputs", [])) or "?"
+        where = (self.source.get("archive") or ", ".join(self.source.get("inputs", []))
+                 or ("a private task's images: --archive" if "location" in self.source else "?"))
         return (f"{self.task_id}: from space {self.from_space}, {self.samples} views, seed "
                 f"{self.seed}, images from {where}")
 
@@ -71,9 +72,20 @@ def plan_refingerprint(store: Store, target: FingerprintSpace) -> list[Refingerp
     return items
 
 
-def files_for(item: RefingerprintItem) -> list[ImageSource]:
-    """The task's image files, from the recorded source."""
+def files_for(item: RefingerprintItem, *, archive: str | None = None) -> list[ImageSource]:
+    """The task's image files, from the recorded source; a private task records none, so its
+    files come from ``archive`` (an archive whose task folders hold it)."""
     kind = item.source.get("kind")
+    if "location" in item.source:
+        if not archive:
+            raise ConfigError(
+                f"task {item.task_id!r} is private: its store keeps no file names or folders. "
+                "Give the archive that holds it (jobs/refingerprint.py --archive ROOT), or "
+                f"run `rayfp fingerprint PATHS --task-id {item.task_id} --space NEW` by hand")
+        files = [f for f in list_archive(archive) if f.task_id == item.task_id]
+        if not files:
+            raise ConfigError(f"task {item.task_id!r}: no folder of that name in {archive}")
+        return files
     if kind == "rayfp-archive-job":
         return [f for f in list_archive(item.source["archive"]) if f.task_id == item.task_id]
     if kind == "rayfp-cli":

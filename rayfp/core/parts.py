@@ -1,10 +1,16 @@
 """A task fingerprinted in parts, one per site, merged exactly.
 
-The sites announce their image counts M_1..M_K and agree on one seed. The task's plan is the
-single-site plan of all M = ΣM_k images in part order (part 1's images first, each part's in its
-inventory order): every site draws it and keeps the views of its own images, with their crops
-and flips. Counts add, so the merged counts equal a single site's fingerprint of the union taken
-in that order (tested).
+The sites announce their image counts M_1..M_K and agree on one seed.
+
+- Private parts use the keyed plan (rayfp.core.sampling): every unit of the task gets
+  q = floor(N/M) views drawn from its own key, and the r = N mod M extra views are shared out
+  over the parts by their sizes (largest remainders, a public rule), so part k holds
+  N_k = q·M_k + r_k views and no part needs another site's images. Replacing a unit changes
+  only its own part, within the bound of a single-site release (cap = ceil(N/M)). When M
+  divides N the merge equals a single site's keyed fingerprint of the union (tested).
+- Exact parts keep the paper's plan: the single-site plan of all M images in part order (part
+  1's images first), every site keeping the views of its own images; the merged counts equal a
+  single site's fingerprint of the union taken in that order (tested).
 
 With differential privacy each part carries noisy counts over the release bins, not yet
 projected (projection is not additive); the merge sums them, then projects and spreads once.
@@ -28,7 +34,7 @@ import numpy as np
 
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
 from rayfp.core.npzfile import load_npz, save_npz
-from rayfp.core.sampling import SamplePlan, sample_plan
+from rayfp.core.sampling import KEYED_PLAN, SamplePlan, extra_views, keyed_plan, sample_plan
 from rayfp.errors import ConfigError, SpaceMismatchError
 
 FORMAT = "rayfp-part-1"
@@ -43,7 +49,7 @@ class PartPlan:
     image_counts: tuple[int, ...]  # M_k of parts 1..K
     samples: int
     seed: int
-    plan: str  # the sampling plan (paper / balanced)
+    plan: str  # the sampling plan (paper for exact parts, keyed for private ones)
 
     def __post_init__(self) -> None:
         if not self.image_counts or min(self.image_counts) < 1:
@@ -65,8 +71,33 @@ class PartPlan:
         if not 1 <= part <= self.parts:
             raise ConfigError(f"part must be in 1..{self.parts}, got {part}")
 
-    def views_of(self, part: int) -> SamplePlan:
-        """Part ``part``'s share of the task's views, indexed into its own image list."""
+    def views_in(self, part: int) -> int:
+        """How many of the task's N views part ``part`` holds (public: from M_k, N, seed)."""
+        self.check_part(part)
+        if self.plan != KEYED_PLAN:
+            return len(self.views_of(part))
+        q, r = extra_views(self.total_images, self.samples)
+        return q * self.image_counts[part - 1] + self._extra_shares(r)[part - 1]
+
+    def _extra_shares(self, r: int) -> list[int]:
+        """r extra views over the parts in proportion to M_k, largest remainders first (ties
+        to the earlier part); never more than M_k to a part since r < M."""
+        exact = [r * m / self.total_images for m in self.image_counts]
+        shares = [int(x) for x in exact]
+        by_remainder = sorted(range(self.parts), key=lambda k: (-(exact[k] - shares[k]), k))
+        for k in by_remainder[:r - sum(shares)]:
+            shares[k] += 1
+        return shares
+
+    def views_of(self, part: int, contents: Sequence[bytes] | None = None) -> SamplePlan:
+        """Part ``part``'s share of the task's views, indexed into its own unit list.
+        ``contents``: its units' content digests (the keyed plan draws from them)."""
+        self.check_part(part)
+        if self.plan == KEYED_PLAN:
+            if contents is None or len(contents) != self.image_counts[part - 1]:
+                raise ConfigError(f"part {part} of {self.task_id!r}: the keyed plan needs the "
+                                  f"content of its {self.image_counts[part - 1]} units")
+            return keyed_plan(contents, self.views_in(part), self.seed)
         whole = sample_plan(self.total_images, self.samples, self.seed, plan=self.plan)
         start = self.offset(part)
         mine = (whole.image_index >= start) & (whole.image_index < start + self.image_counts[
@@ -190,7 +221,7 @@ def validate_part(part: TaskPart, space: FingerprintSpace) -> None:
     if part.space_id != space.space_id:
         raise SpaceMismatchError(f"part {part.part} is in space {part.space_id}, not "
                                  f"{space.space_id}")
-    expected = len(part.plan.views_of(part.part))
+    expected = part.plan.views_in(part.part)
     if part.n_views != expected:
         raise ConfigError(f"part {part.part} of {part.task_id!r} holds {part.n_views} views; "
                           f"its plan gives it {expected}")
@@ -240,10 +271,35 @@ def check_compatible(parts: Sequence[TaskPart]) -> None:
                 "noise_share"):
             raise ConfigError(f"parts of {p.task_id!r} were released differently (exact / "
                               "private, noise share): release them all alike")
+    check_same_release(parts)
     numbers = sorted(p.part for p in parts)
     twice = sorted({a for a, b in zip(numbers, numbers[1:]) if a == b})
     if twice:
         raise ConfigError(f"part(s) {twice} of {first.task_id!r} arrived twice")
+
+
+# What every part of one private task must state alike: a merge is as private as its weakest
+# part, so parts released differently (another ε, less noise, another cap) are refused.
+RELEASE_FIELDS = ("mechanism", "epsilon", "delta", "unit", "plan", "views_per_image_cap",
+                  "release_bins", "mean", "sigma_counts", "sigma_part")
+
+
+def check_same_release(parts: Sequence[TaskPart]) -> None:
+    """Raise ConfigError unless every private part's record states the same release."""
+    private = [p for p in parts if p.private]
+    if not private:
+        return
+    first = private[0]
+    for p in private[1:]:
+        for field in RELEASE_FIELDS:
+            a, b = first.privacy["dp"].get(field), p.privacy["dp"].get(field)
+            same = (math.isclose(float(a), float(b), rel_tol=1e-9)
+                    if isinstance(a, int | float) and isinstance(b, int | float) else a == b)
+            if not same:
+                raise ConfigError(
+                    f"parts {first.part} and {p.part} of {p.task_id!r} state another release "
+                    f"({field}: {a!r} and {b!r}); every part must be released with the same "
+                    "ε, δ, plan and noise: release the odd one again")
 
 
 def merge_exact_parts(parts: Sequence[TaskPart], space: FingerprintSpace) -> PartialCounts:

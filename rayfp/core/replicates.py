@@ -9,14 +9,19 @@ resampling drew their image, histogrammed by one sparse product instead of a new
 - subsamples (m of M images without replacement): how a smaller task would have looked, for
   `rayfp stability`.
 
-Resampling weights depend only on (M, R, seed), never on the images: the service can recompute
-them from the seed, which is what makes a private release of replicates checkable (PRIVACY.md).
+Exact replicates draw multinomial weights from (M, R, seed). Private replicates draw each
+image's multiplicities from that image's own key (Poisson(1), truncated to a public norm bound):
+replacing one image then changes its own multiplicities only, whatever the file order, and the
+service checks the noise against the public bound (docs/privacy.md, "Replicates").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +83,12 @@ class ViewTable:
         np.add.at(sums, image_of_view, features.astype(np.float64))
         return cls(space.space_id, task_id, images, image_of_view, bins, sums)
 
+    def anonymised(self) -> ViewTable:
+        """The same table with each image named by a random nonce instead of its file name: what
+        a store keeps (no file names, no content hashes), and the key private replicates draw
+        an image's multiplicities from."""
+        return dataclasses.replace(self, images=tuple(os.urandom(16).hex() for _ in self.images))
+
     def save(self, path: str | os.PathLike) -> Path:
         return save_npz(path, FORMAT, {"space_id": self.space_id, "task_id": self.task_id,
                                        "images": list(self.images)},
@@ -129,6 +140,33 @@ def bootstrap_weights(n_images: int, replicates: int, seed: int) -> np.ndarray:
         raise ConfigError(f"need replicates >= 1 and images >= 1, got {replicates}, {n_images}")
     rng = np.random.default_rng(seed)
     return rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=replicates)
+
+
+def poisson_bound(replicates: int) -> float:
+    """The public bound L on an image's multiplicity norm ||c_i||_2 over R keyed Poisson
+    replicates: E||c||^2 = 2R, sd sqrt(11R); L^2 = 2R + 4 sd (draws above it are redrawn)."""
+    return math.sqrt(2 * replicates + 4 * math.sqrt(11 * replicates))
+
+
+def keyed_poisson_weights(image_keys: Sequence[str], replicates: int, seed: int) -> np.ndarray:
+    """(R, M) multiplicities of a private release's replicates: image i's R multiplicities are
+    Poisson(1) draws from (its key, seed) alone, redrawn until their L2 norm is at most
+    :func:`poisson_bound` (R). ``image_keys``: the view table's per-image keys (random
+    nonces made when the views were kept, so no content hash is stored)."""
+    if replicates < 1 or not image_keys:
+        raise ConfigError(f"need replicates >= 1 and images >= 1, got {replicates}, "
+                          f"{len(image_keys)}")
+    bound2 = poisson_bound(replicates) ** 2
+    out = np.zeros((replicates, len(image_keys)), np.int64)
+    for i, key in enumerate(image_keys):
+        digest = hashlib.sha256(f"rayfp/replicates/v1/{seed}/{key}".encode()).digest()
+        rng = np.random.default_rng(np.frombuffer(digest, np.uint32))
+        while True:
+            c = rng.poisson(1.0, replicates)
+            if c @ c <= bound2:
+                break
+        out[:, i] = c
+    return out
 
 
 def subsample_weights(n_images: int, size: int, draws: int, seed: int) -> np.ndarray:

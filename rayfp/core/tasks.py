@@ -18,10 +18,30 @@ def save_task_fingerprint(store: Store, partial: PartialCounts, *, task_id: str,
     fingerprint (replacing an older one in its space) and the task's row. ``source`` (JSON-able)
     records where the images came from, ``privacy`` how private the counts are."""
     fp = finalize(partial, task_id=task_id, n_images=n_images,
-                  source=json.dumps(dict(source)), privacy=privacy)
+                  source=json.dumps(stored_source(source, private=bool(privacy.get("dp")))),
+                  privacy=privacy)
     store.put_fingerprint(fp)
     record_task(store, task_id, modality=modality, n_images=n_images)
     return fp
+
+
+# What a private task's row may keep of its source: how it was made, never where from.
+_PUBLIC_SOURCE_FIELDS = ("kind", "seed", "job_id", "window", "slice_axes")
+WITHHELD = "withheld: a private task's store keeps no file names or folders"
+
+
+def stored_source(source: Mapping[str, Any], *, private: bool) -> dict[str, Any]:
+    """The ``source`` JSON a fingerprint row keeps. An exact (public-data) task keeps its
+    inputs, so re-fingerprinting finds them; a private task keeps only how it was made and how
+    many inputs it had: file names and folders in hospitals carry record numbers and names,
+    and the threat model includes a leaked store (docs/privacy.md)."""
+    if not private:
+        return dict(source)
+    kept = {k: source[k] for k in _PUBLIC_SOURCE_FIELDS if k in source}
+    if "inputs" in source:
+        kept["n_inputs"] = len(source["inputs"])
+    kept["location"] = WITHHELD
+    return kept
 
 
 def record_task(store: Store, task_id: str, *, modality: str, n_images: int) -> None:

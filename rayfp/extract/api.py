@@ -175,6 +175,6 @@ def fingerprint_part(paths: Sequence[str | os.PathLike], *, task_id: str, space_
     partial, _ = fingerprint_inventory(inventory, space, extractor, samples=samples, seed=seed,
                                        batch_size=batch_size, progress=progress,
                                        plan=privacy.plan, clip_sum=privacy.private,
-                                       drawn=plan.views_of(part))
+                                       drawn=plan.views_of(part, inventory.unit_contents()))
     return release_part(partial, space, plan=plan, part=part, spec=privacy,
                         noise_share=noise_share), inventory

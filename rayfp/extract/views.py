@@ -18,7 +18,7 @@ from tqdm import tqdm
 from rayfp import defaults
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts, bin_indices, clip_to_edges
 from rayfp.core.replicates import ViewTable
-from rayfp.core.sampling import BALANCED_PLAN, CROP_SIZE, PAPER_PLAN
+from rayfp.core.sampling import CROP_SIZE, KEYED_PLAN, PAPER_PLAN
 from rayfp.errors import SpaceMismatchError
 from rayfp.extract.backbones import FeatureExtractor
 from rayfp.io.image import DEFAULT_MAX_PIXELS
@@ -139,7 +139,7 @@ def fingerprint_inventory(task: TaskInventory, space: FingerprintSpace,
                 total = total + part
                 bar.update(part.n)
     units = [task.unit_key(task.images[i]) for i in task.unit_starts]
-    table = ViewTable.from_batches(space, task.task_id, views, images=units) \
+    table = ViewTable.from_batches(space, task.task_id, views, images=units).anonymised() \
         if keep_views else None
     return total, table
 
@@ -149,7 +149,7 @@ def view_bank(task: TaskInventory, extractor: FeatureExtractor, *, views: int, s
     """``views`` augmented views of every unit of the task (the privacy audit's population: a
     2-D image, or a volume whose views spread over its slices): (n_images, views, D) float32,
     units in inventory order."""
-    work = plan_work(task, samples=task.n_images * views, seed=seed, plan=BALANCED_PLAN)
+    work = plan_work(task, samples=task.n_images * views, seed=seed, plan=KEYED_PLAN)
     unit_of = np.searchsorted(task.unit_starts, np.arange(len(task.images)), side="right") - 1
     row_of = {(ref.path, ref.frame): int(unit_of[i]) for i, ref in enumerate(task.images)}
     bank = np.zeros((task.n_images, views, extractor.spec.feature_dim), np.float32)

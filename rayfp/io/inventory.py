@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -73,6 +74,9 @@ class FileRecord:
     instance: int = 0
     foreground: bool = True
     patient: str = ""  # DICOM Patient ID ("" when the file names none)
+    # Per frame: a digest of its decoded pixels. The keyed plan draws a unit's views from it,
+    # so they follow the image, not its file name or place. Kept in memory, never stored.
+    digests: list[str] = dataclasses.field(default_factory=list)
 
     def to_record(self) -> dict:
         return dataclasses.asdict(self)
@@ -97,11 +101,18 @@ def inventory_file(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     modality = source.modality or meta.modality or UNKNOWN_MODALITY
     record = FileRecord(source.path, source.task_id, len(frames), modality,
                         volume=meta.volume, window=source.window, axes=source.axes,
-                        patient=meta.patient)
+                        patient=meta.patient, digests=[pixel_digest(f.pixels) for f in frames])
     if meta.slice is None:
         return record
     return dataclasses.replace(record, **dataclasses.asdict(meta.slice),
                                foreground=is_foreground(frames[0].pixels))
+
+
+def pixel_digest(pixels: np.ndarray) -> str:
+    """A frame's content: sha256 of its decoded pixels, shape and dtype (hex, 128 bits)."""
+    pixels = np.ascontiguousarray(pixels)
+    head = f"{pixels.dtype.str}{pixels.shape}".encode()
+    return hashlib.sha256(head + pixels.tobytes()).hexdigest()[:32]
 
 
 @dataclasses.dataclass
@@ -118,6 +129,7 @@ class TaskInventory:
     windows: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> CT window
     axes: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> slice axes
     series: list[SeriesVolume] = dataclasses.field(default_factory=list)
+    digests: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # path -> per frame
 
     @property
     def n_images(self) -> int:
@@ -136,6 +148,23 @@ class TaskInventory:
         """What a view table and the privacy unit call the image's unit: the volume's key
         (a volume file's path, or "series:<Series Instance UID>"), else "path#frame"."""
         return self.units.get(ref.path) or f"{ref.path}#{ref.frame}"
+
+    def unit_contents(self) -> list[bytes]:
+        """Each unit's content digest, in unit order: sha256 over its images' pixel digests in
+        the unit's own order. What the keyed plan draws the unit's views from (never stored)."""
+        starts = self.unit_starts
+        ends = np.r_[starts[1:], len(self.images)]
+        out = []
+        for start, end in zip(starts, ends):
+            h = hashlib.sha256()
+            for ref in self.images[start:end]:
+                frames = self.digests.get(ref.path)
+                if not frames:
+                    raise ConfigError(f"{ref.path}: no content digest in the inventory; take it "
+                                      "with rayfp.io.inventory.inventory_file")
+                h.update(bytes.fromhex(frames[ref.frame]))
+            out.append(h.digest())
+        return out
 
     @property
     def series_problems(self) -> list:
@@ -233,7 +262,9 @@ def _add_file(task: TaskInventory, record: FileRecord) -> None:
 
 
 def _keep_decoding(task: TaskInventory, record: FileRecord) -> None:
-    """How the file was decoded, so its views are cut from the same frames."""
+    """How the file was decoded, so its views are cut from the same frames, and what it holds."""
+    if record.digests:
+        task.digests[record.path] = list(record.digests)
     if record.window:
         task.windows[record.path] = record.window
     if record.axes:

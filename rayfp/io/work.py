@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from rayfp.core.sampling import PAPER_PLAN, SamplePlan, sample_plan
+from rayfp.core.sampling import KEYED_PLAN, PAPER_PLAN, SamplePlan, keyed_plan, sample_plan
 from rayfp.io.canonical import canonicalize
 from rayfp.io.decode import decode_file
 from rayfp.io.image import DEFAULT_MAX_PIXELS
@@ -75,10 +75,10 @@ class SampledFrame:
 def plan_work(task: TaskInventory, *, samples: int, seed: int, plan: str = PAPER_PLAN,
               drawn: SamplePlan | None = None) -> list[WorkItem]:
     """One work item per file, in image order; the same plan whatever runs it. ``plan``:
-    ``paper`` (with replacement) or ``balanced`` (bounded views per image, for privacy).
-    ``drawn``: views drawn elsewhere (a site's share of a task in parts, rayfp.core.parts)."""
+    ``paper`` (with replacement) or ``keyed`` (each unit's views drawn from its own content,
+    for privacy). ``drawn``: views drawn elsewhere (a task in parts, rayfp.core.parts)."""
     if drawn is None:
-        drawn = sample_plan(task.n_images, samples, seed, plan=plan)  # over sampling units
+        drawn = draw_views(task, samples=samples, seed=seed, plan=plan)
     drawn = dataclasses.replace(drawn, image_index=task.images_of_views(drawn.image_index,
                                                                         drawn.slice_u))
     per_file: dict[str, dict[str, list]] = {}
@@ -92,6 +92,14 @@ def plan_work(task: TaskInventory, *, samples: int, seed: int, plan: str = PAPER
     return [WorkItem(task.task_id, path, **item, unit=task.units.get(path, ""),
                      window=task.windows.get(path, ""), axes=task.axes.get(path, ""))
             for path, item in per_file.items()]
+
+
+def draw_views(task: TaskInventory, *, samples: int, seed: int, plan: str = PAPER_PLAN
+               ) -> SamplePlan:
+    """The task's N views over its sampling units (unit indices in inventory order)."""
+    if plan == KEYED_PLAN:
+        return keyed_plan(task.unit_contents(), samples, seed)
+    return sample_plan(task.n_images, samples, seed, plan=plan)
 
 
 def sampled_frames(item: WorkItem, *, max_pixels: int = DEFAULT_MAX_PIXELS

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts, bin_indices, clip_to_edges
-from rayfp.core.sampling import sample_plan
+from rayfp.core.sampling import KEYED_PLAN, keyed_plan, sample_plan
 from rayfp.errors import ConfigError
 from rayfp.privacy.mechanism import PrivacySpec, privatize
 
@@ -101,8 +101,12 @@ class _Release:
     def __init__(self, bank: ViewBank, space: FingerprintSpace, config: AuditConfig,
                  rng: np.random.Generator) -> None:
         self.bank, self.space, self.config, self.rng = bank, space, config, rng
-        drawn = sample_plan(config.members, config.samples, config.seed,
-                            plan=config.privacy.plan)
+        if config.privacy.plan == KEYED_PLAN:  # slots stand for units: content = slot number
+            drawn = keyed_plan([i.to_bytes(8, "little") for i in range(config.members)],
+                               config.samples, config.seed)
+        else:
+            drawn = sample_plan(config.members, config.samples, config.seed,
+                                plan=config.privacy.plan)
         self.views_per_slot = np.bincount(drawn.image_index, minlength=config.members)
 
     def part(self, images: np.ndarray, slots: np.ndarray, attacker: bool = False, skip: int = 0

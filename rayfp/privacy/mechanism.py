@@ -35,7 +35,7 @@ import numpy as np
 
 from rayfp import defaults
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts, released_epsilon
-from rayfp.core.sampling import BALANCED_PLAN, views_per_image_cap
+from rayfp.core.sampling import KEYED_PLAN, views_per_image_cap
 from rayfp.errors import ConfigError
 from rayfp.privacy.noise import noise_source
 from rayfp.privacy.postprocess import coarsen, project_to_counts, spread
@@ -98,7 +98,7 @@ class PrivacySpec:
     @property
     def plan(self) -> str:
         """The sampling plan this release needs: bounded views per image when private."""
-        return BALANCED_PLAN if self.private else "paper"
+        return KEYED_PLAN if self.private else "paper"
 
     @classmethod
     def none(cls, *, unit: str = "image") -> PrivacySpec:
@@ -166,14 +166,14 @@ class PrivateRelease:
 
 def privatize(partial: PartialCounts, space: FingerprintSpace, *, n_images: int,
               spec: PrivacySpec) -> PrivateRelease:
-    """The (ε, δ) release of a task's exact counts, computed with the balanced plan and clipped
+    """The (ε, δ) release of a task's exact counts, computed with the keyed plan and clipped
     sums (``PartialCounts.from_features(..., clip_sum=True)``).
 
     counts: (D, B) int -> (D, B) int64 >= 0, each row summing to n; feature_sum: (D,) float64."""
     if partial.space_id != space.space_id:
         raise ConfigError(f"counts of space {partial.space_id} cannot be released in space "
                           f"{space.space_id}")
-    cap = views_per_image_cap(n_images, partial.n, plan=BALANCED_PLAN)
+    cap = views_per_image_cap(n_images, partial.n, plan=KEYED_PLAN)
     scale = calibrate(spec, space, cap)
     bins = spec.bins_for(space)
     noise = noise_source(spec.seed)
@@ -238,7 +238,7 @@ def release_record(spec: PrivacySpec, scale: NoiseScale, *, release_bins: int, n
     """What a private fingerprint records about its release (the `privacy` JSON's ``dp``)."""
     return {"mechanism": MECHANISM, "epsilon": spec.epsilon, "delta": spec.delta,
             "unit": spec.unit, "neighbours": "replace-one",
-            "plan": BALANCED_PLAN, "views_per_image_cap": scale.cap,
+            "plan": KEYED_PLAN, "views_per_image_cap": scale.cap,
             "mean": spec.mean, "release_bins": release_bins,
             "count_share": 1.0 - spec.sum_share,
             "clip": ("histogram: values outside the edges in the edge bins" +

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
-from rayfp.core.sampling import BALANCED_PLAN
+from rayfp.core.sampling import BALANCED_PLAN, KEYED_PLAN
 from rayfp.errors import PrivacyPolicyError
 from rayfp.privacy.mechanism import MECHANISM, calibrate, epsilon_of, spec_from_record
 
@@ -55,9 +55,13 @@ def _check_record(fp: Fingerprint, space: FingerprintSpace, dp: Mapping[str, Any
     except (KeyError, TypeError, ValueError) as exc:
         raise refuse(f"is incomplete or malformed ({exc}); expected the fields rayfp "
                      "writes (epsilon, delta, mean, views_per_image_cap, sigma_*)") from None
-    if dp.get("mechanism") != MECHANISM or dp.get("plan") != BALANCED_PLAN:
+    if dp.get("plan") == BALANCED_PLAN:
+        raise refuse(f"names the {BALANCED_PLAN!r} plan, whose views follow the file order: its "
+                     "guarantee fails when a replacing file sorts elsewhere. Fingerprint the task "
+                     f"again with this rayfp (plan {KEYED_PLAN!r})")
+    if dp.get("mechanism") != MECHANISM or dp.get("plan") != KEYED_PLAN:
         raise refuse(f"names mechanism {dp.get('mechanism')!r} with plan {dp.get('plan')!r}; "
-                     f"expected {MECHANISM!r} with plan {BALANCED_PLAN!r}")
+                     f"expected {MECHANISM!r} with plan {KEYED_PLAN!r}")
     if spec.delta > max_delta:
         raise refuse(f"has δ = {spec.delta:g}; this server accepts at most {max_delta:g}")
     needed_cap = math.ceil(fp.n_samples / max(1, fp.n_images))

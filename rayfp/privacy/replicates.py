@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, PartialCounts, finalize
-from rayfp.core.replicates import ViewTable, bootstrap_weights, multiplicity_norm
+from rayfp.core.replicates import (
+    ViewTable,
+    bootstrap_weights,
+    keyed_poisson_weights,
+    multiplicity_norm,
+    poisson_bound,
+)
 from rayfp.errors import ConfigError
 from rayfp.privacy.mechanism import (
     MEAN_FROM_COUNTS,
@@ -47,9 +53,13 @@ def composed_epsilon(noise_multipliers: tuple[float, ...], delta: float) -> floa
     return float(accountant.get_epsilon(delta))
 
 
+KEYED_WEIGHTS = "keyed-poisson"  # the record's name for private replicates' weights
+
+
 def release_replicates(partials: list[PartialCounts], weights: np.ndarray,
                        space: FingerprintSpace, *, task_id: str, n_images: int,
-                       base_record: dict[str, Any], spec: PrivacySpec, resample_seed: int
+                       base_record: dict[str, Any], spec: PrivacySpec, resample_seed: int,
+                       n_samples: int | None = None
                        ) -> tuple[list[PartialCounts], dict[str, Any]]:
     """Release R bootstrap replicates of a task whose base fingerprint was released with
     ``base_record`` (its `privacy` JSON). Exact base (ε = inf): the replicates go as they are.
@@ -57,7 +67,12 @@ def release_replicates(partials: list[PartialCounts], weights: np.ndarray,
     one image moves replicate r by its multiplicity c_r times what it moves one fingerprint, so
     the joint L2 sensitivity is Δ · max_i ||c_i|| (the weights depend only on (M, R, seed):
     the service recomputes them). ``spec.epsilon`` is the replicates' own budget; the record
-    states it and the total with the base, composed by the PLD accountant."""
+    states it and the total with the base, composed by the PLD accountant.
+
+    Private replicates must be weighted by :func:`keyed_poisson_weights` (each image's
+    multiplicities from its own key, their norm at most the public L = poisson_bound(R)): then
+    replacing one image moves the set by at most Δ · L whatever the file order, and each
+    replicate is projected onto the public ``n_samples`` (the base's N), not its own count."""
     record: dict[str, Any] = {"replicates": len(partials), "resampling": "bootstrap",
                               "resample_seed": int(resample_seed), "n_images": n_images}
     base_dp = (base_record or {}).get("dp")
@@ -68,19 +83,27 @@ def release_replicates(partials: list[PartialCounts], weights: np.ndarray,
     if spec.seed is not None:
         digest = hashlib.sha256(f"{task_id}/replicates".encode()).digest()
         spec = dataclasses.replace(spec, seed=int.from_bytes(digest[:8], "little") ^ spec.seed)
-    factor = multiplicity_norm(weights)
+    factor = poisson_bound(len(partials))
+    if multiplicity_norm(weights) > factor * (1 + 1e-9):
+        raise ConfigError("private replicates need keyed weights (keyed_poisson_weights): "
+                          f"an image's multiplicities reach norm {multiplicity_norm(weights):.3g}"
+                          f" > the bound {factor:.3g}")
+    if n_samples is None:
+        raise ConfigError("private replicates are projected onto the base's public N: give "
+                          "n_samples")
     noise = noise_source(spec.seed)
     bins = spec.bins_for(space)
     scale = calibrate(spec, space, int(base_dp["views_per_image_cap"]))
     sigma = scale.sigma_counts * factor
     released = []
     for partial in partials:
-        counts, mean = noisy_counts(partial.counts, partial.n, space, bins=bins, sigma=sigma,
+        counts, mean = noisy_counts(partial.counts, n_samples, space, bins=bins, sigma=sigma,
                                     noise=noise)
-        released.append(PartialCounts(space.space_id, counts, mean * partial.n, partial.n))
+        released.append(PartialCounts(space.space_id, counts, mean * n_samples, n_samples))
     dp = {"mechanism": MECHANISM, "epsilon": spec.epsilon, "delta": spec.delta,
           "sigma_counts": sigma, "sensitivity_counts": scale.sensitivity_counts * factor,
-          "multiplicity_norm": factor, "release_bins": bins, "mean": MEAN_FROM_COUNTS,
+          "multiplicity_norm": factor, "weights": KEYED_WEIGHTS,
+          "release_bins": bins, "mean": MEAN_FROM_COUNTS,
           "noise": noise.name}
     total, delta = total_epsilon(base_dp, dp)
     return released, {**record, "dp": dp, "epsilon_total": total, "delta_total": delta}
@@ -140,9 +163,11 @@ def _check_replicates_record(record, base_record, space, n_replicates, n_images)
         return None
     if dp is None:
         raise ConfigError("replicates: a private fingerprint's replicates must be private too")
-    weights = bootstrap_weights(int(record["n_images"]), n_replicates,
-                                int(record["resample_seed"]))
-    factor = multiplicity_norm(weights)
+    if dp.get("weights") != KEYED_WEIGHTS:
+        raise ConfigError("replicates: private replicates must be weighted per image by its own "
+                          f"key ({KEYED_WEIGHTS!r}); these were made by an older rayfp whose "
+                          "weights follow the file order. Update rayfp and query again")
+    factor = poisson_bound(n_replicates)  # public: nothing recomputed from the images
     spec = PrivacySpec(epsilon=float(dp["epsilon"]), delta=float(dp["delta"]),
                        release_bins=dp.get("release_bins"))
     scale = calibrate(spec, space, int(base_dp["views_per_image_cap"]))
@@ -216,11 +241,13 @@ def query_replicates(views: ViewTable | None, query: Fingerprint, space: Fingerp
                             release_bins=dp.get("release_bins")))
     if resample_seed is None:
         resample_seed = int.from_bytes(np.random.default_rng().bytes(4), "little")
-    weights = bootstrap_weights(views.n_images, replicates, resample_seed)
+    weights = (bootstrap_weights(views.n_images, replicates, resample_seed) if dp is None
+               else keyed_poisson_weights(views.images, replicates, resample_seed))
     partials = views.weighted(space, weights)
     released, record = release_replicates(partials, weights, space, task_id=query.task_id,
                                           n_images=query.n_images, base_record=query.privacy,
-                                          spec=spec, resample_seed=resample_seed)
+                                          spec=spec, resample_seed=resample_seed,
+                                          n_samples=query.n_samples)
     # Replicates carry the query's task id: ranked against a store that holds the task, they
     # leave it out as the query does.
     fps = [finalize(p, task_id=query.task_id, n_images=query.n_images, privacy=query.privacy)
