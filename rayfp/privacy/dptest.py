@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
+from rayfp.core.parts import PartPlan
 from rayfp.core.sampling import CROP_SIZE, views_per_image_cap
 from rayfp.errors import ConfigError
 from rayfp.io.inventory import take_inventory
@@ -85,6 +86,26 @@ def write_population(folder: Path, count: int, seed: int) -> list[Path]:
     return paths
 
 
+def write_volumes(folder: Path, count: int, seed: int, slices: int = 6) -> list[Path]:
+    """``count`` small NIfTI volumes (vol_000.nii.gz ...), each one sampling unit whose views
+    spread over its slices."""
+    import nibabel as nib
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        planes = [np.asarray(Image.fromarray((rng.random((4, 4)) * 255).astype(np.uint8))
+                             .resize((32, 32), Image.Resampling.BICUBIC), np.float32)
+                  for _ in range(slices)]
+        volume = 0.3 + 0.7 * np.stack(planes, axis=2) / 255.0  # foreground everywhere
+        path = folder / f"vol_{i:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(volume.astype(np.float32), np.eye(4)), path)
+        paths.append(path)
+    return paths
+
+
 @dataclasses.dataclass(frozen=True)
 class NeighbourPair:
     """Two datasets that differ in one unit: ``a`` holds ``removed``, ``b`` holds its
@@ -105,13 +126,15 @@ def neighbour_pairs(members: Sequence[Path], outsider: Path, folder: Path, *,
     base = tuple(str(m) for m in members)
     folder.mkdir(parents=True, exist_ok=True)
 
-    def canary(name: str) -> str:
-        path = members[0].parent / name
+    suffix = "".join(Path(outsider).suffixes)
+
+    def canary(stem: str) -> str:
+        path = members[0].parent / (stem + suffix)
         shutil.copyfile(outsider, path)
         return str(path)
 
-    pairs = [NeighbourPair("canary sorts first", base, (canary("aaa_canary.png"), *base[1:])),
-             NeighbourPair("canary sorts last", base, (*base[1:], canary("zzz_canary.png")))]
+    pairs = [NeighbourPair("canary sorts first", base, (canary("aaa_canary"), *base[1:])),
+             NeighbourPair("canary sorts last", base, (*base[1:], canary("zzz_canary")))]
     same = folder / "same-name"
     same.mkdir(exist_ok=True)
     copies = []
@@ -121,21 +144,24 @@ def neighbour_pairs(members: Sequence[Path], outsider: Path, folder: Path, *,
     pairs.append(NeighbourPair("same name, other content", base, tuple(copies)))
     if every_place:
         for place in range(1, len(members)):
-            stem = members[place - 1].stem
+            stem = members[place - 1].name.split(".")[0]
             for out in (0, len(members) - 1):  # the first or the last member leaves
                 kept = tuple(p for i, p in enumerate(base) if i != out)
                 pairs.append(NeighbourPair(f"canary after {stem}, member {out} out", base,
-                                           (*kept, canary(f"{stem}a_canary_{out}.png"))))
+                                           (*kept, canary(f"{stem}a_canary_{out}"))))
     return pairs
 
 
 def exact_counts(paths: Sequence[str], space: FingerprintSpace, *, samples: int, seed: int,
-                 plan: str) -> tuple[PartialCounts, int]:
+                 plan: str, part: tuple[PartPlan, int] | None = None, unit: str = "image"
+                 ) -> tuple[PartialCounts, int]:
     """The task's exact counts through the real inventory and plan, probe features:
-    (counts, M)."""
-    inventory = take_inventory([ImageSource(p, "dp-test") for p in paths], task_id="dp-test")
+    (counts, M). ``part``: these files are part k of a task in parts (its plan, k)."""
+    inventory = take_inventory([ImageSource(p, "dp-test") for p in paths], task_id="dp-test",
+                               unit=unit)
+    drawn = part[0].views_of(part[1], inventory.unit_contents()) if part else None
     features = [np.zeros((0, PROBE_DIM))]
-    for item in plan_work(inventory, samples=samples, seed=seed, plan=plan):
+    for item in plan_work(inventory, samples=samples, seed=seed, plan=plan, drawn=drawn):
         for frame in sampled_frames(item):
             features.append(probe_features(frame.canonical, frame.top, frame.left, frame.flip))
     return (PartialCounts.from_features(np.concatenate(features), space, clip_sum=True),
@@ -201,13 +227,14 @@ def empirical_epsilon(a: PartialCounts, b: PartialCounts, space: FingerprintSpac
     best = (0.0, math.inf, 1)
     for sign in (1, -1):  # "says b" when sign * s > threshold
         pooled = np.sort(np.r_[s_a[:half], s_b[:half]] * sign)
-        for threshold in pooled[::max(1, len(pooled) // 200)]:
+        for threshold in pooled[::max(1, len(pooled) // 400)]:
             k_a = int((sign * s_a[:half] > threshold).sum())
             k_b = int((sign * s_b[:half] > threshold).sum())
-            if k_a >= 5:  # an estimate on fewer false positives is mostly luck
-                found = math.log(max(k_b, 1) / k_a)
-                if found > best[0]:
-                    best = (found, float(threshold), sign)
+            # Judged as it will be judged on the held-out half: by its confidence bound, so
+            # a threshold far in the tail (few counts, wide intervals) does not win by luck.
+            found = _epsilon_at(k_a, k_b, half, spec.delta, alpha)
+            if found > best[0]:
+                best = (found, float(threshold), sign)
     _, threshold, sign = best
     held_a, held_b = s_a[half:] * sign, s_b[half:] * sign
     n = len(held_a)

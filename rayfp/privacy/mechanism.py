@@ -26,6 +26,7 @@ every dimension, integer rounding that keeps that sum, the mean clipped into the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from importlib.metadata import version
@@ -119,10 +120,17 @@ class NoiseScale:
     sigma_sum: float | None
 
 
-def calibrate(spec: PrivacySpec, space: FingerprintSpace, cap: int) -> NoiseScale:
-    """Noise for an (ε, δ) release of counts and sum with at most ``cap`` views per image."""
+@functools.lru_cache(maxsize=64)
+def gaussian_multiplier(epsilon: float, delta: float) -> float:
+    """σ for sensitivity 1 at (ε, δ): dp-accounting's analytic calibration (solved numerically,
+    ~4 ms: cached, since a site and the service ask for the same few settings again and again)."""
     import dp_accounting
 
+    return float(dp_accounting.get_sigma_gaussian(epsilon, delta))
+
+
+def calibrate(spec: PrivacySpec, space: FingerprintSpace, cap: int) -> NoiseScale:
+    """Noise for an (ε, δ) release of counts and sum with at most ``cap`` views per image."""
     if not spec.private:
         raise ConfigError("calibrate needs a finite epsilon; epsilon=inf releases no noise")
     if cap < 1:
@@ -131,7 +139,7 @@ def calibrate(spec: PrivacySpec, space: FingerprintSpace, cap: int) -> NoiseScal
     width = (space.edges_hi.astype(np.float64) - space.edges_lo.astype(np.float64))
     delta_counts = cap * math.sqrt(2.0 * active)
     delta_sum = cap * float(np.linalg.norm(width))
-    z = float(dp_accounting.get_sigma_gaussian(spec.epsilon, spec.delta))
+    z = gaussian_multiplier(spec.epsilon, spec.delta)
     mu = 1.0 / z
     share = spec.sum_share
     sigma_counts = delta_counts / (mu * math.sqrt(1.0 - share))
