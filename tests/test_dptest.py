@@ -5,6 +5,7 @@ inventory, plan and mechanism (rayfp.privacy.dptest); the backbone is a fixed pr
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -217,3 +218,19 @@ def test_the_stochastic_test_has_the_power_to_catch_a_broken_plan(worst_pairs):
     found = empirical_epsilon(a, b, SPACE, n_images=STOCHASTIC_MEMBERS,
                               spec=PrivacySpec(epsilon=1.0), releases=RELEASES, seed=11)
     assert found["epsilon_lower_bound"] > 1.0
+
+
+def test_rayfp_audit_dp_test_reports_and_draws(tmp_path, capsys):
+    """The command a site runs on its own images: the images given are the population."""
+    from rayfp.cli.main import main
+
+    images = write_population(tmp_path / "site", 9, seed=8)
+    code = main(["audit", "--dp-test", str(tmp_path / "site"), "--members", "8", "--samples",
+                 "8", "11", "--epsilon", "1", "--releases", "200", "--out", str(tmp_path / "out"),
+                 "--quiet"])
+    assert code == 0 and "held for every pair" in capsys.readouterr().out
+    result = json.loads((tmp_path / "out" / "dp-test.json").read_text())
+    assert {r["samples"] for r in result["pairs"]} == {8, 11}
+    assert all(r["ratio"] <= 1 + 1e-9 for r in result["pairs"])
+    assert (tmp_path / "out" / "dp-test.png").stat().st_size > 10_000
+    assert len(images) == 9

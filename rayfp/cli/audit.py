@@ -43,9 +43,20 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="audit-output", help="folder for roc.png and audit.json")
     p.add_argument("--threads", type=int, help="torch CPU threads (real features)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--dp-test", action="store_true",
+                   help="instead: the stochastic test of the DP guarantee: neighbouring file "
+                        "sets (reordered, renamed, same name; the images given, or generated "
+                        "ones) released --releases times; fails (exit 1) if any count "
+                        "difference exceeds the sensitivity or the empirical ε the claim")
+    p.add_argument("--releases", type=int, default=2000,
+                   help="releases per neighbour in --dp-test (half choose the threshold)")
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    if args.dp_test:
+        from rayfp.cli.dptest import cmd_dp_test
+
+        return cmd_dp_test(args)
     from rayfp.privacy.audit import ATTACKS, AuditConfig, run_audit
     from rayfp.privacy.mechanism import PrivacySpec
     from rayfp.privacy.roc import summarize

@@ -117,33 +117,43 @@ class NeighbourPair:
 
 
 def neighbour_pairs(members: Sequence[Path], outsider: Path, folder: Path, *,
-                    every_place: bool = False) -> list[NeighbourPair]:
+                    every_place: bool = False, places: int | None = None
+                    ) -> list[NeighbourPair]:
     """The swaps an attacker tries: one member out, a canary (the outsider's content) in,
-    named to sort first, last, at every place between (``every_place``) of the members'
-    folder, or under the removed member's own name (in ``folder``, beside copies of the
-    others)."""
-    members = sorted(Path(m) for m in members)
-    base = tuple(str(m) for m in members)
+    named to sort first, last, at every place between (``every_place``; ``places``: that
+    many places, evenly spread), or under the removed member's own name. The members are
+    copied into ``folder`` (m00000..., in their order) so that the canaries sort among them
+    and nothing is written beside a site's own images."""
     folder.mkdir(parents=True, exist_ok=True)
-
+    (folder / "set").mkdir(exist_ok=True)
+    (folder / "same-name").mkdir(exist_ok=True)
+    originals = sorted(Path(m) for m in members)
+    members = []
+    for i, original in enumerate(originals):
+        members.append(folder / "set" / f"m{i:05d}{''.join(original.suffixes)}")
+        shutil.copyfile(original, members[-1])
+    base = tuple(str(m) for m in members)
     suffix = "".join(Path(outsider).suffixes)
 
     def canary(stem: str) -> str:
-        path = members[0].parent / (stem + suffix)
+        path = folder / "set" / (stem + suffix)
         shutil.copyfile(outsider, path)
         return str(path)
 
     pairs = [NeighbourPair("canary sorts first", base, (canary("aaa_canary"), *base[1:])),
              NeighbourPair("canary sorts last", base, (*base[1:], canary("zzz_canary")))]
     same = folder / "same-name"
-    same.mkdir(exist_ok=True)
     copies = []
     for m in members:
         shutil.copyfile(m if m != members[0] else outsider, same / m.name)
         copies.append(str(same / m.name))
     pairs.append(NeighbourPair("same name, other content", base, tuple(copies)))
     if every_place:
-        for place in range(1, len(members)):
+        between = range(1, len(members))
+        if places is not None and places < len(between):  # evenly spread, both ends kept
+            between = sorted({between[round(i * (len(between) - 1) / max(1, places - 1))]
+                              for i in range(places)})
+        for place in between:
             stem = members[place - 1].name.split(".")[0]
             for out in (0, len(members) - 1):  # the first or the last member leaves
                 kept = tuple(p for i, p in enumerate(base) if i != out)
