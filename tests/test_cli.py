@@ -80,6 +80,11 @@ def test_edges_fingerprint_compare_nearest_show_plot(archive, edges_run, cli_sto
         assert f"{task}: {SAMPLES} views" in out
     assert "3 file(s) skipped" in errs["mr"] and "badVR.dcm: bad_vr" in errs["mr"]
     assert "skipped" not in errs["us"]
+    # Private releases (the default ε): no file name of their images, nor their folder, in
+    # any byte of the store, view tables and Delta logs included (read as a thief would).
+    stored = b"".join(p.read_bytes() for p in Path(cli_store).rglob("*") if p.is_file())
+    for name in ("MR_small", "emri_small", "MR2_UNCR", "US1_UNCR", "badVR", "nested"):
+        assert name.encode() not in stored, name
     store = Store(cli_store)
     mr = store.get_fingerprint(space_id, "mr")
     # MR_small and its RLE copy are one series, emri_small's 10 frames one volume: 3 units

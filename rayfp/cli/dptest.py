@@ -17,8 +17,8 @@ from rayfp.errors import ConfigError
 def run_dp_test(folder: Path, *, members: int, samples: Sequence[int],
                 epsilons: Sequence[float], releases: int, plans: Sequence[str] = (KEYED_PLAN,),
                 images: Sequence[Path] | None = None, delta: float = 1e-6, seed: int = 0,
-                noise_seed: int | None = None, places: int | None = 24, progress: Callable[[str], None] = print
-                ) -> dict:
+                noise_seed: int | None = None, places: int | None = 24,
+                progress: Callable[[str], None] = print) -> dict:
     """Every neighbour pair of ``members`` images (the first ones of ``images``, else written
     into ``folder``; the next one is the canary) under each plan and N, then the stochastic
     test of the worst pair per (plan, N) at each ε. ``noise_seed=None``: fresh OS noise."""

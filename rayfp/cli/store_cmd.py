@@ -1,4 +1,4 @@
-"""`rayfp store migrate|compact|vacuum|history`: keeping a store's Delta tables."""
+"""`rayfp store migrate|compact|vacuum|scrub|history`: keeping a store's Delta tables."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ def add_parser(sub) -> None:
     q.add_argument("store", help="a store folder or s3:// URI")
     q.add_argument("--retention-hours", type=int, default=168,
                    help="keep every version younger than this (default 168, a week)")
+    q = actions.add_parser("scrub", help="remove file names and folders of private tasks from "
+                                         "every row, file and old version of the store "
+                                         "(history before the scrub is deleted)")
+    q.add_argument("store", help="a store folder or s3:// URI")
     q = actions.add_parser("history", help="the fingerprint table's commits, newest first")
     q.add_argument("store", help="a store folder or s3:// URI")
     q.add_argument("-n", type=int, default=20, help="how many commits (default 20)")
@@ -42,6 +46,10 @@ def cmd_store(args: argparse.Namespace) -> int:
         gave_way = sorted(name for name, rows in removed.items() if rows is None)
         if gave_way:
             print(f"gave way to concurrent writers on {', '.join(gave_way)}: run it again")
+    elif args.action == "scrub":
+        from rayfp.core.scrub import scrub
+
+        print(json.dumps(scrub(Store(args.store))))
     elif args.action == "vacuum":
         deleted = Store(args.store).vacuum(args.retention_hours)
         print(json.dumps({"data_files_deleted": deleted}))

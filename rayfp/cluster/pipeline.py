@@ -29,7 +29,7 @@ from rayfp import defaults
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
 from rayfp.core.parts import PartPlan, part_file_name
 from rayfp.core.store import Store
-from rayfp.core.tasks import save_task_fingerprint
+from rayfp.core.tasks import save_task_fingerprint, withheld_failures
 from rayfp.errors import ConfigError
 from rayfp.io.inventory import FileRecord, TaskInventory, group_inventory, inventory_file
 from rayfp.io.sources import ImageSource
@@ -201,6 +201,10 @@ def fingerprint_archive(inventories: dict[str, TaskInventory], space: Fingerprin
                 for f in failures]
         rows += [{"task_id": task_id, "path": f"series:{p.series}", "reason": p.reason,
                   "detail": p.detail} for task_id, p in irregular]
+        if config.privacy.private:  # the names go to the job's log, never into the store
+            for row in rows:
+                on_progress(f"task {row['task_id']}: {row['path']}: {row['reason']}")
+            rows = withheld_failures(rows)
         store.upsert("failures", [dict(row, job_id=config.job_id, created_at=now)
                                   for row in rows])
     todo, skipped, too_few = [], [], {}

@@ -220,6 +220,22 @@ class DeltaTables:
         finally:
             self.touched(name)
 
+    def forget_history(self, name: str) -> None:
+        """Delete the table's log before its current version (after a vacuum at 0 hours the
+        data files are gone, but the log entries keep column statistics of the rows they
+        added, strings among them). A checkpoint at the current version stands in for them;
+        the log retention is set to zero for the cleanup and put back."""
+        table = self.table(name)
+        if table is None:
+            return
+        key = "delta.logRetentionDuration"
+        before = table.metadata().configuration.get(key, "interval 30 days")
+        table.alter.set_table_properties({key: "interval 0 seconds"})
+        table.create_checkpoint()
+        table.cleanup_metadata()
+        table.alter.set_table_properties({key: before})
+        self.touched(name)
+
     def touched(self, name: str) -> None:
         """This process changed the table: the next version() reads its log."""
         self._looked.pop(name, None)

@@ -336,6 +336,14 @@ class Store:
         self.get_space(views.space_id)
         return views.save(self._views_path(views.space_id, views.task_id))
 
+    def view_table_files(self) -> list[Path]:
+        """Every site-only view table of a local store ([] on object storage: none are kept
+        there)."""
+        if self.object_store:
+            return []
+        folder = self.root / self.SITE_ONLY / "views"
+        return sorted(folder.rglob("*.npz")) if folder.is_dir() else []
+
     def get_views(self, space_id: str, task_id: str) -> ViewTable:
         path = self._views_path(space_id, task_id)
         if not path.is_file():
@@ -441,6 +449,12 @@ class Store:
                     enforce_retention_duration=retention_hours >= VACUUM_RETENTION_HOURS))
                 self.tables.touched(name)
         return deleted
+
+    def forget_history(self) -> None:
+        """Every table's log before its current version deleted (after ``vacuum(0)``): no
+        older version, and none of its column statistics, stays readable."""
+        for name in self._keys():
+            self.tables.forget_history(name)
 
     def _after_write(self, name: str, space_id: str | None = None) -> None:
         """Every AUTO_COMPACT_EVERY commits the writer that made it merges small files, so a

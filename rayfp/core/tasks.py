@@ -44,6 +44,19 @@ def stored_source(source: Mapping[str, Any], *, private: bool) -> dict[str, Any]
     return kept
 
 
+def withheld_failures(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Failure rows of a private job as the store keeps them: the reason, and instead of the
+    file name (or series UID) a salted digest that tells rows apart; the salt is drawn per
+    call and never kept, so nobody can test a guessed name against it. Details (decoder
+    messages quote paths) are dropped."""
+    import hashlib
+    import os
+
+    salt = os.urandom(16)
+    return [{**row, "path": "withheld:" + hashlib.sha256(salt + row["path"].encode())
+             .hexdigest()[:16], "detail": ""} for row in rows]
+
+
 def record_task(store: Store, task_id: str, *, modality: str, n_images: int) -> None:
     """Add the task to the tasks table, keeping metadata registered earlier (name, keywords)."""
     known = [r for r in store.read_table("tasks").to_pylist() if r["task_id"] == task_id]
