@@ -115,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     except RayfpError as exc:
         print(f"fingerprint_archive: error: {exc}", file=sys.stderr)
         return 2
-    log.info("done: %d written, %d already present, %d below the image minimum, %d files "
-             "failed, %d irregular DICOM series used (see the store's failures table), "
-             "%.1f images/s", len(report.written), len(report.skipped_existing),
-             len(report.too_few_images), report.failures, report.series_problems,
-             report.views_per_second)
+    log.info("done: %d written, %d already present, %d below the image minimum, %d over the "
+             "privacy budget, %d files failed, %d irregular DICOM series used (see the store's "
+             "failures table), %.1f images/s", len(report.written),
+             len(report.skipped_existing), len(report.too_few_images), len(report.over_budget),
+             report.failures, report.series_problems, report.views_per_second)
     print(f"space {space.space_id}")
     return 0
 

@@ -161,6 +161,10 @@ class PrivacyPolicyError(RayfpError, PermissionError):
     record does not add up."""
 
 
+class PrivacyBudgetError(PrivacyPolicyError):
+    """A release would take a task's composed privacy loss past the site's budget."""
+
+
 class StoreError(RayfpError, ValueError):
     """The Parquet store is missing a table or row, or holds data of an unexpected schema."""
 

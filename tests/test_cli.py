@@ -85,6 +85,17 @@ def test_edges_fingerprint_compare_nearest_show_plot(archive, edges_run, cli_sto
     stored = b"".join(p.read_bytes() for p in Path(cli_store).rglob("*") if p.is_file())
     for name in ("MR_small", "emri_small", "MR2_UNCR", "US1_UNCR", "badVR", "nested"):
         assert name.encode() not in stored, name
+    # A second release of the same images is composed with the first; past the budget it is
+    # refused and nothing changes.
+    before = Store(cli_store).get_fingerprint(space_id, "us")
+    code, _, err = run(capsys, "fingerprint", archive / "us", "--task-id", "us", "--space",
+                       space_id, "--store", cli_store, "--samples", SAMPLES, "--min-images", "3",
+                       "--quiet", "--privacy-budget", "1.2")
+    assert code == 2 and "past the budget of 1.2" in err
+    assert np.array_equal(Store(cli_store).get_fingerprint(space_id, "us").counts, before.counts)
+    code, out, _ = run(capsys, "privacy", "budget", "--store", cli_store)
+    assert code == 0 and [line.split()[:2] for line in out.splitlines()[1:]] == [
+        ["mr", "1"], ["us", "1"]]
     store = Store(cli_store)
     mr = store.get_fingerprint(space_id, "mr")
     # MR_small and its RLE copy are one series, emri_small's 10 frames one volume: 3 units

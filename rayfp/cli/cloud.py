@@ -72,6 +72,9 @@ def add_parsers(sub) -> None:
                             "replicates are released too: the total ε is printed")
         p.add_argument("--replicate-epsilon", type=parse_epsilon,
                        help="the replicates' own ε (default: the fingerprint's)")
+        p.add_argument("--privacy-budget", type=float, metavar="EPS",
+                       help="refuse replicates that would take the task's images past this ε, "
+                            "all their releases composed (`rayfp privacy budget`)")
         p.add_argument("--resampling", choices=("bootstrap", "parametric"),
                        default="bootstrap",
                        help="parametric: re-release a private fingerprint's own noise instead "
@@ -138,8 +141,15 @@ def _replicates(args, fp):
                            release_bins=dp.get("release_bins"))
     views = (store.get_views(fp.space_id, fp.task_id) if args.resampling == "bootstrap"
              else None)  # parametric replicates need none
-    return query_replicates(views, fp, store.get_space(fp.space_id), replicates=args.replicates,
-                            spec=spec, resampling=args.resampling)
+    replicates, record = query_replicates(views, fp, store.get_space(fp.space_id),
+                                          replicates=args.replicates, spec=spec,
+                                          resampling=args.resampling)
+    if args.resampling == "bootstrap":  # a new release of the images (parametric: free)
+        from rayfp.privacy.ledger import charge
+
+        charge(store, fp.task_id, kind="replicates", dp=record.get("dp"), space_id=fp.space_id,
+               budget=args.privacy_budget)
+    return replicates, record
 
 
 def cmd_send_part(args: argparse.Namespace) -> int:

@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rayfp.cli.store_cmd import add_parser as add_store_parser
 
     add_store_parser(sub)
+    from rayfp.cli.privacy_cmd import add_parser as add_privacy_parser
+
+    add_privacy_parser(sub)
 
     p = sub.add_parser("merge", help="merge the parts of a task pooled over several sites into "
                                      "one fingerprint")
@@ -224,6 +227,11 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     from rayfp.privacy.bounds import describe
 
     print(f"  {describe(dp['epsilon'] if dp else math.inf, dp['delta'] if dp else 1.0)}")
+    if dp:
+        from rayfp.privacy.ledger import spent
+
+        print(f"  privacy ledger: {spent(_store(args), fp.task_id).text()} "
+              "(`rayfp privacy budget`)")
     return 0
 
 
@@ -444,6 +452,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _privacy_command(args: argparse.Namespace) -> int:
+    from rayfp.cli.privacy_cmd import cmd_privacy
+
+    return cmd_privacy(args)
+
+
 def _store_command(args: argparse.Namespace) -> int:
     from rayfp.cli.store_cmd import cmd_store
 
@@ -465,7 +479,8 @@ COMMANDS = {"edges": cmd_edges, "fingerprint": cmd_fingerprint, "compare": cmd_c
             "serve": _cloud("cmd_serve"), "query": _cloud("cmd_query"),
             "recommend": _cloud("cmd_query"), "register": _cloud("cmd_register"),
             "audit": _audit, "stability": cmd_stability, "merge": cmd_merge,
-            "send-part": _cloud("cmd_send_part"), "store": _store_command}
+            "send-part": _cloud("cmd_send_part"), "store": _store_command,
+            "privacy": _privacy_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,10 @@ def add_privacy_flags(p: argparse.ArgumentParser) -> None:
                    help="the unit sampled and protected: image (a 2-D image, or a whole "
                         "volume: NIfTI, multi-frame DICOM, DICOM series; default) or patient "
                         "(all DICOM files of one Patient ID)")
+    p.add_argument("--privacy-budget", type=float, metavar="EPS",
+                   help="refuse a release that would take a task's images past this ε, all "
+                        "their releases composed (re-fingerprints, parts, replicates; see "
+                        "`rayfp privacy budget`); default: no limit, every release recorded")
     p.add_argument("--noise-seed", type=int,
                    help="seeded noise, for tests and experiments only (default: os.urandom)")
 
@@ -46,4 +50,4 @@ def privacy_spec(args: argparse.Namespace) -> PrivacySpec:
     from rayfp.privacy.mechanism import PrivacySpec
 
     return PrivacySpec(epsilon=args.epsilon, delta=args.delta, seed=args.noise_seed,
-                       unit=args.unit)
+                       unit=args.unit, budget=args.privacy_budget)

@@ -30,10 +30,11 @@ from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
 from rayfp.core.parts import PartPlan, part_file_name
 from rayfp.core.store import Store
 from rayfp.core.tasks import save_task_fingerprint, withheld_failures
-from rayfp.errors import ConfigError
+from rayfp.errors import ConfigError, PrivacyBudgetError
 from rayfp.io.inventory import FileRecord, TaskInventory, group_inventory, inventory_file
 from rayfp.io.sources import ImageSource
 from rayfp.io.work import SampledFrame, WorkItem, expected_views, plan_work, sampled_frames
+from rayfp.privacy.ledger import charge
 from rayfp.privacy.mechanism import PrivacySpec, release
 from rayfp.privacy.parts import release_part
 
@@ -175,6 +176,7 @@ class ArchiveReport:
     seconds: float
     views: int
     series_problems: int = 0
+    over_budget: list[str] = dataclasses.field(default_factory=list)  # refused, not written
 
     @property
     def views_per_second(self) -> float:
@@ -233,12 +235,19 @@ def fingerprint_archive(inventories: dict[str, TaskInventory], space: Fingerprin
     totals: dict[str, PartialCounts] = {}
     written, views = [], 0
 
+    over_budget: list[str] = []
+
     def finish(task_id: str, counts: PartialCounts) -> None:
-        if task_id in config.site_parts:
-            _write_part(counts, space, config, task_id)
-        else:
-            _write_task(store, counts, inventories[task_id], config,
-                        (task_sources or {}).get(task_id))
+        try:
+            if task_id in config.site_parts:
+                _write_part(store, counts, space, config, task_id)
+            else:
+                _write_task(store, counts, inventories[task_id], config,
+                            (task_sources or {}).get(task_id))
+        except PrivacyBudgetError as exc:  # one task over its budget: the others go on
+            over_budget.append(task_id)
+            on_progress(f"task {task_id}: not written: {exc}")
+            return
         written.append(task_id)
         rate = views / max(time.perf_counter() - started, 1e-9)
         on_progress(f"task {task_id} done ({len(written)}/{len(todo)} tasks, "
@@ -261,7 +270,7 @@ def fingerprint_archive(inventories: dict[str, TaskInventory], space: Fingerprin
         raise RuntimeError(f"tasks {sorted(totals)} did not receive all their views; the "
                            "pipeline lost data")
     return ArchiveReport(written, skipped, too_few, len(failures),
-                         time.perf_counter() - started, views, len(irregular))
+                         time.perf_counter() - started, views, len(irregular), over_budget)
 
 
 def _part_path(config: ArchiveJobConfig, task_id: str):
@@ -277,12 +286,15 @@ def _part_path(config: ArchiveJobConfig, task_id: str):
     return folder / part_file_name(task_id, part, plan.parts)
 
 
-def _write_part(partial: PartialCounts, space: FingerprintSpace, config: ArchiveJobConfig,
-                task_id: str) -> None:
+def _write_part(store: Store, partial: PartialCounts, space: FingerprintSpace,
+                config: ArchiveJobConfig, task_id: str) -> None:
     """This site's part of a pooled task, released with its share of the noise, to send."""
     plan, part = config.site_parts[task_id]
-    release_part(partial, space, plan=plan, part=part, spec=config.privacy,
-                 noise_share=config.noise_share).save(_part_path(config, task_id))
+    released = release_part(partial, space, plan=plan, part=part, spec=config.privacy,
+                            noise_share=config.noise_share)
+    charge(store, task_id, kind="part", dp=released.privacy.get("dp"), space_id=space.space_id,
+           budget=config.privacy.budget)
+    released.save(_part_path(config, task_id))
 
 
 def _write_task(store: Store, partial: PartialCounts, inv: TaskInventory,
@@ -292,5 +304,7 @@ def _write_task(store: Store, partial: PartialCounts, inv: TaskInventory,
     released, record = release(partial, store.get_space(partial.space_id), task_id=inv.task_id,
                                n_images=inv.n_images, spec=config.privacy,
                                min_images=config.min_images)
+    charge(store, inv.task_id, kind="fingerprint", dp=record.get("dp"),
+           space_id=partial.space_id, budget=config.privacy.budget)
     save_task_fingerprint(store, released, task_id=inv.task_id, n_images=inv.n_images,
                           modality=inv.modality, source=source, privacy=record)

@@ -107,6 +107,20 @@ FAILURES = pa.schema([
     ("schema_version", pa.int32()),
 ])
 
+# A site's privacy ledger (rayfp.privacy.ledger): one row per release of a task's units, so
+# that re-fingerprints, parts and replicates are composed and a budget can be kept.
+RELEASES = pa.schema([
+    (TASK_ID, pa.string()),
+    ("release_id", pa.string()),
+    ("kind", pa.string()),  # fingerprint | part | replicates
+    (SPACE_ID, pa.string()),
+    ("epsilon", pa.float64()),  # the release's own (ε, δ)
+    ("delta", pa.float64()),
+    ("noise_multiplier", pa.float64()),  # σ / sensitivity: what the accountant composes
+    ("created_at", pa.string()),
+    ("schema_version", pa.int32()),
+])
+
 # Distance matrices imported from elsewhere (the paper's released ones): for tasks without a
 # fingerprint, nearest-task answers come from here, labelled by selector.
 IMPORTED_DISTANCES = pa.schema([
@@ -135,6 +149,7 @@ TABLES = {
         TableSpec("transfers", TRANSFERS, ("scenario", "metric", "source", "target", "seed")),
         TableSpec("baselines", BASELINES, ("scenario", "target", "metric", "seed")),
         TableSpec("failures", FAILURES, (TASK_ID, "path")),
+        TableSpec("releases", RELEASES, (TASK_ID, "release_id")),
         TableSpec("imported_distances", IMPORTED_DISTANCES, ("selector", "source", "target")),
     )
 }

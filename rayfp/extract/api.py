@@ -25,6 +25,7 @@ from rayfp.extract.backbones import RANDOM_WEIGHTS_TAG, FeatureExtractor, get_ba
 from rayfp.extract.views import fingerprint_inventory, iter_features
 from rayfp.io.inventory import SkippedFile, TaskInventory, take_inventory
 from rayfp.io.sources import discover_sources, with_decoding
+from rayfp.privacy.ledger import charge
 from rayfp.privacy.mechanism import PrivacySpec, release
 from rayfp.privacy.parts import release_part
 
@@ -139,6 +140,8 @@ def fingerprint_task(paths: Sequence[str | os.PathLike], *, task_id: str, space_
         store.put_views(views)
     released, record = release(partial, space, task_id=task_id, n_images=inventory.n_images,
                                spec=privacy, min_images=min_images)
+    charge(store, task_id, kind="fingerprint", dp=record.get("dp"), space_id=space_id,
+           budget=privacy.budget)  # refused past the budget: nothing stored
     main_modality = modality or inventory.modality
     fp = save_task_fingerprint(
         store, released, task_id=task_id, n_images=inventory.n_images, modality=main_modality,
@@ -176,5 +179,8 @@ def fingerprint_part(paths: Sequence[str | os.PathLike], *, task_id: str, space_
                                        batch_size=batch_size, progress=progress,
                                        plan=privacy.plan, clip_sum=privacy.private,
                                        drawn=plan.views_of(part, inventory.unit_contents()))
-    return release_part(partial, space, plan=plan, part=part, spec=privacy,
-                        noise_share=noise_share), inventory
+    released = release_part(partial, space, plan=plan, part=part, spec=privacy,
+                            noise_share=noise_share)
+    charge(store, task_id, kind="part", dp=released.privacy.get("dp"), space_id=space_id,
+           budget=privacy.budget)
+    return released, inventory

@@ -67,8 +67,13 @@ class PrivacySpec:
     # The unit protected (and sampled): "image" (a 2-D image, a frame or a whole volume) or
     # "patient" (all files with one DICOM Patient ID), rayfp.io.inventory.UNITS.
     unit: str = "image"
+    # The most the site lets one task's images spend over all their releases, composed
+    # (rayfp.privacy.ledger); None: no limit, every release still recorded.
+    budget: float | None = None
 
     def __post_init__(self) -> None:
+        if self.budget is not None and not self.budget > 0:
+            raise ConfigError(f"the privacy budget must be > 0, got {self.budget}")
         if not self.epsilon > 0:
             raise ConfigError(f"epsilon must be > 0 (or inf for no noise), got {self.epsilon}")
         if not 0 < self.delta < 1:
