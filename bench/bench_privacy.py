@@ -29,7 +29,7 @@ import numpy as np
 from rayfp import defaults
 from rayfp.core.distance import LinearIndex
 from rayfp.core.fingerprint import PartialCounts, finalize
-from rayfp.core.sampling import sample_plan, views_per_image_cap
+from rayfp.core.sampling import keyed_plan, sample_plan, views_per_image_cap
 from rayfp.privacy.audit import ATTACKS, AuditConfig, ViewBank, run_audit
 from rayfp.privacy.mechanism import MEAN_FROM_NOISED_SUM, PrivacySpec, privatize
 from rayfp.privacy.roc import summarize
@@ -96,7 +96,7 @@ def part_attack(quick: bool) -> None:
 @dataclasses.dataclass
 class _Target:
     exact: object  # the noise-free fingerprint (the paper's plan)
-    balanced: PartialCounts  # exact counts of the private recipe (balanced plan, clipped sum)
+    balanced: PartialCounts  # exact counts of the private recipe (keyed plan, clipped sum)
 
 
 def _targets(tasks, space, members: int, rng) -> list[_Target]:
@@ -105,8 +105,8 @@ def _targets(tasks, space, members: int, rng) -> list[_Target]:
         paper = np.bincount(sample_plan(members, SAMPLES, 0).image_index, minlength=members)
         exact = finalize(PartialCounts.from_features(task.views(paper, rng), space),
                          task_id=task.name, n_images=members)
-        balanced = np.full(members, SAMPLES // members)
-        balanced[: SAMPLES % members] += 1
+        units = [f"{task.name}/{i}".encode() for i in range(members)]  # each image's content
+        balanced = np.bincount(keyed_plan(units, SAMPLES, 0).image_index, minlength=members)
         out.append(_Target(exact, PartialCounts.from_features(task.views(balanced, rng), space,
                                                                clip_sum=True)))
     return out

@@ -1,7 +1,8 @@
 """The DP guarantee attacked at the level of files, as an adversary would: neighbouring datasets
 whose swapped file sorts elsewhere, is named to sort at every place, keeps the name but not the
 content; N mod M = 0, != 0 and N < M; volumes, patients, parts and replicates. Through the real
-inventory, plan and mechanism (rayfp.privacy.dptest); the backbone is a fixed probe."""
+inventory, plan and mechanism (rayfp.extract.neighbours, rayfp.privacy.dptest); the backbone is
+a fixed probe."""
 
 from __future__ import annotations
 
@@ -18,20 +19,18 @@ from rayfp.core.fingerprint import bin_indices
 from rayfp.core.parts import PartPlan
 from rayfp.core.replicates import ViewTable, keyed_poisson_weights, poisson_bound
 from rayfp.core.sampling import BALANCED_PLAN, KEYED_PLAN
-from rayfp.io.inventory import take_inventory
-from rayfp.io.sources import ImageSource
-from rayfp.io.work import plan_work, sampled_frames
-from rayfp.privacy.dptest import (
-    clopper_pearson,
-    empirical_epsilon,
+from rayfp.extract.neighbours import (
     exact_counts,
     neighbour_pairs,
     probe_features,
-    probe_space,
     run_pairs,
     write_population,
     write_volumes,
 )
+from rayfp.io.inventory import take_inventory
+from rayfp.io.sources import ImageSource
+from rayfp.io.work import plan_work, sampled_frames
+from rayfp.privacy.dptest import clopper_pearson, empirical_epsilon, probe_space
 from rayfp.privacy.mechanism import PrivacySpec, active_dims
 
 SPACE = probe_space()

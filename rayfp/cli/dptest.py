@@ -1,6 +1,7 @@
 """`rayfp audit --dp-test`: the stochastic test of the DP guarantee (rayfp.privacy.dptest) on
-files an attacker would craft: the direct bound for every neighbour pair, then the empirical ε
-of the worst pair at each claimed ε. Writes dp-test.json and dp-test.png."""
+files an attacker would craft (rayfp.extract.neighbours): the direct bound for every
+neighbour pair, then the empirical ε of the worst pair at each claimed ε. Writes
+dp-test.json and dp-test.png."""
 
 from __future__ import annotations
 
@@ -22,14 +23,13 @@ def run_dp_test(folder: Path, *, members: int, samples: Sequence[int],
     """Every neighbour pair of ``members`` images (the first ones of ``images``, else written
     into ``folder``; the next one is the canary) under each plan and N, then the stochastic
     test of the worst pair per (plan, N) at each ε. ``noise_seed=None``: fresh OS noise."""
-    from rayfp.privacy.dptest import (
+    from rayfp.extract.neighbours import (
         check_members,
-        empirical_epsilon,
         neighbour_pairs,
-        probe_space,
         run_pairs,
         write_population,
     )
+    from rayfp.privacy.dptest import empirical_epsilon, probe_space
     from rayfp.privacy.mechanism import PrivacySpec
 
     population = list(images or write_population(folder / "images", members + 1, seed))
@@ -65,6 +65,8 @@ def plot_dp_test(result: dict, path: Path) -> None:
     the claim."""
     import matplotlib
 
+    from rayfp.privacy.dptest import epsilon_at
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -86,6 +88,10 @@ def plot_dp_test(result: dict, path: Path) -> None:
                           color=colour, label=f"{plan} plan")
     top = max([r["epsilon"] for r in result["stochastic"]] or [1.0])
     right.plot([0, top], [0, top], "k--", lw=1, label="claimed ε")
+    held_out = result["releases"] - result["releases"] // 2
+    ceiling = epsilon_at(0, held_out, held_out, result["delta"], 0.05)
+    right.axhline(ceiling, color="grey", ls=":", lw=1,
+                  label=f"the most {held_out} held-out releases can show")
     right.set(xlabel="claimed ε", ylabel="empirical lower bound on ε",
               title=f"Stochastic test, {result['releases']} releases per neighbour")
     right.legend(fontsize=7)
