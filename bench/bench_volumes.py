@@ -178,7 +178,7 @@ def bench_merge(folder: Path) -> list[tuple[str, str]]:
             plan = PartPlan(f"pooled-{parts}", tuple([50] * parts), 10_000, 1, spec.plan)
             released = []
             for k in range(1, parts + 1):
-                n = len(plan.views_of(k))
+                n = plan.views_in(k)
                 partial = PartialCounts.from_features(rng.random((n, dim)), space,
                                                       clip_sum=spec.private)
                 released.append(release_part(partial, space, plan=plan, part=k, spec=spec))

@@ -392,11 +392,11 @@ def test_a_task_pooled_over_two_sites_is_merged_once_both_parts_arrive(cloud):
     from rayfp.privacy.parts import release_part
 
     space = cloud["space"]
-    plan = PartPlan("two-sites", (30, 20), 400, seed=2, plan="balanced")
+    plan = PartPlan("two-sites", (30, 20), 400, seed=2, plan="keyed")
     rng = np.random.default_rng(9)
     parts = []
     for k in (1, 2):
-        views = len(plan.views_of(k))
+        views = plan.views_in(k)
         features = rng.random((views, space.dim))
         parts.append(release_part(PartialCounts.from_features(features, space, clip_sum=True),
                                   space, plan=plan, part=k, spec=PrivacySpec(epsilon=1.0, seed=4)))

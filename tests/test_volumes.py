@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import shutil
 import warnings
 
 import numpy as np
@@ -102,9 +103,19 @@ def test_the_volume_is_the_sampling_unit(mni, tmp_path):
     assert 300 < per_file["mni.nii.gz"].n_views < 500  # about 2000 / 5
     assert len(set(per_file["mni.nii.gz"].frame)) > 0.8 * slices
     assert per_file["mni.nii.gz"].unit and not per_file["flat0.png"].unit
-    # The balanced (private) plan caps views per volume, not per slice.
-    balanced = plan_work(inventory, samples=2000, seed=4, plan="balanced")
-    assert {item.n_views for item in balanced} == {400}
+    # The keyed (private) plan caps views per volume, not per slice, and a volume's views
+    # follow its content: the same volume under another name gets the same crops.
+    keyed = plan_work(inventory, samples=2000, seed=4, plan="keyed")
+    assert {item.n_views for item in keyed} == {400}
+    crops = {item.path.rsplit("/", 1)[-1]: (item.top, item.left) for item in keyed}
+    renamed = tmp_path / "zz-renamed.nii.gz"  # another name, another folder
+    shutil.copyfile(folder / "mni.nii.gz", renamed)
+    others = [p for p in sorted(folder.iterdir()) if p.name != "mni.nii.gz"]
+    again = take_inventory(discover_sources([renamed, *others]), task_id="t")
+    moved = {item.path.rsplit("/", 1)[-1]: (item.top, item.left)
+             for item in plan_work(again, samples=2000, seed=4, plan="keyed")}
+    assert moved["zz-renamed.nii.gz"] == crops["mni.nii.gz"]
+    assert moved["flat0.png"] == crops["flat0.png"]
     # Without volumes nothing changes: the plan's images are the drawn indices.
     flat = take_inventory(discover_sources([folder / f"flat{i}.png" for i in range(3)]),
                           task_id="flat")
