@@ -17,6 +17,13 @@ METRIC = "bkld-small"
 K = 3  # sources per recommendation (the paper's k-shot protocol)
 NEAREST_K = 5  # rows `rayfp nearest` prints
 MAX_REQUEST_BYTES = 16 * 2**20  # the service refuses larger bodies with 413
+# What the service accepts from anyone: bounds checked before any work (issue: one anonymous
+# client must not be able to freeze the cloud).
+MAX_SAMPLES = 1_000_000  # N of one fingerprint or task plan (the paper uses 10,000)
+MAX_IMAGES = 100_000_000  # M of one task
+MAX_PARTS = 1_000  # sites of one pooled task
+MAX_ID_LENGTH = 200  # task and space ids
+BODY_TIMEOUT_S = 10.0  # a request body not complete after this gets 408
 
 # What a knowledge cloud records per task (DESIGN §2 `components`).
 COMPONENT_KINDS = ("architecture", "augmentation", "pretraining", "cotraining")

@@ -32,6 +32,7 @@ from rayfp.core.wire import encode_fingerprint
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret"
 MAX_BYTES = 2 * 2**20
+BODY_TIMEOUT_S = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def cloud(tmp_path_factory):
     port = free_port()
     start_local_serve("127.0.0.1", port, num_cpus=2)  # as `rayfp serve` does
     serve.run(build_app({"store": str(store.root), "token": TOKEN, "min_images": 20,
-                         "max_request_bytes": MAX_BYTES}),
+                         "max_request_bytes": MAX_BYTES, "body_timeout_s": BODY_TIMEOUT_S}),
               name="rayfp", route_prefix="/")
     try:
         yield {"url": f"http://127.0.0.1:{port}", "space": space, "known": known, "store": store}
@@ -410,7 +411,10 @@ def test_a_task_pooled_over_two_sites_is_merged_once_both_parts_arrive(cloud):
     with pytest.raises(ServerError) as info:
         client.send_part(parts[0])
     assert info.value.status == 409 and "arrived before" in str(info.value)
-    status, state = http(cloud, "GET", f"/v1/tasks/two-sites/parts?space_id={space.space_id}")
+    status, _ = http(cloud, "GET", f"/v1/tasks/two-sites/parts?space_id={space.space_id}")
+    assert status == 401  # which parts a task holds is the sites' business
+    status, state = http(cloud, "GET", f"/v1/tasks/two-sites/parts?space_id={space.space_id}",
+                         token=TOKEN)
     assert status == 200 and state["missing"] == [2]
     assert "two-sites" not in [t["task_id"] for t in http(cloud, "GET", "/v1/tasks")[1]]
     assert client.send_part(parts[1])["state"] == "merged"
@@ -419,3 +423,172 @@ def test_a_task_pooled_over_two_sites_is_merged_once_both_parts_arrive(cloud):
     status, body = http(cloud, "POST", "/v1/tasks/other-name/parts", parts[1].to_record(),
                         token=TOKEN)
     assert status == 400 and "the URL names 'other-name'" in body["detail"]
+
+
+# -- one anonymous client must not freeze or wedge the cloud ----------------------------------
+def _raw(cloud, request: bytes, timeout: float = 30.0) -> tuple[int, bytes]:
+    """Send raw bytes; (status, body) of the answer."""
+    import socket
+
+    host, port = cloud["url"].rsplit(":", 1)
+    with socket.create_connection((host.split("//")[1], int(port)), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1]), data.split(b"\r\n\r\n", 1)[-1]
+
+
+def test_stalled_bodies_time_out_and_never_block_health(cloud):
+    """64 clients announce a body and send one byte: /v1/health still answers at once, and
+    each stalled request gets 408 when its body does not arrive in time."""
+    import socket
+
+    host, port = cloud["url"].split("//")[1].rsplit(":", 1)
+    stalled = []
+    for _ in range(64):
+        sock = socket.create_connection((host, int(port)), timeout=30)
+        sock.sendall(b"POST /v1/nearest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: 100\r\n\r\n{")
+        stalled.append(sock)
+    try:
+        time.sleep(0.5)
+        started = time.perf_counter()
+        status, _ = http(cloud, "GET", "/v1/health")
+        assert status == 200 and time.perf_counter() - started < 1.0
+        answers = []
+        for sock in stalled:
+            answers.append(sock.recv(4096).split(b" ", 2)[1])
+        assert set(answers) == {b"408"}
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_bad_inputs_from_an_attacker_get_4xx_never_500(cloud):
+    space = cloud["space"]
+    rng = np.random.default_rng(23)
+    good = encode_fingerprint(private_fingerprint(rng, space, "probe", n=300))
+
+    def query(**change):
+        return http(cloud, "POST", "/v1/nearest", {"fingerprint": {**good, **change}})
+
+    wrong_dp = {"dp": "yes"}
+    cases = {
+        "privacy record of the wrong type": query(privacy=wrong_dp),
+        "ε as text": query(privacy={"dp": {**good["privacy"]["dp"], "epsilon": "much"}}),
+        "NaN σ": query(privacy={"dp": {**good["privacy"]["dp"], "sigma_counts": "NaN"}}),
+        "n_images of a billion billion": query(n_images=10**18),
+        "n of ten million": query(n=10**7),
+        "counts of 2^63": query(counts=[2.0**63] * (space.dim * space.bins), counts_dtype="u4",
+                                compression="none"),
+        "a NUL task id": http(cloud, "POST", "/v1/nearest", {"task_id": "a\x00b"}),
+        "a 1 MB task id": http(cloud, "POST", "/v1/nearest", {"task_id": "x" * 2**20}),
+        "an empty task id": http(cloud, "POST", "/v1/nearest", {"task_id": ""}),
+    }
+    for name, (status, body) in cases.items():
+        assert 400 <= status < 500, (name, status, body)
+    # Stored? Never: a registration with the wrong record type is refused at the door.
+    status, _ = http(cloud, "POST", "/v1/tasks", {"task_id": "wrong-dp", "fingerprint": {
+        **good, "privacy": wrong_dp}}, token=TOKEN)
+    assert status == 422
+    status, _ = http(cloud, "POST", f"/v1/tasks/{cloud['known'][0].task_id}/components",
+                     {"kind": "augmentation", "value": "x" * 10**6}, token=TOKEN)
+    assert status in (413, 422)
+    status, body = http(cloud, "GET", "/v1/spaces/0123456789abcdef")
+    assert status == 404 and str(cloud["store"].root) not in json.dumps(body)
+    assert "<store>" in json.dumps(body) or "0123456789abcdef" in json.dumps(body)
+    status, schema = http(cloud, "GET", "/openapi.json")
+    responses = schema["paths"]["/v1/nearest"]["post"]["responses"]
+    assert {"400", "403", "404", "408", "413", "422"} <= set(responses)
+
+
+def _two_part_plan(space, task_id: str, *, epsilon: float = 1.0, seed: int = 2):
+    from rayfp.core.fingerprint import PartialCounts
+    from rayfp.core.parts import PartPlan
+    from rayfp.privacy.mechanism import PrivacySpec
+    from rayfp.privacy.parts import release_part
+
+    plan = PartPlan(task_id, (30, 20, 10), 400, seed=seed, plan="keyed")
+    rng = np.random.default_rng(seed)
+    return [release_part(PartialCounts.from_features(rng.random((plan.views_in(k), space.dim)),
+                                                     space, clip_sum=True),
+                         space, plan=plan, part=k, spec=PrivacySpec(epsilon=epsilon, seed=k))
+            for k in (1, 2, 3)]
+
+
+def test_parts_are_checked_on_arrival_and_can_be_cleared(cloud):
+    """A part the policy refuses is never held (so it cannot wedge the task); malformed parts
+    get 4xx; held parts can be cleared with the token."""
+    space = cloud["space"]
+    client = CloudClient(cloud["url"], token=TOKEN)
+    weak = _two_part_plan(space, "weak-part", epsilon=50.0)
+    with pytest.raises(ServerError) as info:
+        client.send_part(weak[0])
+    assert info.value.status == 403 and "at most ε = 8" in str(info.value)
+    parts = _two_part_plan(space, "clearable")
+    forged = dataclasses.replace(parts[1], privacy={**parts[1].privacy, "dp": {
+        **parts[1].privacy["dp"], "sigma_part": 1e-3}})
+    with pytest.raises(ServerError) as info:
+        client.send_part(forged)
+    assert info.value.status == 403 and "below the" in str(info.value)
+    record = parts[0].to_record()
+    bad = {"seed -1": {**record, "plan": {**record["plan"], "seed": -1}},
+           "dp as text": {**record, "privacy": {"dp": "yes", "noise_share": "full"}},
+           "bins that do not divide B": {**record, "privacy": {**record["privacy"], "dp": {
+               **record["privacy"]["dp"], "release_bins": 3}}},
+           "a plan of 2e7 views": {**record, "plan": {**record["plan"], "samples": 2 * 10**7}}}
+    for name, body in bad.items():
+        status, answer = http(cloud, "POST", "/v1/tasks/clearable/parts", body, token=TOKEN)
+        assert 400 <= status < 500, (name, status, answer)
+    assert client.send_part(parts[0])["state"] == "waiting"
+    path = f"/v1/tasks/clearable/parts?space_id={space.space_id}"
+    assert http(cloud, "DELETE", path)[0] == 401
+    status, cleared = http(cloud, "DELETE", path, token=TOKEN)
+    assert status == 200 and cleared["dropped"] == 1
+    assert http(cloud, "GET", path, token=TOKEN)[0] == 404
+    assert client.send_part(parts[0])["state"] == "waiting"  # the sites can start again
+
+
+def test_parts_sent_at_the_same_moment_merge_exactly_once(cloud):
+    """Three sites send their parts at once, 20 times: each task is merged exactly once, no
+    request fails, and nothing is left held."""
+    space = cloud["space"]
+    client = CloudClient(cloud["url"], token=TOKEN)
+    for attempt in range(20):
+        task = f"race-{attempt}"
+        parts = _two_part_plan(space, task, seed=100 + attempt)
+        with ThreadPoolExecutor(3) as pool:
+            states = list(pool.map(client.send_part, parts))
+        assert sorted(s["state"] for s in states).count("merged") == 1, states
+        assert not {s["state"] for s in states} - {"waiting", "merged", "merging"}
+        status, state = http(cloud, "GET", f"/v1/tasks/{task}/parts?space_id={space.space_id}",
+                             token=TOKEN)
+        assert status == 200 and state["state"] == "merged"
+    assert cloud["store"].parts_of(space.space_id, "race-0") == []
+
+
+def test_a_record_the_service_cannot_read_is_skipped_not_fatal(cloud):
+    """A fingerprint row with an unreadable privacy record (written behind the service's back):
+    queries and /v1/spaces still answer, the row is not ranked, /v1/health names it, and a new
+    KnowledgeBase (a restarting replica) starts."""
+    space = cloud["space"]
+    rng = np.random.default_rng(31)
+    bad = dataclasses.replace(private_fingerprint(rng, space, "unreadable", n=300),
+                              privacy={"dp": "yes"})
+    cloud["store"].put_fingerprint(bad)
+    try:
+        answer = CloudClient(cloud["url"]).nearest(fingerprint=private_fingerprint(
+            rng, space, "q", n=300), k=10)
+        assert "unreadable" not in [n["task_id"] for n in answer["neighbours"]]
+        assert http(cloud, "GET", "/v1/spaces")[0] == 200
+        status, health = http(cloud, "GET", "/v1/health")
+        assert status == 200 and health["unreadable"] == {space.space_id: ["unreadable"]}
+        restarted = KnowledgeBase(cloud["store"].root)
+        assert restarted.index(space.space_id) is not None
+        assert restarted.unreadable[space.space_id] == {"unreadable"}
+    finally:
+        cloud["store"].delete_fingerprint(space.space_id, "unreadable")

@@ -8,6 +8,7 @@ KnowledgeBase.nearest_many, which ranks each space and metric in one pass over i
 """
 
 
+import asyncio
 import dataclasses
 import hmac
 import logging
@@ -19,6 +20,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
 
@@ -31,9 +33,12 @@ from rayfp.cloud.models import (
     ConfidenceOut,
     FingerprintIn,
     NearestOut,
+    PartIn,
     Query,
     RecommendOut,
     RecommendQuery,
+    SpaceId,
+    TaskId,
     TaskIn,
 )
 from rayfp.cloud.models import Neighbour as NeighbourOut
@@ -56,11 +61,65 @@ bearer = HTTPBearer(auto_error=False, scheme_name="token",
 
 
 @api.exception_handler(RayfpError)
-async def _rayfp_error(_: Request, exc: RayfpError) -> JSONResponse:
+async def _rayfp_error(request: Request, exc: RayfpError) -> JSONResponse:
     status = (404 if isinstance(exc, NotFoundError)
               else 403 if isinstance(exc, PrivacyPolicyError)
               else 409 if isinstance(exc, ConflictError) else 400)
-    return JSONResponse(status_code=status, content={"detail": str(exc)})
+    return JSONResponse(status_code=status, content={"detail": _public(request, str(exc))})
+
+
+def _public(request: Request, message: str) -> str:
+    """A message for anonymous callers: the server's store location never in it."""
+    root = getattr(request.app.state, "store_root", "")
+    return message.replace(root, "<store>") if root else message
+
+
+class ErrorOut(BaseModel):
+    detail: Any
+
+
+# Declared on every route, so the OpenAPI document lists what a client must handle.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "a fingerprint, part or value that does not fit"},
+    401: {"model": ErrorOut, "description": "a write without the server's token"},
+    403: {"model": ErrorOut, "description": "refused by the privacy policy"},
+    404: {"model": ErrorOut, "description": "unknown task or space"},
+    408: {"model": ErrorOut, "description": "the body did not arrive in time"},
+    409: {"model": ErrorOut, "description": "conflicts with what is held (parts)"},
+    413: {"model": ErrorOut, "description": "body over the size limit"},
+}
+
+
+class BodyDeadline:
+    """ASGI middleware: a request body that has not fully arrived ``body_timeout_s`` after the
+    request began gets 408 and frees its slot, so clients that send a Content-Length and then
+    stall cannot hold the replica."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        timeout = getattr(scope["app"].state, "body_timeout_s", None) \
+            if scope["type"] == "http" else None
+        if timeout is None:
+            return await self.app(scope, receive, send)
+        deadline = time.monotonic() + timeout
+        complete = False
+
+        async def timed():
+            nonlocal complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(),
+                                                 max(deadline - time.monotonic(), 1e-3))
+            except TimeoutError:
+                raise HTTPException(status_code=408, detail=f"the request body did not arrive "
+                                                            f"within {timeout:g} s") from None
+            complete = message["type"] != "http.request" or not message.get("more_body")
+            return message
+
+        return await self.app(scope, timed, send)
 
 
 class RequestSizeLimit:
@@ -120,6 +179,7 @@ class NearestInFlight:
 
 
 api.add_middleware(RequestSizeLimit)
+api.add_middleware(BodyDeadline)
 api.add_middleware(NearestInFlight)
 
 
@@ -154,11 +214,13 @@ class _Timings:
 
 
 MAX_BATCH = 32
+# Requests a replica holds at once: well above the batch size (or Serve holds queries back and
+# a batch can never fill), and above what stalled clients can occupy before their bodies time
+# out (BodyDeadline), so /v1/health and real queries still get in.
+MAX_ONGOING = 256
 
 
-# max_ongoing_requests >= the batch size, or Serve holds queries back at the proxy (default 5)
-# and a batch can never fill.
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=MAX_BATCH)
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=MAX_ONGOING)
 @serve.ingress(api)
 class KnowledgeCloud:
     """The ingress. With shard handles (a sharded cloud), ranking is fanned out to them and
@@ -172,6 +234,8 @@ class KnowledgeCloud:
         self.cpu = cpu.describe()
         api.state.token = args.token
         api.state.max_request_bytes = args.max_request_bytes
+        api.state.body_timeout_s = args.body_timeout_s
+        api.state.store_root = str(args.store)
         self.fan_out = ShardFanOut(shards) if shards else None
         self.batcher = QueryBatcher(self._rank, in_flight=lambda: NearestInFlight.count,
                                     max_batch=MAX_BATCH)
@@ -197,7 +261,9 @@ class KnowledgeCloud:
                                 counts=payload.counts, feature_sum=payload.feature_sum,
                                 n=payload.n, n_images=payload.n_images, min_images=min_images,
                                 counts_dtype=payload.counts_dtype,
-                                compression=payload.compression, privacy=payload.privacy)
+                                compression=payload.compression,
+                                privacy=None if payload.privacy is None
+                                else payload.privacy.record())
         self.kb.admit(fp)
         return fp
 
@@ -225,17 +291,17 @@ class KnowledgeCloud:
                           ) -> tuple[list[Neighbour], str, int, ConfidenceOut | None]:
         k = query.k or self.args.default_k
         metric = query.metric or self.args.default_metric
-        if query.replicates is not None:
-            fp = self._fingerprint(query.fingerprint, task_id="<query>")
-            replicates, epsilon_total = self._replicates(query, fp)
+        if query.replicates is not None:  # heavy (R fingerprints): off the event loop
+            fp = await asyncio.to_thread(self._fingerprint, query.fingerprint, "<query>")
+            replicates, epsilon_total = await asyncio.to_thread(self._replicates, query, fp)
             timings.mark("decode")
             if self.fan_out is not None:
                 search = await self.fan_out.replicate_search(fp, replicates, k=k,
                                                              metric=metric)
                 found, confidence = self.kb.with_confidence(fp.space_id, metric, search)
             else:
-                found, confidence = self.kb.nearest_with_replicates(fp, replicates, k=k,
-                                                                    metric=metric)
+                found, confidence = await asyncio.to_thread(
+                    self.kb.nearest_with_replicates, fp, replicates, k=k, metric=metric)
             timings.mark("rank")
             return found, metric, k, ConfidenceOut(
                 replicates=confidence.replicates, stability=confidence.stability,
@@ -258,17 +324,19 @@ class KnowledgeCloud:
                 for rank, n in enumerate(found, start=1)]
 
     # -- routes -------------------------------------------------------------------------------
-    @api.get("/v1/health")
+    @api.get("/v1/health", responses=ERRORS)
     async def health(self) -> dict[str, Any]:
         """Each space's index (kernel, sources, bytes); a sharded cloud lists every shard's."""
         out = {"status": "ok", "spaces": len(self.kb.store.space_ids()), "cpu": self.cpu,
                "replica": serve.get_replica_context().replica_id.unique_id,
-               "batches": {"ranked": self.batcher.batches, "queries": self.batcher.queries}}
+               "batches": {"ranked": self.batcher.batches, "queries": self.batcher.queries},
+               "unreadable": {space: sorted(tasks) for space, tasks
+                              in self.kb.unreadable.items() if tasks}}
         if self.fan_out is not None:
             return {**out, "shards": await self.fan_out.describe()}
         return {**out, "kernels": self.kb.describe()}
 
-    @api.get("/v1/spaces")
+    @api.get("/v1/spaces", responses=ERRORS)
     async def spaces(self) -> list[dict[str, Any]]:
         out = []
         for s in self.kb.store.summary()["spaces"]:
@@ -277,17 +345,17 @@ class KnowledgeCloud:
             out.append({**s, "privacy": privacy_summary(epsilons)})
         return out
 
-    @api.get("/v1/spaces/{space_id}")
-    def space(self, space_id: str) -> dict[str, Any]:
+    @api.get("/v1/spaces/{space_id}", responses=ERRORS)
+    def space(self, space_id: SpaceId) -> dict[str, Any]:
         hubness = self.kb.hubness(space_id, self.args.default_metric)
         return {**self.kb.space(space_id).to_record(),
                 "hubness": None if hubness is None else hubness.to_record()}
 
-    @api.get("/v1/tasks")
+    @api.get("/v1/tasks", responses=ERRORS)
     def tasks(self, space_id: str | None = None) -> list[dict[str, Any]]:
         return self.kb.tasks(space_id)
 
-    @api.post("/v1/nearest", response_model=NearestOut)
+    @api.post("/v1/nearest", responses=ERRORS, response_model=NearestOut)
     async def nearest(self, query: Query, response: Response) -> NearestOut:
         timings = _Timings()
         found, metric, k, confidence = await self._neighbours(query, timings)
@@ -295,39 +363,49 @@ class KnowledgeCloud:
         return NearestOut(metric=metric, k=k, neighbours=self._ranked(found),
                           confidence=confidence)
 
-    @api.post("/v1/recommend", response_model=RecommendOut)
+    @api.post("/v1/recommend", responses=ERRORS, response_model=RecommendOut)
     async def recommend_route(self, query: RecommendQuery, response: Response) -> RecommendOut:
         timings = _Timings()
         found, metric, k, confidence = await self._neighbours(query, timings)
-        recommendations = recommend(self.kb, found, query.kinds)
+        recommendations = await asyncio.to_thread(recommend, self.kb, found, query.kinds)
         response.headers["Server-Timing"] = timings.header()
         return RecommendOut(metric=metric, k=k, neighbours=self._ranked(found),
                             confidence=confidence, recommendations=recommendations)
 
-    @api.post("/v1/tasks", status_code=201, dependencies=[Depends(require_token)])
+    @api.post("/v1/tasks", responses=ERRORS, status_code=201,
+              dependencies=[Depends(require_token)])
     def register(self, task: TaskIn) -> dict[str, Any]:
         fp = self._fingerprint(task.fingerprint, task.task_id, min_images=self.args.min_images)
         meta = task.model_dump(exclude={"fingerprint"})
         self.kb.register_task(meta, fp)
         return {"task_id": fp.task_id, "space_id": fp.space_id, "n_samples": fp.n_samples}
 
-    @api.post("/v1/tasks/{task_id}/parts", dependencies=[Depends(require_token)])
-    def part(self, task_id: str, part: dict[str, Any]) -> dict[str, Any]:
+    @api.post("/v1/tasks/{task_id}/parts", responses=ERRORS,
+              dependencies=[Depends(require_token)])
+    def part(self, task_id: TaskId, part: PartIn) -> dict[str, Any]:
         """One site's part of a task pooled over K sites (`rayfp fingerprint --part k/K`):
         kept until all K are here, then merged and registered. 409 for a part that arrived
         before or does not match the others; the state says which parts are missing."""
-        received = TaskPart.from_record(part)
+        received = TaskPart.from_record(part.record())
         if received.task_id != task_id:
             raise ConfigError(f"the part is of {received.task_id!r}, the URL names {task_id!r}")
         return self.kb.receive_part(received)
 
-    @api.get("/v1/tasks/{task_id}/parts")
-    def parts(self, task_id: str, space_id: str) -> dict[str, Any]:
+    @api.get("/v1/tasks/{task_id}/parts", responses=ERRORS,
+             dependencies=[Depends(require_token)])
+    def parts(self, task_id: TaskId, space_id: SpaceId) -> dict[str, Any]:
+        """Which parts of a pooled task are held (the sites' business: token only)."""
         return self.kb.parts_state(space_id, task_id)
 
-    @api.post("/v1/tasks/{task_id}/components", status_code=201,
+    @api.delete("/v1/tasks/{task_id}/parts", responses=ERRORS,
+                dependencies=[Depends(require_token)])
+    def drop_parts(self, task_id: TaskId, space_id: SpaceId) -> dict[str, Any]:
+        """Clear the parts a pooled task holds, so its sites can start again."""
+        return self.kb.drop_held_parts(space_id, task_id)
+
+    @api.post("/v1/tasks/{task_id}/components", responses=ERRORS, status_code=201,
               dependencies=[Depends(require_token)])
-    def component(self, task_id: str, component: ComponentIn) -> dict[str, Any]:
+    def component(self, task_id: TaskId, component: ComponentIn) -> dict[str, Any]:
         self.kb.record_component({"task_id": task_id, **component.model_dump()})
         return {"task_id": task_id, "kind": component.kind, "value": component.value}
 

@@ -6,6 +6,7 @@ Plain functions and one class over a Store; serve/ calls these, nothing here imp
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -31,11 +32,14 @@ from rayfp.errors import (
     ConflictError,
     NotFoundError,
     SpaceMismatchError,
+    StoreError,
     TooFewImagesError,
 )
 from rayfp.privacy.parts import merge_parts
-from rayfp.privacy.policy import check_privacy, check_replicates_total
+from rayfp.privacy.policy import check_part_privacy, check_privacy, check_replicates_total
 from rayfp.registry import look_up
+
+log = logging.getLogger(__name__)
 
 # Our metric names -> the paper's released matrices, used for tasks without fingerprints.
 IMPORTED_SELECTOR_FOR_METRIC = {
@@ -122,11 +126,15 @@ class KnowledgeBase:
         self.hubness_queries = hubness_queries  # stored tasks ranked to measure hubness; 0: off
         self.kernel = kernel  # the index kernel: "auto" (measured per space) or a name
         self._indexes: dict[str, _CachedIndex] = {}
+        self._index_lock = threading.RLock()
         self._spaces: dict[str, FingerprintSpace] = {}
         self._imported: tuple | None = None  # (file signature, frame, rows per key)
         self._hubness: dict[tuple[str, str], tuple[tuple, float, Hubness]] = {}
         self._hubness_running: set[tuple[str, str]] = set()
         self._hubness_lock = threading.Lock()
+        self.unreadable: dict[str, set[str]] = {}  # space -> tasks whose record is unreadable
+        self._task_locks: dict[tuple[str, str], threading.Lock] = {}  # parts of one task
+        self._locks_lock = threading.Lock()
 
     def space(self, space_id: str) -> FingerprintSpace:
         """A space by id; cached, since a space's content is its id."""
@@ -138,7 +146,11 @@ class KnowledgeBase:
     def index(self, space_id: str) -> ScreenedIndex | None:
         """The space's index, brought up to date with the store: only the data files committed
         since the last call are read (a registration into a 10,000-task space reads one file,
-        not 10,000)."""
+        not 10,000). One refresh at a time: handlers run on the event loop and in threads."""
+        with self._index_lock:
+            return self._refreshed_index(space_id)
+
+    def _refreshed_index(self, space_id: str) -> ScreenedIndex | None:
         cached = self._indexes.get(space_id)
         if cached is None:
             self.space(space_id)  # NotFoundError for an unknown space
@@ -148,20 +160,41 @@ class KnowledgeBase:
         changes = cached.feed.refresh()
         if changes is None:
             return cached.index
+        changes, readable = self._readable(space_id, changes)
         index = cached.index
         if not cached.feed.task_ids():
             index = None
         elif index is not None:
             index = index.with_changes(changes.fresh, changes.removed)
             if index.should_remeasure:  # the space has grown: choose its kernel again
-                index = ScreenedIndex(cached.feed.current(), kernel=self.kernel)
-        else:
+                index = ScreenedIndex([fp for fp in cached.feed.current()
+                                       if fp.task_id not in self.unreadable[space_id]],
+                                      kernel=self.kernel)
+        elif changes.fresh:
             index = ScreenedIndex(changes.fresh, kernel=self.kernel)
         epsilon = {task: eps for task, eps in cached.epsilon.items()
                    if task not in changes.removed}
-        epsilon.update({fp.task_id: released_epsilon(fp.privacy) for fp in changes.fresh})
+        epsilon.update(readable)
         self._indexes[space_id] = _CachedIndex(cached.feed, index, epsilon)
         return index
+
+    def _readable(self, space_id: str, changes):
+        """The changes without fingerprints whose privacy record cannot be read: they are
+        reported, counted (/v1/health) and skipped, so one bad row never stops the service.
+        Returns (changes, ε of each readable fresh fingerprint)."""
+        bad = self.unreadable.setdefault(space_id, set())
+        bad.difference_update(changes.removed)
+        fresh, removed, readable = [], list(changes.removed), {}
+        for fp in changes.fresh:
+            try:
+                readable[fp.task_id] = released_epsilon(fp.privacy)
+                fresh.append(fp)
+                bad.discard(fp.task_id)
+            except StoreError as exc:
+                log.warning("space %s, task %r: %s; not ranked", space_id, fp.task_id, exc)
+                bad.add(fp.task_id)
+                removed.append(fp.task_id)  # an older, readable version must not stay ranked
+        return dataclasses.replace(changes, fresh=fresh, removed=removed), readable
 
     def epsilons(self, space_id: str) -> dict[str, float | None]:
         """Task id -> the ε its fingerprint was released at (None: exact counts), from the
@@ -390,35 +423,66 @@ class KnowledgeBase:
     def receive_part(self, part: TaskPart) -> dict[str, Any]:
         """Keep one site's part of a task; once all K parts are here, merge them, admit the
         merged fingerprint like any registration and store it (the parts are then dropped).
-        A part that arrived before, or that does not match the parts already here, is refused
-        (ConflictError) and changes nothing; nothing half-merged is ever ranked."""
+
+        Each part is checked on arrival (space, plan, its view count, this cloud's privacy
+        policy, the release of the parts already held), so a part that could never merge is
+        refused (400/403/409) and never held. Parts that race merge exactly once: a part file
+        is published only if absent, and the merge goes to whoever claims it first (an
+        exclusive file, so across replicas too); the others answer "merging"."""
         space = self.space(part.space_id)
         validate_part(part, space)
+        check_part_privacy(part, space, max_epsilon=self.max_epsilon)
         elsewhere = [s for s in self.store.spaces_with_parts(part.task_id)
                      if s != part.space_id]
         if elsewhere:
             raise SpaceMismatchError(f"parts of {part.task_id!r} wait in space {elsewhere[0]}; "
                                      f"this part is in space {part.space_id}")
-        held = self.store.parts_of(part.space_id, part.task_id)
-        if any(p.part == part.part for p in held):
-            raise ConflictError(f"part {part.part} of {part.task_id!r} arrived before; parts "
-                                f"held: {sorted(p.part for p in held)}")
-        try:
-            check_compatible([*held, part])
-        except SpaceMismatchError:
-            raise
-        except ConfigError as exc:  # another plan or release than the parts held
-            raise ConflictError(str(exc)) from None
-        parts = sorted([*held, part], key=lambda p: p.part)
-        if len(parts) < part.plan.parts:
-            self.store.put_part(part)
-            return self._parts_state(part, parts, "waiting")
+        with self._task_lock(part.space_id, part.task_id):
+            held = self.store.parts_of(part.space_id, part.task_id)
+            if any(p.part == part.part for p in held):
+                raise ConflictError(f"part {part.part} of {part.task_id!r} arrived before; "
+                                    f"parts held: {sorted(p.part for p in held)}")
+            try:
+                check_compatible([*held, part])
+            except SpaceMismatchError:
+                raise
+            except ConfigError as exc:  # another plan or release than the parts held
+                raise ConflictError(str(exc)) from None
+            self.store.put_part(part)  # ConflictError if another request published it first
+            parts = self.store.parts_of(part.space_id, part.task_id)
+            if len(parts) < part.plan.parts:
+                return self._parts_state(part, parts, "waiting")
+            if not self.store.claim_merge(part.space_id, part.task_id):
+                return self._parts_state(part, parts, "merging")
+            try:
+                return self._merge(part, parts, space)
+            finally:
+                self.store.release_merge(part.space_id, part.task_id)
+
+    def _merge(self, part: TaskPart, parts: list[TaskPart], space: FingerprintSpace
+               ) -> dict[str, Any]:
+        parts = sorted(parts, key=lambda p: p.part)
         partial, record = merge_parts(parts, space, min_images=self.min_images)
         fp = finalize(partial, task_id=part.task_id, n_images=part.plan.total_images,
                       privacy=record)
         self.register_task({"owner": f"{part.plan.parts} sites"}, fp)
         self.store.drop_parts(part.space_id, part.task_id)
         return self._parts_state(part, parts, "merged")
+
+    def drop_held_parts(self, space_id: str, task_id: str) -> dict[str, Any]:
+        """Clear the parts a task holds (an operator's way out of a task that cannot merge)."""
+        self.space(space_id)
+        with self._task_lock(space_id, task_id):
+            dropped = self.store.drop_parts(space_id, task_id)
+            self.store.release_merge(space_id, task_id)
+        if not dropped:
+            raise NotFoundError(f"no parts of {task_id!r} are held in space {space_id}")
+        return {"task_id": task_id, "space_id": space_id, "state": "cleared",
+                "dropped": dropped}
+
+    def _task_lock(self, space_id: str, task_id: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._task_locks.setdefault((space_id, task_id), threading.Lock())
 
     def parts_state(self, space_id: str, task_id: str) -> dict[str, Any]:
         held = self.store.parts_of(space_id, task_id)

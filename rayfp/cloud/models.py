@@ -6,9 +6,9 @@ so /docs lists the real ones and a wrong value is refused before any handler run
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rayfp import defaults
 from rayfp.core.distance import METRICS
@@ -42,23 +42,100 @@ class AppArgs(BaseModel):
     shards: int = Field(1, ge=1, description="index shard deployments; 1: the ingress ranks "
                                              "itself (rayfp.cloud.sharded)")
     shard_cpus: float = Field(1.0, ge=0, description="CPUs reserved by each shard replica")
+    body_timeout_s: float = Field(defaults.BODY_TIMEOUT_S, gt=0,
+                                  description="a request body not complete after this many "
+                                              "seconds gets 408 (slow or stalled clients)")
     max_epsilon: float | None = Field(defaults.MAX_EPSILON, gt=0,
                                       description="refuse fingerprints that are not "
                                                   "(ε <= this)-DP with 403; null accepts all "
                                                   "(a cloud of public data only)")
 
 
+# Ids anyone may send: bounded, printable (no control characters, no NUL), not blank.
+TaskId = Annotated[str, Field(min_length=1, max_length=defaults.MAX_ID_LENGTH,
+                              pattern=r"^[^\x00-\x1f\x7f\s][^\x00-\x1f\x7f]*$",
+                              description="a task id: printable, 1-200 characters")]
+SpaceId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                               description="a space id (`GET /v1/spaces`)")]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Text = Annotated[str, Field(max_length=1000)]
+
+
+class DPRecordIn(BaseModel):
+    """The `dp` part of a privacy record, typed: a wrong type is a 422 at the door, so nothing
+    the service cannot read is ever stored. Fields rayfp writes beyond these pass through."""
+
+    model_config = ConfigDict(extra="allow")
+    mechanism: Text
+    epsilon: Positive
+    delta: float = Field(gt=0, lt=1)
+    plan: Text
+    views_per_image_cap: int = Field(ge=1, le=defaults.MAX_SAMPLES)
+    sigma_counts: Positive
+    sigma_sum: Positive | None = None
+    sensitivity_counts: Positive | None = None
+    sensitivity_sum: Positive | None = None
+    release_bins: int | None = Field(None, ge=2, le=100_000)
+    mean: Text = "counts"
+    count_share: float | None = Field(None, gt=0, lt=1)
+    sigma_part: Positive | None = None
+
+
+class PrivacyIn(BaseModel):
+    """A fingerprint's privacy record: ``dp`` null (exact counts) or the release's record."""
+
+    model_config = ConfigDict(extra="allow")
+    dp: DPRecordIn | None = None
+
+    def record(self) -> dict[str, Any]:
+        """As sent (fields not sent stay absent)."""
+        return self.model_dump(exclude_unset=True)
+
+
+class PlanIn(BaseModel):
+    """What the sites of a pooled task agreed on (rayfp.core.parts.PartPlan), bounded."""
+
+    task_id: TaskId
+    image_counts: list[Annotated[int, Field(ge=1, le=defaults.MAX_IMAGES)]] = Field(
+        min_length=1, max_length=defaults.MAX_PARTS)
+    samples: int = Field(ge=1, le=defaults.MAX_SAMPLES)
+    seed: int = Field(ge=0, lt=2**63)
+    plan: Literal["paper", "keyed", "balanced"]
+
+
+class PartPrivacyIn(PrivacyIn):
+    noise_share: Literal["full", "split"] | None = None
+
+
+class PartIn(BaseModel):
+    """One site's part of a pooled task (`rayfp fingerprint --part k/K`, TaskPart.to_record)."""
+
+    space_id: SpaceId
+    part: int = Field(ge=1, le=defaults.MAX_PARTS)
+    plan: PlanIn
+    counts: list[Finite]
+    shape: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field(min_length=2, max_length=2)
+    n_views: int = Field(ge=0, le=defaults.MAX_SAMPLES)
+    feature_sum: list[Finite]
+    privacy: PartPrivacyIn
+
+    def record(self) -> dict[str, Any]:
+        return {**self.model_dump(exclude={"privacy"}), "privacy": self.privacy.record()}
+
+
 class FingerprintIn(BaseModel):
-    space_id: str
+    space_id: SpaceId
     counts: list[float] | str = Field(description="D*B counts, dimension-major; JSON list or "
                                                   "base64 of little-endian counts_dtype")
     feature_sum: list[float] | str = Field(description="D sums; list or base64 little-endian f64")
     counts_dtype: CountsDtype = Field("u4", description="base64 counts: uint32, uint16 or uint8")
     compression: Compression = Field("none", description="of the base64 arrays")
-    n: int = Field(description="samples (views) per dimension")
-    n_images: int | None = Field(None, description="distinct images (default: n)")
-    privacy: dict[str, Any] | None = Field(None, description="how the counts were released "
-                                                             "(rayfp's privacy record)")
+    n: int = Field(ge=1, le=defaults.MAX_SAMPLES, description="samples (views) per dimension")
+    n_images: int | None = Field(None, ge=1, le=defaults.MAX_IMAGES,
+                                 description="distinct images (default: n)")
+    privacy: PrivacyIn | None = Field(None, description="how the counts were released "
+                                                        "(rayfp's privacy record)")
 
 
 class ReplicatesIn(BaseModel):
@@ -67,18 +144,19 @@ class ReplicatesIn(BaseModel):
     feature_sum: list[float] | str = Field(description="R*D sums; list or base64 f64")
     counts_dtype: CountsDtype = "u4"
     compression: Compression = "none"
-    n: list[int] = Field(description="samples of each replicate", min_length=1)
+    n: list[Annotated[int, Field(ge=1, le=defaults.MAX_SAMPLES)]] = Field(
+        description="samples of each replicate", min_length=1, max_length=256)
     privacy: dict[str, Any] = Field(description="how the replicates were made and released "
                                                 "(resampling seed, noise, composed ε)")
 
 
 class Query(BaseModel):
-    task_id: str | None = Field(None, description="a known task (instead of a fingerprint)")
+    task_id: TaskId | None = Field(None, description="a known task (instead of a fingerprint)")
     fingerprint: FingerprintIn | None = None
     replicates: ReplicatesIn | None = Field(None, description="bootstrap replicates of the "
                                                               "fingerprint: the answer then "
                                                               "says how sure it is")
-    space_id: str | None = Field(None, description="for a task with several fingerprints")
+    space_id: SpaceId | None = Field(None, description="for a task with several fingerprints")
     k: int | None = Field(None, ge=1, le=100)
     metric: MetricName | None = None
 
@@ -135,23 +213,23 @@ class NearestOut(BaseModel):
 
 
 class TaskIn(BaseModel):
-    task_id: str
-    name: str | None = None
-    modality: str | None = None
-    keywords: list[str] | None = None
-    task_type: str | None = None
-    n_classes: int | None = None
-    owner: str | None = None
+    task_id: TaskId
+    name: Text | None = None
+    modality: Annotated[str, Field(max_length=100)] | None = None
+    keywords: list[Annotated[str, Field(max_length=100)]] | None = Field(None, max_length=100)
+    task_type: Annotated[str, Field(max_length=100)] | None = None
+    n_classes: int | None = Field(None, ge=1, le=1_000_000)
+    owner: Text | None = None
     fingerprint: FingerprintIn
 
 
 class ComponentIn(BaseModel):
     kind: ComponentKind
-    value: str
-    metric: str = ""
-    score: float | None = None
-    seed: int | None = None
-    provenance: str = ""
+    value: Text = Field(min_length=1)
+    metric: Annotated[str, Field(max_length=100)] = ""
+    score: Finite | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    provenance: Text = ""
 
 
 class RecommendOut(BaseModel):

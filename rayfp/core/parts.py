@@ -32,9 +32,17 @@ from typing import Any
 
 import numpy as np
 
+from rayfp import defaults
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
 from rayfp.core.npzfile import load_npz, save_npz
-from rayfp.core.sampling import KEYED_PLAN, SamplePlan, extra_views, keyed_plan, sample_plan
+from rayfp.core.sampling import (
+    KEYED_PLAN,
+    PLANS,
+    SamplePlan,
+    extra_views,
+    keyed_plan,
+    sample_plan,
+)
 from rayfp.errors import ConfigError, SpaceMismatchError
 
 FORMAT = "rayfp-part-1"
@@ -52,8 +60,18 @@ class PartPlan:
     plan: str  # the sampling plan (paper for exact parts, keyed for private ones)
 
     def __post_init__(self) -> None:
-        if not self.image_counts or min(self.image_counts) < 1:
-            raise ConfigError(f"every part needs at least one image, got {self.image_counts}")
+        if not 1 <= len(self.image_counts) <= defaults.MAX_PARTS:
+            raise ConfigError(f"a task has 1 to {defaults.MAX_PARTS} parts, got "
+                              f"{len(self.image_counts)}")
+        if min(self.image_counts) < 1 or sum(self.image_counts) > defaults.MAX_IMAGES:
+            raise ConfigError(f"every part needs at least one image, and a task at most "
+                              f"{defaults.MAX_IMAGES}; got {list(self.image_counts)[:8]}")
+        if not 1 <= self.samples <= defaults.MAX_SAMPLES:
+            raise ConfigError(f"samples must be in 1..{defaults.MAX_SAMPLES}, got {self.samples}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"the plan's seed must be in 0..2^63-1, got {self.seed}")
+        if self.plan not in PLANS:
+            raise ConfigError(f"unknown sampling plan {self.plan!r}; expected one of {PLANS}")
 
     @property
     def parts(self) -> int:
@@ -177,10 +195,10 @@ class TaskPart:
     def private(self) -> bool:
         return self.privacy.get("dp") is not None
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, *, exclusive: bool = False) -> Path:
         return save_npz(path, FORMAT, {"space_id": self.space_id, "part": self.part,
                                        "plan": self.plan.to_record(), "n_views": self.n_views,
-                                       "privacy": self.privacy},
+                                       "privacy": self.privacy}, exclusive=exclusive,
                         counts=self.counts, feature_sum=self.feature_sum)
 
     @classmethod
@@ -206,10 +224,14 @@ class TaskPart:
         try:
             shape = tuple(int(v) for v in row["shape"])
             counts = np.asarray(row["counts"], np.float64).reshape(shape)
+            privacy = dict(row["privacy"] or {})
+            if not isinstance(privacy.get("dp"), dict | None):
+                raise ValueError(f"privacy.dp must be a record or null, got "
+                                 f"{type(privacy['dp']).__name__}")
             return cls(str(row["space_id"]), int(row["part"]),
                        PartPlan.from_record(row["plan"]), counts, int(row["n_views"]),
-                       np.asarray(row["feature_sum"], np.float64), dict(row["privacy"] or {}))
-        except (KeyError, TypeError, ValueError) as exc:
+                       np.asarray(row["feature_sum"], np.float64), privacy)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"a task part must carry space_id, part, plan, counts, shape, "
                               f"n_views, feature_sum and privacy ({exc})") from None
 
@@ -227,7 +249,10 @@ def validate_part(part: TaskPart, space: FingerprintSpace) -> None:
                           f"its plan gives it {expected}")
     counts = np.asarray(part.counts)
     if part.private:
-        bins = int(part.privacy["dp"].get("release_bins") or space.bins)
+        bins = part.privacy["dp"].get("release_bins") or space.bins
+        if not isinstance(bins, int) or not 2 <= bins <= space.bins or space.bins % bins:
+            raise ConfigError(f"part {part.part}: release_bins must be a whole divisor of the "
+                              f"space's {space.bins} bins, got {bins!r}")
         if counts.shape != (space.dim, bins) or not np.isfinite(counts).all():
             raise ConfigError(f"part {part.part}: expected finite noisy counts of shape "
                               f"({space.dim}, {bins}), got {counts.shape}")

@@ -42,7 +42,7 @@ from rayfp.core.delta import (
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, released_epsilon
 from rayfp.core.parts import TaskPart
 from rayfp.core.replicates import ViewTable
-from rayfp.errors import ConfigError, NotFoundError, SpaceMismatchError, StoreError
+from rayfp.errors import ConfigError, ConflictError, NotFoundError, SpaceMismatchError, StoreError
 from rayfp.registry import look_up
 
 log = logging.getLogger(__name__)
@@ -290,8 +290,14 @@ class Store:
         if cached is not None and cached[0] == version:
             return dict(cached[1])
         rows = self._fingerprint_rows(space_id, columns=["privacy"])
-        epsilons = {task: released_epsilon(json.loads(privacy or "{}")) for task, privacy in
-                    sorted(zip(rows[schemas.TASK_ID].to_pylist(), rows["privacy"].to_pylist()))}
+        epsilons = {}
+        for task, privacy in sorted(zip(rows[schemas.TASK_ID].to_pylist(),
+                                        rows["privacy"].to_pylist())):
+            try:
+                epsilons[task] = released_epsilon(json.loads(privacy or "{}"))
+            except (StoreError, ValueError) as exc:  # reported, never fatal for the others
+                log.warning("space %s, task %r: %s; left out", space_id, task, exc)
+        self._epsilons[space_id] = (version, epsilons)
         self._epsilons[space_id] = (version, epsilons)
         return dict(epsilons)
 
@@ -301,9 +307,36 @@ class Store:
                 / task_key(task_id))
 
     def put_part(self, part: TaskPart) -> Path:
+        """Keep a part until the others arrive; ConflictError if this part is already held
+        (of two writers of one part, even in two processes, exactly one succeeds)."""
         self._local("multi-site task parts")
         self.get_space(part.space_id)
-        return part.save(self._parts_dir(part.space_id, part.task_id) / f"part-{part.part}.npz")
+        path = self._parts_dir(part.space_id, part.task_id) / f"part-{part.part}.npz"
+        try:
+            return part.save(path, exclusive=True)
+        except FileExistsError:
+            raise ConflictError(f"part {part.part} of {part.task_id!r} arrived before") from None
+
+    MERGE_CLAIM = "merging"
+    STALE_CLAIM_S = 600.0  # a claim older than this is of a writer that died mid-merge
+
+    def claim_merge(self, space_id: str, task_id: str) -> bool:
+        """True for exactly one caller once all parts are here (an exclusive file: across
+        processes too); the merge then belongs to it, and release_merge ends the claim."""
+        path = self._parts_dir(space_id, task_id) / self.MERGE_CLAIM
+        try:
+            if time.time() - path.stat().st_mtime > self.STALE_CLAIM_S:
+                path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return True
+        except FileExistsError:
+            return False
+
+    def release_merge(self, space_id: str, task_id: str) -> None:
+        (self._parts_dir(space_id, task_id) / self.MERGE_CLAIM).unlink(missing_ok=True)
 
     def parts_of(self, space_id: str, task_id: str) -> list[TaskPart]:
         folder = self._parts_dir(space_id, task_id)
@@ -320,10 +353,14 @@ class Store:
                       for folder in root.glob(f"{schemas.SPACE_ID}=*/{name}")
                       if any(folder.glob("part-*.npz"))) if root.is_dir() else []
 
-    def drop_parts(self, space_id: str, task_id: str) -> None:
+    def drop_parts(self, space_id: str, task_id: str) -> int:
+        """Remove the held parts of a task (after its merge, or on an operator's request);
+        returns how many there were."""
         folder = self._parts_dir(space_id, task_id)
-        for path in folder.glob("part-*.npz") if folder.is_dir() else []:
-            path.unlink()
+        paths = list(folder.glob("part-*.npz")) if folder.is_dir() else []
+        for path in paths:
+            path.unlink(missing_ok=True)
+        return len(paths)
 
     # -- the site's own view tables (never sent; rayfp.core.replicates) -----------------------
     SITE_ONLY = "site-only"

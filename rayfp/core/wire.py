@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
+from rayfp.defaults import MAX_SAMPLES
 from rayfp.errors import ConfigError, TooFewImagesError
 from rayfp.registry import look_up
 
@@ -98,10 +99,14 @@ def decode_fingerprint(space: FingerprintSpace, *, task_id: str, counts: Any, fe
     if flat.dtype.kind != "u" and (not np.isfinite(flat).all() or (flat < 0).any()
                                    or (flat != np.round(flat)).any()):  # lists: JSON numbers
         raise ConfigError("counts: expected non-negative finite integers")
-    if not np.isfinite(sums).all():
-        raise ConfigError("feature_sum: expected finite numbers")
     if n < 1:
         raise ConfigError(f"n: expected >= 1 samples, got {n}")
+    # Checked before any cast: a count above n can only be wrong, and 2^63 would wrap int64.
+    if flat.size and float(flat.max()) > n:
+        raise ConfigError(f"counts: a count of {float(flat.max()):.0f} is more than the n = {n} "
+                          "samples of its dimension")
+    if not np.isfinite(sums).all():
+        raise ConfigError("feature_sum: expected finite numbers")
     matrix = flat.astype(np.int64).reshape(space.dim, space.bins)
     row_sums = matrix.sum(axis=1)
     if (row_sums != n).any():
@@ -156,18 +161,21 @@ def decode_replicates(space: FingerprintSpace, query: Fingerprint, *, counts: An
     if flat.dtype.kind != "u" and (not np.isfinite(flat).all() or (flat < 0).any()
                                    or (flat != np.round(flat)).any()):  # lists: JSON numbers
         raise ConfigError("replicates.counts: expected non-negative finite integers")
+    n = np.asarray(n, np.int64)
+    if (n < 1).any() or (n > MAX_SAMPLES).any():
+        raise ConfigError(f"replicates: every n must be in 1..{MAX_SAMPLES}")
+    if flat.size and float(flat.max()) > float(n.max()):  # before the cast: 2^63 would wrap
+        raise ConfigError(f"replicates.counts: a count of {float(flat.max()):.0f} is more than "
+                          "its replicate's n")
     counts = counts.astype(np.int64)
     sums = sums.reshape(r, space.dim)
     if not np.isfinite(sums).all():
         raise ConfigError("replicates.feature_sum: expected finite numbers")
-    n = np.asarray(n, np.int64)
     bad = np.argwhere(counts.sum(axis=2) != n[:, None])
     if len(bad):
         i, d = (int(v) for v in bad[0])
         raise ConfigError(f"replicates[{i}]: counts: every dimension must hold n = {n[i]} "
                           f"samples; dimension {d} holds {int(counts[i, d].sum())}")
-    if (n < 1).any():
-        raise ConfigError(f"replicates: every n must be >= 1, got {n.tolist()}")
     return [Fingerprint(task_id=query.task_id, space_id=space.space_id, counts=counts[i],
                         feature_sum=sums[i].astype(np.float64), n_samples=int(n[i]),
                         n_images=query.n_images, privacy=dict(query.privacy))

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
+from rayfp.core.parts import TaskPart, split_sigma
 from rayfp.core.sampling import BALANCED_PLAN, KEYED_PLAN
-from rayfp.errors import PrivacyPolicyError
-from rayfp.privacy.mechanism import MECHANISM, calibrate, epsilon_of, spec_from_record
+from rayfp.errors import ConfigError, PrivacyPolicyError
+from rayfp.privacy.mechanism import MECHANISM, calibrate, spec_from_record
 
 # Relative slack when recomputing a record's noise: the accountant is solved numerically.
 _TOLERANCE = 1e-6
@@ -26,35 +27,75 @@ def check_privacy(fp: Fingerprint, space: FingerprintSpace, *, max_epsilon: floa
     """Raise PrivacyPolicyError unless ``fp`` is (ε <= max_epsilon, δ <= max_delta)-DP by a
     record that adds up; ``max_epsilon=None`` accepts everything (no policy). ``policy`` names
     whose limit it is in the message."""
+    _check_release(fp.task_id, fp.privacy, space, n_samples=fp.n_samples, n_images=fp.n_images,
+                   max_epsilon=max_epsilon, max_delta=max_delta, policy=policy)
+
+
+def check_part_privacy(part: TaskPart, space: FingerprintSpace, *, max_epsilon: float | None,
+                       max_delta: float = 1e-5, policy: str = "this server") -> None:
+    """The policy for one site's part, on arrival: its record must be the task's release
+    (ε, δ, the cap of the task's plan, σ for them) and its own noise must be the share its
+    noise-share rule gives of that σ. Refused parts are never held."""
+    _check_release(part.task_id, part.privacy, space, n_samples=part.plan.samples,
+                   n_images=part.plan.total_images, max_epsilon=max_epsilon,
+                   max_delta=max_delta, policy=policy)
+    dp = part.privacy.get("dp")
+    if max_epsilon is None or not dp:
+        return
+    share = part.privacy.get("noise_share")
+    try:
+        needed = split_sigma(float(dp["sigma_counts"]), part.plan.parts, share)
+        sigma_part = float(dp["sigma_part"])
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise PrivacyPolicyError(f"part {part.part} of {part.task_id!r}: its privacy record "
+                                 f"has no valid sigma_part / noise_share ({exc})") from None
+    if sigma_part < needed * (1 - _TOLERANCE):
+        raise PrivacyPolicyError(f"part {part.part} of {part.task_id!r} states its noise σ = "
+                                 f"{sigma_part:.4g}, below the {needed:.4g} that noise share "
+                                 f"{share!r} of {part.plan.parts} parts needs")
+
+
+def _check_release(task_id: str, privacy: Mapping[str, Any] | None, space: FingerprintSpace, *,
+                   n_samples: int, n_images: int, max_epsilon: float | None, max_delta: float,
+                   policy: str) -> None:
     if max_epsilon is None:
         return
-    dp = (fp.privacy or {}).get("dp")
+    dp = (privacy or {}).get("dp")
     if not dp:
         raise PrivacyPolicyError(
             f"{policy} accepts only differentially private fingerprints (ε <= "
-            f"{max_epsilon:g}); {fp.task_id!r} carries exact counts. Fingerprint it with "
+            f"{max_epsilon:g}); {task_id!r} carries exact counts. Fingerprint it with "
             f"`rayfp fingerprint --epsilon E` (E <= {max_epsilon:g})")
-    epsilon = epsilon_of(fp.privacy)
-    if epsilon > max_epsilon:
-        raise PrivacyPolicyError(f"{fp.task_id!r} is released at ε = {epsilon:g}; {policy} "
+    if not isinstance(dp, Mapping):
+        raise PrivacyPolicyError(f"{task_id!r}: its privacy record's dp must be a record, got "
+                                 f"{type(dp).__name__}")
+    try:
+        epsilon = float(dp["epsilon"])
+    except (KeyError, TypeError, ValueError):
+        raise PrivacyPolicyError(f"{task_id!r}: its privacy record states no valid epsilon "
+                                 f"({dp.get('epsilon')!r})") from None
+    if not epsilon <= max_epsilon:  # NaN too
+        raise PrivacyPolicyError(f"{task_id!r} is released at ε = {epsilon:g}; {policy} "
                                  f"accepts at most ε = {max_epsilon:g}. Fingerprint it again "
                                  "with a smaller --epsilon")
-    _check_record(fp, space, dp, max_delta)
+    _check_record(task_id, privacy, n_samples, n_images, space, dp, max_delta)
 
 
-def _check_record(fp: Fingerprint, space: FingerprintSpace, dp: Mapping[str, Any],
-                  max_delta: float) -> None:
+def _check_record(task_id: str, privacy: Mapping[str, Any], n_samples: int, n_images: int,
+                  space: FingerprintSpace, dp: Mapping[str, Any], max_delta: float) -> None:
     def refuse(why: str) -> PrivacyPolicyError:
-        return PrivacyPolicyError(f"{fp.task_id!r}: its privacy record {why}")
+        return PrivacyPolicyError(f"{task_id!r}: its privacy record {why}")
 
     try:
-        spec = spec_from_record(fp.privacy)
+        spec = spec_from_record(dict(privacy))
         cap = int(dp["views_per_image_cap"])
         sigma_counts = float(dp["sigma_counts"])
         sigma_sum = None if dp.get("sigma_sum") is None else float(dp["sigma_sum"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise refuse(f"is incomplete or malformed ({exc}); expected the fields rayfp "
                      "writes (epsilon, delta, mean, views_per_image_cap, sigma_*)") from None
+    if not (math.isfinite(sigma_counts) and sigma_counts > 0):
+        raise refuse(f"states a noise σ of {sigma_counts}")
     if dp.get("plan") == BALANCED_PLAN:
         raise refuse(f"names the {BALANCED_PLAN!r} plan, whose views follow the file order: its "
                      "guarantee fails when a replacing file sorts elsewhere. Fingerprint the task "
@@ -64,10 +105,10 @@ def _check_record(fp: Fingerprint, space: FingerprintSpace, dp: Mapping[str, Any
                      f"expected {MECHANISM!r} with plan {KEYED_PLAN!r}")
     if spec.delta > max_delta:
         raise refuse(f"has δ = {spec.delta:g}; this server accepts at most {max_delta:g}")
-    needed_cap = math.ceil(fp.n_samples / max(1, fp.n_images))
+    needed_cap = math.ceil(n_samples / max(1, n_images))
     if cap < needed_cap:
-        raise refuse(f"caps views per image at {cap}, but {fp.n_samples} views of "
-                     f"{fp.n_images} images need at least {needed_cap}")
+        raise refuse(f"caps views per image at {cap}, but {n_samples} views of "
+                     f"{n_images} images need at least {needed_cap}")
     needed = calibrate(spec, space, cap)
     if (needed.sigma_sum is None) != (sigma_sum is None):
         raise refuse(f"states a sum noise of {sigma_sum} for mean {spec.mean!r}")
