@@ -160,7 +160,7 @@ def test_bad_input_gets_4xx_that_says_what_to_fix(cloud):
     cases = [
         ({"fingerprint": {**good, "space_id": "feedfacefeedface"}}, 404, "known spaces"),
         ({"fingerprint": {**good, "counts": [1.0, 2.0]}}, 400, "expected 16 x 10"),
-        ({"fingerprint": {**good, "n": 0}}, 400, "n: expected >= 1"),
+        ({"fingerprint": {**good, "n": 0}}, 422, "greater than or equal to 1"),
         ({"task_id": "site-1", "metric": "kl"}, 422, "'bkld-small', 'bkld-large'"),
         ({"task_id": "site-1", "kinds": ["optimizer"]}, 422, "'architecture'"),
         ({"task_id": "site-1", "kinds": []}, 422, "at least 1 item"),

@@ -78,7 +78,7 @@ class DPRecordIn(BaseModel):
     sensitivity_sum: Positive | None = None
     release_bins: int | None = Field(None, ge=2, le=100_000)
     mean: Text = "counts"
-    count_share: float | None = Field(None, gt=0, lt=1)
+    count_share: float | None = Field(None, gt=0, le=1)
     sigma_part: Positive | None = None
 
 
