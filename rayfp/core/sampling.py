@@ -126,7 +126,7 @@ def keyed_plan(contents: Sequence[bytes], n_samples: int, seed: int) -> SamplePl
 
     Replacing one unit by another changes that unit's views and moves at most one extra view
     between two other units: per dimension at most cap = ceil(N/M) views leave their bins and
-    cap enter others, the bound the mechanism is calibrated for (tests/test_keyed_plan.py
+    cap enter others, the bound the mechanism is calibrated for (tests/test_dptest.py
     attacks it with reordered, renamed and crafted files)."""
     if len(contents) < 1:
         raise ConfigError("a task needs at least one image to sample from, got 0")
