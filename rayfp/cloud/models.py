@@ -100,7 +100,7 @@ class PlanIn(BaseModel):
     image_counts: list[Annotated[int, Field(ge=1, le=defaults.MAX_IMAGES)]] = Field(
         min_length=1, max_length=defaults.MAX_PARTS)
     samples: int = Field(ge=1, le=defaults.MAX_SAMPLES)
-    seed: int = Field(ge=0, lt=2**63)
+    seed: int = Field(ge=0, le=2**53 - 1)  # JSON-safe integers
     plan: Literal["paper", "keyed", "balanced"]
 
 
@@ -228,7 +228,7 @@ class ComponentIn(BaseModel):
     value: Text = Field(min_length=1)
     metric: Annotated[str, Field(max_length=100)] = ""
     score: Finite | None = None
-    seed: int | None = Field(None, ge=0, lt=2**63)
+    seed: int | None = Field(None, ge=0, le=2**53 - 1)
     provenance: Text = ""
 
 
