@@ -77,6 +77,58 @@ def request(url: str, payload: dict, token: str | None = None) -> float:
     return (time.perf_counter() - started) * 1e3
 
 
+def heap_probe(sources: int, writes: int) -> int:
+    """The same writes in this process, without Serve: Python heap growth per write (by
+    tracemalloc, after the first 100 writes), next to what the index itself grows by. Resident
+    memory is a poor gauge of a leak here: the store's compaction and Arrow allocate hundreds
+    of MB for a moment, and the allocator keeps some of it."""
+    import gc
+    import tempfile
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    space = synthetic_space(512, 100)
+    _SPACE.append(space)
+    store = Store(Path(tempfile.mkdtemp(prefix="rayfp-heap-")) / "store")
+    store.put_space(space)
+    kb = KnowledgeBase(store, max_epsilon=8.0, min_images=1, hubness_queries=0)
+    store.put_fingerprints([private(realistic_fingerprint(rng, space, f"task-{i}", 1000), i)
+                            for i in range(sources)])
+    query = private(realistic_fingerprint(rng, space, "query", 1000), 10**6)
+    kb.nearest_many([(query, 5, "bkld-small")])
+    tracemalloc.start()
+    new_tasks, before = 0, 0
+    for n in range(writes):
+        task_id = f"written-{n}" if n % 10 == 9 else f"task-{n % sources}"
+        fp = private(realistic_fingerprint(rng, space, task_id, 1000), 2 * 10**6 + n)
+        kb.register_task({"task_id": task_id}, fp)
+        kb.record_component({"task_id": task_id, "kind": "augmentation", "value": f"p{n}",
+                             "score": 0.5})
+        kb.nearest_many([(query, 5, "bkld-small")])  # the index follows every write
+        if n == 99:
+            gc.collect()
+            before = tracemalloc.get_traced_memory()[0]
+        elif n > 99:
+            new_tasks += n % 10 == 9
+    gc.collect()
+    grown = (tracemalloc.get_traced_memory()[0] - before) / (writes - 100)
+    index = space.dim * space.bins * new_tasks / (writes - 100)
+    rows = [("writes measured (after 100 to warm up)", str(writes - 100)),
+            ("Python heap growth per write (tracemalloc)", f"{grown / 1024:.1f} KB"),
+            ("the index's own growth per write (uint8 counts of the new tasks)",
+             f"{index / 1024:.1f} KB"),
+            ("ratio", f"{grown / index:.2f}")]
+    for what, result in rows:
+        print(f"{what}: {result}")
+    lines = ["## Knowledge cloud: heap growth per write", "", f"Machine: {machine()}  ",
+             f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
+             f"Command: `python -m bench.bench_soak --heap --sources {sources} --writes "
+             f"{writes}` (the soak's writes in one process, no Serve)", "",
+             "| what | result |", "|---|---|"] + [f"| {w} | {r} |" for w, r in rows]
+    replace_section("Knowledge cloud: heap growth per write", "\n".join(lines) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources", type=int, default=1000)
@@ -84,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--write-every", type=float, default=0.5)
     parser.add_argument("--no-write", action="store_true", help="a read-only soak, to compare")
+    parser.add_argument("--heap", action="store_true",
+                        help="instead: heap growth per write in one process (tracemalloc)")
+    parser.add_argument("--writes", type=int, default=600, help="with --heap")
     args = parser.parse_args(argv)
+    if args.heap:
+        return heap_probe(args.sources, args.writes)
 
     import tempfile
 
