@@ -244,9 +244,11 @@ def main(argv: list[str] | None = None) -> int:
              f"{rss[-1][2]}"),
             ("replica memory, after the first window -> end",
              f"{rss[1][1]:.0f} -> {rss[-1][1]:.0f} MB"),
-            ("replica memory growth per write",
-             f"{grown * 1024 / n_writes:.1f} KB (the index grows {index_per_task_kb:.0f} KB "
-             "per new task, i.e. ~5 KB per write here)" if not args.no_write else "-"),
+            ("replica resident memory, (end - first window) / writes",
+             f"{grown * 1024 / n_writes:.1f} KB: resident memory swings by hundreds of MB with "
+             "the store's compaction (see the windows above), so the heap growth below is the "
+             f"leak gauge (the index grows {index_per_task_kb:.0f} KB per new task)"
+             if not args.no_write else "-"),
             ("errors", str(len(errors)) + (f" (first: {errors[0]})" if errors else ""))]
     for what, result in rows:
         print(f"{what}: {result}")
