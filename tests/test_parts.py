@@ -160,3 +160,37 @@ def test_the_cloud_keeps_parts_until_all_arrive_then_registers_the_merge(tmp_pat
     assert fp.n_images == sum(COUNTS) and fp.n_samples == SAMPLES
     assert store.parts_of(SPACE.space_id, "pooled") == []  # dropped once merged
     assert kb.parts_state(SPACE.space_id, "pooled")["state"] == "merged"
+
+
+def test_parts_released_differently_or_sent_twice_at_once_are_refused(tmp_path):
+    """Another release (here: other release bins) is a 409 on arrival, never held; the last
+    part sent twice at the same moment merges once, the other copy gets 409."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = Store(tmp_path / "cloud")
+    store.put_space(SPACE)
+    kb = KnowledgeBase(store, min_images=1, max_epsilon=8.0)
+    plan, parts, _ = _parts(PrivacySpec(epsilon=1.0, seed=5))
+    assert kb.receive_part(parts[0])["state"] == "waiting"
+    images = np.random.default_rng(0).random((sum(COUNTS), SPACE.dim)) * 0.8
+    drawn = plan.views_of(2, _contents(images, plan.offset(2), COUNTS[1]))
+    other_bins = release_part(PartialCounts.from_features(_features(drawn, plan.offset(2), images),
+                                                          SPACE, clip_sum=True),
+                              SPACE, plan=plan, part=2,
+                              spec=PrivacySpec(epsilon=1.0, seed=5, release_bins=5))
+    with pytest.raises(ConflictError, match="release_bins"):
+        kb.receive_part(other_bins)
+    assert [p.part for p in store.parts_of(SPACE.space_id, "pooled")] == [1]
+    assert kb.receive_part(parts[1])["state"] == "waiting"
+
+    def send(part):
+        try:
+            return kb.receive_part(part)["state"]
+        except ConflictError:
+            return "409"
+
+    with ThreadPoolExecutor(2) as pool:
+        states = sorted(pool.map(send, [parts[2], parts[2]]))
+    assert states in (["409", "merged"], ["merged", "merging"], ["409", "merging"])
+    assert states.count("merged") <= 1 and store.has_fingerprint(SPACE.space_id, "pooled")
+    assert store.parts_of(SPACE.space_id, "pooled") == []

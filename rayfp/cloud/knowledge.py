@@ -439,6 +439,8 @@ class KnowledgeBase:
                                      f"this part is in space {part.space_id}")
         with self._task_lock(part.space_id, part.task_id):
             held = self.store.parts_of(part.space_id, part.task_id)
+            if not held:
+                self._refuse_merged_again(part)
             if any(p.part == part.part for p in held):
                 raise ConflictError(f"part {part.part} of {part.task_id!r} arrived before; "
                                     f"parts held: {sorted(p.part for p in held)}")
@@ -464,10 +466,21 @@ class KnowledgeBase:
         parts = sorted(parts, key=lambda p: p.part)
         partial, record = merge_parts(parts, space, min_images=self.min_images)
         fp = finalize(partial, task_id=part.task_id, n_images=part.plan.total_images,
-                      privacy=record)
+                      privacy={**record, "parts_plan": part.plan.to_record()})
         self.register_task({"owner": f"{part.plan.parts} sites"}, fp)
         self.store.drop_parts(part.space_id, part.task_id)
         return self._parts_state(part, parts, "merged")
+
+    def _refuse_merged_again(self, part: TaskPart) -> None:
+        """A part of a plan whose merge is already registered is a late copy (a retry, a
+        duplicate sent at the same moment): 409, so it never starts a second round. A new
+        release of the task in parts takes a new plan (another seed)."""
+        if not self.store.has_fingerprint(part.space_id, part.task_id):
+            return
+        merged = self.store.get_fingerprint(part.space_id, part.task_id)
+        if (merged.privacy or {}).get("parts_plan") == part.plan.to_record():
+            raise ConflictError(f"{part.task_id!r} was already merged from parts of this plan; "
+                                "release it again in parts with another seed")
 
     def drop_held_parts(self, space_id: str, task_id: str) -> dict[str, Any]:
         """Clear the parts a task holds (an operator's way out of a task that cannot merge)."""
