@@ -87,8 +87,8 @@ def charge(store: Store, task_id: str, *, kind: str, dp: Mapping[str, Any] | Non
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     event = (noise_multiplier(dp), float(dp["delta"]))
-    before = spent(store, task_id)
-    after = _compose(task_id, [*_events(store, task_id), event])
+    events = _events(store, task_id)  # one read of the ledger for both totals
+    before, after = _compose(task_id, events), _compose(task_id, [*events, event])
     if budget is not None and after.epsilon > budget:
         raise PrivacyBudgetError(
             f"{kind} of {task_id!r} refused: its images have spent ε = {before.epsilon:.3g} "
