@@ -5,7 +5,7 @@ runs it) and writes each selector's margin over the exact random baseline, avera
 four scenarios and k = 1, 3, 5, with 95 % bootstrap intervals over the 23 targets and
 sign-flip p / BH q; plus bKLD (small) with CSLS hubness reduction against bKLD (small).
 
-    python -m bench.bench_evaluate [--data ../shared/paper-data]
+    python -m bench.bench_evaluate [--data FOLDER]   (default: the copy that ships with rayfp)
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ KS = (1, 3, 5)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "paper-data"))
+    parser.add_argument("--data", help="a released-data folder (default: the shipped copy)")
     parser.add_argument("--csls", type=int, default=10)
     args = parser.parse_args(argv)
     from rayfp.cli.main import main as rayfp
 
     started = time.perf_counter()
-    rayfp(["evaluate", "--data", args.data, "--format", "csv"])  # the command users run
+    rayfp(["evaluate", *(["--data", args.data] if args.data else []), "--format", "csv"])  # the command users run
     command_s = time.perf_counter() - started
 
     data = PaperData(args.data)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"## {TITLE}", "", f"Machine: {machine()}  ",
              f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
              "Command: `python -m bench.bench_evaluate`", "",
-             f"`rayfp evaluate --data ../shared/paper-data` (8 selectors + random, k = 1–5, "
+             f"`rayfp evaluate` (8 selectors + random, k = 1–5, "
              f"intervals and tests): **{command_s:.0f} s** on this machine.", "",
              "Development targets (23), mean over the 4 scenarios and k = 1, 3, 5 per target. "
              "Random is the exact expectation over random k-subsets of the valid sources. "

@@ -50,17 +50,23 @@ def private_fingerprint(rng: np.random.Generator, space: FingerprintSpace, task_
                        n_images=exact.n_images, privacy=record)
 
 
-def paper_data_dir():
-    """../shared/paper-data beside the checkout (CI lays a copy there), or $RAYFP_PAPER_DATA."""
-    import os
-    from pathlib import Path
+def unpack_paper_data(folder):
+    """The shipped copy of the paper's released data, unpacked as the release lays it out."""
+    import json
+    import zipfile
 
-    default = Path(__file__).resolve().parents[2] / "shared" / "paper-data"
-    path = Path(os.environ.get("RAYFP_PAPER_DATA", default))
-    if not (path / "task_splits.json").is_file():
-        raise FileNotFoundError(f"the paper's released data is expected at {path} (the shared/ "
-                                "folder beside the checkout) or at $RAYFP_PAPER_DATA")
-    return path
+    from rayfp.evaluate.data import PUBLISHED_ARCHIVE, PUBLISHED_SPLITS
+
+    with zipfile.ZipFile(PUBLISHED_ARCHIVE) as archive:
+        members = [m for m in archive.namelist() if m != "policies.jsonl"]
+        archive.extractall(folder, members)
+        for line in archive.read("policies.jsonl").decode().splitlines():
+            row = json.loads(line)
+            policy = folder / "auto_augmentations" / row["search"] / "AA" / row["folder"]
+            policy.mkdir(parents=True, exist_ok=True)
+            (policy / "policy_0001.json").write_text(row["policy"])
+    (folder / "task_splits.json").write_text(PUBLISHED_SPLITS.read_text())
+    return folder
 
 
 def free_port() -> int:

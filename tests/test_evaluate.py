@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import paper_data_dir
 from PIL import Image
 from scipy.stats import weightedtau
 
@@ -21,12 +20,11 @@ from rayfp.evaluate.protocol import (
     weighted_tau,
 )
 
-DATA = paper_data_dir()
 
 
 @pytest.fixture(scope="module")
 def data() -> PaperData:
-    return PaperData(DATA)
+    return PaperData()  # the copy that ships with rayfp
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +160,7 @@ def test_oracle_equal_to_one_occurs_46_times_in_development(data, dev):
 
 def test_cli_tables_csv_plots_and_own_selectors(data, tmp_path, capsys):
     fast = ["--tau-draws", "4", "--bootstrap", "300", "--permutations", "1000"]
-    assert rayfp_cli(["evaluate", "--data", str(DATA), "-k", "1-2", *fast]) == 0
+    assert rayfp_cli(["evaluate", "-k", "1-2", *fast]) == 0
     table = capsys.readouterr().out
     assert "gain — Model Architecture — BA" in table and "bKLD (small)" in table
     assert "win rates" in table
@@ -173,7 +171,7 @@ def test_cli_tables_csv_plots_and_own_selectors(data, tmp_path, capsys):
     mine.index.name = "source"
     path = tmp_path / "mine.csv"
     mine.to_csv(path)
-    code = rayfp_cli(["evaluate", "--data", str(DATA), "--selectors", f"Mine={path}",
+    code = rayfp_cli(["evaluate", "--selectors", f"Mine={path}",
                       "Semantic-again=SEMANTIC", "-k", "3", "--mode", "avg", "--seeds",
                       "mean", "--format", "csv", "--plots", str(tmp_path / "plots"),
                       "--csls", "10", *fast])
@@ -195,7 +193,7 @@ def test_cli_tables_csv_plots_and_own_selectors(data, tmp_path, capsys):
         same.xs("Manual", level="selector"))
     for name in ("gain_vs_k.png", "delta_vs_k.png", "win_rates.png"):
         assert Image.open(tmp_path / "plots" / name).size[0] > 400
-    assert rayfp_cli(["evaluate", "--data", str(DATA), "--selectors", "X=no-such-matrix",
+    assert rayfp_cli(["evaluate", "--selectors", "X=no-such-matrix",
                       "--only"]) == 2
     assert "unknown distance matrix 'no-such-matrix'" in capsys.readouterr().err
 
@@ -205,7 +203,7 @@ def test_pandas2_float_parser_reproduces_the_documented_ulp_differences(data):
     1 ulp away from the correctly rounded value under pandas 2; 19,032 in all."""
     from rayfp.evaluate.csvfloat import pandas2_float
 
-    exact = PaperData(DATA, float_parser="exact")
+    exact = PaperData(float_parser="exact")
     total = 0
     for stem in PAPER_SELECTORS.values():
         a, b = data.distances(stem), exact.distances(stem)
@@ -219,21 +217,30 @@ def test_pandas2_float_parser_reproduces_the_documented_ulp_differences(data):
     assert np.isnan(pandas2_float("")) and pandas2_float("1e400") == np.inf
 
 
-def test_the_papers_task_lists_ship_with_rayfp(tmp_path):
-    """A bare copy of the paper repository's cache/ has no task_splits.json: evaluate anyway."""
-    import json
+def test_a_released_folder_reads_as_the_shipped_copy(tmp_path, data):
+    """The released data unpacked as the paper's repository lays it out: the same tables byte for
+    byte, and a bare cache/ folder, which lacks the task lists, falls back to the shipped ones."""
+    from conftest import unpack_paper_data
 
-    from rayfp.evaluate.data import PUBLISHED_SPLITS
-
-    assert json.loads(PUBLISHED_SPLITS.read_text()) == json.loads(
-        (DATA / "task_splits.json").read_text())
+    folder = unpack_paper_data(tmp_path / "release")
+    unpacked = PaperData(folder)
+    stem = PAPER_SELECTORS["bKLD (small)"]
+    pd.testing.assert_frame_equal(unpacked.distances(stem), data.distances(stem))
+    pd.testing.assert_frame_equal(unpacked.outcomes("arch", "AUROC", False),
+                                  data.outcomes("arch", "AUROC", False))
+    assert list(unpacked.policies()) == list(data.policies())
+    assert len(list(data.policies())) == 213
+    assert unpacked.available_selectors() == data.available_selectors()
+    assert len(data.available_selectors()) == 8
     cache = tmp_path / "cache"
     cache.mkdir()
     for name in ("exp", "distances", "task_infos.csv"):
-        (cache / name).symlink_to(DATA / name)
-    assert PaperData(cache).splits.development == PaperData(DATA).splits.development
+        (cache / name).symlink_to(folder / name)
+    assert PaperData(cache).splits.development == data.splits.development
     with pytest.raises(ConfigError, match="no task lists"):
         PaperData(cache, splits=tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match="not a paper data folder"):
+        PaperData(tmp_path)
 
 
 # --- the random baseline and the uncertainty of the evaluation ---------------------------------

@@ -6,8 +6,9 @@ import dataclasses
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
-from conftest import make_space, paper_data_dir, random_fingerprint
+from conftest import make_space, random_fingerprint
 
 from rayfp.cloud.knowledge import KnowledgeBase
 from rayfp.cloud.paper_import import import_paper
@@ -16,13 +17,12 @@ from rayfp.core.index import ScreenedIndex
 from rayfp.core.store import Store
 from rayfp.errors import ConfigError, NotFoundError, TooFewImagesError
 
-DATA = paper_data_dir()
 
 
 @pytest.fixture(scope="module")
 def paper_store(tmp_path_factory) -> tuple[Store, dict]:
     store = Store(tmp_path_factory.mktemp("paper") / "store")
-    return store, import_paper(DATA, store)
+    return store, import_paper(None, store)  # the copy that ships with rayfp
 
 
 def test_import_paper_counts(paper_store):
@@ -32,6 +32,20 @@ def test_import_paper_counts(paper_store):
     policies = store.read_table("components").to_pandas()
     assert (policies.groupby("task_id").size() == 3).all() and policies.task_id.nunique() == 71
     assert "breast_cancer_classification_v2" in set(policies.task_id)
+
+
+def test_import_paper_from_a_released_folder_matches_the_shipped_copy(paper_store, tmp_path):
+    from conftest import unpack_paper_data
+
+    store, counts = paper_store
+    other = Store(tmp_path / "store")
+    assert import_paper(unpack_paper_data(tmp_path / "release"), other) == counts
+    for table in ("components", "transfers"):
+        ours = store.read_table(table).to_pandas().drop(columns=["schema_version"], errors="ignore")
+        theirs = other.read_table(table).to_pandas().drop(columns=["schema_version"], errors="ignore")
+        key = [c for c in ours.columns if ours[c].notna().all()]
+        pd.testing.assert_frame_equal(ours.sort_values(key).reset_index(drop=True),
+                                      theirs.sort_values(key).reset_index(drop=True))
 
 
 def test_paper_tasks_answer_from_imported_distances(paper_store):

@@ -16,7 +16,6 @@ import pytest
 from conftest import (
     free_port,
     make_space,
-    paper_data_dir,
     private_fingerprint,
     random_fingerprint,
 )
@@ -43,7 +42,7 @@ def cloud(tmp_path_factory):
     from rayfp.cloud.app import build_app, start_local_serve
 
     store = Store(tmp_path_factory.mktemp("cloud") / "store")
-    import_paper(paper_data_dir(), store)
+    import_paper(None, store)
     space = make_space(dim=16, bins=10)
     store.put_space(space)
     rng = np.random.default_rng(7)

@@ -17,7 +17,8 @@ from rayfp.errors import ConfigError
 def add_parsers(sub) -> None:
     p = sub.add_parser("import-paper", help="load the paper's tasks, policies, outcomes and "
                                             "distances into a store")
-    p.add_argument("data", help="../shared/paper-data (or the paper repository's cache/)")
+    p.add_argument("data", nargs="?", help="a folder of the paper's released data (default: the "
+                                           "copy that ships with rayfp)")
     p.add_argument("--store", required=True)
 
     p = sub.add_parser("serve", help="run the knowledge cloud locally (Ray Serve, blocking)")

@@ -1,7 +1,7 @@
-"""`rayfp import-paper DIR`: the paper's 71 tasks, their FasterAutoAugment policies, released
+"""`rayfp import-paper [DIR]`: the paper's 71 tasks, their FasterAutoAugment policies, released
 transfer outcomes and baselines, and released distance matrices, into a store. None of these
 tasks has a fingerprint (none were released): nearest/recommend for them use the imported
-distances, labelled as such."""
+distances, labelled as such. DIR defaults to the copy of the released data that ships with rayfp."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from rayfp.core.store import Store
 from rayfp.errors import ConfigError
@@ -37,7 +36,7 @@ def _keywords(text: str) -> list[str]:
         return [text]
 
 
-def import_paper(data_dir: str | Path, store: Store) -> dict[str, int]:
+def import_paper(data_dir: str | Path | None, store: Store) -> dict[str, int]:
     """Returns the number of rows imported per table."""
     data = PaperData(data_dir)
     infos = data.task_infos
@@ -48,38 +47,34 @@ def import_paper(data_dir: str | Path, store: Store) -> dict[str, int]:
     counts = {"tasks": store.upsert("tasks", tasks)}
 
     policies = []
-    root = Path(data_dir) / "auto_augmentations"
-    for search_dir in sorted(root.glob("*")):
-        search = int(search_dir.name.rsplit("_", 1)[-1])
-        for task_dir in sorted((search_dir / "AA").glob("*%*")):
-            folder_task = re.sub(r"^TASK\d*_", "", task_dir.name.split("%", 1)[1])
-            task_id = POLICY_FOLDER_ALIASES.get(folder_task, folder_task)
-            policy = task_dir / "policy_0001.json"
-            if task_id not in infos.index or not policy.is_file():
-                raise ConfigError(f"unexpected policy folder {task_dir}")
-            policies.append({"task_id": task_id, "kind": "augmentation",
-                             "value": json.dumps(json.loads(policy.read_text()),
-                                                 separators=(",", ":")),
-                             "metric": "", "score": None, "seed": search,
-                             "provenance": f"FasterAutoAugment search {search} on {task_id}; "
-                                           f"{PROVENANCE}"})
+    for search_dir, task_dir, text in data.policies():
+        search = int(search_dir.rsplit("_", 1)[-1])
+        folder_task = re.sub(r"^TASK\d*_", "", task_dir.split("%", 1)[1])
+        task_id = POLICY_FOLDER_ALIASES.get(folder_task, folder_task)
+        if task_id not in infos.index:
+            raise ConfigError(f"unexpected policy folder {search_dir}/AA/{task_dir}")
+        policies.append({"task_id": task_id, "kind": "augmentation",
+                         "value": json.dumps(json.loads(text), separators=(",", ":")),
+                         "metric": "", "score": None, "seed": search,
+                         "provenance": f"FasterAutoAugment search {search} on {task_id}; "
+                                       f"{PROVENANCE}"})
     counts["components"] = store.upsert("components", policies)
 
     transfers, baselines = [], []
     for scenario in SCENARIOS:
         for metric in OUTCOME_METRICS:
-            path = Path(data_dir) / "exp" / outcome_file(scenario, metric, False)
-            if not path.is_file():
+            name = "exp/" + outcome_file(scenario, metric, False)
+            if not data.has(name):
                 continue
-            frame = pd.read_csv(path, index_col=0)
+            frame = data.raw_csv(name)
             transfers += [{"scenario": scenario, "metric": metric, "source": r.s, "target": r.t,
                            "seed": int(r.r), "score": float(r.p)} for r in frame.itertuples()]
     for metric in OUTCOME_METRICS:
         for shrunk in (True, False):
-            path = Path(data_dir) / "exp" / baseline_file(metric, shrunk, False)
-            if not path.is_file():
+            name = "exp/" + baseline_file(metric, shrunk, False)
+            if not data.has(name):
                 continue
-            frame = pd.read_csv(path, index_col=0)
+            frame = data.raw_csv(name)
             scenario = "no-transfer-shrunk" if shrunk else "no-transfer-full"
             baselines += [{"scenario": scenario, "target": target, "metric": metric,
                            "seed": int(seed), "score": float(frame.loc[seed, target])}
@@ -89,7 +84,7 @@ def import_paper(data_dir: str | Path, store: Store) -> dict[str, int]:
 
     distances = []
     for name, stem in PAPER_SELECTORS.items():
-        matrix = pd.read_csv(Path(data_dir) / "distances" / f"{stem}.csv", index_col=0)
+        matrix = data.raw_csv(f"distances/{stem}.csv")
         matrix = matrix[[c for c in matrix.columns if c in infos.index]]  # full tasks only
         values = matrix.to_numpy(dtype=float)
         for i, source in enumerate(matrix.index):

@@ -27,8 +27,8 @@ def parse_ks(text: str) -> tuple[int, ...]:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="score task selectors against measured transfer outcomes")
-    p.add_argument("--data", required=True,
-                   help="the paper repository's cache/ folder or ../shared/paper-data")
+    p.add_argument("--data", help="a folder of the paper's released data (its repository's cache/); "
+                                  "default: the copy that ships with rayfp")
     p.add_argument("--splits", help="task_splits.json (default: DATA/task_splits.json)")
     p.add_argument("--targets", choices=("development", "validation"), default="development")
     p.add_argument("--selectors", nargs="*", default=[], metavar="NAME=FILE",

@@ -1,11 +1,17 @@
 """The paper's released evaluation data: task facts, task lists, distance matrices, transfer
-outcomes and no-transfer baselines (PROTOCOL.md §1-§2). DIR is the paper repository's `cache/`
-folder or `../shared/paper-data` (same names: exp/, distances/, task_infos.csv)."""
+outcomes, no-transfer baselines and augmentation policies (docs/evaluation.md §1-§2).
+
+By default the copy that ships with rayfp (published/paper-data.zip, MIT, attributed in
+published/README.md); or a folder with the same names: the paper repository's `cache/` (exp/,
+distances/, task_infos.csv) or an unpacked release (plus auto_augmentations/)."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import zipfile
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 
@@ -23,10 +29,12 @@ from rayfp.evaluate.names import (  # noqa: F401 - re-exported for the protocol'
     SETTINGS,
 )
 
-# The paper's task lists (published facts, MIT: published/LICENSE-task-splits.txt), so a bare
-# `cache/` folder of the paper's repository, which lacks them, can be evaluated as it is.
-PUBLISHED_SPLITS = Path(__file__).parent / "published" / "task_splits.json"
-_SHRUNK_LOADERS = {"arch", "multi_task"}  # their loaders take shrunk=True (PROTOCOL §2.1)
+PUBLISHED = Path(__file__).parent / "published"
+# The paper's task lists also serve a bare `cache/` folder of the paper's repository, which lacks them.
+PUBLISHED_SPLITS = PUBLISHED / "task_splits.json"
+PUBLISHED_ARCHIVE = PUBLISHED / "paper-data.zip"
+PACKAGED = "the paper's released data shipped with rayfp"
+_SHRUNK_LOADERS = {"arch", "multi_task"}  # their loaders take shrunk=True (docs/evaluation.md §2.1)
 
 
 def outcome_file(scenario: str, metric: str, validation: bool) -> str:
@@ -55,44 +63,110 @@ class TaskSplits:
                    frozenset(raw["non_shrinkable_tasks"]), raw["shrink_tag"])
 
 
-class PaperData:
-    """Lazy access to one data folder; every missing file is an error naming it."""
+class _Folder:
+    """Released files in a folder (the paper repository's cache/ or an unpacked release)."""
 
-    def __init__(self, root: str | Path, *, splits: str | Path | None = None,
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def has(self, name: str) -> bool:
+        return (self.root / name).is_file()
+
+    def read(self, name: str) -> bytes:
+        return (self.root / name).read_bytes()
+
+    def names(self, folder: str) -> list[str]:
+        return sorted(p.name for p in (self.root / folder).glob("*.csv"))
+
+    def policies(self) -> Iterator[tuple[str, str, str]]:
+        for policy in sorted((self.root / "auto_augmentations").glob("*/AA/*%*/policy_0001.json")):
+            search_dir, _, task_dir = policy.parts[-4:-1]
+            yield search_dir, task_dir, policy.read_text()
+
+
+class _Archive:
+    """The same files packed in published/paper-data.zip (policies as one JSON-lines member)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with zipfile.ZipFile(path) as archive:
+            self._members = set(archive.namelist())
+
+    def has(self, name: str) -> bool:
+        return name in self._members
+
+    def read(self, name: str) -> bytes:
+        with zipfile.ZipFile(self.path) as archive:
+            return archive.read(name)
+
+    def names(self, folder: str) -> list[str]:
+        return sorted(m.split("/", 1)[1] for m in self._members if m.startswith(folder + "/"))
+
+    def policies(self) -> Iterator[tuple[str, str, str]]:
+        for line in self.read("policies.jsonl").decode().splitlines():
+            row = json.loads(line)
+            yield row["search"], row["folder"], row["policy"]
+
+
+class PaperData:
+    """Lazy access to the released data; every missing file is an error naming it.
+    ROOT None reads the copy that ships with rayfp."""
+
+    def __init__(self, root: str | Path | None = None, *, splits: str | Path | None = None,
                  float_parser: str = "pandas2") -> None:
         if float_parser not in FLOAT_PARSERS:
             raise UnknownNameError("CSV float parser", float_parser, FLOAT_PARSERS)
-        self.root = Path(root)
         self.float_parser = float_parser
-        if not (self.root / "exp").is_dir() or not (self.root / "distances").is_dir():
-            raise ConfigError(f"{self.root} is not a paper data folder: expected exp/ and "
-                              "distances/ (the paper repository's cache/ or ../shared/paper-data)")
-        splits_path = Path(splits) if splits else self.root / "task_splits.json"
-        if splits is None and not splits_path.is_file():
-            splits_path = PUBLISHED_SPLITS  # the paper's task lists ship with rayfp
+        if root is None:
+            self.root, self._files = PACKAGED, _Archive(PUBLISHED_ARCHIVE)
+            default_splits = PUBLISHED_SPLITS
+        else:
+            self.root, self._files = Path(root), _Folder(Path(root))
+            if not (self.root / "exp").is_dir() or not (self.root / "distances").is_dir():
+                raise ConfigError(f"{self.root} is not a paper data folder: expected exp/ and "
+                                  "distances/ (the paper repository's cache/ or an unpacked "
+                                  "release); leave the path out to use the copy rayfp ships")
+            default_splits = self.root / "task_splits.json"
+            if not default_splits.is_file():
+                default_splits = PUBLISHED_SPLITS  # the paper's task lists ship with rayfp
+        splits_path = Path(splits) if splits else default_splits
         if not splits_path.is_file():
             raise ConfigError(f"no task lists at {splits_path}; pass --splits FILE "
-                              "(task_splits.json of ../shared/paper-data)")
+                              "(the paper's task_splits.json)")
         self.splits = TaskSplits.load(splits_path)
+
+    def _open(self, name: str) -> io.BytesIO:
+        if not self._files.has(name):
+            raise ConfigError(f"missing file {name} in {self.root}")
+        return io.BytesIO(self._files.read(name))
 
     @cached_property
     def task_infos(self) -> pd.DataFrame:
-        return pd.read_csv(self.root / "task_infos.csv", index_col=0).set_index("name")
+        return pd.read_csv(self._open("task_infos.csv"), index_col=0).set_index("name")
+
+    def raw_csv(self, name: str) -> pd.DataFrame:
+        """A released CSV as pandas reads it by default (the importer's view)."""
+        return pd.read_csv(self._open(name), index_col=0)
+
+    def has(self, name: str) -> bool:
+        return self._files.has(name)
+
+    def policies(self) -> Iterator[tuple[str, str, str]]:
+        """(search folder, task folder, policy JSON text) of every released policy."""
+        return self._files.policies()
 
     def _csv(self, *parts: str) -> pd.DataFrame:
-        path = self.root.joinpath(*parts)
-        if not path.is_file():
-            raise ConfigError(f"missing file {path}")
+        name = "/".join(parts)
         if self.float_parser == "exact":
-            return pd.read_csv(path, index_col=0, header=0)
-        return read_csv_pandas2(path)
+            return pd.read_csv(self._open(name), index_col=0, header=0)
+        return read_csv_pandas2(self._open(name))
 
     def available_selectors(self) -> list[str]:
-        return sorted(p.stem for p in (self.root / "distances").glob("*.csv"))
+        return [name.removesuffix(".csv") for name in self._files.names("distances")]
 
     def distances(self, stem: str) -> pd.DataFrame:
         """Rows: sources (full tasks); columns: targets (incl. shrunk variants); lower = closer."""
-        if not (self.root / "distances" / f"{stem}.csv").is_file():
+        if not self._files.has(f"distances/{stem}.csv"):
             raise UnknownNameError("distance matrix", stem, self.available_selectors())
         return self._csv("distances", f"{stem}.csv").astype(float)
 
@@ -107,7 +181,7 @@ class PaperData:
         return self._csv("exp", baseline_file(metric, shrunk, validation))
 
 
-def read_csv_pandas2(path: str | Path) -> pd.DataFrame:
+def read_csv_pandas2(path) -> pd.DataFrame:
     """pd.read_csv(index_col=0) with pandas 2's float parser for every numeric column."""
     raw = pd.read_csv(path, index_col=0, header=0, dtype=str, keep_default_na=False)
     out = {}
