@@ -17,8 +17,8 @@ import numpy as np
 
 from bench.bench_core import synthetic_space, write_section
 from bench.bench_shards import make_fingerprint
-from rayfp.core.index import ScreenedIndex
-from rayfp.core.kernels import configure_threads
+from rayfp.search.index import ScreenedIndex
+from rayfp.search.kernels import configure_threads
 
 TITLE = "Lookup batches: the index per query, alone and four per pass"
 

@@ -33,10 +33,10 @@ from rayfp.cloud.knowledge import KnowledgeBase
 from rayfp.core.fingerprint import PartialCounts, bin_indices, finalize
 from rayfp.core.replicates import ViewTable
 from rayfp.core.sampling import sample_plan
-from rayfp.core.store import Store
 from rayfp.privacy.mechanism import PrivacySpec, release
 from rayfp.privacy.replicates import query_replicates
 from rayfp.privacy.synthetic import TaskFamilies, expected_fingerprint, synthetic_space
+from rayfp.store.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -176,7 +176,7 @@ def _through_the_service(store_root: Path, fp, replicates) -> tuple[float, float
     from ray import serve
 
     from rayfp.cloud.app import build_app, start_local_serve
-    from rayfp.core.wire import encode_fingerprint, encode_replicates
+    from rayfp.cloud.wire import encode_fingerprint, encode_replicates
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -207,7 +207,7 @@ def _through_the_service(store_root: Path, fp, replicates) -> tuple[float, float
 
 
 def cost(quick: bool) -> dict:
-    from rayfp.core.wire import decode_replicates, encode_replicates
+    from rayfp.cloud.wire import decode_replicates, encode_replicates
 
     rows = []
     sizes = (1000,) if quick else (1000, 10_000)

@@ -21,15 +21,15 @@ import numpy as np
 import torch
 
 from rayfp.cli.demo import dicom_corpus
-from rayfp.core import cpu
 from rayfp.core.distance import TARGET_SOFTMAX, LinearIndex, bkld
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
-from rayfp.core.store import Store
 from rayfp.errors import DecodeError
 from rayfp.extract.backbones import FeatureExtractor
 from rayfp.extract.views import fingerprint_inventory
 from rayfp.io import ImageSource, decode_file
 from rayfp.io.inventory import take_inventory
+from rayfp.search import cpu
+from rayfp.store.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from bench.bench_core import realistic_fingerprint, synthetic_space, write_section
-from rayfp.core import cpu
+from rayfp.cloud.wire import decode_fingerprint, encode_fingerprint
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
-from rayfp.core.wire import decode_fingerprint, encode_fingerprint
 from rayfp.extract.backbones import FeatureExtractor
+from rayfp.search import cpu
 
 
 def best_of(fn, repeats: int = 5) -> float:

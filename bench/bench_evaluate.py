@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     from rayfp.cli.main import main as rayfp
 
     started = time.perf_counter()
-    rayfp(["evaluate", *(["--data", args.data] if args.data else []), "--format", "csv"])  # the command users run
+    data_flag = ["--data", args.data] if args.data else []
+    rayfp(["evaluate", *data_flag, "--format", "csv"])  # the command users run
     command_s = time.perf_counter() - started
 
     data = PaperData(args.data)

@@ -37,7 +37,7 @@ import numpy as np
 from bench.bench_core import write_section
 from bench.bench_serve import free_port
 from bench.bench_shards import exhaustive_top_k, make_fingerprint
-from rayfp.core.wire import encode_fingerprint
+from rayfp.cloud.wire import encode_fingerprint
 
 K = 5
 # Modes `rayfp serve --ingress` offers (started as it starts them), and Ray's own others.
@@ -157,7 +157,7 @@ def child(args: argparse.Namespace) -> int:
 def prepare(directory: Path, sources: int, checked: int) -> tuple[Path, Path]:
     """A store of `sources` synthetic tasks, the query bodies and their exhaustive top-5."""
     from bench.bench_core import synthetic_space
-    from rayfp.core.store import Store
+    from rayfp.store.store import Store
 
     space = synthetic_space(512, 100)
     store = Store(directory / "store")

@@ -24,12 +24,12 @@ import numpy as np
 from bench.bench_core import write_section
 from rayfp.cli.demo import dicom_corpus
 from rayfp.core.fingerprint import FingerprintSpace  # noqa: E402
-from rayfp.core.store import Store  # noqa: E402
 from rayfp.extract.api import extractor_for_space, load_extractor
 from rayfp.extract.views import fingerprint_inventory
 from rayfp.io import discover_sources  # noqa: E402
 from rayfp.io.inventory import take_inventory
 from rayfp.io.sources import list_archive
+from rayfp.store.store import Store  # noqa: E402
 
 TASK_FILES = {
     "mr": ["MR_small.dcm", "emri_small.dcm", "MR2_UNCR.dcm", "MR-SIEMENS-DICOM-WithOverlays.dcm"],

@@ -201,11 +201,11 @@ def _digits_folder(folder: Path) -> list[Path]:
 
 def part_real(quick: bool) -> None:
     from rayfp.cli.demo import build_demo_tasks
-    from rayfp.core.store import Store
     from rayfp.extract.api import create_space, extractor_for_space
     from rayfp.extract.views import view_bank
     from rayfp.io.inventory import take_inventory
     from rayfp.io.sources import discover_sources
+    from rayfp.store.store import Store
 
     work = Path(tempfile.mkdtemp(prefix="rayfp-privacy-"))
     paths = _digits_folder(work / "digits")
@@ -242,8 +242,8 @@ def part_real(quick: bool) -> None:
 
 def part_demo(work: Path, build_demo_tasks) -> list[dict]:
     """The demo's tasks (4-8 images each) queried privately against their exact fingerprints."""
-    from rayfp.core.store import Store
     from rayfp.extract.api import create_space, extractor_for_space, fingerprint_task
+    from rayfp.store.store import Store
 
     tasks = build_demo_tasks(work / "demo-data")
     store = Store(work / "demo-store")

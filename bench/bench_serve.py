@@ -26,12 +26,12 @@ import numpy as np
 
 from bench.bench_core import realistic_fingerprint, synthetic_space, write_section
 from rayfp.cloud.knowledge import KnowledgeBase
-from rayfp.core import cpu
+from rayfp.cloud.wire import encode_fingerprint
 from rayfp.core.distance import bkld
-from rayfp.core.index import ScreenedIndex, configure_threads
-from rayfp.core.kernels import KERNELS
-from rayfp.core.store import Store
-from rayfp.core.wire import encode_fingerprint
+from rayfp.search import cpu
+from rayfp.search.index import ScreenedIndex, configure_threads
+from rayfp.search.kernels import KERNELS
+from rayfp.store.store import Store
 
 
 def free_port() -> int:

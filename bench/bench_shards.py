@@ -22,8 +22,8 @@ import numpy as np
 from bench.bench_core import synthetic_space, write_section
 from rayfp.core.distance import LinearIndex
 from rayfp.core.fingerprint import Fingerprint
-from rayfp.core.index import ScreenedIndex
-from rayfp.core.shards import merge_top_k, shard_of
+from rayfp.search.index import ScreenedIndex
+from rayfp.search.shards import merge_top_k, shard_of
 
 DIM, BINS, SAMPLES, K = 512, 100, 1000, 5
 TITLE = "Sharded lookup: memory per shard and latency"

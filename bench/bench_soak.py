@@ -26,10 +26,10 @@ import numpy as np
 from bench.bench_core import machine, realistic_fingerprint, synthetic_space
 from bench.sections import replace_section
 from rayfp.cloud.knowledge import KnowledgeBase
+from rayfp.cloud.wire import encode_fingerprint
 from rayfp.core.fingerprint import Fingerprint, PartialCounts
-from rayfp.core.store import Store
-from rayfp.core.wire import encode_fingerprint
 from rayfp.privacy.mechanism import PrivacySpec, release
+from rayfp.store.store import Store
 
 WINDOW_S = 30.0
 TOKEN = "soak"

@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.bench_core import realistic_fingerprint, synthetic_space, write_section
-from rayfp.core import schemas
-from rayfp.core.feed import FingerprintFeed
-from rayfp.core.store import Store, task_key
+from rayfp.store import schemas
+from rayfp.store.feed import FingerprintFeed
+from rayfp.store.store import Store, task_key
 
 TITLE = "Store writes: one registration as the store grows, Delta against the directory layout"
 DIM, BINS, REPEATS = 512, 100, 20
@@ -181,7 +181,7 @@ from pathlib import Path
 sys.path.insert(0, {root!r})
 import numpy as np
 from bench.bench_core import realistic_fingerprint, synthetic_space
-from rayfp.core.store import Store
+from rayfp.store.store import Store
 writer, count, store_root, go = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
 space = synthetic_space({dim}, {bins})
 store = Store(store_root)

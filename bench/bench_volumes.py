@@ -28,10 +28,10 @@ from bench.sections import replace_section
 from rayfp.cloud.knowledge import KnowledgeBase
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
 from rayfp.core.parts import PartPlan
-from rayfp.core.store import Store
 from rayfp.io import decode_file
 from rayfp.privacy.mechanism import PrivacySpec
 from rayfp.privacy.parts import release_part
+from rayfp.store.store import Store
 
 TITLE = "Volumes and tasks in parts"
 

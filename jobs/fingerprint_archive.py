@@ -33,10 +33,10 @@ from rayfp.cluster.pipeline import (
     take_archive_inventory,
 )
 from rayfp.core.parts import read_site_parts
-from rayfp.core.store import Store
 from rayfp.errors import ConfigError, RayfpError
 from rayfp.extract.backbones import get_backbone_spec, resolve_weights
 from rayfp.io.sources import list_archive, with_decoding
+from rayfp.store.store import Store
 
 
 def build_parser() -> argparse.ArgumentParser:

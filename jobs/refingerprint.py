@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from rayfp.cluster.refingerprint import current_space, files_for, plan_refingerprint
-from rayfp.core.store import Store
 from rayfp.errors import RayfpError
+from rayfp.store.store import Store
 
 
 def build_parser() -> argparse.ArgumentParser:

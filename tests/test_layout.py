@@ -16,22 +16,26 @@ from conftest import make_space, random_fingerprint
 PACKAGE = Path(__file__).resolve().parents[1] / "rayfp"
 SHARED = {"rayfp", "rayfp.errors", "rayfp.registry", "rayfp.defaults"}
 # Layer -> the rayfp layers it may import (besides itself and SHARED). Reading down the list,
-# each layer builds on the ones above it: core maths and storage, private releases, decoding,
-# extraction (torch), the cluster (Ray Data), the cloud (Serve), the evaluation, and the CLI on
-# top of everything.
+# each layer builds on the ones above it: the fingerprint model, the store, search, private
+# releases, decoding, extraction (torch), the cluster (Ray Data), the evaluation, the cloud
+# (Serve), and the CLI on top of everything.
 ALLOWED = {
     "core": set(),
-    "privacy": {"core"},
+    "store": {"core"},
+    "search": {"core"},
+    "privacy": {"core", "store"},
     "io": {"core"},
-    "extract": {"core", "io", "privacy"},
-    "cluster": {"core", "io", "extract", "privacy"},
+    "extract": {"core", "store", "io", "privacy"},
+    "cluster": {"core", "store", "io", "extract", "privacy"},
     "evaluate": set(),
-    "cloud": {"core", "evaluate", "privacy"},
-    "cli": {"core", "io", "extract", "cluster", "cloud", "evaluate", "privacy"},
+    "cloud": {"core", "store", "search", "evaluate", "privacy"},
+    "cli": {"core", "store", "search", "io", "extract", "cluster", "cloud", "evaluate", "privacy"},
 }
 # Third-party walls, checked on every import statement, function-level ones included.
 FORBIDDEN = {
-    "core": {"ray", "fastapi", "pydantic", "PIL", "pydicom"},
+    "core": {"torch", "ray", "fastapi", "pydantic", "PIL", "pydicom", "deltalake", "pyarrow"},
+    "store": {"torch", "ray", "fastapi", "pydantic", "PIL", "pydicom"},
+    "search": {"ray", "fastapi", "pydantic", "PIL", "pydicom", "deltalake"},
     "io": {"torch", "torchvision", "ray", "fastapi"},
     "extract": {"ray", "fastapi"},
     "evaluate": {"torch", "ray", "fastapi"},
@@ -85,8 +89,8 @@ def loaded_after(code: str) -> list[str]:
 
 def test_core_io_and_cloud_knowledge_load_neither_torch_nor_ray():
     """Ray's decode workers stay small; the cloud's data layer needs no deep-learning stack."""
-    code = ("import rayfp.core.store, rayfp.core.distance, rayfp.core.index, rayfp.core.wire, "
-            "rayfp.core.tasks, rayfp.io.inventory, rayfp.io.work, rayfp.io.sources, "
+    code = ("import rayfp.store.store, rayfp.core.distance, rayfp.search.index, rayfp.cloud.wire, "
+            "rayfp.store.tasks, rayfp.io.inventory, rayfp.io.work, rayfp.io.sources, "
             "rayfp.cloud.knowledge, rayfp.cloud.recommend, rayfp.cloud.client, "
             "rayfp.cluster.refingerprint")
     assert not {"torch", "ray"} & set(loaded_after(code))
@@ -96,7 +100,7 @@ def test_core_io_and_cloud_knowledge_load_neither_torch_nor_ray():
 
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory):
-    from rayfp.core.store import Store
+    from rayfp.store.store import Store
 
     store = Store(tmp_path_factory.mktemp("light") / "store")
     space = make_space(dim=6, bins=5)

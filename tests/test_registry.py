@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rayfp.core.distance import METRICS, get_metric
-from rayfp.core.store import Store
 from rayfp.errors import ConfigError, UnknownNameError
 from rayfp.registry import Registry, look_up
+from rayfp.store.store import Store
 
 
 def test_unknown_names_list_the_choices_and_suggest_the_closest(tmp_path):

@@ -122,11 +122,11 @@ def _population(args: argparse.Namespace):
     if not args.paths or not args.space or not args.store:
         raise ConfigError("a real-feature audit needs PATH..., --space and --store "
                           "(or --synthetic)")
-    from rayfp.core.store import Store
     from rayfp.extract.api import extractor_for_space
     from rayfp.extract.views import view_bank
     from rayfp.io.inventory import take_inventory
     from rayfp.io.sources import discover_sources
+    from rayfp.store.store import Store
 
     space = Store(args.store).get_space(args.space)
     inventory = take_inventory(discover_sources(args.paths), task_id="audit",

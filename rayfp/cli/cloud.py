@@ -87,7 +87,7 @@ def add_parsers(sub) -> None:
 
 def cmd_import_paper(args: argparse.Namespace) -> int:
     from rayfp.cloud.paper_import import import_paper
-    from rayfp.core.store import Store
+    from rayfp.store.store import Store
 
     counts = import_paper(args.data, Store(args.store))
     print(", ".join(f"{table}: {n}" for table, n in counts.items()))
@@ -112,8 +112,8 @@ def _local_fingerprint(args):
     """The local store's fingerprint of the task, if it is private enough to leave the site."""
     if not args.fingerprint_from:
         return None
-    from rayfp.core.store import Store
     from rayfp.privacy.policy import check_privacy
+    from rayfp.store.store import Store
 
     store = Store(args.fingerprint_from)
     fp = store.fingerprint_of(args.task_id, args.space)
@@ -130,9 +130,9 @@ def _replicates(args, fp):
         return None
     if fp is None:
         raise ConfigError("--replicates needs --fingerprint-from STORE (the views are local)")
-    from rayfp.core.store import Store
     from rayfp.privacy.mechanism import PrivacySpec
     from rayfp.privacy.replicates import query_replicates
+    from rayfp.store.store import Store
 
     store = Store(args.fingerprint_from)
     spec = None

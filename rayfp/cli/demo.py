@@ -18,9 +18,9 @@ import numpy as np
 
 from rayfp.core.confidence import UNSURE
 from rayfp.core.distance import METRICS, LinearIndex, distance_matrix
-from rayfp.core.store import Store
 from rayfp.extract.api import create_space, extractor_for_space, fingerprint_task
 from rayfp.privacy.mechanism import PrivacySpec
+from rayfp.store.store import Store
 
 DEMO_BACKBONE = "efficientnet_lite0"
 # Demo tasks are tiny: pydicom ships two X-ray images (each in several encodings, one series

@@ -20,7 +20,7 @@ from rayfp.errors import ConfigError, RayfpError
 if TYPE_CHECKING:
     import numpy as np
 
-    from rayfp.core.store import Store
+    from rayfp.store.store import Store
 
 # Imports of numpy, pyarrow, torch or Ray happen inside the commands that need them, so
 # `rayfp --help` and the light commands start fast (tests/test_layout.py checks which load what).
@@ -31,7 +31,7 @@ METRIC_HELP = f"bkld-small, bkld-large, p2l, cosine, js or emd (default {default
 
 
 def _store(args: argparse.Namespace) -> Store:
-    from rayfp.core.store import Store
+    from rayfp.store.store import Store
 
     return Store(args.store)
 
@@ -353,7 +353,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _hubness_line(store, space_id: str) -> str:
-    from rayfp.core.hubness import measure_hubness
+    from rayfp.search.hubness import measure_hubness
 
     # A list of fingerprints: ranked by the torch-free LinearIndex, so `show` stays light.
     found = measure_hubness(store.fingerprints(space_id), k=defaults.K, metric=defaults.METRIC)
@@ -399,8 +399,8 @@ def cmd_stability(args: argparse.Namespace) -> int:
     import numpy as np
 
     from rayfp.cli import plot
-    from rayfp.core.index import ScreenedIndex
-    from rayfp.core.stability import default_sizes, image_stability
+    from rayfp.search.index import ScreenedIndex
+    from rayfp.search.stability import default_sizes, image_stability
 
     store = _store(args)
     space = store.get_space(args.space)

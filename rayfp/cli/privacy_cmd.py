@@ -18,8 +18,8 @@ def add_parser(sub) -> None:
 
 
 def cmd_privacy(args: argparse.Namespace) -> int:
-    from rayfp.core.store import Store
     from rayfp.privacy.ledger import ledger, spent
+    from rayfp.store.store import Store
 
     store = Store(args.store)
     rows = [spent(store, args.task_id)] if args.task_id else ledger(store)

@@ -31,10 +31,10 @@ def add_parser(sub) -> None:
 
 
 def cmd_store(args: argparse.Namespace) -> int:
-    from rayfp.core.store import Store
+    from rayfp.store.store import Store
 
     if args.action == "migrate":
-        from rayfp.core.migrate import migrate
+        from rayfp.store.migrate import migrate
 
         report = migrate(args.old, args.new)
         print(f"migrated {sum(report['spaces'].values())} fingerprint(s) in "
@@ -47,7 +47,7 @@ def cmd_store(args: argparse.Namespace) -> int:
         if gave_way:
             print(f"gave way to concurrent writers on {', '.join(gave_way)}: run it again")
     elif args.action == "scrub":
-        from rayfp.core.scrub import scrub
+        from rayfp.store.scrub import scrub
 
         print(json.dumps(scrub(Store(args.store))))
     elif args.action == "vacuum":

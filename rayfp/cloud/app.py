@@ -44,14 +44,14 @@ from rayfp.cloud.models import (
 from rayfp.cloud.models import Neighbour as NeighbourOut
 from rayfp.cloud.recommend import recommend
 from rayfp.cloud.sharded import IndexShard, ShardFanOut
-from rayfp.core import cpu
+from rayfp.cloud.wire import decode_fingerprint, decode_replicates
 from rayfp.core.fingerprint import Fingerprint
-from rayfp.core.index import configure_threads
 from rayfp.core.parts import TaskPart
-from rayfp.core.store import privacy_summary
-from rayfp.core.wire import decode_fingerprint, decode_replicates
 from rayfp.errors import ConfigError, ConflictError, NotFoundError, PrivacyPolicyError, RayfpError
 from rayfp.privacy.replicates import check_replicates_record
+from rayfp.search import cpu
+from rayfp.search.index import configure_threads
+from rayfp.store.store import privacy_summary
 
 log = logging.getLogger("ray.serve")  # lands in the replica's Serve log
 api = FastAPI(title="rayfp knowledge cloud", version="1",

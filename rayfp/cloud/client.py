@@ -8,9 +8,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from rayfp.cloud.wire import encode_fingerprint, encode_replicates
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
 from rayfp.core.parts import TaskPart
-from rayfp.core.wire import encode_fingerprint, encode_replicates
 from rayfp.errors import RayfpError
 
 Replicates = tuple[list[Fingerprint], dict[str, Any]]

@@ -18,15 +18,8 @@ import numpy as np
 from rayfp import defaults
 from rayfp.core.confidence import Confidence, confidence_of
 from rayfp.core.distance import DEFAULT_METRIC, get_metric
-from rayfp.core.feed import FingerprintFeed
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, finalize, released_epsilon
-from rayfp.core.hubness import MAX_QUERIES, Hubness, measure_hubness
-from rayfp.core.index import ScreenedIndex
-from rayfp.core.kernels import AUTO
 from rayfp.core.parts import TaskPart, check_compatible, validate_part
-from rayfp.core.schemas import COMPONENT_KINDS
-from rayfp.core.shards import merge_top_k, shard_of_key
-from rayfp.core.store import Store, privacy_summary
 from rayfp.errors import (
     ConfigError,
     ConflictError,
@@ -38,6 +31,13 @@ from rayfp.errors import (
 from rayfp.privacy.parts import merge_parts
 from rayfp.privacy.policy import check_part_privacy, check_privacy, check_replicates_total
 from rayfp.registry import look_up
+from rayfp.search.hubness import MAX_QUERIES, Hubness, measure_hubness
+from rayfp.search.index import ScreenedIndex
+from rayfp.search.kernels import AUTO
+from rayfp.search.shards import merge_top_k, shard_of_key
+from rayfp.store.feed import FingerprintFeed
+from rayfp.store.schemas import COMPONENT_KINDS
+from rayfp.store.store import Store, privacy_summary
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class KnowledgeBase:
     linear-form index per space that is rebuilt when the space's fingerprints change.
 
     shard=(i, S): the index holds only the sources whose task key hashes to shard i of S
-    (rayfp.core.shards), for one shard deployment of a sharded cloud."""
+    (rayfp.search.shards), for one shard deployment of a sharded cloud."""
 
     def __init__(self, store: Store | str | os.PathLike, *,
                  min_images: int = defaults.MIN_IMAGES, kernel: str = AUTO,

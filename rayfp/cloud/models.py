@@ -11,10 +11,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rayfp import defaults
+from rayfp.cloud.wire import COMPRESSIONS, COUNT_DTYPES
 from rayfp.core.distance import METRICS
-from rayfp.core.kernels import AUTO, KERNELS
-from rayfp.core.schemas import COMPONENT_KINDS
-from rayfp.core.wire import COMPRESSIONS, COUNT_DTYPES
+from rayfp.search.kernels import AUTO, KERNELS
+from rayfp.store.schemas import COMPONENT_KINDS
 
 MetricName = Literal[tuple(METRICS.names())]  # type: ignore[valid-type]
 ComponentKind = Literal[COMPONENT_KINDS]  # type: ignore[valid-type]

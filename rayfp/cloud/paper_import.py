@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from rayfp.core.store import Store
 from rayfp.errors import ConfigError
 from rayfp.evaluate.data import (
     OUTCOME_METRICS,
@@ -22,6 +21,7 @@ from rayfp.evaluate.data import (
     baseline_file,
     outcome_file,
 )
+from rayfp.store.store import Store
 
 # Policy folder names that differ from task_infos names (the v2 task kept its v1 folder).
 POLICY_FOLDER_ALIASES = {"breast_cancer_classification": "breast_cancer_classification_v2"}

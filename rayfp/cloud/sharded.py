@@ -1,5 +1,5 @@
 """The sharded knowledge cloud: S shard deployments each hold the sources whose task key hashes
-to their shard (rayfp.core.shards); the cloud's ingress fans a query out and merges the exact
+to their shard (rayfp.search.shards); the cloud's ingress fans a query out and merges the exact
 top-k lists (DESIGN §4, "beyond one machine").
 
     shards: 4            # serve/config.yaml, or `rayfp serve --shards 4`
@@ -26,7 +26,7 @@ from rayfp.cloud.knowledge import (
 )
 from rayfp.cloud.models import AppArgs
 from rayfp.core.fingerprint import Fingerprint
-from rayfp.core.index import configure_threads
+from rayfp.search.index import configure_threads
 
 
 @serve.deployment(max_ongoing_requests=64)
@@ -61,7 +61,7 @@ class IndexShard:
 
 class ShardFanOut:
     """The ingress's side: the same questions as KnowledgeBase, asked of every shard at once
-    and merged. Exact: each shard answers its own exact top-k (rayfp.core.shards)."""
+    and merged. Exact: each shard answers its own exact top-k (rayfp.search.shards)."""
 
     def __init__(self, handles: Sequence[Any]) -> None:
         self.handles = list(handles)

@@ -28,8 +28,6 @@ from ray.data import ActorPoolStrategy
 from rayfp import defaults
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
 from rayfp.core.parts import PartPlan, part_file_name
-from rayfp.core.store import Store
-from rayfp.core.tasks import save_task_fingerprint, withheld_failures
 from rayfp.errors import ConfigError, PrivacyBudgetError
 from rayfp.io.inventory import FileRecord, TaskInventory, group_inventory, inventory_file
 from rayfp.io.sources import ImageSource
@@ -37,6 +35,8 @@ from rayfp.io.work import SampledFrame, WorkItem, expected_views, plan_work, sam
 from rayfp.privacy.ledger import charge
 from rayfp.privacy.mechanism import PrivacySpec, release
 from rayfp.privacy.parts import release_part
+from rayfp.store.store import Store
+from rayfp.store.tasks import save_task_fingerprint, withheld_failures
 
 log = logging.getLogger("rayfp.cluster.pipeline")
 
@@ -276,7 +276,7 @@ def fingerprint_archive(inventories: dict[str, TaskInventory], space: Fingerprin
 def _part_path(config: ArchiveJobConfig, task_id: str):
     from pathlib import Path
 
-    from rayfp.core.delta import is_object_store
+    from rayfp.store.delta import is_object_store
 
     plan, part = config.site_parts[task_id]
     if not config.parts_out and is_object_store(config.store):

@@ -13,10 +13,10 @@ import json
 from collections.abc import Sequence
 
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
-from rayfp.core.store import Store
 from rayfp.errors import ConfigError, NotFoundError
 from rayfp.io.sources import ImageSource, discover_sources, list_archive
 from rayfp.privacy.mechanism import PrivacySpec, spec_from_record
+from rayfp.store.store import Store
 
 
 @dataclasses.dataclass(frozen=True)

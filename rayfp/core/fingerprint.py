@@ -315,3 +315,9 @@ def common_space(fingerprints: Sequence[Fingerprint]) -> Fingerprint:
     for fp in fingerprints[1:]:
         check_same_space(first, fp)
     return first
+
+
+def task_key(task_id: str) -> str:
+    """A filesystem-safe, collision-free key for any task id (96 bits of its sha256, hex): the
+    store names a task's files by it and a sharded cloud places the task by it."""
+    return hashlib.sha256(task_id.encode()).hexdigest()[:24]

@@ -18,8 +18,6 @@ import numpy as np
 from rayfp import defaults
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, compute_edges
 from rayfp.core.parts import PartPlan, TaskPart
-from rayfp.core.store import Store
-from rayfp.core.tasks import save_task_fingerprint
 from rayfp.errors import ConfigError, SpaceMismatchError
 from rayfp.extract.backbones import RANDOM_WEIGHTS_TAG, FeatureExtractor, get_backbone_spec
 from rayfp.extract.views import fingerprint_inventory, iter_features
@@ -28,6 +26,8 @@ from rayfp.io.sources import discover_sources, with_decoding
 from rayfp.privacy.ledger import charge
 from rayfp.privacy.mechanism import PrivacySpec, release
 from rayfp.privacy.parts import release_part
+from rayfp.store.store import Store
+from rayfp.store.tasks import save_task_fingerprint
 
 
 def load_extractor(backbone: str, *, weights: str | os.PathLike | None = None,

@@ -21,9 +21,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rayfp.core.store import Store
 from rayfp.errors import PrivacyBudgetError
 from rayfp.privacy.replicates import composed_epsilon
+from rayfp.store.store import Store
 
 KINDS = ("fingerprint", "part", "replicates")
 

@@ -1,0 +1,455 @@
+"""The inner-product term of the linear form (DESIGN §1.4), Σ_i q_i · c_s,i for every source s,
+with a rigorous bound on its error, on the kernel this CPU runs fastest. rayfp.search.index screens
+with these bounds and re-ranks the survivors exactly, so every kernel gives the same answers;
+they differ in speed, memory and how many sources survive the screen:
+
+- ``int8-gemm``: counts as int8 (1 byte; counts above 127 in a sparse overflow matrix) times the
+  query written as 3 balanced base-254 integer digits, int32 sums (``torch._int_mm``): exact but
+  for the last digit's remainder (~1e-8 of the value). Fast where the CPU has VNNI (AVX-512
+  Xeons). Without VNNI the CPU kernel has no fast path: a bare 8 x 51,200 by 51,200 x 1,000
+  product took 957 ms on an AVX2 EPYC, 17x the float32 product.
+- ``float32-torch`` and ``float32-numpy``: counts as float32 (4 bytes, exact below 2^24) times
+  the query rounded to float32, one GEMV (FMA on any x86 or ARM CPU). The rounding of the query
+  (u = 2^-24 each) and of the L-term sums (γ_L = L·u / (1 − L·u), any summation order) bound
+  the error by ~3e-3 of the value for L = 51,200: loose, so a few more sources are re-ranked,
+  but the GEMV reads one column where the digits need three (a 3-column float32 GEMM measured
+  2-5x a GEMV here). The two differ only in whose BLAS runs the GEMV (torch's MKL or numpy's
+  OpenBLAS).
+- ``uint8-numba``: counts as uint8 (1 byte; counts above 255 in a sparse overflow matrix) times
+  the float32 query, in a loop numba compiles for this CPU: each count is widened to float32 in
+  registers, so a query reads a quarter of the float32 kernels' bytes. The same float32 error
+  bound holds (the GEMV's rounding bound does not depend on the summation order). One query at
+  1,000 sources measured 4.5 ms on an AVX2 EPYC against 10 ms for the float32 GEMV. A batch
+  multiplies four queries per pass over a row (each count widened once for four of them): 2.2 ms
+  a query in a batch of 8.
+
+`choose_kernel` times whole queries with each kernel on a slice of the index's own sources and
+keeps the fastest; `rayfp serve` logs the choice and /v1/health reports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy import sparse
+
+from rayfp.errors import ConfigError
+from rayfp.registry import look_up
+
+INT8_MAX = 127
+_INT32_MAX = 2**31 - 1
+_FLOAT32_UNIT = 2.0**-24  # float32 unit roundoff
+_FLOAT32_TINY = 2.0**-150  # half the smallest subnormal: the absolute rounding error floor
+AUTO = "auto"
+DIGIT = 127  # largest digit magnitude; the base is 2·DIGIT
+DIGITS = 3  # remainder <= 0.5 · 254^-2 ≈ 8e-6 of the query's largest entry / 127
+FLOAT_SLACK = 1e-12  # relative, covers float64 rounding when the digit products are combined
+
+
+def configure_threads(threads: int) -> None:
+    """Give the GEMM (torch's OpenMP pool) the cores and keep numpy/scipy BLAS at one
+    thread: OpenBLAS threads spin-wait after each small call and measured 4 ms instead of
+    1.7 ms for torch's GEMM at 1,000 sources on 2 cores when both pools had 2 threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    _blas_threads(1)  # applied at once; float32-numpy raises it around its own GEMV
+
+
+def query_digits(queries: np.ndarray, digits: int = DIGITS) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced base-(2·DIGIT) digits of each column of `queries` (L, T), all >= 0:
+    queries[:, t] ≈ scale[t] · Σ_j digits[:, t, j] · base^-j, remainder <= scale/2 · base^-(J-1).
+    Returns int8 digits (L, T, J) and float64 scales (T,)."""
+    base = 2.0 * DIGIT
+    top = queries.max(axis=0)
+    scale = np.where(top > 0, top / DIGIT, 1.0)
+    rest = queries / scale
+    out = np.empty((*queries.shape, digits), np.int8)
+    d = np.empty_like(rest)
+    for j in range(digits):
+        np.rint(rest, out=d)
+        out[..., j] = d
+        rest -= d
+        rest *= base
+    return out, scale
+
+
+def _dimension_chunks(dim: int, bins: int, max_dimension_total: int) -> list[tuple[int, int]]:
+    """Column ranges (whole dimensions) in which |Σ digit · count| <= DIGIT · Σ counts stays
+    within int32; Σ counts over one dimension is at most the largest per-dimension total."""
+    per_chunk = _INT32_MAX // (DIGIT * max(1, max_dimension_total))
+    if per_chunk < 1:
+        raise ConfigError(f"a dimension holds {max_dimension_total} samples: too many for an "
+                          f"exact int32 sum")
+    return [(lo * bins, min(dim, lo + per_chunk) * bins) for lo in range(0, dim, per_chunk)]
+
+
+class Int8Counts:
+    """(N, D·B) counts as int8 + a sparse overflow, multiplied with ``torch._int_mm``."""
+
+    kernel = "int8-gemm"
+
+    def __init__(self, low: np.ndarray, overflow: sparse.csr_matrix, dim: int, bins: int,
+                 max_dimension_total: int) -> None:
+        import torch  # the int8 GEMM; imported here so the rest of rayfp stays torch-free
+
+        self.low, self.overflow, self.dim, self.bins = low, overflow, dim, bins
+        self.max_dimension_total = max_dimension_total
+        self.chunks = _dimension_chunks(dim, bins, max_dimension_total)
+        # One chunk (the usual case) shares the array's memory; several need contiguous copies.
+        self.operands = [torch.from_numpy(low if len(self.chunks) == 1
+                                          else np.ascontiguousarray(low[:, a:b]))
+                         for a, b in self.chunks]
+
+    @classmethod
+    def build(cls, counts: np.ndarray, dim: int, bins: int, max_dimension_total: int
+              ) -> Int8Counts:
+        """counts: (N, D·B) integers >= 0."""
+        low = np.minimum(counts, INT8_MAX).astype(np.int8)
+        rows, cols = np.nonzero(counts > INT8_MAX)
+        overflow = sparse.csr_matrix(((counts[rows, cols] - INT8_MAX).astype(np.float64),
+                                      (rows, cols)), shape=counts.shape)
+        return cls(low, overflow, dim, bins, max_dimension_total)
+
+    def __len__(self) -> int:
+        return len(self.low)
+
+    @property
+    def nbytes(self) -> int:
+        copies = sum(t.numel() for t in self.operands) if len(self.operands) > 1 else 0
+        return (self.low.nbytes + copies + self.overflow.data.nbytes
+                + self.overflow.indices.nbytes)
+
+    def inner(self, queries: np.ndarray, count_total: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """(Σ_i q_i c_s,i, a bound on its error): two (N, T) float64 arrays from queries
+        (D·B, T) >= 0; ``count_total`` (N,) is Σ_i c_s,i."""
+        digits, scale = query_digits(queries)
+        length, n_queries, n_digits = digits.shape
+        exact = self.products(digits.reshape(length, n_queries * n_digits))
+        powers = (2.0 * DIGIT) ** -np.arange(n_digits)
+        combined = exact.reshape(len(self), n_queries, n_digits) @ powers * scale
+        remainder = scale * 0.5 * (2.0 * DIGIT) ** -(n_digits - 1)
+        return combined, np.outer(count_total, remainder) + FLOAT_SLACK * np.abs(combined)
+
+    def products(self, digits: np.ndarray) -> np.ndarray:
+        """Exact Σ_i digits[i, c] · counts_s[i]: (N, C) float64 from (D·B, C) int8 digits."""
+        import torch
+
+        exact = np.zeros((len(self), digits.shape[1]))
+        for (a, b), low in zip(self.chunks, self.operands):
+            exact += torch._int_mm(low, torch.from_numpy(np.ascontiguousarray(digits[a:b]))
+                                   ).numpy()
+        if self.overflow.nnz:  # counts above 127; integer products, exact in float64
+            exact += self.overflow @ digits.astype(np.float64)
+        return exact
+
+    def counts(self, rows: np.ndarray, dtype: type = np.int64) -> np.ndarray:
+        out = self.low[rows].astype(dtype)
+        for r, row in enumerate(rows):  # few rows, and most have no overflow at all
+            a, b = self.overflow.indptr[row], self.overflow.indptr[row + 1]
+            out[r, self.overflow.indices[a:b]] += self.overflow.data[a:b].astype(dtype)
+        return out
+
+    def exact_products(self, rows: np.ndarray, weighted: np.ndarray) -> np.ndarray:
+        """(len(rows), T) float64 Σ_i counts_s,i · weighted[t, i] for the given rows."""
+        out = gather_products(self.low, np.asarray(rows, np.int64), weighted)
+        if self.overflow.nnz:
+            out += self.overflow[rows] @ weighted.T
+        return out
+
+    def select(self, keep: np.ndarray) -> Int8Counts:
+        return Int8Counts(self.low[keep], self.overflow[keep], self.dim, self.bins,
+                          self.max_dimension_total)
+
+    @staticmethod
+    def join(parts: Sequence[Int8Counts]) -> Int8Counts:
+        return Int8Counts(np.concatenate([p.low for p in parts]),
+                          sparse.vstack([p.overflow for p in parts], format="csr"),
+                          parts[0].dim, parts[0].bins,
+                          max(p.max_dimension_total for p in parts))
+
+
+_GATHER = None
+
+
+def gather_products(matrix: np.ndarray, rows: np.ndarray, weighted: np.ndarray) -> np.ndarray:
+    """(len(rows), T) float64 Σ_i matrix[row, i] · weighted[t, i], each count widened to
+    float64 in registers: the exact re-rank of a query's few candidates, without the
+    (rows x D·B) float64 copy of their counts (measured 0.6 ms of a 7 ms query at 1,000
+    sources). Sums in any order are float64 sums of exact products, as the re-rank assumes."""
+    global _GATHER
+    if _GATHER is None:
+        import numba
+
+        @numba.njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
+        def gather(matrix, rows, weighted, out):  # pragma: no cover - compiled
+            for r in range(rows.shape[0]):
+                row = matrix[rows[r]]
+                for t in range(weighted.shape[0]):
+                    query = weighted[t]
+                    total = 0.0
+                    for i in range(row.shape[0]):
+                        total += np.float64(row[i]) * query[i]
+                    out[r, t] = total
+
+        _GATHER = gather
+    out = np.empty((len(rows), weighted.shape[0]))
+    _GATHER(matrix, rows, np.ascontiguousarray(weighted, np.float64), out)
+    return out
+
+
+_BLAS = None  # threadpoolctl's controller, made once (scanning the loaded libraries is slow)
+
+
+def _blas_threads(threads: int):
+    """A context in which numpy's BLAS uses ``threads`` threads (the replica keeps it at 1
+    otherwise, see configure_threads); ~0.04 ms to enter."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=threads, user_api="blas")
+
+
+class Float32Screen:
+    """(N, D·B) counts as float32 (exact below 2^24), one float32 GEMV per query, through
+    torch's BLAS (MKL on x86 builds). Float32Numpy is the same through numpy's (OpenBLAS): which
+    is faster depends on the CPU (measured on an AVX2 EPYC: 11.4 vs 9.4 ms for one query at
+    1,000 sources, 61 vs 22 ms for a batch of 8), so both are candidates."""
+
+    kernel = "float32-torch"
+
+    def __init__(self, matrix: np.ndarray, dim: int, bins: int) -> None:
+        self.matrix, self.dim, self.bins = matrix, dim, bins
+
+    def _gemm(self, scaled: np.ndarray) -> np.ndarray:
+        import torch
+
+        # 'highest' keeps the GEMV in float32 (no bf16 or TF32 shortcuts) as the bound assumes.
+        torch.set_float32_matmul_precision("highest")
+        return (torch.from_numpy(self.matrix) @ torch.from_numpy(scaled)).numpy()
+
+    @classmethod
+    def build(cls, counts: np.ndarray, dim: int, bins: int, max_dimension_total: int
+              ) -> Float32Screen:
+        if counts.size and counts.max() >= 2**24:
+            raise ConfigError(f"a count of {int(counts.max())} is not exact in float32")
+        return cls(np.ascontiguousarray(counts, dtype=np.float32), dim, bins)
+
+    def __len__(self) -> int:
+        return len(self.matrix)
+
+    @property
+    def nbytes(self) -> int:
+        return self.matrix.nbytes
+
+    def inner(self, queries: np.ndarray, count_total: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """As Int8Counts.inner. The query is scaled by a power of two (exact) so its largest
+        entry is in [0.5, 1): underflow can only touch entries 2^126 times smaller, and the
+        absolute floor below covers them."""
+        scale = _power_of_two_scale(queries)
+        scaled = np.ascontiguousarray(queries / scale, dtype=np.float32)
+        approx = self._gemm(scaled).astype(np.float64) * scale
+        error = _float32_error(approx, self.matrix.shape[1], count_total, scale)
+        return approx, error + FLOAT_SLACK * np.abs(approx)
+
+    def counts(self, rows: np.ndarray, dtype: type = np.int64) -> np.ndarray:
+        return self.matrix[rows].astype(dtype)
+
+    def exact_products(self, rows: np.ndarray, weighted: np.ndarray) -> np.ndarray:
+        return gather_products(self.matrix, np.asarray(rows, np.int64), weighted)
+
+    def select(self, keep: np.ndarray) -> Float32Screen:
+        return type(self)(self.matrix[keep], self.dim, self.bins)
+
+    @classmethod
+    def join(cls, parts: Sequence[Float32Screen]) -> Float32Screen:
+        return cls(np.concatenate([p.matrix for p in parts]), parts[0].dim, parts[0].bins)
+
+
+class Float32Numpy(Float32Screen):
+    """Float32Screen through numpy's BLAS, with as many threads as torch has."""
+
+    kernel = "float32-numpy"
+
+    def _gemm(self, scaled: np.ndarray) -> np.ndarray:
+        import torch
+
+        with _blas_threads(torch.get_num_threads()):
+            return self.matrix @ scaled
+
+
+def _power_of_two_scale(queries: np.ndarray) -> np.ndarray:
+    """(T,) powers of two that bring each query column's largest entry into [0.5, 1): dividing
+    by them is exact, and underflow can only touch entries 2^126 times smaller."""
+    top = queries.max(axis=0)
+    return np.exp2(np.ceil(np.log2(np.where(top > 0, top, 1.0))))
+
+
+def _float32_error(approx: np.ndarray, length: int, count_total: np.ndarray, scale: np.ndarray
+                   ) -> np.ndarray:
+    """The error bound of a float32 product of L-term rows of counts with the query rounded to
+    float32 (scaled by ``scale``). |fl(q)·c − q·c| <= u·q·c + tiny·c per term; the sums add γ_L
+    of Σ |fl(q)|·c, in any summation order. With q, c >= 0, Σ q·c <= approx / (1 − g), so the
+    bound follows from approx alone; underflow: each of the Σ c query roundings and nonzero
+    products loses <= tiny."""
+    gamma = length * _FLOAT32_UNIT / (1 - length * _FLOAT32_UNIT)
+    g = _FLOAT32_UNIT + gamma * (1 + _FLOAT32_UNIT)
+    return ((g / (1 - g)) * np.abs(approx)
+            + np.outer(count_total * (1 + gamma), 2 * _FLOAT32_TINY * scale))
+
+
+_UINT8_LOOP = None  # the compiled loop, made once per process
+# Queries multiplied in one pass over a row by uint8-numba. Measured on an AVX2 EPYC at 1,000
+# sources (2 threads): a lone query 4.2 ms, bound by memory (the index streams at 16 GB/s);
+# a batch of 8 took 32 ms one query at a time and 17.7 ms in groups of four; groups of eight
+# (17.7 ms) and tiling the columns so the queries stay in L1 (17.5 ms) gained nothing more.
+QUERY_GROUP = 4
+
+
+def _uint8_loop():
+    """numba's compiled (N, L) uint8 x (T, L) float32 -> (N, T) float32 loop. Reassociation lets
+    LLVM vectorise the sums (any order keeps the bound); the parallel layer must be thread-safe
+    (the service ranks from several threads), so it is OpenMP or TBB, never workqueue."""
+    global _UINT8_LOOP
+    if _UINT8_LOOP is None:
+        try:
+            import numba
+        except ImportError as exc:  # pragma: no cover - numba is a dependency
+            raise ConfigError(f"uint8-numba needs numba: {exc}") from None
+        numba.config.THREADING_LAYER = "threadsafe"
+
+        @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
+        def loop(counts, queries, out):  # pragma: no cover - compiled
+            n_queries = queries.shape[0]
+            grouped = n_queries - n_queries % 4
+            for s in numba.prange(counts.shape[0]):
+                row = counts[s]
+                # Four queries per pass over the row: each count is widened once for four
+                # FMAs. A lone query is bound by memory, a batch by the widening and the
+                # query's loads; see QUERY_GROUP.
+                for t in range(0, grouped, 4):
+                    q0, q1, q2, q3 = queries[t], queries[t + 1], queries[t + 2], queries[t + 3]
+                    a0 = np.float32(0)
+                    a1 = np.float32(0)
+                    a2 = np.float32(0)
+                    a3 = np.float32(0)
+                    for i in range(row.shape[0]):
+                        c = np.float32(row[i])
+                        a0 += c * q0[i]
+                        a1 += c * q1[i]
+                        a2 += c * q2[i]
+                        a3 += c * q3[i]
+                    out[s, t] = a0
+                    out[s, t + 1] = a1
+                    out[s, t + 2] = a2
+                    out[s, t + 3] = a3
+                for t in range(grouped, n_queries):
+                    query = queries[t]
+                    total = np.float32(0)
+                    for i in range(row.shape[0]):
+                        total += np.float32(row[i]) * query[i]
+                    out[s, t] = total
+
+        probe = np.ones((2, 8), np.float32)
+        try:
+            loop(np.ones((2, 8), np.uint8), probe, np.empty((2, 2), np.float32))
+        except Exception as exc:  # no thread-safe layer (e.g. no libgomp): leave the kernel out
+            raise ConfigError(f"uint8-numba cannot run here: {exc}") from None
+        _UINT8_LOOP = loop
+    return _UINT8_LOOP
+
+
+class Uint8Numba:
+    """(N, D·B) counts as uint8 + a sparse overflow, widened to float32 inside numba's loop."""
+
+    kernel = "uint8-numba"
+    LOW_MAX = 255
+
+    def __init__(self, low: np.ndarray, overflow: sparse.csr_matrix, dim: int, bins: int
+                 ) -> None:
+        self.low, self.overflow, self.dim, self.bins = low, overflow, dim, bins
+
+    @classmethod
+    def build(cls, counts: np.ndarray, dim: int, bins: int, max_dimension_total: int
+              ) -> Uint8Numba:
+        _uint8_loop()  # ConfigError here if this machine cannot run it
+        if counts.size and counts.max() >= 2**24:
+            raise ConfigError(f"a count of {int(counts.max())} is not exact in float32")
+        low = np.minimum(counts, cls.LOW_MAX).astype(np.uint8)
+        rows, cols = np.nonzero(counts > cls.LOW_MAX)
+        overflow = sparse.csr_matrix(((counts[rows, cols] - cls.LOW_MAX).astype(np.float64),
+                                      (rows, cols)), shape=counts.shape)
+        return cls(low, overflow, dim, bins)
+
+    def __len__(self) -> int:
+        return len(self.low)
+
+    @property
+    def nbytes(self) -> int:
+        return self.low.nbytes + self.overflow.data.nbytes + self.overflow.indices.nbytes
+
+    def inner(self, queries: np.ndarray, count_total: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """As Float32Screen.inner for the uint8 part (Σ low <= Σ c, so count_total bounds its
+        floor too); the overflow's products are float64 sums of few integers times the query,
+        within FLOAT_SLACK."""
+        import numba
+        import torch
+
+        scale = _power_of_two_scale(queries)
+        n_queries = queries.shape[1]
+        # Queries left over after groups of four: two or three cost less as a padded group.
+        padded = n_queries + (-n_queries % QUERY_GROUP if n_queries % QUERY_GROUP >= 2 else 0)
+        scaled = np.zeros((padded, queries.shape[0]), np.float32)  # (T, L)
+        scaled[:n_queries] = (queries / scale).T
+        out = np.empty((len(self), padded), np.float32)
+        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        _uint8_loop()(self.low, scaled, out)
+        approx = out[:, :n_queries].astype(np.float64) * scale
+        error = _float32_error(approx, self.low.shape[1], count_total, scale)
+        if self.overflow.nnz:
+            approx = approx + self.overflow @ queries
+        return approx, error + FLOAT_SLACK * np.abs(approx)
+
+    counts = Int8Counts.counts  # low + its few overflow entries, row by row
+    exact_products = Int8Counts.exact_products
+
+    def select(self, keep: np.ndarray) -> Uint8Numba:
+        return type(self)(self.low[keep], self.overflow[keep], self.dim, self.bins)
+
+    @classmethod
+    def join(cls, parts: Sequence[Uint8Numba]) -> Uint8Numba:
+        return cls(np.concatenate([p.low for p in parts]),
+                   sparse.vstack([p.overflow for p in parts], format="csr"),
+                   parts[0].dim, parts[0].bins)
+
+
+KERNELS: dict[str, type] = {k.kernel: k for k in (Int8Counts, Float32Screen, Float32Numpy,
+                                                  Uint8Numba)}
+
+
+def kernel_class(name: str) -> type:
+    return KERNELS[look_up("index kernel", name, KERNELS)]
+
+
+def choose_kernel(time_query: Callable[[str], float]) -> tuple[str, dict[str, float]]:
+    """Time every kernel with ``time_query(name)`` (median seconds of a whole query on a sample
+    of the index) and return the fastest name with every timing; a kernel that cannot hold the
+    data exactly (ConfigError) is left out."""
+    timings = {}
+    for name in KERNELS:
+        try:
+            timings[name] = time_query(name)
+        except ConfigError:
+            continue
+    if not timings:
+        raise ConfigError("no index kernel can hold these counts exactly")
+    return min(timings, key=timings.get), timings
+
+
+CountMatrix = Int8Counts | Float32Screen | Uint8Numba

@@ -1,0 +1,180 @@
+"""The service's screened index returns exactly the exhaustive top-k."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_space, random_fingerprint
+
+from rayfp.core.distance import METRICS, TARGET_SOFTMAX, UNIFORM, LinearIndex, distance
+from rayfp.core.fingerprint import Fingerprint
+from rayfp.errors import ConfigError, SpaceMismatchError
+from rayfp.search.index import DIGIT, DIGITS, ScreenedIndex, query_digits
+from rayfp.search.kernels import KERNELS, Float32Screen, Int8Counts, Uint8Numba, choose_kernel
+
+ALL_KERNELS = sorted(KERNELS)
+
+
+@pytest.fixture(scope="module")
+def sources():
+    rng = np.random.default_rng(11)
+    space = make_space(dim=32, bins=40)
+    return space, [random_fingerprint(rng, space, f"s{i:03d}", n=400, zero_fraction=0.5)
+                   for i in range(300)]
+
+
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
+@pytest.mark.parametrize("weighting", [TARGET_SOFTMAX, UNIFORM])
+def test_screened_top_k_equals_the_exhaustive_linear_form(sources, weighting, kernel):
+    space, fps = sources
+    screened, linear = ScreenedIndex(fps, kernel=kernel), LinearIndex(fps)
+    assert screened.kernel == kernel and screened.kernel_timings == {}  # forced: not measured
+    rng = np.random.default_rng(5)
+    targets = [random_fingerprint(rng, space, f"t{i}", n=400) for i in range(6)] + fps[:3]
+    for k in (1, 5, 400):
+        got = screened.top_k_many(targets, k, weighting=weighting)
+        for target, answer in zip(targets, got):
+            want = linear.rank(linear.bkld_all(target, weighting=weighting), k,
+                               exclude=target.task_id)
+            assert [t for t, _ in answer] == [t for t, _ in want]
+            np.testing.assert_allclose([d for _, d in answer], [d for _, d in want],
+                                       rtol=0, atol=1e-12)
+    assert screened.top_k(fps[0], 3)[0][0] != "s000"  # itself excluded
+
+
+def test_screening_prunes_and_other_metrics_use_the_direct_formula(sources):
+    space, fps = sources
+    screened = ScreenedIndex(fps)
+    target = random_fingerprint(np.random.default_rng(9), space, "t", n=400)
+    found = screened.search_many([target], 5)[0]
+    assert found.neighbours == screened.top_k(target, 5)
+    assert 5 <= found.candidates <= 10  # the integer screen leaves few to re-rank
+    for metric in ("cosine", "js", "emd", "p2l"):
+        want = sorted((distance(target, s, metric), s.task_id) for s in fps)[:4]
+        assert screened.top_k_metric(target, 4, metric) == [(t, d) for d, t in want]
+    assert set(METRICS) >= {"bkld-small", "bkld-large"}
+    other = random_fingerprint(np.random.default_rng(1), make_space(dim=32, bins=40, hi=2.0),
+                               "x")
+    with pytest.raises(SpaceMismatchError):
+        screened.top_k(other, 1)
+
+
+def test_query_digits_reconstruct_within_the_stated_remainder():
+    rng = np.random.default_rng(3)
+    queries = rng.random((500, 4)) * np.array([1.0, 1e-6, 3e3, 0.0])  # incl. an all-zero query
+    digits, scale = query_digits(queries)
+    assert digits.dtype == np.int8 and np.abs(digits.astype(int)).max() <= DIGIT
+    base = 2.0 * DIGIT
+    rebuilt = (digits * base ** -np.arange(DIGITS)).sum(axis=-1) * scale
+    bound = scale * 0.5 * base ** -(DIGITS - 1)
+    assert (np.abs(rebuilt - queries) <= bound * (1 + 1e-9)).all()
+    assert (np.abs(rebuilt - queries).max(axis=0)[:3] > 0).all()  # the bound is not vacuous
+
+
+def concentrated(space, task_id: str, n: int) -> Fingerprint:
+    """All n samples of every dimension in one bin: counts as large as they get."""
+    counts = np.zeros((space.dim, space.bins), np.int64)
+    counts[:, 3] = n
+    return Fingerprint(task_id=task_id, space_id=space.space_id, counts=counts,
+                       feature_sum=np.ones(space.dim), n_samples=n, n_images=n)
+
+
+@pytest.mark.parametrize("kernel,largest", [("int8-gemm", 2_000_000),
+                                            ("float32-torch", 2_000_000), ("float32-numpy", 2_000_000),
+                                            ("uint8-numba", 2_000_000), ("auto", 2_000_000)])
+def test_large_counts_overflow_and_dimension_chunks_stay_exact(kernel, largest):
+    """int8: counts above 127 live in the sparse overflow matrix, and huge n splits the GEMM by
+    dimension so int32 sums cannot overflow. uint8: counts above 255 overflow likewise, and the
+    float32 loop is exact up to 2^24. float32: large counts are exact up to 2^24. Every
+    way must leave the top-k exact; "auto" must leave out a kernel that cannot hold the counts
+    exactly (float32 once a count reaches 2^24)."""
+    rng = np.random.default_rng(8)
+    space = make_space(dim=24, bins=10)
+    fps = [random_fingerprint(rng, space, f"s{i:02d}", n=int(n), zero_fraction=0.4)
+           for i, n in enumerate(rng.choice([300, 5_000, largest], size=40))]
+    if kernel == "auto":
+        fps.append(concentrated(space, "s99", 2**24))
+    index = ScreenedIndex(fps, kernel=kernel)
+    matrix = index.segments[0].rows.counts
+    if kernel == "auto":
+        assert index.kernel == "int8-gemm" and list(index.kernel_timings) == ["int8-gemm"]
+    if isinstance(matrix, Int8Counts):
+        assert matrix.overflow.nnz > 0 and len(matrix.chunks) > 1
+    elif isinstance(matrix, Uint8Numba):
+        assert matrix.overflow.nnz > 0 and matrix.low.max() == 255
+        with pytest.raises(ConfigError, match="not exact in float32"):
+            ScreenedIndex(fps + [concentrated(space, "huge", 2**24)], kernel="uint8-numba")
+    else:
+        assert isinstance(matrix, Float32Screen) and matrix.matrix.max() > 2**20
+        with pytest.raises(ConfigError, match="not exact in float32"):
+            ScreenedIndex(fps + [concentrated(space, "huge", 2**24)], kernel="float32-torch")
+    for i, fp in enumerate(fps[:3]):
+        np.testing.assert_array_equal(index.source(i).counts, fp.counts)
+    linear = LinearIndex(fps)
+    for weighting in (TARGET_SOFTMAX, UNIFORM):
+        for target in [random_fingerprint(rng, space, "t", n=largest)] + fps[:2]:
+            got = index.top_k(target, 6, weighting=weighting)
+            want = linear.rank(linear.bkld_all(target, weighting=weighting), 6,
+                               exclude=target.task_id)
+            assert [t for t, _ in got] == [t for t, _ in want]
+            np.testing.assert_allclose([d for _, d in got], [d for _, d in want], atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
+def test_changes_go_to_new_segments_then_compact_and_stay_exact(sources, kernel):
+    space, fps = sources
+    rng = np.random.default_rng(4)
+    index = ScreenedIndex(fps[:200], kernel=kernel)
+    live = {fp.task_id: fp for fp in fps[:200]}
+    steps = [(fps[200:203], ["s005"]),                                   # add 3, remove 1
+             ([random_fingerprint(rng, space, "s201", n=400)], []),      # replace a new one
+             ([random_fingerprint(rng, space, "s010", n=400)], ["s011"]),  # replace an old one
+             (fps[203:300], [])]                                          # enough to compact
+    for step, (upserts, removed) in enumerate(steps):
+        index = index.with_changes(upserts, removed)
+        assert len(index.segments) == (step + 2 if step < 3 else 1)  # no copy until compaction
+        for t in removed:
+            live.pop(t)
+        live.update({fp.task_id: fp for fp in upserts})
+        fresh = ScreenedIndex(list(live.values()), kernel=kernel)
+        assert index.kernel == kernel
+        assert sorted(index.task_ids) == sorted(live)
+        for target in [random_fingerprint(rng, space, "t", n=400), live["s010"]]:
+            for weighting in (TARGET_SOFTMAX, UNIFORM):
+                assert (index.top_k(target, 7, weighting=weighting)
+                        == fresh.top_k(target, 7, weighting=weighting))
+            assert index.top_k_metric(target, 3, "js") == fresh.top_k_metric(target, 3, "js")
+    assert index.alive.all()
+    with pytest.raises(ConfigError, match="at least one"):
+        ScreenedIndex(fps[:1]).with_changes([], ["s000"])
+
+
+def test_every_kernels_error_bound_holds_and_auto_keeps_the_fastest(sources):
+    """Each kernel's inner products lie within its stated bound of the exact float64 value,
+    also for queries spanning many orders of magnitude (underflow in float32)."""
+    space, fps = sources
+    counts = np.stack([fp.counts.ravel() for fp in fps[:50]]).astype(np.int64)
+    total = counts.sum(axis=1).astype(np.float64)
+    rng = np.random.default_rng(2)
+    queries = np.stack([rng.random(counts.shape[1]),
+                        rng.random(counts.shape[1]) * 10.0 ** rng.uniform(-60, 3, counts.shape[1]),
+                        np.zeros(counts.shape[1])], axis=1)
+    exact = counts.astype(np.float64) @ queries
+    for name, cls in KERNELS.items():
+        matrix = cls.build(counts, space.dim, space.bins, int(counts.reshape(
+            50, space.dim, space.bins).sum(axis=2).max()))
+        approx, error = matrix.inner(queries, total)
+        assert (np.abs(approx - exact) <= error).all(), name
+        assert (error[:, 0] < 1e-2 * exact[:, 0]).all(), name  # and the bound is useful
+        np.testing.assert_array_equal(matrix.counts(np.array([3, 7])), counts[[3, 7]])
+        # the re-rank's float64 products of a few rows, with every query at once
+        np.testing.assert_allclose(matrix.exact_products(np.array([7, 3]), queries.T),
+                                   exact[[7, 3]], rtol=1e-12, atol=0)
+    fake = {"int8-gemm": 2.0, "float32-torch": 1.0, "float32-numpy": 3.0, "uint8-numba": 4.0}
+    chosen, timings = choose_kernel(fake.get)
+    assert chosen == "float32-torch" and timings == fake
+    index = ScreenedIndex(fps)
+    assert index.kernel in KERNELS and set(index.kernel_timings) == set(KERNELS)
+    assert index.kernel_timings[index.kernel] == min(index.kernel_timings.values())
+    with pytest.raises(ConfigError, match="unknown index kernel 'int4'"):
+        ScreenedIndex(fps, kernel="int4")
