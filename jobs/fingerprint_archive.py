@@ -1,4 +1,4 @@
-"""Fingerprint a whole archive on a Ray cluster (or local Ray) and write Parquet fingerprints.
+"""Fingerprint a whole archive on a Ray cluster (or local Ray) into a store.
 
     ray job submit --working-dir . -- python jobs/fingerprint_archive.py ROOT_OR_MANIFEST \\
         --store STORE --space SPACE_ID            # or: --backbone NAME --reference-tasks A B
@@ -24,17 +24,23 @@ import sys
 import ray
 
 from rayfp import defaults
-from rayfp.cli.privacy_flags import add_privacy_flags, privacy_spec
+from rayfp.cli.flags import (
+    add_extraction_flags,
+    add_part_flags,
+    add_privacy_flags,
+    add_ray_flags,
+    add_sampling_flags,
+    privacy_spec,
+)
 from rayfp.cluster.pipeline import (
     ArchiveJobConfig,
-    create_space_on_ray,
     fingerprint_archive,
     new_job_id,
+    space_for_archive,
     take_archive_inventory,
 )
 from rayfp.core.parts import read_site_parts
-from rayfp.errors import ConfigError, RayfpError
-from rayfp.extract.backbones import get_backbone_spec, resolve_weights
+from rayfp.errors import RayfpError
 from rayfp.io.sources import list_archive, with_decoding
 from rayfp.store.store import Store
 
@@ -42,7 +48,8 @@ from rayfp.store.store import Store
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("archive", help="root folder (one sub-folder per task) or manifest .csv/.parquet")
-    p.add_argument("--store", required=True, help="Parquet store directory (shared filesystem)")
+    p.add_argument("--store", required=True,
+                   help="the store: a directory on a shared filesystem, or s3://bucket/prefix")
     p.add_argument("--space", help="existing space id; omit to create one (--backbone, --bins)")
     p.add_argument("--backbone", default="efficientnet_lite0", help="when creating a space")
     p.add_argument("--bins", type=int, default=defaults.BINS, help="when creating a space")
@@ -51,30 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-fraction", type=float, default=1.0)
     p.add_argument("--edge-samples", type=int, default=defaults.EDGE_SAMPLES,
                    help="views per reference task")
-    p.add_argument("--weights", help="backbone weights file (default: the backbone's location)")
-    p.add_argument("--samples", type=int, default=defaults.SAMPLES)
-    p.add_argument("--seed", type=int, default=defaults.SEED)
-    p.add_argument("--batch-size", type=int, default=8, help="canonical frames per actor call")
-    p.add_argument("--workers", type=int, default=1, help="feature-extractor actors")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0)
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--threads", type=int, help="torch threads per actor (default: its CPUs)")
-    p.add_argument("--min-images", type=int, default=defaults.MIN_IMAGES)
-    p.add_argument("--window", help="Hounsfield window for CT files without a manifest "
-                                     "`window`: brain, soft-tissue, lung or bone")
+    add_sampling_flags(p)
+    add_extraction_flags(p)
+    add_ray_flags(p)
     p.add_argument("--site-parts", metavar="JSON",
                    help='tasks pooled over sites: {"task": {"part": k, "image_counts": '
                         '[M1, ..., MK]}}; those tasks are written as parts, not fingerprints')
-    p.add_argument("--part-out", help="folder for the parts (default STORE/parts-out)")
-    p.add_argument("--noise-share", choices=("full", "split"), default="full",
-                   help="a private part's noise: full (default) or split (secure "
-                        "aggregation only)")
-    p.add_argument("--slice-axes", help="the planes NIfTI volumes are sliced along: "
-                   "acquisition (default), axial, coronal, sagittal or all")
+    add_part_flags(p)
     add_privacy_flags(p)
     p.add_argument("--tasks", nargs="*", help="only these task ids")
     p.add_argument("--overwrite", action="store_true", help="recompute existing fingerprints")
-    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local Ray)")
     return p
 
 
@@ -92,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                                      plan=privacy.plan) if args.site_parts else {}
         config = ArchiveJobConfig(
             store=args.store, samples=args.samples, seed=args.seed,
-            frames_per_batch=args.batch_size, workers=args.workers,
+            frames_per_batch=args.frames_per_call, workers=args.workers,
             gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
             threads=args.threads,
             weights=args.weights, min_images=args.min_images, overwrite=args.overwrite,
@@ -108,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.space:
             space = store.get_space(args.space)
         else:
-            space = _new_space(args, inventories, config, log)
+            space = space_for_archive(inventories, config, backbone=args.backbone,
+                                      bins=args.bins, samples=args.edge_samples,
+                                      reference=args.reference_tasks,
+                                      reference_fraction=args.reference_fraction,
+                                      weights=args.weights, on_progress=log.info)
         log.info("space %s (%s, D=%d, B=%d)", space.space_id, space.backbone, space.dim,
                  space.bins)
         report = fingerprint_archive(inventories, space, config, on_progress=log.info)
@@ -122,22 +119,6 @@ def main(argv: list[str] | None = None) -> int:
              report.failures, report.series_problems, report.views_per_second)
     print(f"space {space.space_id}")
     return 0
-
-
-def _new_space(args, inventories, config, log):
-    spec = get_backbone_spec(args.backbone)
-    weights = resolve_weights(spec, args.weights)
-    eligible = [t for t, inv in inventories.items() if inv.n_images > 0]
-    reference = args.reference_tasks or eligible[:max(1, round(len(eligible) *
-                                                              args.reference_fraction))]
-    unknown = sorted(set(reference) - set(eligible))
-    if unknown:
-        raise ConfigError(f"reference tasks {unknown} are not in the archive (or have no "
-                          f"decodable images); tasks: {eligible}")
-    log.info("creating a space from %d reference tasks: %s", len(reference), reference)
-    return create_space_on_ray(inventories, reference, backbone=args.backbone, bins=args.bins,
-                               samples=args.edge_samples, config=config,
-                               weights_sha256=weights.sha256)
 
 
 if __name__ == "__main__":

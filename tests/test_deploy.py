@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import jsonschema
+import pytest
 import ray.autoscaler
 import yaml
 
@@ -39,6 +40,9 @@ def test_serve_config_is_valid_and_its_args_build_the_app():
     app = config.applications[0]
     assert app.import_path == "rayfp.cloud.app:build_app"
     assert AppArgs(**app.args).default_metric == "bkld-small"  # the builder's typed arguments
+    defaults = AppArgs(store="x").model_dump()
+    overrides = {k: v for k, v in app.args.items() if k not in ("store", "token")}
+    assert all(defaults[k] != v for k, v in overrides.items()), "the config restates a default"
     (cloud,) = app.deployments  # the ingress scales out with load
     assert cloud.name == "KnowledgeCloud"
     assert cloud.autoscaling_config["max_replicas"] > cloud.autoscaling_config["min_replicas"]
@@ -117,3 +121,24 @@ def test_an_installed_wheel_serves_from_anywhere(tmp_path):
             os.killpg(server.pid, signal.SIGKILL)  # whatever of Ray is left in its session
         except ProcessLookupError:
             pass
+
+
+def test_every_cloud_setting_is_declared_once(monkeypatch):
+    """AppArgs and the `rayfp serve` flags come from one table: same names, same defaults."""
+    from rayfp.cli.main import build_parser
+    from rayfp.cloud.models import AppArgs
+    from rayfp.cloud.settings import SETTINGS, settings_from
+
+    monkeypatch.delenv("RAYFP_TOKEN", raising=False)
+    assert list(AppArgs.model_fields) == [s.name for s in SETTINGS]
+    args = build_parser().parse_args(["serve", "--store", "here"])
+    assert AppArgs(**settings_from(args)) == AppArgs(store="here")
+    args = build_parser().parse_args(["serve", "--store", "here", "--max-epsilon", "inf",
+                                      "--shards", "4", "--default-metric", "p2l"])
+    typed = AppArgs(**settings_from(args))
+    assert typed.max_epsilon is None and typed.shards == 4 and typed.default_metric == "p2l"
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError):  # the registries still check the choices
+        AppArgs(**settings_from(build_parser().parse_args(
+            ["serve", "--store", "x", "--default-metric", "nope"])))

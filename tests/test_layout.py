@@ -134,3 +134,86 @@ def test_light_commands_load_neither_torch_nor_ray(small_store):
         assert not {"torch", "ray"} & set(loaded), f"`rayfp {name}` loaded {loaded}"
     assert loaded_after("from rayfp.cli.main import main\ntry:\n    main(['--help'])\n"
                         "except SystemExit:\n    pass") == []
+
+
+def base_install() -> set[str]:
+    """The distributions `pip install rayfp` brings: its base requirements and all they require
+    (no extras), as installed here."""
+    import re
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    seen: set[str] = set()
+    todo = [(Requirement(r), "") for r in requires("rayfp") or []]
+    while todo:
+        req, extra = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+            continue
+        if norm(req.name) in seen:
+            continue
+        seen.add(norm(req.name))
+        try:
+            wanted = [""] + sorted(req.extras)
+            for line in requires(req.name) or []:
+                todo += [(Requirement(line), e) for e in wanted]
+        except PackageNotFoundError:
+            continue
+    return seen
+
+
+def test_light_commands_need_only_the_base_install(small_store, tmp_path):
+    """The light client (`pip install rayfp`, no extras) runs show, compare, nearest, evaluate,
+    import-paper and the query/recommend/register path. Simulated here by refusing, in a fresh
+    interpreter, every installed module that no base requirement brings (torch, Ray, numba,
+    matplotlib, pydicom, ...): optional imports fall back exactly as in a light install."""
+    import re
+    from importlib.metadata import packages_distributions
+
+    store, space = small_store
+    root = str(store.root)
+    allowed = base_install() | {"rayfp"}
+    blocked = sorted(module for module, dists in packages_distributions().items()
+                     if not {re.sub(r"[-_.]+", "-", d).lower() for d in dists} & allowed
+                     and module not in sys.stdlib_module_names)
+    assert {"torch", "ray", "numba", "matplotlib", "pydicom"} <= set(blocked)
+    runs = [["show", "--store", root], ["compare", "--store", root, "--space", space.space_id],
+            ["nearest", "--store", root, "--task-id", "a"],
+            ["evaluate", "-k", "1", "--scenarios", "arch", "--bootstrap", "20",
+             "--permutations", "20", "--tau-draws", "20"],
+            ["import-paper", "--store", str(tmp_path / "paper")]]
+    code = ("import contextlib, io, json, sys\nSTART = set(sys.modules)  # site's .pth hooks\n"
+            f"BLOCKED = set({blocked!r})\n"
+            "class Refuse:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in BLOCKED:\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, Refuse())\n"
+            "from rayfp.cli.main import main\n"
+            "import rayfp.cli.cloud, rayfp.cloud.client, rayfp.cloud.wire, rayfp.cloud.recommend\n"
+            "import rayfp.privacy.mechanism, rayfp.privacy.replicates, rayfp.privacy.ledger\n"
+            f"for argv in {runs!r}:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        assert main(argv) == 0, argv\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - START})))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert not loaded & set(blocked)
+    assert {"numpy", "pandas", "pyarrow", "deltalake", "scipy"} <= loaded  # it did the work
+    from rayfp.store.store import Store
+
+    assert Store(tmp_path / "paper").read_table("tasks").num_rows == 71
+
+
+def test_a_missing_extra_is_named():
+    from rayfp.errors import MissingExtraError
+
+    missing = MissingExtraError.of(ModuleNotFoundError("No module named 'torch'", name="torch"))
+    assert "rayfp[site]" in str(missing) and "pip install 'rayfp[site]'" in str(missing)
+    assert "rayfp[cloud]" in str(MissingExtraError.of(ModuleNotFoundError(name="fastapi.x")))
+    assert MissingExtraError.of(ModuleNotFoundError(name="no_such_thing")) is None

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from rayfp import defaults
-from rayfp.cli.privacy_flags import parse_epsilon
+from rayfp.cli.flags import parse_epsilon
 from rayfp.errors import ConfigError
 
 

@@ -10,7 +10,8 @@ import os
 import sys
 
 from rayfp import defaults
-from rayfp.cli.privacy_flags import parse_epsilon
+from rayfp.cli.flags import parse_epsilon
+from rayfp.cloud.settings import add_setting_flags, settings_from
 from rayfp.errors import ConfigError
 
 
@@ -22,22 +23,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--store", required=True)
 
     p = sub.add_parser("serve", help="run the knowledge cloud locally (Ray Serve, blocking)")
-    p.add_argument("--store", required=True)
-    p.add_argument("--token", default=os.environ.get("RAYFP_TOKEN", ""),
-                   help="bearer token for writes (default: $RAYFP_TOKEN; empty refuses writes)")
+    add_setting_flags(p)  # the app's settings, declared once (rayfp/cloud/settings.py)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--min-images", type=int, default=defaults.MIN_IMAGES)
     p.add_argument("--ingress", choices=defaults.INGRESS, default=defaults.INGRESS[0],
                    help="how HTTP reaches the app: the replica itself (default, fastest), "
                         "HAProxy (several replicas), or Serve's proxy")
-    p.add_argument("--shards", type=int, default=1,
-                   help="rank on S index shard deployments (spaces too large for one replica)")
-    p.add_argument("--shard-cpus", type=float, default=1.0,
-                   help="CPUs each shard replica reserves (default 1)")
-    p.add_argument("--max-epsilon", type=parse_epsilon, default=defaults.MAX_EPSILON,
-                   help=f"refuse fingerprints less private than this (default "
-                        f"{defaults.MAX_EPSILON:g}); 'inf' accepts exact counts (public data)")
 
     p = sub.add_parser("send-part", help="send one site's part of a pooled task to a server")
     p.add_argument("part", help="the part file (`rayfp fingerprint --part k/K`)")
@@ -100,11 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:  # pragma: no cover - blocking s
     from rayfp.cloud.app import build_app, start_local_serve
 
     start_local_serve(args.host, args.port, ingress=args.ingress)
-    max_epsilon = None if math.isinf(args.max_epsilon) else args.max_epsilon
-    serve.run(build_app({"store": args.store, "token": args.token,
-                         "min_images": args.min_images, "max_epsilon": max_epsilon,
-                         "shards": args.shards, "shard_cpus": args.shard_cpus}),
-              blocking=True)
+    serve.run(build_app(settings_from(args)), blocking=True)
     return 0
 
 

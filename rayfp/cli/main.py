@@ -14,8 +14,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rayfp import __version__, defaults
-from rayfp.cli.privacy_flags import add_privacy_flags, privacy_spec
-from rayfp.errors import ConfigError, RayfpError
+from rayfp.cli.flags import (
+    add_extraction_flags,
+    add_part_flags,
+    add_privacy_flags,
+    add_sampling_flags,
+    privacy_spec,
+)
+from rayfp.errors import ConfigError, MissingExtraError, RayfpError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,12 +47,13 @@ def _add_store(p: argparse.ArgumentParser) -> None:
                                                   "write)")
 
 
-def _add_extraction(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=defaults.SEED, help="sampling seed (default 0)")
+def _add_extraction(p: argparse.ArgumentParser, *, seed: bool = True) -> None:
+    if seed:
+        p.add_argument("--seed", type=int, default=defaults.SEED,
+                       help=f"sampling seed (default {defaults.SEED})")
     p.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE,
-                   help="views per forward batch; does not change the result")
-    p.add_argument("--weights", help="backbone weights file (default: the backbone's location)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+                   help="views per forward pass; does not change the result")
+    add_extraction_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -73,35 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", required=True, help="space id (see `rayfp show`)")
     p.add_argument("--space-from", metavar="URL",
                    help="fetch the space from a knowledge-cloud server into --store first")
-    p.add_argument("--samples", type=int, default=defaults.SAMPLES,
-                   help=f"augmented views (default {defaults.SAMPLES}; 1000 is a legitimate "
-                        "fast mode): drawn with replacement (the paper) for exact counts, "
-                        "ceil(N/M) per image at most for a private release")
-    p.add_argument("--min-images", type=int, default=defaults.MIN_IMAGES,
-                   help=f"refuse tasks with fewer distinct images (default {defaults.MIN_IMAGES})")
+    add_sampling_flags(p)
     p.add_argument("--modality", default="", help="override the modality read from DICOM")
     p.add_argument("--keep-views", action="store_true",
                    help="keep each view's bins and image in STORE/site-only/ (never sent), "
                         "for `rayfp query --replicates`")
-    p.add_argument("--window", help="Hounsfield window for CT (DICOM, or NIfTI in HU) without a "
-                                     "manifest `window`: brain, soft-tissue, lung or bone "
-                                     "(default: the stored or the robust window)")
-    p.add_argument("--slice-axes",
-                   help="the planes NIfTI volumes are sliced along: acquisition (default), "
-                        "axial, coronal, sagittal or all three; DICOM volumes keep their "
-                        "acquisition axis")
     p.add_argument("--part", metavar="k/K",
                    help="this site's part k of a task pooled over K sites (with "
                         "--part-images); writes --part-out instead of a fingerprint")
     p.add_argument("--part-images", metavar="M1,...,MK",
                    help="the image counts every site announced, in part order")
-    p.add_argument("--noise-share", choices=("full", "split"), default="full",
-                   help="a private part's noise: full (each part (ε, δ)-DP on its own; "
-                        "default) or split (σ/√K each: only with secure aggregation)")
-    p.add_argument("--part-out", help="where the part goes (default STORE/parts-out/"
-                                      "<task>-part-k-of-K.npz)")
+    add_part_flags(p)
     _add_store(p)
-    _add_extraction(p)
+    _add_extraction(p, seed=False)
     add_privacy_flags(p)
 
     p = sub.add_parser("compare", help="distance matrix of all tasks of a space")
@@ -489,6 +480,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except RayfpError as exc:
         print(f"rayfp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional part this installation left out
+        missing = MissingExtraError.of(exc)
+        if missing is None:
+            raise
+        print(f"rayfp {args.command}: error: {missing}", file=sys.stderr)
         return 2
 
 

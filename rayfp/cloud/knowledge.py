@@ -114,7 +114,7 @@ class KnowledgeBase:
 
     def __init__(self, store: Store | str | os.PathLike, *,
                  min_images: int = defaults.MIN_IMAGES, kernel: str = AUTO,
-                 max_epsilon: float | None = None,
+                 max_epsilon: float | None = defaults.MAX_EPSILON,
                  hubness_queries: int = MAX_QUERIES,
                  shard: tuple[int, int] | None = None) -> None:
         self.store = store if isinstance(store, Store) else Store(store)
@@ -122,7 +122,7 @@ class KnowledgeBase:
             raise ConfigError(f"shard must be (i, S) with 0 <= i < S, got {shard}")
         self.shard = shard
         self.min_images = min_images
-        self.max_epsilon = max_epsilon  # refuse fingerprints less private than this; None: all
+        self.max_epsilon = max_epsilon  # refuse registrations less private; None: accept all (as the service)
         self.hubness_queries = hubness_queries  # stored tasks ranked to measure hubness; 0: off
         self.kernel = kernel  # the index kernel: "auto" (measured per space) or a name
         self._indexes: dict[str, _CachedIndex] = {}

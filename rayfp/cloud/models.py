@@ -23,32 +23,24 @@ Compression = Literal[COMPRESSIONS]  # type: ignore[valid-type]
 KernelName = Literal[(AUTO, *KERNELS)]  # type: ignore[valid-type]
 
 
-class AppArgs(BaseModel):
-    """What `serve run serve/config.yaml` (or `rayfp serve`) passes to the app builder."""
+def _app_args() -> type[BaseModel]:
+    """AppArgs from the one table of settings (rayfp/cloud/settings.py)."""
+    from pydantic import create_model
 
-    store: str = Field(description="Parquet store directory")
-    token: str = Field("", description="bearer token for writes; empty refuses every write")
-    default_k: int = Field(defaults.K, ge=1, le=100)
-    default_metric: MetricName = defaults.METRIC
-    min_images: int = Field(defaults.MIN_IMAGES, ge=1)
-    threads: int = Field(2, ge=1, description="BLAS threads of the replica (Ray sets 1)")
-    max_request_bytes: int = Field(defaults.MAX_REQUEST_BYTES, ge=1024,
-                                   description="larger request bodies get 413")
-    kernel: KernelName = Field(AUTO, description="index kernel: 'auto' measures each on this "
-                                                 "CPU and keeps the fastest")
-    hubness_queries: int = Field(256, ge=0, description="stored tasks ranked against the others "
-                                                        "to flag hubs (in the background); 0 "
-                                                        "turns hub flags off")
-    shards: int = Field(1, ge=1, description="index shard deployments; 1: the ingress ranks "
-                                             "itself (rayfp.cloud.sharded)")
-    shard_cpus: float = Field(1.0, ge=0, description="CPUs reserved by each shard replica")
-    body_timeout_s: float = Field(defaults.BODY_TIMEOUT_S, gt=0,
-                                  description="a request body not complete after this many "
-                                              "seconds gets 408 (slow or stalled clients)")
-    max_epsilon: float | None = Field(defaults.MAX_EPSILON, gt=0,
-                                      description="refuse fingerprints that are not "
-                                                  "(ε <= this)-DP with 403; null accepts all "
-                                                  "(a cloud of public data only)")
+    from rayfp.cloud.settings import REQUIRED, SETTINGS
+
+    fields: dict[str, Any] = {}
+    for s in SETTINGS:
+        kind: Any = {"metric": MetricName, "kernel": KernelName}.get(s.choices or "", s.kind)
+        if s.optional:
+            kind = kind | None
+        default = ... if s.default is REQUIRED else s.default
+        fields[s.name] = (kind, Field(default, description=s.help, **s.bounds))
+    return create_model("AppArgs", __doc__="What `serve run serve/config.yaml` (or `rayfp "
+                        "serve`) passes to the app builder.", **fields)
+
+
+AppArgs = _app_args()
 
 
 # Ids anyone may send: bounded, printable (no control characters, no NUL), not blank.

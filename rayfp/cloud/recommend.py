@@ -1,5 +1,5 @@
 """Transfer recommendations: the top-k most similar known tasks and what worked for them
-(DESIGN §4, the paper's k-shot protocol). Each kind lists, in rank order, every source's best
+(docs/design.md §4, the paper's k-shot protocol). Each kind lists, in rank order, every source's best
 recorded component by the source's own score; the paper tries all k and keeps the best on local
 validation, so nothing is voted on here. For pretraining and co-training the candidates *are*
 the k nearest tasks: each is listed, with measured transfers from it as evidence when there are

@@ -1,6 +1,6 @@
 """The sharded knowledge cloud: S shard deployments each hold the sources whose task key hashes
 to their shard (rayfp.search.shards); the cloud's ingress fans a query out and merges the exact
-top-k lists (DESIGN §4, "beyond one machine").
+top-k lists (docs/design.md §4, "beyond one machine").
 
     shards: 4            # serve/config.yaml, or `rayfp serve --shards 4`
 

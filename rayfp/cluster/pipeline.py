@@ -1,4 +1,4 @@
-"""The only Ray Data code: archive fingerprinting at cluster scale (DESIGN §3).
+"""The only Ray Data code: archive fingerprinting at cluster scale (docs/design.md §3).
 
 Two streaming passes, because the paper samples N views *with replacement from the decodable
 images*, so a task's image count must be known before its views are drawn:
@@ -165,6 +165,27 @@ def create_space_on_ray(inventories: dict[str, TaskInventory], reference: Sequen
                                 weights_sha256=weights_sha256, bins=bins, reference=reference)
     Store(config.store).put_space(space)
     return space
+
+
+def space_for_archive(inventories: dict[str, TaskInventory], config: ArchiveJobConfig, *,
+                      backbone: str, bins: int, samples: int,
+                      reference: Sequence[str] | None = None, reference_fraction: float = 1.0,
+                      weights: str | None = None,
+                      on_progress: Callable[[str], None] = lambda _: None) -> FingerprintSpace:
+    """A new space for an archive: its edges from REFERENCE tasks (default: the first
+    ``reference_fraction`` of the tasks with decodable images)."""
+    from rayfp.extract.backbones import get_backbone_spec, resolve_weights
+
+    resolved = resolve_weights(get_backbone_spec(backbone), weights)
+    eligible = [t for t, inv in inventories.items() if inv.n_images > 0]
+    reference = list(reference or eligible[:max(1, round(len(eligible) * reference_fraction))])
+    unknown = sorted(set(reference) - set(eligible))
+    if unknown:
+        raise ConfigError(f"reference tasks {unknown} are not in the archive (or have no "
+                          f"decodable images); tasks: {eligible}")
+    on_progress(f"creating a space from {len(reference)} reference tasks: {reference}")
+    return create_space_on_ray(inventories, reference, backbone=backbone, bins=bins,
+                               samples=samples, config=config, weights_sha256=resolved.sha256)
 
 
 @dataclasses.dataclass

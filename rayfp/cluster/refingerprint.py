@@ -3,14 +3,17 @@
 A fingerprint records where its images came from (``source`` JSON: the archive job's root or
 manifest, or the CLI's inputs) and its seed, so it can be recomputed in a new space (new weights,
 preprocessing or edges) with the same sampling. Old fingerprints stay readable; spaces never mix.
-Ray-free: jobs/refingerprint.py runs the plan with rayfp.cluster.pipeline.
+Ray-free to import: run_refingerprint loads rayfp.cluster.pipeline (Ray) only when it runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
 from rayfp.errors import ConfigError, NotFoundError
@@ -93,3 +96,54 @@ def files_for(item: RefingerprintItem, *, archive: str | None = None) -> list[Im
                 for s in discover_sources(item.source["inputs"])]
     raise ConfigError(f"task {item.task_id!r}: its fingerprint does not record where its images "
                       f"came from (source={item.source}); fingerprint it again by hand")
+
+
+@contextlib.contextmanager
+def single_run(store: Store) -> Iterator[bool]:
+    """True while this process is the only re-fingerprint run of a local store (a second run,
+    e.g. from a schedule that overlaps, gets False and leaves). Object stores have no lock: a
+    second run there only repeats work, and its commits are as safe as the first's."""
+    if store.object_store:
+        yield True
+        return
+    import fcntl
+
+    root = Path(str(store.root))
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".refingerprint.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def run_refingerprint(items: Sequence[RefingerprintItem], target: FingerprintSpace,
+                      config: dict[str, Any], *, archive: str | None = None,
+                      on_progress: Callable[[str], None] = lambda _: None) -> list[str]:
+    """Re-fingerprint ITEMS into TARGET on the running Ray (CONFIG: the ArchiveJobConfig fields
+    that are the job's, not the task's). Tasks sharing a recipe (samples, seed, minimum,
+    privacy) run as one pipeline. Returns the task ids written."""
+    from rayfp.cluster.pipeline import (
+        ArchiveJobConfig,
+        fingerprint_archive,
+        take_archive_inventory,
+    )
+
+    groups: dict[tuple, list[RefingerprintItem]] = {}
+    for item in items:
+        groups.setdefault((item.samples, item.seed, item.min_images, item.privacy),
+                          []).append(item)
+    written: list[str] = []
+    for (samples, seed, min_images, privacy), group in sorted(groups.items(),
+                                                              key=lambda g: repr(g[0])):
+        files = [f for item in group for f in files_for(item, archive=archive)]
+        job = ArchiveJobConfig(samples=samples, seed=seed, min_images=min_images,
+                               privacy=privacy, **config)
+        report = fingerprint_archive(take_archive_inventory(files), target, job,
+                                     on_progress=on_progress,
+                                     task_sources={i.task_id: i.source for i in group})
+        on_progress(f"{len(report.written)} re-fingerprinted into {target.space_id}")
+        written += report.written
+    return written

@@ -1,7 +1,7 @@
 """Task distances: bKLD exactly as the paper computes it, its fast linear form, and baselines.
 
 Everything is float64. Direction is (target, source): ``bkld(target, source)`` = KL(target || source)
-as in DESIGN §1.4; lower means more similar.
+as in docs/design.md §1.4; lower means more similar.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def distance(target: Fingerprint, source: Fingerprint, metric: str = DEFAULT_MET
     return get_metric(metric).pairwise(target, source)
 
 
-# --- the linear form (DESIGN §1.4) --------------------------------------------------------------
+# --- the linear form (docs/design.md §1.4) --------------------------------------------------------------
 
 
 class LinearIndex:

@@ -3,7 +3,7 @@ is rayfp.core.sampling).
 
 A fingerprint is additive: ``counts`` (D, B) integers, ``feature_sum`` (D,) float64 and ``n``.
 Shards, Ray blocks or whole sites compute :class:`PartialCounts` independently; merging is a sum
-(DESIGN §1.3). Nothing here imports torch or Ray.
+(docs/design.md §1.3). Nothing here imports torch or Ray.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _utc_now() -> str:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FingerprintSpace:
-    """Everything that makes two fingerprints comparable (DESIGN §1.1).
+    """Everything that makes two fingerprints comparable (docs/design.md §1.1).
 
     ``edges_lo`` / ``edges_hi``: (D,) float32, the per-dimension 5 % / 95 % quantiles of the
     reference features; ``bins`` equal-width bins lie between them.
@@ -207,7 +207,7 @@ def merge_counts(parts: Iterable[PartialCounts]) -> PartialCounts:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Fingerprint:
-    """A finalised task fingerprint as stored (DESIGN §2 `fingerprints`)."""
+    """A finalised task fingerprint as stored (docs/design.md §2 `fingerprints`)."""
 
     task_id: str
     space_id: str
@@ -261,7 +261,7 @@ class Fingerprint:
 
     @property
     def probabilities(self) -> np.ndarray:
-        """P[d] = counts[d] / n, (D, B) float64 (DESIGN §1.3 finalise)."""
+        """P[d] = counts[d] / n, (D, B) float64 (docs/design.md §1.3 finalise)."""
         return np.asarray(self.counts, dtype=np.float64) / float(self.n_samples)
 
     @property

@@ -1,4 +1,4 @@
-"""The paper's sampling of augmented views (DESIGN §1.2) and the keyed plan a private release
+"""The paper's sampling of augmented views (docs/design.md §1.2) and the keyed plan a private release
 needs (PRIVACY.md): which image, crop and flip each of a task's N views gets. Pure numpy.
 
 Why a keyed plan: differential privacy bounds what changes when one unit (an image, a volume,
@@ -67,10 +67,10 @@ def sample_plan(n_images: int, n_samples: int, seed: int, *, plan: str = PAPER_P
     """Draw the augmented views of one task; identical for identical (n_images, n_samples, seed,
     plan).
 
-    ``paper``: images uniformly with replacement (DESIGN §1.2), so one image may give many more
+    ``paper``: images uniformly with replacement (docs/design.md §1.2), so one image may give many more
     than N/M views. ``balanced``: every image gives floor(N/M) or ceil(N/M) views (a seeded
     permutation decides which), so no image contributes more than :func:`views_per_image_cap`;
-    the bounded contribution differential privacy needs (DESIGN §5)."""
+    the bounded contribution differential privacy needs (docs/design.md §5)."""
     if n_images < 1:
         raise ConfigError(f"a task needs at least one image to sample from, got {n_images}")
     if n_samples < 1:

@@ -1,5 +1,5 @@
 """Scoring task selectors against measured transfer outcomes, exactly as the paper does
-(../shared/paper-data/PROTOCOL.md). Pure pandas/numpy; no Ray, no torch.
+(docs/evaluation.md). Pure pandas/numpy; no Ray, no torch.
 
 The names below load their module on first use (PEP 562), so `rayfp.evaluate.names` and the CLI
 parser stay free of pandas and scipy."""

@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("--format", choices=("table", "csv"), default="table")
     p.add_argument("--float-parser", choices=FLOAT_PARSERS, default="pandas2",
                    help="how DATA's CSV numbers are parsed: pandas2 reproduces the paper's exact "
-                        "ties (PROTOCOL.md §10), exact rounds correctly")
+                        "ties (docs/evaluation.md §10), exact rounds correctly")
     p.add_argument("--meta", default="gain,delta",
                    help="meta metrics shown in the tables (csv has all): gain, delta, regret, "
                         "rank, weightedtau")

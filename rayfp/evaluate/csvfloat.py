@@ -1,6 +1,6 @@
 """pandas < 3's default CSV float parser (C `precise_xstrtod`), ported: it is not correctly
 rounded, and the paper's notebooks were run with it, so exact ties between seed means depend on
-it (PROTOCOL.md §10). Up to 17 significant digits are accumulated in a double
+it (docs/evaluation.md §10). Up to 17 significant digits are accumulated in a double
 (``number = number * 10 + digit``), then scaled once by a power of ten."""
 
 from __future__ import annotations

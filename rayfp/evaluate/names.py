@@ -1,4 +1,4 @@
-"""The evaluation's names and choices (PROTOCOL.md), importable without pandas or scipy so that
+"""The evaluation's names and choices (docs/evaluation.md), importable without pandas or scipy so that
 `rayfp --help` stays fast."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ SCENARIO_NAMES = {"arch": "Model Architecture", "pretrain": "Pretraining Data",
                   "augmentation": "Augmentation Policy", "multi_task": "Co-Training Data"}
 OUTCOME_METRICS = ("BA", "AUROC")
 SETTINGS = ("development", "validation")
-# Printable name -> cache file stem (PROTOCOL.md §1).
+# Printable name -> cache file stem (docs/evaluation.md §1).
 PAPER_SELECTORS = {
     "bKLD (small)": "KLD-PP:NS-W:TS-100-BINS",
     "bKLD (large)": "KLD-PP:NS-1000-BINS",
@@ -19,7 +19,7 @@ PAPER_SELECTORS = {
     "P2L": "KLD-PP:NN",
     "Sinkhorn": "MMD-geo-sinkhorn-0.01",
 }
-# "pandas2": parse numbers like the notebooks did (bit-exact ties, PROTOCOL §10);
+# "pandas2": parse numbers like the notebooks did (bit-exact ties, docs/evaluation.md §10);
 # "exact": correctly rounded (pandas >= 3); they differ by 1 ulp in ~20 % of the cells.
 FLOAT_PARSERS = ("pandas2", "exact")
 MODES = ("best", "avg")

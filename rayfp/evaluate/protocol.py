@@ -1,4 +1,4 @@
-"""The paper's selection-evaluation protocol (PROTOCOL.md §3-§6), exactly: targets, valid
+"""The paper's selection-evaluation protocol (docs/evaluation.md §3-§6), exactly: targets, valid
 sources, target variant, affinity, top-k, seed strategies and the meta metrics."""
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Protocol:
 
     def valid_sources(self, target: str) -> list[str]:
         """Candidates (development tasks for a development target, all 71 otherwise) minus the
-        target's image-sharing group and the target itself (PROTOCOL §3)."""
+        target's image-sharing group and the target itself (docs/evaluation.md §3)."""
         if target in self.splits.development:
             candidates = list(self.splits.development)
         else:
@@ -110,7 +110,7 @@ def select_top_k(affinities: pd.Series, k: int) -> list[str]:
     return list(ordered.index[:k])
 
 
-# --- meta metrics (PROTOCOL §6) ------------------------------------------------------------------
+# --- meta metrics (docs/evaluation.md §6) ------------------------------------------------------------------
 
 
 def regret_score(p: float, oracle: float) -> float:

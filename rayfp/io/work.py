@@ -1,6 +1,6 @@
 """From a task's inventory to the sampled views each file must provide (torch-free, Ray-free).
 
-`plan_work` draws the paper's N views (DESIGN §1.2) and groups them per file, so each file is
+`plan_work` draws the paper's N views (docs/design.md §1.2) and groups them per file, so each file is
 decoded once; `sampled_frames` decodes a work item into canonical frames, each carrying its
 views' crop offsets and flips. The local client iterates these in a loop and the Ray job maps
 them over a cluster; rayfp.extract.views turns the frames into counts for both.

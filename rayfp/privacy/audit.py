@@ -1,4 +1,4 @@
-"""Membership-inference audit of fingerprints (DESIGN §5, "measure, don't claim").
+"""Membership-inference audit of fingerprints (docs/design.md §5, "measure, don't claim").
 
 The attacker holds a task's released fingerprint, a candidate image (it can make its own
 augmented views of it) and a reference population from the same distribution. It must tell

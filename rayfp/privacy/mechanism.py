@@ -1,5 +1,5 @@
 """Differentially private fingerprints: the Gaussian mechanism on a task's counts (and,
-optionally, its clipped feature sum), calibrated by Google's dp-accounting (DESIGN §5, layer 3).
+optionally, its clipped feature sum), calibrated by Google's dp-accounting (docs/design.md §5, layer 3).
 
 Unit of privacy: one image, replace-one neighbours (the task keeps its M images; one is swapped
 for any other). With a plan that gives each image at most ``cap`` views:
@@ -272,7 +272,7 @@ def epsilon_of(privacy: dict[str, Any] | None) -> float:
 
 def privacy_record(spec: PrivacySpec, *, min_images: int, release: dict[str, Any] | None
                    ) -> dict[str, Any]:
-    """The `privacy` JSON of a stored fingerprint (DESIGN §2): the floor of distinct images, the
+    """The `privacy` JSON of a stored fingerprint (docs/design.md §2): the floor of distinct images, the
     sampling plan and, for a private release, its mechanism."""
     return {"min_images": min_images, "plan": spec.plan, "dp": release,
             "dp_epsilon": spec.epsilon if spec.private else None, "unit": spec.unit}

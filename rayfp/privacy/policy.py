@@ -1,4 +1,4 @@
-"""The service's privacy policy (DESIGN §5, layer 4): the largest ε it accepts, and a check that
+"""The service's privacy policy (docs/design.md §5, layer 4): the largest ε it accepts, and a check that
 a fingerprint's privacy record is consistent with the mechanism it names.
 
 The cloud cannot see the noise, only the record a site sends. The check makes an honest mistake

@@ -1,6 +1,6 @@
 """The service's exact top-k index for bKLD: an integer screen, then an exact float64 re-rank.
 
-bKLD(t, s)·Σw = Σ_d w_d Σ_b P_t log P_t + Σ_d w_d LSE(P_s,d) − Σ_d w_d ⟨P_t,d, P_s,d⟩   (DESIGN §1.4)
+bKLD(t, s)·Σw = Σ_d w_d Σ_b P_t log P_t + Σ_d w_d LSE(P_s,d) − Σ_d w_d ⟨P_t,d, P_s,d⟩   (docs/design.md §1.4)
 
 The inner-product term dominates the work (N sources x D·B). Its source side is made of integer
 counts, so the index writes each query vector q = w ⊙ P_t as a few balanced base-β integer

@@ -1,4 +1,4 @@
-"""The inner-product term of the linear form (DESIGN §1.4), Σ_i q_i · c_s,i for every source s,
+"""The inner-product term of the linear form (docs/design.md §1.4), Σ_i q_i · c_s,i for every source s,
 with a rigorous bound on its error, on the kernel this CPU runs fastest. rayfp.search.index screens
 with these bounds and re-ranks the survivors exactly, so every kernel gives the same answers;
 they differ in speed, memory and how many sources survive the screen:
@@ -440,12 +440,13 @@ def kernel_class(name: str) -> type:
 def choose_kernel(time_query: Callable[[str], float]) -> tuple[str, dict[str, float]]:
     """Time every kernel with ``time_query(name)`` (median seconds of a whole query on a sample
     of the index) and return the fastest name with every timing; a kernel that cannot hold the
-    data exactly (ConfigError) is left out."""
+    data exactly (ConfigError), or whose library this installation left out (torch, numba), is
+    left out."""
     timings = {}
     for name in KERNELS:
         try:
             timings[name] = time_query(name)
-        except ConfigError:
+        except (ConfigError, ImportError):
             continue
     if not timings:
         raise ConfigError("no index kernel can hold these counts exactly")

@@ -1,4 +1,4 @@
-"""The store's tables as Delta Lake tables (delta-rs: no JVM, DESIGN §2).
+"""The store's tables as Delta Lake tables (delta-rs: no JVM, docs/design.md §2).
 
 Why Delta Lake: each write is one atomic commit to the table's log, on a local disk (an
 atomic rename-if-absent) and on S3 (a conditional put), so many writers on many machines never

@@ -1,4 +1,4 @@
-"""Explicit pyarrow schemas of the store's tables (DESIGN §2). Column names are constants here.
+"""Explicit pyarrow schemas of the store's tables (docs/design.md §2). Column names are constants here.
 
 Every table carries ``schema_version``; a reader refuses a newer version than it knows.
 """

@@ -1,4 +1,4 @@
-"""The store: Delta Lake tables that pandas, pyarrow, DuckDB and Ray Data read (DESIGN §2).
+"""The store: Delta Lake tables that pandas, pyarrow, DuckDB and Ray Data read (docs/design.md §2).
 
     STORE/spaces/                      one row per space (immutable: its id is its content hash)
     STORE/fingerprints/space_id=<id>/  one row per task and space (Delta, partitioned by space)

@@ -88,7 +88,7 @@ def test_registration_components_and_best_by_own_score(tmp_path, rng):
     store = Store(tmp_path / "s")
     space = make_space(dim=6, bins=8)
     store.put_space(space)
-    kb = KnowledgeBase(store, min_images=10)
+    kb = KnowledgeBase(store, min_images=10, max_epsilon=None)  # exact test fingerprints
     fps = [random_fingerprint(rng, space, f"t{i}") for i in range(4)]
     for fp in fps:
         kb.register_task({"modality": "CT"}, fp)
@@ -114,7 +114,7 @@ def test_index_follows_the_store_reading_only_changed_files(tmp_path, rng, monke
     store = Store(tmp_path / "s")
     space = make_space(dim=6, bins=8)
     store.put_space(space)
-    kb = KnowledgeBase(store, min_images=10)
+    kb = KnowledgeBase(store, min_images=10, max_epsilon=None)  # exact test fingerprints
     for i in range(12):
         kb.register_task({}, random_fingerprint(rng, space, f"t{i:02d}"))
     assert len(kb.index(space.space_id)) == 12
@@ -148,7 +148,7 @@ def test_index_follows_the_store_reading_only_changed_files(tmp_path, rng, monke
 def test_nearest_many_ranks_mixed_batches_like_single_queries(tmp_path, rng):
     store = Store(tmp_path / "s")
     spaces = [make_space(dim=5, bins=6), make_space(dim=4, bins=7, hi=2.0)]
-    kb = KnowledgeBase(store, min_images=1)
+    kb = KnowledgeBase(store, min_images=1, max_epsilon=None)  # exact test fingerprints
     for space in spaces:
         store.put_space(space)
         for i in range(6):
@@ -178,7 +178,7 @@ def test_a_growing_space_chooses_its_index_kernel_again(tmp_path, rng):
     store = Store(tmp_path / "s")
     space = make_space(dim=6, bins=8)
     store.put_space(space)
-    kb = KnowledgeBase(store, min_images=1)
+    kb = KnowledgeBase(store, min_images=1, max_epsilon=None)  # exact test fingerprints
     measured = []
     for i in range(9):
         kb.register_task({}, random_fingerprint(rng, space, f"t{i}"))
@@ -225,7 +225,7 @@ def test_answers_flag_hubs_and_recommend_every_neighbour_as_pretraining(tmp_path
     store = Store(tmp_path / "s")
     space, fps = _with_a_hub()
     store.put_space(space)
-    kb = KnowledgeBase(store, min_images=10)
+    kb = KnowledgeBase(store, min_images=10, max_epsilon=None)  # exact test fingerprints
     for fp in fps:
         kb.register_task({}, fp)
     assert kb.hubness(space.space_id).is_hub("hub")  # measured now (wait=True)

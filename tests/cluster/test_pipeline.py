@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 JOB = ["jobs/fingerprint_archive.py"]
 # Exact counts (public test data) unless a test asks for a private release.
-COMMON = ["--samples", "48", "--min-images", "3", "--batch-size", "4", "--epsilon", "inf"]
+COMMON = ["--samples", "48", "--min-images", "3", "--frames-per-call", "4", "--epsilon", "inf"]
 PRIVATE = ["--epsilon", "4", "--noise-seed", "3"]
 
 

@@ -180,7 +180,7 @@ def test_confidence_on_a_hand_made_case():
 def test_a_query_and_its_replicates_are_ranked_together(tmp_path):
     store = Store(tmp_path / "kb")
     store.put_space(SPACE)
-    kb = KnowledgeBase(store, min_images=1)
+    kb = KnowledgeBase(store, min_images=1, max_epsilon=None)  # exact test fingerprints
     for seed in range(6):
         kb.register_task({}, _task(100 + seed, shift=0.08 * seed)[0])
     query, table, _ = _task(7, shift=0.02)

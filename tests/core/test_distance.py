@@ -21,7 +21,7 @@ from rayfp.errors import SpaceMismatchError, UnknownNameError
 
 
 def _reference_bkld(t: Fingerprint, s: Fingerprint, weighting: str) -> float:
-    """DESIGN §1.4 written out loop by loop, independent of the implementation."""
+    """docs/design.md §1.4 written out loop by loop, independent of the implementation."""
     total, w_sum = 0.0, 0.0
     w_all = softmax(t.mean) if weighting == TARGET_SOFTMAX else np.ones(t.dim)
     for d in range(t.dim):

@@ -132,7 +132,7 @@ def test_development_evaluation_reproduces_the_protocol_facts(dev_scores):
     assert (per_cell == 23).all()
     assert set(scores["scenario"]) == set(SCENARIOS)
     nan_tau = scores[(scores.meta_metric == "weightedtau") & scores.score.isna()]
-    assert len(nan_tau) == 8  # one target/seed/metric, once per selector (PROTOCOL §12)
+    assert len(nan_tau) == 8  # one target/seed/metric, once per selector (docs/evaluation.md §12)
     assert set(nan_tau.target) == {"nerthus_bowel_cleansing_quality"}
     assert set(nan_tau.scenario) == {"augmentation"} and set(nan_tau.seed) == {"1"}
     assert scores[scores.meta_metric != "weightedtau"].score.notna().all()
@@ -154,7 +154,7 @@ def test_oracle_equal_to_one_occurs_46_times_in_development(data, dev):
                 for _, matrix, _ in _outcome_tables(dev, scenario, metric, strategy):
                     for t in dev.targets():
                         count += matrix[t].reindex(dev.valid_sources(t)).max() == 1.0
-    assert count == 46  # PROTOCOL §6
+    assert count == 46  # docs/evaluation.md §6
 
 
 def test_cli_tables_csv_plots_and_own_selectors(data, tmp_path, capsys):
@@ -198,7 +198,7 @@ def test_cli_tables_csv_plots_and_own_selectors(data, tmp_path, capsys):
 
 
 def test_pandas2_float_parser_reproduces_the_documented_ulp_differences(data):
-    """PROTOCOL §10: 8,489 cells of KLD-PP:NN and 1,076-1,732 of every other matrix parse
+    """docs/evaluation.md §10: 8,489 cells of KLD-PP:NN and 1,076-1,732 of every other matrix parse
     1 ulp away from the correctly rounded value under pandas 2; 19,032 in all."""
     from rayfp.evaluate.csvfloat import pandas2_float
 
