@@ -12,6 +12,7 @@ import sys
 from rayfp import defaults
 from rayfp.cli.flags import parse_epsilon
 from rayfp.cloud.settings import add_setting_flags, settings_from
+from rayfp.core.release import Release, released_epsilon
 from rayfp.errors import ConfigError
 
 
@@ -123,10 +124,10 @@ def _replicates(args, fp):
 
     store = Store(args.fingerprint_from)
     spec = None
-    dp = (fp.privacy or {}).get("dp")
-    if dp is not None and args.replicate_epsilon is not None:
-        spec = PrivacySpec(epsilon=args.replicate_epsilon, delta=float(dp["delta"]),
-                           release_bins=dp.get("release_bins"))
+    stated = Release.of(fp.privacy)
+    if stated is not None and args.replicate_epsilon is not None:
+        spec = PrivacySpec(epsilon=args.replicate_epsilon, delta=stated.delta,
+                           release_bins=stated.release_bins)
     views = (store.get_views(fp.space_id, fp.task_id) if args.resampling == "bootstrap"
              else None)  # parametric replicates need none
     replicates, record = query_replicates(views, fp, store.get_space(fp.space_id),
@@ -135,7 +136,7 @@ def _replicates(args, fp):
     if args.resampling == "bootstrap":  # a new release of the images (parametric: free)
         from rayfp.privacy.ledger import charge
 
-        charge(store, fp.task_id, kind="replicates", dp=record.get("dp"), space_id=fp.space_id,
+        charge(store, fp.task_id, kind="replicates", privacy=record, space_id=fp.space_id,
                budget=args.privacy_budget)
     return replicates, record
 
@@ -163,8 +164,8 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def _epsilon_text(privacy) -> str:
-    dp = (privacy or {}).get("dp")
-    return f"ε={dp['epsilon']:g}" if dp else "exact counts"
+    epsilon = released_epsilon(privacy)
+    return "exact counts" if epsilon is None else f"ε={epsilon:g}"
 
 
 def cmd_query(args: argparse.Namespace) -> int:

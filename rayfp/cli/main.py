@@ -21,6 +21,7 @@ from rayfp.cli.flags import (
     add_sampling_flags,
     privacy_spec,
 )
+from rayfp.core.release import Release
 from rayfp.errors import ConfigError, MissingExtraError, RayfpError
 
 if TYPE_CHECKING:
@@ -209,16 +210,16 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
                               window=args.window, slice_axes=args.slice_axes)
     _print_skipped(result.skipped, result.inventory.series_problems)
     fp = result.fingerprint
-    dp = fp.privacy.get("dp")
-    guarantee = (f"(ε={dp['epsilon']:g}, δ={dp['delta']:g})-DP per image, at most "
-                 f"{dp['views_per_image_cap']} views per image" if dp else
+    stated = Release.of(fp.privacy)
+    guarantee = (f"(ε={stated.epsilon:g}, δ={stated.delta:g})-DP per image, at most "
+                 f"{stated.cap} views per image" if stated else
                  "exact counts, NOT differentially private (--epsilon inf)")
     print(f"{fp.task_id}: {fp.n_samples} views of {fp.n_images} images "
           f"({result.modality or 'unknown modality'}) -> space {fp.space_id}; {guarantee}")
     from rayfp.privacy.bounds import describe
 
-    print(f"  {describe(dp['epsilon'] if dp else math.inf, dp['delta'] if dp else 1.0)}")
-    if dp:
+    print(f"  {describe(stated.epsilon if stated else math.inf, stated.delta if stated else 1.0)}")
+    if stated:
         from rayfp.privacy.ledger import spent
 
         print(f"  privacy ledger: {spent(_store(args), fp.task_id).text()} "
@@ -290,8 +291,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise ConfigError(f"{fp.task_id!r}: {fp.n_images} images in all parts, below the "
                           f"minimum of {args.min_images}")
     store.put_fingerprint(fp)
-    released = ("exact counts" if record["dp"] is None
-                else f"ε={record['dp']['epsilon']:g}, noise share {record['dp']['noise_share']}")
+    stated = Release.of(record)
+    released = ("exact counts" if stated is None
+                else f"ε={stated.epsilon:g}, noise share {stated.get('noise_share')}")
     print(f"{fp.task_id}: merged {len(parts)} parts, {fp.n_samples} views of {fp.n_images} "
           f"images -> space {fp.space_id} ({released})")
     return 0

@@ -18,8 +18,9 @@ import numpy as np
 from rayfp import defaults
 from rayfp.core.confidence import Confidence, confidence_of
 from rayfp.core.distance import DEFAULT_METRIC, get_metric
-from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, finalize, released_epsilon
+from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, finalize
 from rayfp.core.parts import TaskPart, check_compatible, validate_part
+from rayfp.core.release import released_epsilon
 from rayfp.errors import (
     ConfigError,
     ConflictError,

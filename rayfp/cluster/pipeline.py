@@ -313,7 +313,7 @@ def _write_part(store: Store, partial: PartialCounts, space: FingerprintSpace,
     plan, part = config.site_parts[task_id]
     released = release_part(partial, space, plan=plan, part=part, spec=config.privacy,
                             noise_share=config.noise_share)
-    charge(store, task_id, kind="part", dp=released.privacy.get("dp"), space_id=space.space_id,
+    charge(store, task_id, kind="part", privacy=released.privacy, space_id=space.space_id,
            budget=config.privacy.budget)
     released.save(_part_path(config, task_id))
 
@@ -325,7 +325,7 @@ def _write_task(store: Store, partial: PartialCounts, inv: TaskInventory,
     released, record = release(partial, store.get_space(partial.space_id), task_id=inv.task_id,
                                n_images=inv.n_images, spec=config.privacy,
                                min_images=config.min_images)
-    charge(store, inv.task_id, kind="fingerprint", dp=record.get("dp"),
+    charge(store, inv.task_id, kind="fingerprint", privacy=record,
            space_id=partial.space_id, budget=config.privacy.budget)
     save_task_fingerprint(store, released, task_id=inv.task_id, n_images=inv.n_images,
                           modality=inv.modality, source=source, privacy=record)

@@ -12,13 +12,12 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from rayfp.errors import ConfigError, SpaceMismatchError, StoreError
+from rayfp.errors import ConfigError, SpaceMismatchError
 
 EDGE_QUANTILES = (0.05, 0.95)
 
@@ -278,22 +277,6 @@ def finalize(partial: PartialCounts, *, task_id: str, n_images: int, source: str
     return Fingerprint(task_id=task_id, space_id=partial.space_id, counts=partial.counts,
                        feature_sum=partial.feature_sum, n_samples=partial.n, n_images=n_images,
                        source=source, privacy=dict(privacy or {}))
-
-
-def released_epsilon(privacy: Mapping[str, Any] | None) -> float | None:
-    """The ε of a fingerprint's differentially private release, from its `privacy` record;
-    None for exact counts (no ``dp`` record: older stores, public data). StoreError for a
-    record that cannot be read (a reader skips that fingerprint and says so)."""
-    dp = (privacy or {}).get("dp") if isinstance(privacy, Mapping | None) else privacy
-    if not dp:
-        return None
-    try:
-        value = float(dp["epsilon"])
-    except (KeyError, TypeError, ValueError):
-        value = math.nan
-    if not value > 0:
-        raise StoreError(f"unreadable privacy record (dp: {str(dp)[:80]})")
-    return value
 
 
 def check_same_space(a: Fingerprint, b: Fingerprint) -> None:

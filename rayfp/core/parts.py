@@ -35,6 +35,7 @@ import numpy as np
 from rayfp import defaults
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
 from rayfp.core.npzfile import load_npz, save_npz
+from rayfp.core.release import Release, is_private
 from rayfp.core.sampling import (
     KEYED_PLAN,
     PLANS,
@@ -193,7 +194,7 @@ class TaskPart:
 
     @property
     def private(self) -> bool:
-        return self.privacy.get("dp") is not None
+        return is_private(self.privacy)
 
     def save(self, path: str | os.PathLike, *, exclusive: bool = False) -> Path:
         return save_npz(path, FORMAT, {"space_id": self.space_id, "part": self.part,
@@ -249,7 +250,7 @@ def validate_part(part: TaskPart, space: FingerprintSpace) -> None:
                           f"its plan gives it {expected}")
     counts = np.asarray(part.counts)
     if part.private:
-        bins = part.privacy["dp"].get("release_bins") or space.bins
+        bins = Release.of(part.privacy).release_bins or space.bins
         if not isinstance(bins, int) or not 2 <= bins <= space.bins or space.bins % bins:
             raise ConfigError(f"part {part.part}: release_bins must be a whole divisor of the "
                               f"space's {space.bins} bins, got {bins!r}")
@@ -317,7 +318,7 @@ def check_same_release(parts: Sequence[TaskPart]) -> None:
     first = private[0]
     for p in private[1:]:
         for field in RELEASE_FIELDS:
-            a, b = first.privacy["dp"].get(field), p.privacy["dp"].get(field)
+            a, b = Release.of(first.privacy).get(field), Release.of(p.privacy).get(field)
             same = (math.isclose(float(a), float(b), rel_tol=1e-9)
                     if isinstance(a, int | float) and isinstance(b, int | float) else a == b)
             if not same:

@@ -140,7 +140,7 @@ def fingerprint_task(paths: Sequence[str | os.PathLike], *, task_id: str, space_
         store.put_views(views)
     released, record = release(partial, space, task_id=task_id, n_images=inventory.n_images,
                                spec=privacy, min_images=min_images)
-    charge(store, task_id, kind="fingerprint", dp=record.get("dp"), space_id=space_id,
+    charge(store, task_id, kind="fingerprint", privacy=record, space_id=space_id,
            budget=privacy.budget)  # refused past the budget: nothing stored
     main_modality = modality or inventory.modality
     fp = save_task_fingerprint(
@@ -181,6 +181,6 @@ def fingerprint_part(paths: Sequence[str | os.PathLike], *, task_id: str, space_
                                        drawn=plan.views_of(part, inventory.unit_contents()))
     released = release_part(partial, space, plan=plan, part=part, spec=privacy,
                             noise_share=noise_share)
-    charge(store, task_id, kind="part", dp=released.privacy.get("dp"), space_id=space_id,
+    charge(store, task_id, kind="part", privacy=released.privacy, space_id=space_id,
            budget=privacy.budget)
     return released, inventory

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rayfp.core.release import Release
 from rayfp.errors import PrivacyBudgetError
 from rayfp.privacy.replicates import composed_epsilon
 from rayfp.store.store import Store
@@ -77,13 +78,15 @@ def ledger(store: Store) -> list[Spent]:
     return [spent(store, t) for t in tasks]
 
 
-def charge(store: Store, task_id: str, *, kind: str, dp: Mapping[str, Any] | None,
+def charge(store: Store, task_id: str, *, kind: str, privacy: Mapping[str, Any] | None,
            space_id: str, budget: float | None) -> Spent | None:
-    """Record a release of ``task_id``'s units (``dp``: its record; None, exact: nothing to
-    record) after checking that the total stays within ``budget`` (None: no limit). Raises
+    """Record a release of ``task_id``'s units (``privacy``: its record; exact counts: nothing
+    to record) after checking that the total stays within ``budget`` (None: no limit). Raises
     PrivacyBudgetError with the numbers otherwise, recording nothing. Returns the new total."""
-    if dp is None:
+    stated = Release.of(privacy)
+    if stated is None:
         return None
+    dp = stated.record
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     event = (noise_multiplier(dp), float(dp["delta"]))

@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from rayfp import defaults
-from rayfp.core.fingerprint import FingerprintSpace, PartialCounts, released_epsilon
+from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
+from rayfp.core.release import Release
 from rayfp.core.sampling import KEYED_PLAN, views_per_image_cap
 from rayfp.errors import ConfigError
 from rayfp.privacy.noise import noise_source
@@ -263,13 +264,6 @@ def release_record(spec: PrivacySpec, scale: NoiseScale, *, release_bins: int, n
             "noise": noise}
 
 
-def epsilon_of(privacy: dict[str, Any] | None) -> float:
-    """The ε a fingerprint's privacy record states; inf for one released without noise (older
-    stores, public data)."""
-    value = released_epsilon(privacy)
-    return math.inf if value is None else value
-
-
 def privacy_record(spec: PrivacySpec, *, min_images: int, release: dict[str, Any] | None
                    ) -> dict[str, Any]:
     """The `privacy` JSON of a stored fingerprint (docs/design.md §2): the floor of distinct images, the
@@ -297,13 +291,13 @@ def release(partial: PartialCounts, space: FingerprintSpace, *, task_id: str, n_
 def spec_from_record(privacy: dict[str, Any] | None) -> PrivacySpec:
     """The spec a stored fingerprint was released with (re-fingerprinting keeps it); a
     fingerprint without a ``dp`` record (older stores, public data) was exact."""
-    dp = (privacy or {}).get("dp")
-    if not dp:
+    stated = Release.of(privacy)
+    if stated is None:
         return PrivacySpec.none()
-    mean = dp.get("mean", MEAN_FROM_COUNTS)
-    share = float(dp.get("count_share", defaults.DP_COUNT_SHARE))
-    return PrivacySpec(epsilon=float(dp["epsilon"]), delta=float(dp["delta"]),
-                       release_bins=dp.get("release_bins"), mean=mean,
+    mean = stated.mean
+    share = stated.count_share if stated.count_share is not None else defaults.DP_COUNT_SHARE
+    return PrivacySpec(epsilon=stated.epsilon, delta=stated.delta,
+                       release_bins=stated.release_bins, mean=mean,
                        count_share=share if mean == MEAN_FROM_NOISED_SUM
                        else defaults.DP_COUNT_SHARE)
 

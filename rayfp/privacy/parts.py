@@ -15,6 +15,7 @@ import numpy as np
 
 from rayfp.core.fingerprint import FingerprintSpace, PartialCounts
 from rayfp.core.parts import PartPlan, TaskPart, check_parts, merge_exact_parts, split_sigma
+from rayfp.core.release import Release
 from rayfp.core.sampling import views_per_image_cap
 from rayfp.errors import ConfigError
 from rayfp.privacy.mechanism import (
@@ -72,7 +73,7 @@ def merge_parts(parts: Sequence[TaskPart], space: FingerprintSpace, *, min_image
     n = sum(p.n_views for p in parts)
     if n != first.plan.samples:
         raise ConfigError(f"the parts hold {n} views, the plan {first.plan.samples}")
-    dp = dict(first.privacy["dp"])
+    dp = dict(Release.of(first.privacy).record)
     coarse = np.sum([np.asarray(p.counts, np.float64) for p in parts], axis=0)
     counts, mean = finish_counts(coarse, n, space)
     merged_sigma = float(dp["sigma_part"]) * math.sqrt(first.plan.parts)

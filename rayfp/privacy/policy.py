@@ -14,8 +14,9 @@ from typing import Any
 
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace
 from rayfp.core.parts import TaskPart, split_sigma
+from rayfp.core.release import Release, is_private
 from rayfp.core.sampling import BALANCED_PLAN, KEYED_PLAN
-from rayfp.errors import ConfigError, PrivacyPolicyError
+from rayfp.errors import ConfigError, PrivacyPolicyError, StoreError
 from rayfp.privacy.mechanism import MECHANISM, calibrate, spec_from_record
 
 # Relative slack when recomputing a record's noise: the accountant is solved numerically.
@@ -39,13 +40,13 @@ def check_part_privacy(part: TaskPart, space: FingerprintSpace, *, max_epsilon: 
     _check_release(part.task_id, part.privacy, space, n_samples=part.plan.samples,
                    n_images=part.plan.total_images, max_epsilon=max_epsilon,
                    max_delta=max_delta, policy=policy)
-    dp = part.privacy.get("dp")
-    if max_epsilon is None or not dp:
+    if max_epsilon is None or not is_private(part.privacy):
         return
+    stated = Release.of(part.privacy)  # readable: _check_release read it
     share = part.privacy.get("noise_share")
     try:
-        needed = split_sigma(float(dp["sigma_counts"]), part.plan.parts, share)
-        sigma_part = float(dp["sigma_part"])
+        needed = split_sigma(float(stated.sigma_counts), part.plan.parts, share)
+        sigma_part = float(stated.sigma_part)
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise PrivacyPolicyError(f"part {part.part} of {part.task_id!r}: its privacy record "
                                  f"has no valid sigma_part / noise_share ({exc})") from None
@@ -60,48 +61,44 @@ def _check_release(task_id: str, privacy: Mapping[str, Any] | None, space: Finge
                    policy: str) -> None:
     if max_epsilon is None:
         return
-    dp = (privacy or {}).get("dp")
-    if not dp:
+    if not is_private(privacy):
         raise PrivacyPolicyError(
             f"{policy} accepts only differentially private fingerprints (ε <= "
             f"{max_epsilon:g}); {task_id!r} carries exact counts. Fingerprint it with "
             f"`rayfp fingerprint --epsilon E` (E <= {max_epsilon:g})")
-    if not isinstance(dp, Mapping):
-        raise PrivacyPolicyError(f"{task_id!r}: its privacy record's dp must be a record, got "
-                                 f"{type(dp).__name__}")
     try:
-        epsilon = float(dp["epsilon"])
-    except (KeyError, TypeError, ValueError):
-        raise PrivacyPolicyError(f"{task_id!r}: its privacy record states no valid epsilon "
-                                 f"({dp.get('epsilon')!r})") from None
-    if not epsilon <= max_epsilon:  # NaN too
+        stated = Release.of(privacy)
+    except StoreError as exc:
+        raise PrivacyPolicyError(f"{task_id!r}: {exc}") from None
+    epsilon = stated.epsilon
+    if not epsilon <= max_epsilon:
         raise PrivacyPolicyError(f"{task_id!r} is released at ε = {epsilon:g}; {policy} "
                                  f"accepts at most ε = {max_epsilon:g}. Fingerprint it again "
                                  "with a smaller --epsilon")
-    _check_record(task_id, privacy, n_samples, n_images, space, dp, max_delta)
+    _check_record(task_id, privacy, n_samples, n_images, space, stated, max_delta)
 
 
 def _check_record(task_id: str, privacy: Mapping[str, Any], n_samples: int, n_images: int,
-                  space: FingerprintSpace, dp: Mapping[str, Any], max_delta: float) -> None:
+                  space: FingerprintSpace, stated: Release, max_delta: float) -> None:
     def refuse(why: str) -> PrivacyPolicyError:
         return PrivacyPolicyError(f"{task_id!r}: its privacy record {why}")
 
     try:
         spec = spec_from_record(dict(privacy))
-        cap = int(dp["views_per_image_cap"])
-        sigma_counts = float(dp["sigma_counts"])
-        sigma_sum = None if dp.get("sigma_sum") is None else float(dp["sigma_sum"])
+        cap = int(stated.cap)
+        sigma_counts = float(stated.sigma_counts)
+        sigma_sum = stated.sigma_sum
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise refuse(f"is incomplete or malformed ({exc}); expected the fields rayfp "
                      "writes (epsilon, delta, mean, views_per_image_cap, sigma_*)") from None
     if not (math.isfinite(sigma_counts) and sigma_counts > 0):
         raise refuse(f"states a noise σ of {sigma_counts}")
-    if dp.get("plan") == BALANCED_PLAN:
+    if stated.plan == BALANCED_PLAN:
         raise refuse(f"names the {BALANCED_PLAN!r} plan, whose views follow the file order: its "
                      "guarantee fails when a replacing file sorts elsewhere. Fingerprint the task "
                      f"again with this rayfp (plan {KEYED_PLAN!r})")
-    if dp.get("mechanism") != MECHANISM or dp.get("plan") != KEYED_PLAN:
-        raise refuse(f"names mechanism {dp.get('mechanism')!r} with plan {dp.get('plan')!r}; "
+    if stated.get("mechanism") != MECHANISM or stated.plan != KEYED_PLAN:
+        raise refuse(f"names mechanism {stated.get('mechanism')!r} with plan {stated.plan!r}; "
                      f"expected {MECHANISM!r} with plan {KEYED_PLAN!r}")
     if spec.delta > max_delta:
         raise refuse(f"has δ = {spec.delta:g}; this server accepts at most {max_delta:g}")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, PartialCounts, finalize
+from rayfp.core.release import Release
 from rayfp.core.replicates import (
     ViewTable,
     bootstrap_weights,
@@ -75,9 +76,9 @@ def release_replicates(partials: list[PartialCounts], weights: np.ndarray,
     replicate is projected onto the public ``n_samples`` (the base's N), not its own count."""
     record: dict[str, Any] = {"replicates": len(partials), "resampling": "bootstrap",
                               "resample_seed": int(resample_seed), "n_images": n_images}
-    base_dp = (base_record or {}).get("dp")
-    if base_dp is None or not spec.private:
-        if base_dp is not None:
+    base = Release.of(base_record)
+    if base is None or not spec.private:
+        if base is not None:
             raise ConfigError("a private fingerprint's replicates must be private too")
         return partials, {**record, "dp": None, "epsilon_total": None}
     if spec.seed is not None:
@@ -93,7 +94,7 @@ def release_replicates(partials: list[PartialCounts], weights: np.ndarray,
                           "n_samples")
     noise = noise_source(spec.seed)
     bins = spec.bins_for(space)
-    scale = calibrate(spec, space, int(base_dp["views_per_image_cap"]))
+    scale = calibrate(spec, space, int(base.cap))
     sigma = scale.sigma_counts * factor
     released = []
     for partial in partials:
@@ -105,7 +106,7 @@ def release_replicates(partials: list[PartialCounts], weights: np.ndarray,
           "multiplicity_norm": factor, "weights": KEYED_WEIGHTS,
           "release_bins": bins, "mean": MEAN_FROM_COUNTS,
           "noise": noise.name}
-    total, delta = total_epsilon(base_dp, dp)
+    total, delta = total_epsilon(base.record, dp)
     return released, {**record, "dp": dp, "epsilon_total": total, "delta_total": delta}
 
 
@@ -145,19 +146,19 @@ def _check_replicates_record(record, base_record, space, n_replicates, n_images)
         raise ConfigError(f"replicates: resampled {record.get('n_images')} images, the "
                           f"fingerprint has {n_images}")
     if record.get("resampling") == "parametric":
-        base_dp = (base_record or {}).get("dp")
-        if base_dp is None:
+        base = Release.of(base_record)
+        if base is None:
             raise ConfigError("replicates: parametric replicates of an exact fingerprint")
-        if float(record["dp"]["sigma_counts"]) < float(base_dp["sigma_counts"]) * (1 - 1e-9):
+        if float(record["dp"]["sigma_counts"]) < float(base.sigma_counts) * (1 - 1e-9):
             raise ConfigError("replicates: parametric replicates must carry at least the "
                               "fingerprint's own noise")
-        return float(base_dp["epsilon"]), float(base_dp["delta"])  # post-processing: free
+        return base.epsilon, base.delta  # post-processing: free
     if record.get("resampling") != "bootstrap":
         raise ConfigError(f"replicates: unknown resampling {record.get('resampling')!r}; "
                           "expected bootstrap or parametric")
-    base_dp = (base_record or {}).get("dp")
-    dp = record.get("dp")
-    if base_dp is None:
+    base = Release.of(base_record)
+    dp = record.get("dp")  # the replicates' own release, as sent
+    if base is None:
         if dp is not None:
             raise ConfigError("replicates: private replicates of an exact fingerprint")
         return None
@@ -170,14 +171,14 @@ def _check_replicates_record(record, base_record, space, n_replicates, n_images)
     factor = poisson_bound(n_replicates)  # public: nothing recomputed from the images
     spec = PrivacySpec(epsilon=float(dp["epsilon"]), delta=float(dp["delta"]),
                        release_bins=dp.get("release_bins"))
-    scale = calibrate(spec, space, int(base_dp["views_per_image_cap"]))
+    scale = calibrate(spec, space, int(base.cap))
     needed = scale.sigma_counts * factor
     if float(dp["sigma_counts"]) < needed * (1 - 1e-9):
         raise ConfigError(f"replicates: σ = {float(dp['sigma_counts']):.4g} is below the "
                           f"{needed:.4g} that ε = {spec.epsilon:g} needs for {n_replicates} "
                           f"bootstrap replicates of {record['n_images']} images")
     # The sensitivity recomputed here, not the one the record states.
-    return total_epsilon(base_dp, {**dp, "sensitivity_counts": scale.sensitivity_counts * factor})
+    return total_epsilon(base.record, {**dp, "sensitivity_counts": scale.sensitivity_counts * factor})
 
 
 def parametric_replicates(query: Fingerprint, space: FingerprintSpace, *, replicates: int,
@@ -187,13 +188,13 @@ def parametric_replicates(query: Fingerprint, space: FingerprintSpace, *, replic
     as the release spreads around the task's exact counts. Post-processing of the release
     only, so they cost no privacy; they leave out the (much smaller, at ε near 1) sampling
     variability that image bootstrap replicates measure."""
-    dp = (query.privacy or {}).get("dp")
-    if dp is None:
+    stated = Release.of(query.privacy)
+    if stated is None:
         raise ConfigError("parametric replicates re-release a private fingerprint; this one is "
                           "exact (use bootstrap replicates)")
     noise = noise_source(seed)
-    bins = int(dp.get("release_bins") or space.bins)
-    sigma = float(dp["sigma_counts"])
+    bins = int(stated.release_bins or space.bins)
+    sigma = float(stated.sigma_counts)
     fps = []
     for _ in range(replicates):
         counts, mean = noisy_counts(query.counts, query.n_samples, space, bins=bins,
@@ -204,7 +205,7 @@ def parametric_replicates(query: Fingerprint, space: FingerprintSpace, *, replic
     record = {"replicates": replicates, "resampling": "parametric", "n_images": query.n_images,
               "dp": {"mechanism": MECHANISM, "sigma_counts": sigma,
                      "of": "the released counts (post-processing: no privacy cost)"},
-              "epsilon_total": float(dp["epsilon"]), "delta_total": float(dp["delta"])}
+              "epsilon_total": stated.epsilon, "delta_total": stated.delta}
     return fps, record
 
 
@@ -218,7 +219,7 @@ def query_replicates(views: ViewTable | None, query: Fingerprint, space: Fingerp
     "parametric" (a private fingerprint re-released with its own noise: free, but measured
     over-confident, BENCHMARKS.md "Per-query confidence"). Returns the replicates and the
     record the service checks."""
-    dp = (query.privacy or {}).get("dp")
+    stated = Release.of(query.privacy)
     resampling = resampling or "bootstrap"
     if resampling == "parametric":
         return parametric_replicates(query, space, replicates=replicates, seed=resample_seed)
@@ -236,12 +237,12 @@ def query_replicates(views: ViewTable | None, query: Fingerprint, space: Fingerp
                           f"({query.n_images} images, {query.n_samples} views): fingerprint it "
                           "again with --keep-views")
     if spec is None:
-        spec = (PrivacySpec.none() if dp is None else
-                PrivacySpec(epsilon=float(dp["epsilon"]), delta=float(dp["delta"]),
-                            release_bins=dp.get("release_bins")))
+        spec = (PrivacySpec.none() if stated is None else
+                PrivacySpec(epsilon=stated.epsilon, delta=stated.delta,
+                            release_bins=stated.release_bins))
     if resample_seed is None:
         resample_seed = int.from_bytes(np.random.default_rng().bytes(4), "little")
-    weights = (bootstrap_weights(views.n_images, replicates, resample_seed) if dp is None
+    weights = (bootstrap_weights(views.n_images, replicates, resample_seed) if stated is None
                else keyed_poisson_weights(views.images, replicates, resample_seed))
     partials = views.weighted(space, weights)
     released, record = release_replicates(partials, weights, space, task_id=query.task_id,

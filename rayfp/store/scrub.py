@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from rayfp.core.release import is_private
 from rayfp.core.replicates import ViewTable
 from rayfp.store import schemas
 from rayfp.store.store import Store
@@ -28,7 +29,7 @@ def _private_tasks(store: Store) -> tuple[set[str], list]:
     private, rewrite = set(), []
     for space_id in store.space_ids():
         for fp in store.fingerprints(space_id):
-            if not (fp.privacy or {}).get("dp"):
+            if not is_private(fp.privacy):
                 continue
             private.add(fp.task_id)
             source = json.loads(fp.source) if fp.source.startswith("{") else {}

@@ -27,8 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, released_epsilon, task_key
+from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, task_key
 from rayfp.core.parts import TaskPart
+from rayfp.core.release import released_epsilon
 from rayfp.core.replicates import ViewTable
 from rayfp.errors import ConfigError, ConflictError, NotFoundError, SpaceMismatchError, StoreError
 from rayfp.registry import look_up

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rayfp.core.fingerprint import Fingerprint, PartialCounts, finalize
+from rayfp.core.release import is_private
 from rayfp.store.store import Store
 
 
@@ -18,7 +19,7 @@ def save_task_fingerprint(store: Store, partial: PartialCounts, *, task_id: str,
     fingerprint (replacing an older one in its space) and the task's row. ``source`` (JSON-able)
     records where the images came from, ``privacy`` how private the counts are."""
     fp = finalize(partial, task_id=task_id, n_images=n_images,
-                  source=json.dumps(stored_source(source, private=bool(privacy.get("dp")))),
+                  source=json.dumps(stored_source(source, private=is_private(privacy))),
                   privacy=privacy)
     store.put_fingerprint(fp)
     record_task(store, task_id, modality=modality, n_images=n_images)

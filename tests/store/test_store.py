@@ -124,8 +124,9 @@ def test_a_version_1_store_still_reads_as_exact_counts(store, rng, monkeypatch):
     read unchanged, count as exact (no ε) and are refused by a private-only policy."""
     import dataclasses
 
+    from rayfp.core.release import Release
     from rayfp.errors import PrivacyPolicyError
-    from rayfp.privacy.mechanism import epsilon_of, spec_from_record
+    from rayfp.privacy.mechanism import spec_from_record
     from rayfp.privacy.policy import check_privacy
 
     space = make_space()
@@ -138,7 +139,7 @@ def test_a_version_1_store_still_reads_as_exact_counts(store, rng, monkeypatch):
     monkeypatch.undo()
     fp = store.get_fingerprint(space.space_id, "old")
     assert np.array_equal(fp.counts, written.counts) and fp.privacy["min_images"] == 50
-    assert epsilon_of(fp.privacy) == float("inf") and not spec_from_record(fp.privacy).private
+    assert Release.of(fp.privacy) is None and not spec_from_record(fp.privacy).private
     with pytest.raises(PrivacyPolicyError, match="exact counts"):
         check_privacy(fp, space, max_epsilon=8)
     assert schemas.SCHEMA_VERSION == 3
