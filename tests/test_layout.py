@@ -217,3 +217,16 @@ def test_a_missing_extra_is_named():
     assert "rayfp[site]" in str(missing) and "pip install 'rayfp[site]'" in str(missing)
     assert "rayfp[cloud]" in str(MissingExtraError.of(ModuleNotFoundError(name="fastapi.x")))
     assert MissingExtraError.of(ModuleNotFoundError(name="no_such_thing")) is None
+
+
+def test_no_table_name_or_storage_column_leaves_the_store():
+    """Outside rayfp/store, tables are read and written through the store's named methods
+    (tasks(), put_components(), ...): no table name, no storage column, no generic upsert."""
+    import re
+
+    leak = re.compile(r"""read_table\(["']|\.upsert\(|schema_version|table_signature\(""")
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.parent.name == "store":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            assert not leak.search(line), f"{path}:{number}: {line.strip()}"

@@ -338,7 +338,7 @@ def cmd_show(args: argparse.Namespace) -> int:
               f"{s['fingerprints']} fingerprint(s): {released}  reference={s['reference']}")
         if s["fingerprints"] >= 3:
             print("      " + _hubness_line(_store(args), s["space_id"]))
-    tasks = _store(args).read_table("tasks").to_pylist()
+    tasks = _store(args).tasks().to_pylist()
     for t in sorted(tasks, key=lambda r: r["task_id"]):
         print(f"task  {t['task_id']:30s} {t['modality'] or '-':8s} {t['n_images']} images")
     print("tables: " + ", ".join(f"{k}={v}" for k, v in summary["tables"].items()))

@@ -244,14 +244,14 @@ class KnowledgeCloud:
                                 hubness_queries=0 if shards else args.hubness_queries)
         log.info("rayfp knowledge cloud on %s%s", cpu.one_line(),
                  f", ranking on {len(shards)} shards" if shards else "")
-        for space_id in [] if shards else self.kb.store.space_ids():
+        for space_id in [] if shards else self.kb.space_ids():
             index = self.kb.index(space_id)  # load before taking traffic
             if index is not None:
                 log.info("space %s: %d sources, index kernel %s", space_id, len(index),
                          index.describe_kernel())
 
     def check_health(self) -> None:
-        for space_id in [] if self.fan_out else self.kb.store.space_ids():
+        for space_id in [] if self.fan_out else self.kb.space_ids():
             self.kb.index(space_id)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -312,7 +312,8 @@ class KnowledgeCloud:
             timings.mark("decode")
             found = await self.batcher.submit((fp, k, metric))
         else:
-            fp = self.kb.stored_fingerprint(query.task_id, query.space_id)
+            fp = self.kb.stored_fingerprint(query.task_id, query.space_id,
+                                            from_index=self.fan_out is None)
             found = (self.kb.nearest_imported(query.task_id, k=k, metric=metric) if fp is None
                      else await self.batcher.submit((fp, k, metric)))
         timings.mark("rank")
@@ -327,7 +328,7 @@ class KnowledgeCloud:
     @api.get("/v1/health", responses=ERRORS)
     async def health(self) -> dict[str, Any]:
         """Each space's index (kernel, sources, bytes); a sharded cloud lists every shard's."""
-        out = {"status": "ok", "spaces": len(self.kb.store.space_ids()), "cpu": self.cpu,
+        out = {"status": "ok", "spaces": len(self.kb.space_ids()), "cpu": self.cpu,
                "replica": serve.get_replica_context().replica_id.unique_id,
                "batches": {"ranked": self.batcher.batches, "queries": self.batcher.queries},
                "unreadable": {space: sorted(tasks) for space, tasks
@@ -339,7 +340,7 @@ class KnowledgeCloud:
     @api.get("/v1/spaces", responses=ERRORS)
     async def spaces(self) -> list[dict[str, Any]]:
         out = []
-        for s in self.kb.store.summary()["spaces"]:
+        for s in self.kb.spaces_summary():
             epsilons = (await self.fan_out.epsilons(s["space_id"]) if self.fan_out is not None
                         else self.kb.epsilons(s["space_id"]))
             out.append({**s, "privacy": privacy_summary(epsilons)})

@@ -358,11 +358,22 @@ class KnowledgeBase:
             return self.nearest_to_fingerprint(fp, k=k, metric=metric)
         return self.nearest_imported(task_id, k=k, metric=metric)
 
-    def stored_fingerprint(self, task_id: str, space_id: str | None = None
-                           ) -> Fingerprint | None:
-        """A stored task's fingerprint to query with (None: it has none, e.g. a paper task)."""
-        fps = [fp for fp in self.store.find_fingerprints(task_id)
-               if space_id is None or fp.space_id == space_id]
+    def stored_fingerprint(self, task_id: str, space_id: str | None = None, *,
+                           from_index: bool = True) -> Fingerprint | None:
+        """A stored task's fingerprint to query with (None: it has none, e.g. a paper task).
+        Taken from the cached indexes, which hold every ranked task's counts, so a query by
+        task id reads no fingerprint file; ``from_index=False`` reads the store (a sharded
+        cloud's ingress holds no index)."""
+        if from_index:
+            fps = []
+            for space in [space_id] if space_id else self.store.space_ids():
+                index = self.index(space)
+                found = None if index is None else index.fingerprint_of(task_id)
+                if found is not None:
+                    fps.append(found)
+        else:
+            fps = [fp for fp in self.store.find_fingerprints(task_id)
+                   if space_id is None or fp.space_id == space_id]
         if len(fps) > 1:
             raise ConfigError(f"task {task_id!r} has fingerprints in spaces "
                               f"{[fp.space_id for fp in fps]}; choose one with space_id")
@@ -371,9 +382,9 @@ class KnowledgeBase:
     def _imported_distances(self) -> tuple[Any, dict]:
         """The imported distance table and its row numbers per (selector, target), re-read
         only when the table file changes (reading it measured ~10 ms per query)."""
-        signature = self.store.table_signature("imported_distances")
+        signature = self.store.knowledge_version("imported_distances")
         if self._imported is None or self._imported[0] != signature:
-            frame = self.store.read_table("imported_distances").to_pandas()
+            frame = self.store.imported_distances().to_pandas()
             groups = frame.groupby(["selector", "target"]).indices if len(frame) else {}
             self._imported = (signature, frame, groups)
         return self._imported[1], self._imported[2]
@@ -419,7 +430,7 @@ class KnowledgeBase:
                **{k: v for k, v in task.items() if v is not None},
                "n_images": fingerprint.n_images}
         self.store.put_fingerprint(fingerprint)
-        self.store.upsert("tasks", [row])
+        self.store.put_tasks([row])
 
     def receive_part(self, part: TaskPart) -> dict[str, Any]:
         """Keep one site's part of a task; once all K parts are here, merge them, admit the
@@ -517,20 +528,28 @@ class KnowledgeBase:
         look_up("component kind", row.get("kind"), COMPONENT_KINDS)
         if not self.has_task(row["task_id"]):
             raise NotFoundError(f"task {row['task_id']!r} is not registered; POST /v1/tasks first")
-        self.store.upsert("components", [dict(row)])
+        self.store.put_components([dict(row)])
 
     def has_task(self, task_id: str) -> bool:
-        tasks = self.store.read_table("tasks").column("task_id").to_pylist()
-        return task_id in tasks
+        return task_id in self.store.tasks().column("task_id").to_pylist()
 
     def tasks(self, space_id: str | None = None) -> list[dict[str, Any]]:
-        rows = self.store.read_table("tasks").to_pylist()
+        rows = self.store.tasks().to_pylist()
         if space_id is not None:
             self.store.get_space(space_id)
             rows = [r for r in rows if self.store.has_fingerprint(space_id, r["task_id"])]
-        for r in rows:
-            r.pop("schema_version", None)
         return sorted(rows, key=lambda r: r["task_id"])
+
+    def evidence(self) -> tuple[Any, Any]:
+        """(components, transfers) as DataFrames: what recommendations are made of."""
+        return self.store.components().to_pandas(), self.store.transfers().to_pandas()
+
+    def space_ids(self) -> list[str]:
+        return self.store.space_ids()
+
+    def spaces_summary(self) -> list[dict[str, Any]]:
+        """Each space's backbone, dimensions and fingerprint count (GET /v1/spaces)."""
+        return self.store.summary()["spaces"]
 
 
 def ensure_kinds(kinds: Sequence[str]) -> list[str]:

@@ -44,7 +44,7 @@ def import_paper(data_dir: str | Path | None, store: Store) -> dict[str, int]:
               "keywords": _keywords(str(row["keywords"])), "task_type": str(row["task_types"]),
               "n_classes": int(row["num_classes"]), "n_images": int(row["num_samples"]),
               "owner": "paper"} for name, row in infos.iterrows()]
-    counts = {"tasks": store.upsert("tasks", tasks)}
+    counts = {"tasks": store.put_tasks(tasks)}
 
     policies = []
     for search_dir, task_dir, text in data.policies():
@@ -58,7 +58,7 @@ def import_paper(data_dir: str | Path | None, store: Store) -> dict[str, int]:
                          "metric": "", "score": None, "seed": search,
                          "provenance": f"FasterAutoAugment search {search} on {task_id}; "
                                        f"{PROVENANCE}"})
-    counts["components"] = store.upsert("components", policies)
+    counts["components"] = store.put_components(policies)
 
     transfers, baselines = [], []
     for scenario in SCENARIOS:
@@ -79,8 +79,8 @@ def import_paper(data_dir: str | Path | None, store: Store) -> dict[str, int]:
             baselines += [{"scenario": scenario, "target": target, "metric": metric,
                            "seed": int(seed), "score": float(frame.loc[seed, target])}
                           for seed in frame.index for target in frame.columns]
-    counts["transfers"] = store.upsert("transfers", transfers)
-    counts["baselines"] = store.upsert("baselines", baselines)
+    counts["transfers"] = store.put_transfers(transfers)
+    counts["baselines"] = store.put_baselines(baselines)
 
     distances = []
     for name, stem in PAPER_SELECTORS.items():
@@ -93,5 +93,5 @@ def import_paper(data_dir: str | Path | None, store: Store) -> dict[str, int]:
                     distances.append({"selector": stem, "source": source, "target": target,
                                       "distance": float(values[i, j]),
                                       "provenance": f"{name}; {PROVENANCE}"})
-    counts["imported_distances"] = store.upsert("imported_distances", distances)
+    counts["imported_distances"] = store.put_imported_distances(distances)
     return counts

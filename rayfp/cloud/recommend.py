@@ -58,8 +58,7 @@ def recommend(kb: KnowledgeBase, neighbours: Sequence[Neighbour], kinds: Sequenc
               ) -> dict[str, list[dict[str, Any]]]:
     """Per kind: one candidate per neighbour that has evidence of that kind, in rank order."""
     kinds = ensure_kinds(kinds)
-    components = kb.store.read_table("components").to_pandas()
-    transfers = kb.store.read_table("transfers").to_pandas()
+    components, transfers = kb.evidence()
     out: dict[str, list[dict[str, Any]]] = {}
     for kind in kinds:
         candidates = []

@@ -228,7 +228,7 @@ def fingerprint_archive(inventories: dict[str, TaskInventory], space: Fingerprin
             for row in rows:
                 on_progress(f"task {row['task_id']}: {row['path']}: {row['reason']}")
             rows = withheld_failures(rows)
-        store.upsert("failures", [dict(row, job_id=config.job_id, created_at=now)
+        store.put_failures([dict(row, job_id=config.job_id, created_at=now)
                                   for row in rows])
     todo, skipped, too_few = [], [], {}
     for task_id, inv in inventories.items():

@@ -63,7 +63,7 @@ def _compose(task_id: str, events: Sequence[tuple[float, float]]) -> Spent:
 
 
 def _events(store: Store, task_id: str) -> list[tuple[float, float]]:
-    return [(r["noise_multiplier"], r["delta"]) for r in store.read_table("releases").to_pylist()
+    return [(r["noise_multiplier"], r["delta"]) for r in store.releases().to_pylist()
             if r["task_id"] == task_id]
 
 
@@ -74,7 +74,7 @@ def spent(store: Store, task_id: str) -> Spent:
 
 def ledger(store: Store) -> list[Spent]:
     """Every task with a private release, by task id."""
-    tasks = sorted({r["task_id"] for r in store.read_table("releases").to_pylist()})
+    tasks = sorted({r["task_id"] for r in store.releases().to_pylist()})
     return [spent(store, t) for t in tasks]
 
 
@@ -99,7 +99,7 @@ def charge(store: Store, task_id: str, *, kind: str, privacy: Mapping[str, Any] 
             f"{float(dp['epsilon']):g}) would bring them to ε = {after.epsilon:.3g}, past the "
             f"budget of {budget:g}. See `rayfp privacy budget`; raise --privacy-budget only if "
             "your privacy policy allows")
-    store.upsert("releases", [{
+    store.put_releases([{
         "task_id": task_id, "release_id": uuid.uuid4().hex, "kind": kind, "space_id": space_id,
         "epsilon": float(dp["epsilon"]), "delta": float(dp["delta"]),
         "noise_multiplier": event[0], "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}])

@@ -286,6 +286,12 @@ class ScreenedIndex:
     def _lse_rows(self, rows: np.ndarray) -> np.ndarray:
         return self._per_segment(rows, lambda seg, local: seg.rows.lse[local])
 
+    def fingerprint_of(self, task_id: str) -> Fingerprint | None:
+        """A live source's fingerprint by task id (its counts, sum and sizes; not its privacy
+        record), or None: a query by task id needs no store read."""
+        row = self._row_of.get(task_id)
+        return None if row is None else self.source(row)
+
     def source(self, row: int) -> Fingerprint:
         """The source in a row of the whole index as a Fingerprint (for metrics without a fast
         path)."""

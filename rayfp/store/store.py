@@ -51,6 +51,7 @@ SPACES_TABLE = "spaces"
 VACUUM_RETENTION_HOURS = 168  # Delta's default: a week of history
 MAX_FILES_PER_MERGE = 500  # one merge commit rewrites at most this many small files
 FINGERPRINTS_TABLE = "fingerprints"
+STORAGE_COLUMNS = ("schema_version",)  # kept by the store, never handed out by its readers
 TASK_KEY = "task_key"
 
 # Delta has no unsigned integers: counts are stored as int32 (a bin holding more than 2**31
@@ -416,6 +417,61 @@ class Store:
         with self._cache_lock:
             self._read_cache[name] = (version, newest)
         return newest
+
+    # -- the knowledge tables by name: rows as written, without storage columns -----------------
+    def _rows(self, name: str) -> pa.Table:
+        table = self.read_table(name)
+        return table.drop_columns([c for c in STORAGE_COLUMNS if c in table.column_names])
+
+    def tasks(self) -> pa.Table:
+        """What is known of each task (schemas.TASKS)."""
+        return self._rows("tasks")
+
+    def components(self) -> pa.Table:
+        """Pipeline components measured on tasks (schemas.COMPONENTS)."""
+        return self._rows("components")
+
+    def transfers(self) -> pa.Table:
+        """Measured source -> target outcomes (schemas.TRANSFERS)."""
+        return self._rows("transfers")
+
+    def baselines(self) -> pa.Table:
+        """No-transfer outcomes per target (schemas.BASELINES)."""
+        return self._rows("baselines")
+
+    def imported_distances(self) -> pa.Table:
+        """Distances imported from elsewhere, by selector (schemas.IMPORTED_DISTANCES)."""
+        return self._rows("imported_distances")
+
+    def releases(self) -> pa.Table:
+        """The site's privacy ledger: one row per release (schemas.RELEASES)."""
+        return self._rows("releases")
+
+    def put_tasks(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        return self.upsert("tasks", rows)
+
+    def put_components(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        return self.upsert("components", rows)
+
+    def put_transfers(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        return self.upsert("transfers", rows)
+
+    def put_baselines(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        return self.upsert("baselines", rows)
+
+    def put_imported_distances(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        return self.upsert("imported_distances", rows)
+
+    def put_releases(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        return self.upsert("releases", rows)
+
+    def put_failures(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        return self.upsert("failures", rows)
+
+    def knowledge_version(self, name: str) -> int | None:
+        """The version of one knowledge table (changes with every write): for readers that
+        cache what they derived from it."""
+        return self.table_signature(name)
 
     def table_signature(self, name: str) -> int | None:
         """The table's Delta version (None before its first write): changes with every write."""

@@ -110,6 +110,30 @@ def test_registration_components_and_best_by_own_score(tmp_path, rng):
         kb.register_task({}, small)
 
 
+def test_a_query_by_task_id_is_answered_from_the_index(tmp_path, rng, monkeypatch):
+    """The index holds every ranked task's counts: a query by id reads no fingerprint file,
+    and answers exactly what the stored fingerprint answers."""
+    store = Store(tmp_path / "s")
+    space = make_space(dim=6, bins=8)
+    store.put_space(space)
+    kb = KnowledgeBase(store, min_images=1, max_epsilon=None)  # exact test fingerprints
+    for i in range(6):
+        kb.register_task({}, random_fingerprint(rng, space, f"t{i}"))
+    from_store = kb.stored_fingerprint("t2", from_index=False)
+    expected = kb.nearest_to_fingerprint(from_store, k=3)
+    kb.index(space.space_id)  # built once
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("a query by task id read the store's fingerprints")
+
+    monkeypatch.setattr(store, "find_fingerprints", no_reads)
+    from_index = kb.stored_fingerprint("t2")
+    np.testing.assert_array_equal(from_index.counts, from_store.counts)
+    np.testing.assert_array_equal(from_index.feature_sum, from_store.feature_sum)
+    assert kb.nearest_to_task("t2", k=3) == expected
+    assert kb.stored_fingerprint("not-there") is None
+
+
 def test_index_follows_the_store_reading_only_changed_files(tmp_path, rng, monkeypatch):
     store = Store(tmp_path / "s")
     space = make_space(dim=6, bins=8)
