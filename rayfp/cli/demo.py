@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rayfp.cloud.knowledge import KnowledgeBase
 from rayfp.core.confidence import UNSURE
-from rayfp.core.distance import METRICS, LinearIndex, distance_matrix
+from rayfp.core.distance import METRICS, distance_matrix
 from rayfp.extract.api import create_space, extractor_for_space, fingerprint_task
 from rayfp.privacy.mechanism import PrivacySpec
 from rayfp.store.store import Store
@@ -174,13 +175,11 @@ def build_demo_tasks(data_dir: str | os.PathLike) -> dict[str, tuple[str, str]]:
 DEMO_REPLICATES = 32
 
 
-def top1_stability(store: Store, space_id: str, fps) -> dict[str, float]:
+def top1_stability(kb, store: Store, space_id: str, fps) -> dict[str, float]:
     """Each task's answer against the others, re-asked with 32 bootstrap replicates of its
     images (from the views the demo keeps): how often the top-1 stays the same."""
-    from rayfp.cloud.knowledge import KnowledgeBase
     from rayfp.privacy.replicates import query_replicates
 
-    kb = KnowledgeBase(store, min_images=1)
     space = store.get_space(space_id)
     out = {}
     for fp in fps:
@@ -215,13 +214,14 @@ def run_demo(out: str | os.PathLike, *, samples: int = 200, edge_samples: int | 
                                   privacy=PrivacySpec.none(), keep_views=True)
         print(f"  {task:14s} {result.fingerprint.n_images:4d} images, {len(result.skipped)} skipped")
     fps = store.fingerprints(space.space_id)
-    index = LinearIndex(fps)
-    stability = top1_stability(store, space.space_id, fps)
+    kb = KnowledgeBase.local(store)  # the cloud's ranking path, over the demo's store
+    stability = top1_stability(kb, store, space.space_id, fps)
     rows = []
     print(f"\n{'task':14s} {'nearest (bKLD small)':22s} {'distance':>9s}  same modality  "
           f"top-1 stability ({DEMO_REPLICATES} bootstrap replicates)")
     for fp in fps:
-        (best, dist), = index.top_k(fp, 1)
+        (nearest,) = kb.nearest_to_fingerprint(fp, k=1)
+        best, dist = nearest.task_id, nearest.distance
         same = tasks[best][1] == tasks[fp.task_id][1]
         rows.append({"task": fp.task_id, "nearest": best, "distance": dist, "same": same,
                      "stability": stability[fp.task_id]})
@@ -230,7 +230,8 @@ def run_demo(out: str | os.PathLike, *, samples: int = 200, edge_samples: int | 
               f"{stability[fp.task_id]:.2f}{flag}")
     agreement = {}
     for metric in METRICS:
-        hits = sum(tasks[index.top_k(fp, 1, metric)[0][0]][1] == tasks[fp.task_id][1]
+        hits = sum(tasks[kb.nearest_to_fingerprint(fp, k=1, metric=metric)[0].task_id][1]
+                   == tasks[fp.task_id][1]
                    for fp in fps)
         agreement[metric] = hits
     print("\nsame-modality nearest neighbour by metric: " +

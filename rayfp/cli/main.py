@@ -313,17 +313,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_nearest(args: argparse.Namespace) -> int:
-    from rayfp.core.distance import LinearIndex, get_metric
+    from rayfp.core.distance import get_metric
 
     get_metric(args.metric)
+    from rayfp.cloud.knowledge import KnowledgeBase
 
-    store = _store(args)
-    target = store.fingerprint_of(args.task_id, args.space)
-    space_id = target.space_id
-    index = LinearIndex(store.fingerprints(space_id))
-    print(f"nearest to {args.task_id} by {args.metric} (space {space_id}):")
-    for rank, (task_id, d) in enumerate(index.top_k(target, args.k, args.metric), start=1):
-        print(f"{rank:3d}. {task_id:30s} {d:.6g}")
+    kb = KnowledgeBase.local(_store(args))
+    found = kb.nearest_to_task(args.task_id, k=args.k, metric=args.metric, space_id=args.space)
+    where = sorted({n.basis for n in found})
+    print(f"nearest to {args.task_id} by {args.metric} ({', '.join(where) or 'no sources'}):")
+    for rank, n in enumerate(found, start=1):
+        print(f"{rank:3d}. {n.task_id:30s} {n.distance:.6g}")
     return 0
 
 

@@ -42,6 +42,7 @@ from rayfp.cloud.models import (
     TaskIn,
 )
 from rayfp.cloud.models import Neighbour as NeighbourOut
+from rayfp.cloud.ranking import LocalRanker, Ranker
 from rayfp.cloud.recommend import recommend
 from rayfp.cloud.sharded import IndexShard, ShardFanOut
 from rayfp.cloud.wire import decode_fingerprint, decode_replicates
@@ -236,12 +237,12 @@ class KnowledgeCloud:
         api.state.max_request_bytes = args.max_request_bytes
         api.state.body_timeout_s = args.body_timeout_s
         api.state.store_root = str(args.store)
-        self.fan_out = ShardFanOut(shards) if shards else None
         self.batcher = QueryBatcher(self._rank, in_flight=lambda: NearestInFlight.count,
                                     max_batch=MAX_BATCH)
         self.kb = KnowledgeBase(args.store, min_images=args.min_images, kernel=args.kernel,
                                 max_epsilon=args.max_epsilon,
                                 hubness_queries=0 if shards else args.hubness_queries)
+        self.ranker: Ranker = ShardFanOut(shards) if shards else LocalRanker(self.kb)
         log.info("rayfp knowledge cloud on %s%s", cpu.one_line(),
                  f", ranking on {len(shards)} shards" if shards else "")
         for space_id in [] if shards else self.kb.space_ids():
@@ -251,7 +252,7 @@ class KnowledgeCloud:
                          index.describe_kernel())
 
     def check_health(self) -> None:
-        for space_id in [] if self.fan_out else self.kb.space_ids():
+        for space_id in self.kb.space_ids() if self.ranker.holds_index() else []:
             self.kb.index(space_id)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -269,9 +270,7 @@ class KnowledgeCloud:
 
     async def _rank(self, queries: Sequence[tuple[Fingerprint, int, str]]
                     ) -> list[list[Neighbour]]:
-        if self.fan_out is not None:
-            return await self.fan_out.nearest_many(queries)
-        return self.kb.nearest_many(queries)
+        return await self.ranker.nearest_many(queries)
 
     def _replicates(self, query: Query, fp: Fingerprint) -> tuple[list[Fingerprint], Any]:
         """The query's replicates, decoded and checked against this cloud's privacy policy
@@ -295,13 +294,8 @@ class KnowledgeCloud:
             fp = await asyncio.to_thread(self._fingerprint, query.fingerprint, "<query>")
             replicates, epsilon_total = await asyncio.to_thread(self._replicates, query, fp)
             timings.mark("decode")
-            if self.fan_out is not None:
-                search = await self.fan_out.replicate_search(fp, replicates, k=k,
-                                                             metric=metric)
-                found, confidence = self.kb.with_confidence(fp.space_id, metric, search)
-            else:
-                found, confidence = await asyncio.to_thread(
-                    self.kb.nearest_with_replicates, fp, replicates, k=k, metric=metric)
+            search = await self.ranker.replicate_search(fp, replicates, k=k, metric=metric)
+            found, confidence = self.kb.with_confidence(fp.space_id, metric, search)
             timings.mark("rank")
             return found, metric, k, ConfidenceOut(
                 replicates=confidence.replicates, stability=confidence.stability,
@@ -313,7 +307,7 @@ class KnowledgeCloud:
             found = await self.batcher.submit((fp, k, metric))
         else:
             fp = self.kb.stored_fingerprint(query.task_id, query.space_id,
-                                            from_index=self.fan_out is None)
+                                            from_index=self.ranker.holds_index())
             found = (self.kb.nearest_imported(query.task_id, k=k, metric=metric) if fp is None
                      else await self.batcher.submit((fp, k, metric)))
         timings.mark("rank")
@@ -333,16 +327,13 @@ class KnowledgeCloud:
                "batches": {"ranked": self.batcher.batches, "queries": self.batcher.queries},
                "unreadable": {space: sorted(tasks) for space, tasks
                               in self.kb.unreadable.items() if tasks}}
-        if self.fan_out is not None:
-            return {**out, "shards": await self.fan_out.describe()}
-        return {**out, "kernels": self.kb.describe()}
+        return {**out, **await self.ranker.describe()}
 
     @api.get("/v1/spaces", responses=ERRORS)
     async def spaces(self) -> list[dict[str, Any]]:
         out = []
         for s in self.kb.spaces_summary():
-            epsilons = (await self.fan_out.epsilons(s["space_id"]) if self.fan_out is not None
-                        else self.kb.epsilons(s["space_id"]))
+            epsilons = await self.ranker.epsilons(s["space_id"])
             out.append({**s, "privacy": privacy_summary(epsilons)})
         return out
 

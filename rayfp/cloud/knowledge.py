@@ -137,6 +137,14 @@ class KnowledgeBase:
         self._task_locks: dict[tuple[str, str], threading.Lock] = {}  # parts of one task
         self._locks_lock = threading.Lock()
 
+    @classmethod
+    def local(cls, store: Store | str | os.PathLike) -> KnowledgeBase:
+        """The cloud's ranking path over a site's own store (`rayfp nearest`, the demo): the
+        same index, exact re-ranking and imported distances; every stored task is a source,
+        and the kernel is the torch- and numba-free one, so light commands stay light."""
+        return cls(store, min_images=1, max_epsilon=None, kernel="float32-numpy",
+                   hubness_queries=0)
+
     def space(self, space_id: str) -> FingerprintSpace:
         """A space by id; cached, since a space's content is its id."""
         if space_id not in self._spaces:

@@ -76,7 +76,7 @@ class ShardFanOut:
         return [merge_neighbours([answer[j] for answer in answers], k)
                 for j, (_, k, _) in enumerate(queries)]
 
-    async def replicate_search(self, target: Fingerprint, replicates: list[Fingerprint], *,
+    async def replicate_search(self, target: Fingerprint, replicates: Sequence[Fingerprint], *,
                                k: int, metric: str) -> ReplicateSearch | None:
         searches = [s for s in await self._ask("replicate_search", target, replicates, k,
                                                metric) if s is not None]
@@ -88,5 +88,8 @@ class ShardFanOut:
             merged.update(part)
         return merged
 
-    async def describe(self) -> list[dict[str, Any]]:
-        return await self._ask("describe")
+    async def describe(self) -> dict[str, Any]:
+        return {"shards": await self._ask("describe")}
+
+    def holds_index(self) -> bool:
+        return False  # the shards do: the ingress reads a task's fingerprint from the store

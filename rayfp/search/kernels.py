@@ -29,6 +29,8 @@ keeps the fastest; `rayfp serve` logs the choice and /v1/health reports it.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -181,7 +183,11 @@ def gather_products(matrix: np.ndarray, rows: np.ndarray, weighted: np.ndarray) 
     sources). Sums in any order are float64 sums of exact products, as the re-rank assumes."""
     global _GATHER
     if _GATHER is None:
-        import numba
+        try:
+            import numba
+        except ImportError:  # the light client (no rayfp[site]/[cloud]): the same sums, in numpy
+            _GATHER = _gather_numpy
+            return gather_products(matrix, rows, weighted)
 
         @numba.njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
         def gather(matrix, rows, weighted, out):  # pragma: no cover - compiled
@@ -198,6 +204,11 @@ def gather_products(matrix: np.ndarray, rows: np.ndarray, weighted: np.ndarray) 
     out = np.empty((len(rows), weighted.shape[0]))
     _GATHER(matrix, rows, np.ascontiguousarray(weighted, np.float64), out)
     return out
+
+
+def _gather_numpy(matrix: np.ndarray, rows: np.ndarray, weighted: np.ndarray,
+                  out: np.ndarray) -> None:
+    out[:] = matrix[rows].astype(np.float64) @ weighted.T
 
 
 _BLAS = None  # threadpoolctl's controller, made once (scanning the loaded libraries is slow)
@@ -272,14 +283,15 @@ class Float32Screen:
 
 
 class Float32Numpy(Float32Screen):
-    """Float32Screen through numpy's BLAS, with as many threads as torch has."""
+    """Float32Screen through numpy's BLAS, with as many threads as torch has (all usable
+    cores when torch is not loaded: this kernel never loads it, so light commands use it)."""
 
     kernel = "float32-numpy"
 
     def _gemm(self, scaled: np.ndarray) -> np.ndarray:
-        import torch
-
-        with _blas_threads(torch.get_num_threads()):
+        torch = sys.modules.get("torch")
+        threads = torch.get_num_threads() if torch is not None else len(os.sched_getaffinity(0))
+        with _blas_threads(threads):
             return self.matrix @ scaled
 
 

@@ -249,3 +249,30 @@ def test_a_task_in_two_parts_merges_to_the_fingerprint_of_the_union(archive, edg
     code, _, err = run(capsys, "fingerprint", archive / "us", "--task-id", "x", "--space",
                        space_id, "--store", store, "--window", "liver", "--quiet")
     assert code == 2 and "unknown CT window 'liver'" in err
+
+
+def test_nearest_ranks_as_the_cloud_does_and_reaches_the_papers_tasks(tmp_path, capsys):
+    """`rayfp nearest` asks the cloud's ranking path (KnowledgeBase.local): exactly the direct
+    bKLD order, and for a task without a fingerprint, the imported distances."""
+    from conftest import make_space, random_fingerprint
+
+    from rayfp.core.distance import bkld
+
+    store = Store(tmp_path / "s")
+    space = make_space(dim=8, bins=10)
+    store.put_space(space)
+    rng = np.random.default_rng(3)
+    fps = [random_fingerprint(rng, space, f"t{i}") for i in range(7)]
+    for fp in fps:
+        store.put_fingerprint(fp)
+    code, out, _ = run(capsys, "nearest", "--store", str(store.root), "--task-id", "t0",
+                       "-k", "4")
+    direct = sorted((bkld(fps[0], s), s.task_id) for s in fps[1:])[:4]
+    lines = [line.split() for line in out.splitlines()[1:]]
+    assert code == 0 and [line[1] for line in lines] == [t for _, t in direct]
+    np.testing.assert_allclose([float(line[2]) for line in lines], [d for d, _ in direct],
+                               rtol=1e-5)
+    assert run(capsys, "import-paper", "--store", str(store.root))[0] == 0
+    code, out, _ = run(capsys, "nearest", "--store", str(store.root), "--task-id", "svhn",
+                       "-k", "3")
+    assert code == 0 and "imported:KLD-PP:NS-W:TS-100-BINS" in out and len(out.splitlines()) == 4

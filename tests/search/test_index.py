@@ -178,3 +178,17 @@ def test_every_kernels_error_bound_holds_and_auto_keeps_the_fastest(sources):
     assert index.kernel_timings[index.kernel] == min(index.kernel_timings.values())
     with pytest.raises(ConfigError, match="unknown index kernel 'int4'"):
         ScreenedIndex(fps, kernel="int4")
+
+
+def test_the_light_clients_gather_sums_as_the_compiled_one():
+    """Without numba (the light client) the exact re-rank's products come from numpy: the
+    same float64 sums of exact products, to rounding."""
+    from rayfp.search.kernels import _gather_numpy, gather_products
+
+    rng = np.random.default_rng(5)
+    matrix = rng.integers(0, 300, (40, 600)).astype(np.float32)
+    rows = np.array([3, 17, 39, 0])
+    weighted = rng.random((3, 600))
+    out = np.empty((4, 3))
+    _gather_numpy(matrix, rows, weighted, out)
+    np.testing.assert_allclose(out, gather_products(matrix, rows, weighted), rtol=1e-12)
