@@ -28,7 +28,7 @@ BODY_TIMEOUT_S = 10.0  # a request body not complete after this gets 408
 # What a knowledge cloud records per task (docs/design.md §2 `components`).
 COMPONENT_KINDS = ("architecture", "augmentation", "pretraining", "cotraining")
 
-# Differential privacy of what leaves a site (docs/design.md §5; numbers behind them in PRIVACY.md).
+# Differential privacy of what leaves a site (docs/design.md §5; numbers behind them in docs/privacy.md).
 DP_EPSILON = 1.0
 DP_DELTA = 1e-6
 DP_COUNT_SHARE = 0.9  # with a separately noised sum: the counts' share of the budget (mu^2)

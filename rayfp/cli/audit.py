@@ -17,7 +17,7 @@ from rayfp.errors import ConfigError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("audit", help="membership-inference audit of fingerprints (PRIVACY.md)")
+    p = sub.add_parser("audit", help="membership-inference audit of fingerprints (docs/privacy.md)")
     p.add_argument("paths", nargs="*", help="the images of a task (files, folders, manifests)")
     p.add_argument("--synthetic", action="store_true",
                    help="synthetic correlated features instead of images (scaling study)")

@@ -204,7 +204,7 @@ def run_demo(out: str | os.PathLike, *, samples: int = 200, edge_samples: int | 
                          reference_names=names, progress=progress).space
     print(f"space {space.space_id}: {space.backbone}, D={space.dim}, B={space.bins}")
     print("demo images are public: exact counts, no differential privacy (a real task's "
-          "fingerprint is private by default, see PRIVACY.md)")
+          "fingerprint is private by default, see docs/privacy.md)")
     extractor = extractor_for_space(space)  # load the backbone once for all tasks
     for seed, task in enumerate(names):
         result = fingerprint_task([tasks[task][0]], task_id=task, space_id=space.space_id,

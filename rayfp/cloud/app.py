@@ -228,8 +228,8 @@ class KnowledgeCloud:
     this replica holds no index; otherwise it ranks with its own."""
 
     def __init__(self, args: AppArgs, shards: list[Any] | None = None) -> None:
-        # Ray pins OMP/BLAS to the replica's num_cpus (1); the ranking GEMM is memory-bound and
-        # measured ~2x faster with 2 threads on this 2-core box.
+        # Ray pins OMP/BLAS to the replica's num_cpus (1); the memory-bound ranking GEMM runs
+        # faster with the cores the host has (AppArgs.threads).
         configure_threads(args.threads)
         self.args = args
         self.cpu = cpu.describe()
@@ -403,9 +403,9 @@ class KnowledgeCloud:
 
 
 # How HTTP reaches the ingress replica (Ray reads these when its processes start, so they must
-# be in the environment of `ray start` on a cluster). Measured side by side at 1,000 sources
-# (bench/bench_ingress.py, BENCHMARKS.md): the proxy hop cost 12-15 ms per 25 KB query here,
-# direct ingress and HAProxy 1-3 ms.
+# be in the environment of `ray start` on a cluster). bench/bench_ingress.py measures the three
+# side by side (BENCHMARKS.md "Knowledge cloud ingress"): Serve's proxy hop costs several times
+# what direct ingress and HAProxy do.
 #   direct   the ingress replica serves HTTP on the port itself; no proxy hop, nothing bound
 #            beyond the host asked for. One replica per port: `rayfp serve`'s default.
 #   haproxy  HAProxy in front of the replicas' own ports: balances several replicas and nodes

@@ -1,9 +1,9 @@
 """Concurrent nearest-task queries ranked together, a lone query ranked at once.
 
-A batch of 8 queries costs the index about 3.3 ms a query against 6 ms for one alone (the
-uint8 kernel multiplies four queries per pass over the index), so a loaded replica should
+A query in a batch of 8 costs the index about half of a lone one (the uint8 kernel
+multiplies four queries per pass over the index; BENCHMARKS.md), so a loaded replica should
 rank what has arrived together. Serve's @serve.batch does that, but it moves every query
-through its queue and a task hop, also a lone one (measured 0.7 ms of a 7 ms query), and with
+through its queue and a task hop, also a lone one (a tenth of a query's time), and with
 no wait it starts a batch with whatever had arrived that instant: after a batch, the next
 requests are still being parsed on the event loop, so batches stayed small under load.
 

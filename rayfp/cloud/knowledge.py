@@ -389,7 +389,7 @@ class KnowledgeBase:
 
     def _imported_distances(self) -> tuple[Any, dict]:
         """The imported distance table and its row numbers per (selector, target), re-read
-        only when the table file changes (reading it measured ~10 ms per query)."""
+        only when the table changes (reading it for every query would dominate the query)."""
         signature = self.store.knowledge_version("imported_distances")
         if self._imported is None or self._imported[0] != signature:
             frame = self.store.imported_distances().to_pandas()

@@ -3,8 +3,7 @@
 Arrays are JSON lists (small cases) or base64 of little-endian binary: counts as uint32 ("u4",
 the default), uint16 ("u2") or uint8 ("u1") when every count fits, feature sums as float64;
 optionally zlib-compressed ("compression": "zlib"). A D=512, B=100 query (N=1,000) is 273 KB as
-base64 uint32 and ~38 KB as zlib uint8: measured ~1.5 ms less per request through Ray Serve on
-loopback.
+base64 uint32 and ~38 KB as zlib uint8, which is also faster through Ray Serve (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ resampling drew their image, histogrammed by one sparse product instead of a new
 Exact replicates draw multinomial weights from (M, R, seed). Private replicates draw each
 image's multiplicities from that image's own key (Poisson(1), truncated to a public norm bound):
 replacing one image then changes its own multiplicities only, whatever the file order, and the
-service checks the noise against the public bound (PRIVACY.md, "Replicates").
+service checks the noise against the public bound (docs/privacy.md, "Replicates").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The paper's sampling of augmented views (docs/design.md §1.2) and the keyed plan a private release
-needs (PRIVACY.md): which image, crop and flip each of a task's N views gets. Pure numpy.
+needs (docs/privacy.md): which image, crop and flip each of a task's N views gets. Pure numpy.
 
 Why a keyed plan: differential privacy bounds what changes when one unit (an image, a volume,
 a patient) is replaced by another. A plan that hands out views by a unit's *place* in the file

@@ -37,7 +37,7 @@ def max_tpr(mu: float, fpr: float) -> float:
 def describe(epsilon: float, delta: float) -> str:
     """One line a person can act on: what the release guarantees about membership."""
     if math.isinf(epsilon):
-        return "no guarantee: exact counts (membership can be inferred, see PRIVACY.md)"
+        return "no guarantee: exact counts (membership can be inferred, see docs/privacy.md)"
     mu = gdp_mu(epsilon, delta)
     return (f"no membership attack can exceed AUC {max_auc(mu):.3f}, or "
             f"{100 * max_tpr(mu, 0.01):.1f} % true positives at 1 % false positives")

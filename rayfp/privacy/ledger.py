@@ -9,7 +9,7 @@ before anything is stored or sent. Sending a stored fingerprint again is post-pr
 costs nothing; parametric replicates neither.
 
 The ledger is the store's `releases` table, keyed by task id: the same images fingerprinted
-under two task ids are two entries (PRIVACY.md says so).
+under two task ids are two entries (docs/privacy.md says so).
 """
 
 from __future__ import annotations

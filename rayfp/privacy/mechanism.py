@@ -128,8 +128,8 @@ class NoiseScale:
 
 @functools.lru_cache(maxsize=64)
 def gaussian_multiplier(epsilon: float, delta: float) -> float:
-    """σ for sensitivity 1 at (ε, δ): dp-accounting's analytic calibration (solved numerically,
-    ~4 ms: cached, since a site and the service ask for the same few settings again and again)."""
+    """σ for sensitivity 1 at (ε, δ): dp-accounting's analytic calibration (solved numerically:
+    cached, since a site and the service ask for the same few settings again and again)."""
     import dp_accounting
 
     return float(dp_accounting.get_sigma_gaussian(epsilon, delta))

@@ -1,7 +1,7 @@
 """Private release and merge of a task's parts (rayfp.core.parts has the plan and the exact
 merge). A part's noise is the Gaussian mechanism of a whole task's release (same σ, from the
 cap of the task's plan over all M images), taken over the release bins and left unprojected;
-the merge sums the parts, then projects and spreads once. PRIVACY.md, "Tasks in parts"."""
+the merge sums the parts, then projects and spreads once. docs/privacy.md, "Tasks in parts"."""
 
 from __future__ import annotations
 

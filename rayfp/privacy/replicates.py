@@ -6,7 +6,7 @@ exact query they are exact. For a private one they are one more Gaussian mechani
 (``--replicate-epsilon``), its sensitivity the query's times the largest L2 norm of one image's
 multiplicities, and the query and replicates together are accounted by composition (PLD
 accountant). The resampling weights depend only on (M, R, seed), so the service recomputes the
-sensitivity and checks the noise and the total itself (PRIVACY.md, "Replicates")."""
+sensitivity and checks the noise and the total itself (docs/privacy.md, "Replicates")."""
 
 from __future__ import annotations
 

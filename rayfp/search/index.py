@@ -204,7 +204,7 @@ class ScreenedIndex:
         self._row_of = {t: int(i) for i, t in zip(np.flatnonzero(alive), self.task_ids)}
 
     # Small changes go to a new segment (and dead rows are masked) instead of copying the big
-    # one: measured 2.7 s to copy a 10,000-source index. Compact once the waste is a quarter.
+    # one: copying a 10,000-source index takes seconds. Compact once the waste is a quarter.
     MAX_SEGMENTS = 8
     MAX_WASTE = 0.25
 
@@ -380,9 +380,8 @@ class ScreenedIndex:
         """(len(rows), T) bKLD of every target to every given row: the rows' counts read once
         (in blocks) and multiplied with all targets in one batched product."""
         # Σ_d w_d <p_t,d, P_s,d> for all (s, t). A few targets (a query's own candidates):
-        # each count widened in registers, no float64 copy of the rows (0.6 ms less a query at
-        # 1,000 sources). Many (a query and its replicates): one float64 GEMM per block of
-        # rows, the path bench_confidence measured for R = 32; the gather was not timed there.
+        # each count widened in registers, no float64 copy of the rows. Many (a query and its
+        # replicates): one float64 GEMM per block of rows (bench_confidence times R = 32).
         if len(query.constants) <= self.GATHER_TARGETS:
             inner = self._per_segment(rows, lambda seg, local: seg.rows.counts.exact_products(
                 local, query.weighted))

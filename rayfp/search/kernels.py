@@ -6,22 +6,22 @@ they differ in speed, memory and how many sources survive the screen:
 - ``int8-gemm``: counts as int8 (1 byte; counts above 127 in a sparse overflow matrix) times the
   query written as 3 balanced base-254 integer digits, int32 sums (``torch._int_mm``): exact but
   for the last digit's remainder (~1e-8 of the value). Fast where the CPU has VNNI (AVX-512
-  Xeons). Without VNNI the CPU kernel has no fast path: a bare 8 x 51,200 by 51,200 x 1,000
-  product took 957 ms on an AVX2 EPYC, 17x the float32 product.
+  Xeons). Without VNNI the CPU kernel has no fast path: on an AVX2 EPYC it is an order of
+  magnitude slower than the float32 product (BENCHMARKS.md).
 - ``float32-torch`` and ``float32-numpy``: counts as float32 (4 bytes, exact below 2^24) times
   the query rounded to float32, one GEMV (FMA on any x86 or ARM CPU). The rounding of the query
   (u = 2^-24 each) and of the L-term sums (γ_L = L·u / (1 − L·u), any summation order) bound
   the error by ~3e-3 of the value for L = 51,200: loose, so a few more sources are re-ranked,
-  but the GEMV reads one column where the digits need three (a 3-column float32 GEMM measured
-  2-5x a GEMV here). The two differ only in whose BLAS runs the GEMV (torch's MKL or numpy's
+  but the GEMV reads one column where the digits need three (a 3-column float32 GEMM costs
+  several GEMVs). The two differ only in whose BLAS runs the GEMV (torch's MKL or numpy's
   OpenBLAS).
 - ``uint8-numba``: counts as uint8 (1 byte; counts above 255 in a sparse overflow matrix) times
   the float32 query, in a loop numba compiles for this CPU: each count is widened to float32 in
   registers, so a query reads a quarter of the float32 kernels' bytes. The same float32 error
-  bound holds (the GEMV's rounding bound does not depend on the summation order). One query at
-  1,000 sources measured 4.5 ms on an AVX2 EPYC against 10 ms for the float32 GEMV. A batch
-  multiplies four queries per pass over a row (each count widened once for four of them): 2.2 ms
-  a query in a batch of 8.
+  bound holds (the GEMV's rounding bound does not depend on the summation order). On CPUs
+  without VNNI it is usually the fastest (memory-bound: a quarter of the bytes). A batch
+  multiplies four queries per pass over a row (each count widened once for four of them).
+  Measured times per kernel and CPU: BENCHMARKS.md.
 
 `choose_kernel` times whole queries with each kernel on a slice of the index's own sources and
 keeps the fastest; `rayfp serve` logs the choice and /v1/health reports it.
@@ -51,8 +51,8 @@ FLOAT_SLACK = 1e-12  # relative, covers float64 rounding when the digit products
 
 def configure_threads(threads: int) -> None:
     """Give the GEMM (torch's OpenMP pool) the cores and keep numpy/scipy BLAS at one
-    thread: OpenBLAS threads spin-wait after each small call and measured 4 ms instead of
-    1.7 ms for torch's GEMM at 1,000 sources on 2 cores when both pools had 2 threads."""
+    thread: OpenBLAS threads spin-wait after each small call, which more than doubled torch's
+    GEMM time on 2 cores when both pools had 2 threads."""
     import torch
 
     torch.set_num_threads(threads)
@@ -179,8 +179,8 @@ _GATHER = None
 def gather_products(matrix: np.ndarray, rows: np.ndarray, weighted: np.ndarray) -> np.ndarray:
     """(len(rows), T) float64 Σ_i matrix[row, i] · weighted[t, i], each count widened to
     float64 in registers: the exact re-rank of a query's few candidates, without the
-    (rows x D·B) float64 copy of their counts (measured 0.6 ms of a 7 ms query at 1,000
-    sources). Sums in any order are float64 sums of exact products, as the re-rank assumes."""
+    (rows x D·B) float64 copy of their counts (a visible share of a query's time). Sums in any
+    order are float64 sums of exact products, as the re-rank assumes."""
     global _GATHER
     if _GATHER is None:
         try:
@@ -216,7 +216,7 @@ _BLAS = None  # threadpoolctl's controller, made once (scanning the loaded libra
 
 def _blas_threads(threads: int):
     """A context in which numpy's BLAS uses ``threads`` threads (the replica keeps it at 1
-    otherwise, see configure_threads); ~0.04 ms to enter."""
+    otherwise, see configure_threads); cheap to enter."""
     global _BLAS
     if _BLAS is None:
         from threadpoolctl import ThreadpoolController
@@ -228,8 +228,7 @@ def _blas_threads(threads: int):
 class Float32Screen:
     """(N, D·B) counts as float32 (exact below 2^24), one float32 GEMV per query, through
     torch's BLAS (MKL on x86 builds). Float32Numpy is the same through numpy's (OpenBLAS): which
-    is faster depends on the CPU (measured on an AVX2 EPYC: 11.4 vs 9.4 ms for one query at
-    1,000 sources, 61 vs 22 ms for a batch of 8), so both are candidates."""
+    is faster depends on the CPU and the batch size, so both are candidates."""
 
     kernel = "float32-torch"
 
@@ -316,10 +315,9 @@ def _float32_error(approx: np.ndarray, length: int, count_total: np.ndarray, sca
 
 
 _UINT8_LOOP = None  # the compiled loop, made once per process
-# Queries multiplied in one pass over a row by uint8-numba. Measured on an AVX2 EPYC at 1,000
-# sources (2 threads): a lone query 4.2 ms, bound by memory (the index streams at 16 GB/s);
-# a batch of 8 took 32 ms one query at a time and 17.7 ms in groups of four; groups of eight
-# (17.7 ms) and tiling the columns so the queries stay in L1 (17.5 ms) gained nothing more.
+# Queries multiplied in one pass over a row by uint8-numba. A lone query is bound by memory;
+# groups of four nearly halved a batch's time against one query at a time, and groups of
+# eight or tiling the columns to keep the queries in L1 gained nothing more (AVX2 EPYC).
 QUERY_GROUP = 4
 
 

@@ -41,12 +41,12 @@ OBJECT_STORE_POLL_S = 1.0
 
 # Small files are merged every this many commits (Store.compact), into files of up to this
 # size (a merged file is not rewritten once it is this large): an append costs time in the
-# number of live files (delta-rs: 14 ms at 100 files, 44 ms at 400, measured).
+# number of live files (delta-rs; BENCHMARKS.md "Store writes").
 AUTO_COMPACT_EVERY = 100
 COMPACT_TARGET_BYTES = 32 * 2**20
 
 # Concurrent commits to one table race for the next log version; the loser re-reads the log and
-# tries again. 8 writers appending in a loop lose a race about once in 40 commits (measured).
+# tries again; 8 writers appending in a loop lose races rarely (tests/store/test_store.py).
 COMMIT_ATTEMPTS = 40
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,8 @@ class DeltaTables:
 
     def version(self, name: str) -> int | None:
         """The table's latest version, cheaply: every query of the cloud asks. Locally one
-        stat says whether the next version's log entry exists (reading the log costs 1-2 ms
-        at 1,000 commits; commits are numbered without gaps). On object storage the log is
+        stat says whether the next version's log entry exists (cheaper than reading the log;
+        commits are numbered without gaps). On object storage the log is
         listed at most every OBJECT_STORE_POLL_S, and at once after this process's writes."""
         cached = self._tables.get(name)
         if self.object_store:

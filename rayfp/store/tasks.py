@@ -35,7 +35,7 @@ def stored_source(source: Mapping[str, Any], *, private: bool) -> dict[str, Any]
     """The ``source`` JSON a fingerprint row keeps. An exact (public-data) task keeps its
     inputs, so re-fingerprinting finds them; a private task keeps only how it was made and how
     many inputs it had: file names and folders in hospitals carry record numbers and names,
-    and the threat model includes a leaked store (PRIVACY.md)."""
+    and the threat model includes a leaked store (docs/privacy.md)."""
     if not private:
         return dict(source)
     kept = {k: source[k] for k in _PUBLIC_SOURCE_FIELDS if k in source}
