@@ -16,7 +16,7 @@ from rayfp.cli.flags import parse_epsilon
 from rayfp.errors import ConfigError
 
 
-def add_parser(sub) -> None:
+def add_parsers(sub) -> None:
     p = sub.add_parser("audit", help="membership-inference audit of fingerprints (docs/privacy.md)")
     p.add_argument("paths", nargs="*", help="the images of a task (files, folders, manifests)")
     p.add_argument("--synthetic", action="store_true",
@@ -50,6 +50,7 @@ def add_parser(sub) -> None:
                         "difference exceeds the sensitivity or the empirical ε the claim")
     p.add_argument("--releases", type=int, default=2000,
                    help="releases per neighbour in --dp-test (half choose the threshold)")
+    p.set_defaults(run=cmd_audit)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ def add_parsers(sub) -> None:
     p.add_argument("data", nargs="?", help="a folder of the paper's released data (default: the "
                                            "copy that ships with rayfp)")
     p.add_argument("--store", required=True)
+    p.set_defaults(run=cmd_import_paper)
 
     p = sub.add_parser("serve", help="run the knowledge cloud locally (Ray Serve, blocking)")
     add_setting_flags(p)  # the app's settings, declared once (rayfp/cloud/settings.py)
@@ -30,17 +31,20 @@ def add_parsers(sub) -> None:
     p.add_argument("--ingress", choices=defaults.INGRESS, default=defaults.INGRESS[0],
                    help="how HTTP reaches the app: the replica itself (default, fastest), "
                         "HAProxy (several replicas), or Serve's proxy")
+    p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("send-part", help="send one site's part of a pooled task to a server")
     p.add_argument("part", help="the part file (`rayfp fingerprint --part k/K`)")
     p.add_argument("--server", required=True)
     p.add_argument("--token", default=os.environ.get("RAYFP_TOKEN", ""),
                    help="the server's write token (default: $RAYFP_TOKEN)")
+    p.set_defaults(run=cmd_send_part)
 
     for name, helptext in (("query", "nearest known tasks from a server"),
                            ("recommend", "what worked for the nearest known tasks"),
                            ("register", "send a task's fingerprint to a server")):
         p = sub.add_parser(name, help=helptext)
+        p.set_defaults(run=cmd_register if name == "register" else cmd_query)
         p.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
         p.add_argument("--task-id", required=True)
         p.add_argument("--fingerprint-from", metavar="STORE", required=name == "register",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_parser(sub) -> None:
+def add_parsers(sub) -> None:
     p = sub.add_parser("privacy", help="a site's privacy ledger")
     actions = p.add_subparsers(dest="action", required=True)
     q = actions.add_parser("budget", help="ε spent per task, every release composed (PLD "
@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
     q.add_argument("--store", required=True, help="the site's store folder or s3:// URI")
     q.add_argument("--task-id", help="one task (default: every task with a private release)")
     q.add_argument("--budget", type=float, help="also show what is left of this budget")
+    p.set_defaults(run=cmd_privacy)
 
 
 def cmd_privacy(args: argparse.Namespace) -> int:

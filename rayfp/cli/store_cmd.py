@@ -6,7 +6,7 @@ import argparse
 import json
 
 
-def add_parser(sub) -> None:
+def add_parsers(sub) -> None:
     p = sub.add_parser("store", help="migrate, compact or inspect a store's tables")
     actions = p.add_subparsers(dest="action", required=True)
     q = actions.add_parser("migrate", help="copy a store of the old directory layout (rayfp "
@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
     q = actions.add_parser("history", help="the fingerprint table's commits, newest first")
     q.add_argument("store", help="a store folder or s3:// URI")
     q.add_argument("-n", type=int, default=20, help="how many commits (default 20)")
+    p.set_defaults(run=cmd_store)
 
 
 def cmd_store(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ def parse_ks(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"-k expects N, A-B or A,B,C; got {text!r}") from None
 
 
-def add_parser(sub) -> None:
+def add_parsers(sub) -> None:
     p = sub.add_parser("evaluate", help="score task selectors against measured transfer outcomes")
     p.add_argument("--data", help="a folder of the paper's released data (its repository's cache/); "
                                   "default: the copy that ships with rayfp")
@@ -63,6 +63,7 @@ def add_parser(sub) -> None:
                         "(e.g. 10); compare it with --versus 'bKLD (small)'")
     p.add_argument("--tau-draws", type=int, default=32,
                    help="Monte Carlo draws for random's weightedtau (the rest is exact)")
+    p.set_defaults(run=run)
 
 
 def load_selectors(data: PaperData, specs: list[str], only: bool) -> dict:

@@ -276,3 +276,16 @@ def test_nearest_ranks_as_the_cloud_does_and_reaches_the_papers_tasks(tmp_path, 
     code, out, _ = run(capsys, "nearest", "--store", str(store.root), "--task-id", "svhn",
                        "-k", "3")
     assert code == 0 and "imported:KLD-PP:NS-W:TS-100-BINS" in out and len(out.splitlines()) == 4
+
+
+def test_every_command_registers_its_own_handler():
+    """One CLI pattern: each command module adds its parsers, each with its handler."""
+    import argparse
+
+    from rayfp.cli.main import COMMAND_MODULES, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert len(sub.choices) >= 19
+    for name, parser in sub.choices.items():
+        assert callable(parser.get_default("run")), f"`rayfp {name}` has no handler"
+    assert all(callable(getattr(m, "add_parsers", None)) for m in COMMAND_MODULES)
