@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.privacy_common import EPSILONS, MEMBERS, RESULTS, SAMPLES
+from bench.privacy_common import eps_text as _eps
 from rayfp import defaults
 from rayfp.core.distance import LinearIndex
 from rayfp.core.fingerprint import PartialCounts, finalize
@@ -34,16 +36,6 @@ from rayfp.privacy.audit import ATTACKS, AuditConfig, ViewBank, run_audit
 from rayfp.privacy.mechanism import MEAN_FROM_NOISED_SUM, PrivacySpec, privatize
 from rayfp.privacy.roc import summarize
 from rayfp.privacy.synthetic import TaskFamilies, expected_fingerprint, synthetic_space
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
-MEMBERS = (50, 200, 1000, 5000)
-SAMPLES = 10_000
-
-
-def _eps(value: float) -> str:
-    return "∞" if math.isinf(value) else f"{value:g}"
 
 
 def _save(part: str, payload: dict) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.bench_privacy import EPSILONS, MEMBERS, RESULTS, ROOT, SAMPLES, _eps
+from bench.privacy_common import EPSILONS, MEMBERS, RESULTS, ROOT, SAMPLES
+from bench.privacy_common import eps_text as _eps
 from rayfp import defaults
 from rayfp.privacy.mechanism import MEAN_FROM_NOISED_SUM
 

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import comb
 
+from rayfp.evaluate.metrics import regret_score, weighted_tau
+
 RANDOM_SELECTOR = "random"
 
 
@@ -29,8 +31,6 @@ def best_of_k_weights(n: int, k: int) -> np.ndarray:
 def per_outcome_scores(pool: np.ndarray, baseline: float) -> dict[str, np.ndarray]:
     """Each top meta metric as a function of a single outcome (protocol.top_meta_scores with
     one selected source), evaluated at every value of the pool."""
-    from rayfp.evaluate.protocol import regret_score
-
     oracle = float(np.nanmax(pool))
     return {
         "delta": pool - baseline,
@@ -55,8 +55,6 @@ def expected_top_scores(pool: np.ndarray, baseline: float, k: int, mode: str
 def expected_weighted_tau(pool: np.ndarray, draws: int, rng: np.random.Generator
                           ) -> tuple[float, float]:
     """Monte Carlo mean and standard error of weightedtau(uniform random affinities, pool)."""
-    from rayfp.evaluate.protocol import weighted_tau
-
     taus = np.array([weighted_tau(rng.random(len(pool)), pool) for _ in range(draws)])
     taus = taus[np.isfinite(taus)]
     if len(taus) == 0:
