@@ -38,7 +38,7 @@ from rayfp.search.kernels import AUTO
 from rayfp.search.shards import merge_top_k, shard_of_key
 from rayfp.store.feed import FingerprintFeed
 from rayfp.store.schemas import COMPONENT_KINDS
-from rayfp.store.store import Store, privacy_summary
+from rayfp.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ def merge_replicate_searches(searches: Sequence[ReplicateSearch], k: int) -> Rep
 
 def merge_neighbours(answers: Sequence[Sequence[Neighbour]], k: int) -> list[Neighbour]:
     """Shards' top-k neighbour lists -> the global top-k, in ScreenedIndex's order."""
-    return sorted((n for answer in answers for n in answer),
-                  key=lambda n: (n.distance, n.task_id))[:k]
+    return merge_top_k(answers, k, key=lambda n: (n.distance, n.task_id))
 
 
 @dataclasses.dataclass
@@ -211,10 +210,6 @@ class KnowledgeBase:
         self.index(space_id)
         cached = self._indexes.get(space_id)
         return dict(cached.epsilon) if cached is not None else {}
-
-    def privacy_summary(self, space_id: str) -> dict[str, Any]:
-        """How the space's sources were released (exact / private, ε range)."""
-        return privacy_summary(self.epsilons(space_id))
 
     def describe(self) -> dict[str, Any]:
         """Each space's index: its kernel, sources, bytes and the kernel timings measured."""

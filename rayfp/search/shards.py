@@ -13,7 +13,8 @@ Torch-free and Ray-free: the Serve router and shard deployments call these funct
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from rayfp.core.fingerprint import task_key
 from rayfp.errors import ConfigError
@@ -31,9 +32,15 @@ def shard_of(task_id: str, shards: int) -> int:
     return shard_of_key(task_key(task_id), shards)
 
 
-def merge_top_k(answers: Sequence[Sequence[tuple[str, float]]], k: int
-                ) -> list[tuple[str, float]]:
+def merge_top_k(answers: Sequence[Sequence[Any]], k: int, *,
+                key: Callable[[Any], tuple[float, str]] | None = None) -> list[Any]:
     """Shards' exact top-k lists -> the global top-k, nearest first, ties by task id (the
-    order ScreenedIndex answers in)."""
-    pairs = [(str(task), float(distance)) for answer in answers for task, distance in answer]
-    return sorted(pairs, key=lambda pair: (pair[1], pair[0]))[:k]
+    order ScreenedIndex answers in). Entries are (task id, distance) pairs, or anything whose
+    (distance, task id) ``key`` gives."""
+    if key is None:
+        entries: list[Any] = [(str(task), float(distance)) for answer in answers
+                              for task, distance in answer]
+        key = lambda pair: (pair[1], pair[0])  # noqa: E731
+    else:
+        entries = [entry for answer in answers for entry in answer]
+    return sorted(entries, key=key)[:k]
