@@ -35,6 +35,11 @@ def add_parsers(sub) -> None:
                    help="extra selectors: a distance CSV (rows sources, columns targets, e.g. "
                         "`rayfp compare --format csv`) or a stem of DATA/distances/")
     p.add_argument("--only", action="store_true", help="evaluate only --selectors")
+    p.add_argument("--holdout", choices=("target", "group", "none"), default="target",
+                   help="the learned selectors (`learned`: what worked on other targets; "
+                        "`learned+bkld-small`: blended with bKLD small) never see the target's "
+                        "own outcomes (target, the default) or its image-sharing group's "
+                        "(group); none leaves them out of the run (docs/learned.md)")
     p.add_argument("-k", type=parse_ks, default=(1, 2, 3, 4, 5), help="N, A-B or A,B,C")
     p.add_argument("--mode", choices=MODES, default="best")
     p.add_argument("--seeds", choices=SEED_STRATEGIES, default="per-seed")
@@ -100,6 +105,13 @@ def run(args: argparse.Namespace) -> int:
 
     data = PaperData(args.data, splits=args.splits, float_parser=args.float_parser)
     selectors = load_selectors(data, args.selectors, args.only)
+    if not args.only and args.holdout != "none" and args.targets == "development":
+        from rayfp.evaluate.learned import learned_selectors
+        from rayfp.evaluate.protocol import Protocol
+
+        selectors.update(learned_selectors(
+            Protocol(data, args.targets), data.distances(PAPER_SELECTORS["bKLD (small)"]),
+            args.scenarios, holdout=args.holdout))
     if args.csls:
         from rayfp.evaluate.data import csls
 

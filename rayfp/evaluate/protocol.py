@@ -143,36 +143,47 @@ def _outcome_tables(proto: Protocol, scenario: str, metric: str, strategy: str
     return tables
 
 
-def evaluate(data: PaperData, selectors: Mapping[str, pd.DataFrame], config: EvalConfig
-             ) -> pd.DataFrame:
+def evaluate(data: PaperData, selectors: Mapping[str, pd.DataFrame | Mapping[str, pd.DataFrame]],
+             config: EvalConfig) -> pd.DataFrame:
     """Long-form scores: one row per (scenario, metric, selector, k, seed, target, meta metric).
-    weightedtau does not depend on k or mode and is reported with k = 0."""
+    A selector is a distance matrix, or one per scenario (the learned selectors). weightedtau
+    does not depend on k or mode and is reported with k = 0."""
     proto = Protocol(data, config.setting)
     targets = proto.targets()
     sources = {t: proto.valid_sources(t) for t in targets}
-    affinities = {name: affinity(matrix) for name, matrix in selectors.items()}
-    selections: dict[tuple[str, str, int], list[str]] = {}
+    affinities: dict[str, dict[str, pd.DataFrame]] = {}
+    for name, matrix in selectors.items():
+        if isinstance(matrix, pd.DataFrame):
+            shared = affinity(matrix)
+            affinities[name] = {scenario: shared for scenario in config.scenarios}
+        else:
+            affinities[name] = {scenario: affinity(matrix[scenario])
+                                for scenario in config.scenarios}
+    selections: dict[tuple[str, str, str, int], list[str]] = {}
     refs: dict[tuple[str, str], str] = {}
-    for name, aff in affinities.items():
-        for t in targets:
-            ref = proto.target_ref(t, aff.columns)
-            if ref not in aff.columns:
-                raise ConfigError(f"selector {name!r} has no column for target {t!r} ({ref!r})")
-            refs[name, t] = ref
-            column = aff.reindex(sources[t])[ref]
-            column.name = t
-            for k in config.ks:
-                selections[name, t, k] = select_top_k(column, k)
+    for name, per_scenario in affinities.items():
+        for scenario, aff in per_scenario.items():
+            for t in targets:
+                ref = proto.target_ref(t, aff.columns)
+                if ref not in aff.columns:
+                    raise ConfigError(f"selector {name!r} has no column for target {t!r} "
+                                      f"({ref!r})")
+                refs[name, t] = ref
+                column = aff.reindex(sources[t])[ref]
+                column.name = t
+                for k in config.ks:
+                    selections[name, scenario, t, k] = select_top_k(column, k)
     records = []
     for common, sources_t, pool, baseline in target_pools(proto, config):
-        t = common["target"]
+        t, scenario = common["target"], common["scenario"]
         by_source = dict(zip(sources_t, pool))
-        for name, aff in affinities.items():
+        for name, per_scenario in affinities.items():
+            aff = per_scenario[scenario]
             tau = weighted_tau(aff.reindex(sources_t)[refs[name, t]].to_numpy(), pool)
             records.append({**common, "selector": name, "k": 0, "meta_metric": "weightedtau",
                             "score": tau})
             for k in config.ks:
-                chosen = np.array([by_source[s] for s in selections[name, t, k]])
+                chosen = np.array([by_source[s] for s in selections[name, scenario, t, k]])
                 scores = top_meta_scores(chosen, pool, baseline, config.mode)
                 records += [{**common, "selector": name, "k": k, "meta_metric": m,
                              "score": v} for m, v in scores.items()]

@@ -65,11 +65,11 @@ def format_margins(margins: pd.DataFrame, reference: str, ks) -> str:
     """The headline table: each selector's margin over the reference per metric."""
     lines = [f"\nmargin over {reference} (mean over scenarios and k={list(ks)} per target; 95 % "
              f"bootstrap interval over targets; sign-flip p, BH q; * q < {SIGNIFICANCE})"]
-    lines.append("selector".ljust(16) + "metric".ljust(8) + "meta".ljust(8)
+    lines.append("selector".ljust(20) + "metric".ljust(8) + "meta".ljust(8)
                  + "margin".rjust(9) + "   interval".ljust(22) + "p".rjust(8) + "q".rjust(8))
     for _, r in margins.iterrows():
         star = " *" if r["q"] < SIGNIFICANCE else ""
-        lines.append(f"{r['selector']:<16}{r['metric']:<8}{r['meta_metric']:<8}"
+        lines.append(f"{r['selector']:<20}{r['metric']:<8}{r['meta_metric']:<8}"
                      f"{r['diff']:+9.4f}   [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}]  "
                      f"{r['p']:8.4f}{r['q']:8.4f}{star}")
     return "\n".join(lines) + "\n"
@@ -111,7 +111,7 @@ def format_tables(summary: pd.DataFrame, meta_metrics=("gain", "delta")) -> str:
                 lines.append(f"\n{meta} — {SCENARIO_NAMES[scenario]} — {metric} "
                              f"(mode {block['mode'].iloc[0]}, seeds {block['seeds'].iloc[0]})")
                 ks = sorted(block["k"].unique())
-                lines.append("selector".ljust(16) + "".join(f"k={k}".rjust(width) for k in ks))
+                lines.append("selector".ljust(20) + "".join(f"k={k}".rjust(width) for k in ks))
                 for selector in dict.fromkeys(block["selector"]):
                     rows = block[block["selector"] == selector].set_index("k")
                     cells = []
@@ -121,7 +121,7 @@ def format_tables(summary: pd.DataFrame, meta_metrics=("gain", "delta")) -> str:
                         if has_ci:
                             cell += f" [{r['lo']:.3f},{r['hi']:.3f}]{significance_mark(r):1}"
                         cells.append(cell.rjust(width))
-                    lines.append(str(selector).ljust(16) + "".join(cells))
+                    lines.append(str(selector).ljust(20) + "".join(cells))
     return "\n".join(lines) + "\n"
 
 

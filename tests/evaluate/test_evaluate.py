@@ -164,6 +164,7 @@ def test_cli_tables_csv_plots_and_own_selectors(data, tmp_path, capsys):
     assert "gain — Model Architecture — BA" in table and "bKLD (small)" in table
     assert "win rates" in table
     assert "margin over random" in table and "\nrandom " in table
+    assert "\nlearned " in table and "\nlearned+bkld-small " in table  # part of the default run
     # A user's matrix in `rayfp compare --format csv` layout, without shrunk columns.
     manual = data.distances("SEMANTIC")
     mine = manual[[c for c in manual.columns if "shrink" not in c]]
@@ -180,7 +181,7 @@ def test_cli_tables_csv_plots_and_own_selectors(data, tmp_path, capsys):
                       "lo,hi,diff,diff_lo,diff_hi,p,q")
     rows = pd.read_csv(pd.io.common.StringIO("\n".join(out)))
     assert set(rows.selector) == {*PAPER_SELECTORS, "Mine", "Semantic-again", "random",
-                                  "bKLD (small) CSLS-10"}
+                                  "bKLD (small) CSLS-10", "learned", "learned+bkld-small"}
     assert (rows.lo <= rows.value + 1e-12).all() and (rows.value <= rows.hi + 1e-12).all()
     assert rows[rows.selector == "random"]["p"].isna().all()  # the reference is not tested
     assert rows[rows.selector != "random"]["p"].between(0, 1).all()
