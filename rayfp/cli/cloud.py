@@ -79,6 +79,25 @@ def add_parsers(sub) -> None:
         p.add_argument("--json", action="store_true", help="raw JSON for scripts")
         if name == "recommend":
             p.add_argument("--kinds", default=",".join(defaults.COMPONENT_KINDS))
+            p.add_argument("--rank", choices=("learned", "distance"), default="learned",
+                           help="learned (default): by what worked on other targets, blended "
+                                "with the distance (docs/learned.md); distance: nearest first")
+
+    p = sub.add_parser("report-outcome", help="tell a server what a transfer did for your task "
+                                              "(per seed, against its no-transfer baseline)")
+    p.set_defaults(run=cmd_report_outcome)
+    p.add_argument("--server", required=True)
+    p.add_argument("--token", default=os.environ.get("RAYFP_TOKEN", ""),
+                   help="the server's write token (default: $RAYFP_TOKEN)")
+    p.add_argument("--task-id", required=True, help="your task (registered with the server)")
+    p.add_argument("--scenario", required=True, choices=defaults.COMPONENT_KINDS,
+                   help="what was transferred")
+    p.add_argument("--source", required=True, help="the source task id")
+    p.add_argument("--metric", required=True, help="e.g. AUROC or BA (higher is better)")
+    p.add_argument("--baseline", required=True, type=_floats, metavar="B1,B2,...",
+                   help="the score without the transfer, per seed")
+    p.add_argument("--score", required=True, type=_floats, metavar="S1,S2,...",
+                   help="the score with it, per seed (same order)")
 
 
 def cmd_import_paper(args: argparse.Namespace) -> int:
@@ -145,6 +164,25 @@ def _replicates(args, fp):
     return replicates, record
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got "
+                                         f"{text!r}") from None
+
+
+def cmd_report_outcome(args: argparse.Namespace) -> int:
+    from rayfp.cloud.client import CloudClient
+
+    answer = CloudClient(args.server, token=args.token).report_outcome(
+        args.task_id, scenario=args.scenario, source=args.source, metric=args.metric,
+        baseline=args.baseline, score=args.score)
+    print(f"{answer['task_id']}: {answer['scenario']} from {answer['source']}, "
+          f"{answer['seeds']} seed(s) of {answer['metric']} recorded")
+    return 0
+
+
 def cmd_send_part(args: argparse.Namespace) -> int:
     from rayfp.cloud.client import CloudClient
     from rayfp.core.parts import TaskPart
@@ -180,7 +218,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     kwargs = {"task_id": None if fp else args.task_id, "fingerprint": fp, "k": args.k,
               "metric": args.metric, "replicates": _replicates(args, fp)}
     if args.command == "recommend":
-        answer = client.recommend(kinds=args.kinds.split(","), **kwargs)
+        answer = client.recommend(kinds=args.kinds.split(","), rank=args.rank, **kwargs)
     else:
         answer = client.nearest(**kwargs)
     if args.json:
@@ -213,6 +251,9 @@ def cmd_query(args: argparse.Namespace) -> int:
                     "replicates)")
             print(f"  #{c['rank']} {c['source']}{'  [hub]' if c.get('hub') else ''}{rate}")
             print(f"      {_candidate_text(kind, c)}")
+            if c.get("ranking") == "learned":
+                print(f"      why: {c['why']} (learned score {c['learned_score']:+.2f}, "
+                      f"α {c['alpha']:g})")
     return 0
 
 

@@ -33,6 +33,7 @@ from rayfp.cloud.models import (
     ConfidenceOut,
     FingerprintIn,
     NearestOut,
+    OutcomeIn,
     PartIn,
     Query,
     RecommendOut,
@@ -49,6 +50,7 @@ from rayfp.cloud.wire import decode_fingerprint, decode_replicates
 from rayfp.core.fingerprint import Fingerprint
 from rayfp.core.parts import TaskPart
 from rayfp.errors import ConfigError, ConflictError, NotFoundError, PrivacyPolicyError, RayfpError
+from rayfp.evaluate.learned import SCENARIO_OF_KIND
 from rayfp.privacy.replicates import check_replicates_record
 from rayfp.search import cpu
 from rayfp.search.index import configure_threads
@@ -215,6 +217,8 @@ class _Timings:
 
 
 MAX_BATCH = 32
+# Nearest sources a learned recommendation blends (their distances); the rest count as average.
+LEARNED_WIDE = 64
 # Requests a replica holds at once: well above the batch size (or Serve holds queries back and
 # a batch can never fill), and above what stalled clients can occupy before their bodies time
 # out (BodyDeadline), so /v1/health and real queries still get in.
@@ -286,8 +290,10 @@ class KnowledgeCloud:
         self.kb.admit_total(fp, total)
         return replicates, None if total is None else total[0]
 
-    async def _neighbours(self, query: Query, timings: _Timings
+    async def _neighbours(self, query: Query, timings: _Timings, *, wide: int = 0
                           ) -> tuple[list[Neighbour], str, int, ConfidenceOut | None]:
+        """The query's k nearest (``wide``: at least that many, for a learned ranking that
+        blends every candidate's distance), its metric, k and confidence."""
         k = query.k or self.args.default_k
         metric = query.metric or self.args.default_metric
         if query.replicates is not None:  # heavy (R fingerprints): off the event loop
@@ -301,15 +307,16 @@ class KnowledgeCloud:
                 replicates=confidence.replicates, stability=confidence.stability,
                 label=confidence.label, unsure=confidence.unsure, epsilon_total=epsilon_total,
                 certified=confidence.certified)
+        search_k = max(k, wide)
         if query.fingerprint is not None:
             fp = self._fingerprint(query.fingerprint, task_id="<query>")
             timings.mark("decode")
-            found = await self.batcher.submit((fp, k, metric))
+            found = await self.batcher.submit((fp, search_k, metric))
         else:
             fp = self.kb.stored_fingerprint(query.task_id, query.space_id,
                                             from_index=self.ranker.holds_index())
-            found = (self.kb.nearest_imported(query.task_id, k=k, metric=metric) if fp is None
-                     else await self.batcher.submit((fp, k, metric)))
+            found = (self.kb.nearest_imported(query.task_id, k=search_k, metric=metric)
+                     if fp is None else await self.batcher.submit((fp, search_k, metric)))
         timings.mark("rank")
         return found, metric, k, None
 
@@ -358,10 +365,13 @@ class KnowledgeCloud:
     @api.post("/v1/recommend", responses=ERRORS, response_model=RecommendOut)
     async def recommend_route(self, query: RecommendQuery, response: Response) -> RecommendOut:
         timings = _Timings()
-        found, metric, k, confidence = await self._neighbours(query, timings)
-        recommendations = await asyncio.to_thread(recommend, self.kb, found, query.kinds)
+        found, metric, k, confidence = await self._neighbours(
+            query, timings, wide=LEARNED_WIDE if query.rank == "learned" else 0)
+        recommendations = await asyncio.to_thread(recommend, self.kb, found, query.kinds,
+                                                  rank=query.rank, target=query.task_id, k=k)
+        timings.mark("recommend")
         response.headers["Server-Timing"] = timings.header()
-        return RecommendOut(metric=metric, k=k, neighbours=self._ranked(found),
+        return RecommendOut(metric=metric, k=k, neighbours=self._ranked(found[:k]),
                             confidence=confidence, recommendations=recommendations)
 
     @api.post("/v1/tasks", responses=ERRORS, status_code=201,
@@ -400,6 +410,21 @@ class KnowledgeCloud:
     def component(self, task_id: TaskId, component: ComponentIn) -> dict[str, Any]:
         self.kb.record_component({"task_id": task_id, **component.model_dump()})
         return {"task_id": task_id, "kind": component.kind, "value": component.value}
+
+    @api.post("/v1/tasks/{task_id}/outcomes", responses=ERRORS, status_code=201,
+              dependencies=[Depends(require_token)])
+    def outcome(self, task_id: TaskId, outcome: OutcomeIn) -> dict[str, Any]:
+        """A transfer this task's site measured: the next recommendations learn from it."""
+        scenario = SCENARIO_OF_KIND[outcome.scenario]
+        seeds = outcome.seeds or list(range(len(outcome.score)))
+        self.kb.record_outcomes(
+            [{"scenario": scenario, "metric": outcome.metric, "source": outcome.source,
+              "target": task_id, "seed": seed, "score": score}
+             for seed, score in zip(seeds, outcome.score)],
+            [{"scenario": scenario, "target": task_id, "metric": outcome.metric, "seed": seed,
+              "score": base} for seed, base in zip(seeds, outcome.baseline)])
+        return {"task_id": task_id, "scenario": outcome.scenario, "source": outcome.source,
+                "metric": outcome.metric, "seeds": len(seeds)}
 
 
 # How HTTP reaches the ingress replica (Ray reads these when its processes start, so they must

@@ -64,10 +64,22 @@ class CloudClient:
 
     def recommend(self, *, kinds: list[str], task_id: str | None = None,
                   fingerprint: Fingerprint | None = None, k: int | None = None,
-                  metric: str | None = None, replicates: Replicates | None = None
-                  ) -> dict[str, Any]:
-        payload = {**self._query(task_id, fingerprint, k, metric, replicates), "kinds": kinds}
+                  metric: str | None = None, replicates: Replicates | None = None,
+                  rank: str = "learned") -> dict[str, Any]:
+        payload = {**self._query(task_id, fingerprint, k, metric, replicates), "kinds": kinds,
+                   "rank": rank}
         return _request(f"{self.server}/v1/recommend", payload)
+
+    def report_outcome(self, task_id: str, *, scenario: str, source: str, metric: str,
+                       baseline: list[float], score: list[float],
+                       seeds: list[int] | None = None) -> dict[str, Any]:
+        """What this site measured transferring from ``source`` (per seed, with the
+        no-transfer baseline of every seed): the cloud learns from it."""
+        payload = {"scenario": scenario, "source": source, "metric": metric,
+                   "baseline": baseline, "score": score,
+                   **({"seeds": seeds} if seeds is not None else {})}
+        return _request(f"{self.server}/v1/tasks/{task_id}/outcomes", payload,
+                        token=self.token)
 
     def send_part(self, part: TaskPart) -> dict[str, Any]:
         """One site's part of a pooled task; the answer says which parts are still missing."""

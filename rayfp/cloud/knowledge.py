@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from rayfp import defaults
+from rayfp.cloud.learning import OutcomeModel
 from rayfp.core.confidence import Confidence, confidence_of
 from rayfp.core.distance import DEFAULT_METRIC, get_metric
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, finalize
@@ -542,6 +543,24 @@ class KnowledgeBase:
             self.store.get_space(space_id)
             rows = [r for r in rows if self.store.has_fingerprint(space_id, r["task_id"])]
         return sorted(rows, key=lambda r: r["task_id"])
+
+    def outcome_model(self) -> OutcomeModel:
+        """The learned ranking of the store's recorded outcomes (refit only when they change)."""
+        return OutcomeModel.current(self.store)
+
+    def record_outcomes(self, transfers: Sequence[Mapping[str, Any]],
+                        baselines: Sequence[Mapping[str, Any]]) -> None:
+        """A site's measured transfers into the same tables `rayfp import-paper` fills (a repeat
+        of a key replaces its row: never counted twice). Both the target and the source must
+        be known tasks."""
+        known = set(self.store.tasks().column("task_id").to_pylist())
+        for row in transfers:
+            for role in ("target", "source"):
+                if row[role] not in known:
+                    raise NotFoundError(f"{role} task {row[role]!r} is not registered; "
+                                        "POST /v1/tasks first")
+        self.store.put_baselines(baselines)  # first: a transfer never lacks its baseline
+        self.store.put_transfers(transfers)
 
     def evidence(self) -> tuple[Any, Any]:
         """(components, transfers) as DataFrames: what recommendations are made of."""

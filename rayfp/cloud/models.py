@@ -164,6 +164,9 @@ class Query(BaseModel):
 class RecommendQuery(Query):
     kinds: list[ComponentKind] = Field(default_factory=lambda: list(COMPONENT_KINDS),
                                        min_length=1)
+    rank: Literal["learned", "distance"] = Field(
+        "learned", description="learned: by what worked on other targets, blended with the "
+                               "distance (docs/learned.md); distance: nearest first")
 
 
 class Neighbour(BaseModel):
@@ -222,6 +225,36 @@ class ComponentIn(BaseModel):
     score: Finite | None = None
     seed: int | None = Field(None, ge=0, le=2**53 - 1)
     provenance: Text = ""
+
+
+UnitScore = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+MAX_SEEDS = 100
+
+
+class OutcomeIn(BaseModel):
+    """What a site measured: its task trained with knowledge from a source, against the same
+    training without it, per seed. Higher is better (AUROC, balanced accuracy, ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+    scenario: ComponentKind = Field(description="what was transferred")
+    source: TaskId = Field(description="the source task (a known task id)")
+    metric: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="e.g. AUROC or BA")
+    baseline: list[UnitScore] = Field(min_length=1, max_length=MAX_SEEDS,
+                                      description="the no-transfer score of every seed")
+    score: list[UnitScore] = Field(min_length=1, max_length=MAX_SEEDS,
+                                   description="the transferred score of every seed")
+    seeds: list[Annotated[int, Field(ge=0, le=2**31)]] | None = Field(
+        None, description="the seeds' ids (default 0, 1, ...)")
+
+    @model_validator(mode="after")
+    def _every_seed_has_a_baseline(self) -> OutcomeIn:
+        if len(self.baseline) != len(self.score):
+            raise ValueError(f"baseline has {len(self.baseline)} seeds, score "
+                             f"{len(self.score)}: give a baseline for every seed")
+        if self.seeds is not None and (len(self.seeds) != len(self.score)
+                                       or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError("seeds must name every seed once, as many as the scores")
+        return self
 
 
 class RecommendOut(BaseModel):

@@ -1,9 +1,12 @@
-"""Transfer recommendations: the top-k most similar known tasks and what worked for them
-(docs/design.md §4, the paper's k-shot protocol). Each kind lists, in rank order, every source's best
-recorded component by the source's own score; the paper tries all k and keeps the best on local
+"""Transfer recommendations: k candidate sources per kind and what worked for them (docs/design.md
+§4, the paper's k-shot protocol). Each kind lists, in rank order, every source's best recorded
+component by the source's own score; the paper tries all k and keeps the best on local
 validation, so nothing is voted on here. For pretraining and co-training the candidates *are*
-the k nearest tasks: each is listed, with measured transfers from it as evidence when there are
-any, so the list is never empty while there are neighbours."""
+source tasks: each is listed, with measured transfers from it as evidence when there are any.
+
+The order: by the learned score (rank="learned", the default: what worked on other targets,
+blended with the distance, rayfp/cloud/learning.py; docs/learned.md), or by distance alone
+(rank="distance", and the learned order's cold start: a kind with no recorded outcomes)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import pandas as pd
 
 from rayfp.cloud.knowledge import KnowledgeBase, Neighbour, ensure_kinds
 from rayfp.cloud.policy_text import summarize_policy
+from rayfp.errors import ConfigError
 
 # Kinds whose component *is* the source task: evidence comes from measured transfers from it.
 SOURCE_IS_COMPONENT = {"pretraining": "pretrain", "cotraining": "multi_task"}
@@ -54,28 +58,50 @@ def _neighbour_itself(source: str, kind: str) -> dict[str, Any]:
             "evidence": "nearest"}
 
 
-def recommend(kb: KnowledgeBase, neighbours: Sequence[Neighbour], kinds: Sequence[str]
+RANKS = ("learned", "distance")
+
+
+def recommend(kb: KnowledgeBase, neighbours: Sequence[Neighbour], kinds: Sequence[str], *,
+              rank: str = "learned", target: str | None = None, k: int | None = None
               ) -> dict[str, list[dict[str, Any]]]:
-    """Per kind: one candidate per neighbour that has evidence of that kind, in rank order."""
+    """Per kind: up to k candidates (default: one per neighbour) with evidence of that kind,
+    in rank order. ``target``: the query's own task (its outcomes never used; never its own
+    source)."""
     kinds = ensure_kinds(kinds)
+    if rank not in RANKS:
+        raise ConfigError(f"rank must be one of {RANKS}, got {rank!r}")
+    k = k or len(neighbours)
     components, transfers = kb.evidence()
+    by_task = {nb.task_id: nb for nb in neighbours}
+    model = kb.outcome_model() if rank == "learned" else None
     out: dict[str, list[dict[str, Any]]] = {}
     for kind in kinds:
+        learned = [] if model is None else model.rank(
+            kind, list(by_task), {t: nb.distance for t, nb in by_task.items()}, exclude=target)
+        order = ([(row["source"], row) for row in learned] if learned
+                 else [(nb.task_id, None) for nb in neighbours[:k]])
         candidates = []
-        for rank, nb in enumerate(neighbours, start=1):
-            rows = components[(components["task_id"] == nb.task_id)
-                              & (components["kind"] == kind)]
+        for place, (source, why) in enumerate(order, start=1):
+            rows = components[(components["task_id"] == source) & (components["kind"] == kind)]
             found = _best_component(rows)
             if found is None and kind in SOURCE_IS_COMPONENT:
-                found = (_transfer_evidence(transfers, nb.task_id, SOURCE_IS_COMPONENT[kind])
-                         or _neighbour_itself(nb.task_id, kind))
+                found = (_transfer_evidence(transfers, source, SOURCE_IS_COMPONENT[kind])
+                         or _neighbour_itself(source, kind))
             if found is None:
                 continue
             if kind == "augmentation":
                 found["summary"] = summarize_policy(found["value"])
-            confidence = ({} if nb.top1_rate is None else
+            nb = by_task.get(source)
+            near = ({"distance": None, "basis": "outcomes", "hub": False} if nb is None else
+                    {"distance": nb.distance, "basis": nb.basis, "hub": nb.hub})
+            confidence = ({} if nb is None or nb.top1_rate is None else
                           {"top1_rate": nb.top1_rate, "topk_rate": nb.topk_rate})
-            candidates.append({"rank": rank, "source": nb.task_id, "distance": nb.distance,
-                               "basis": nb.basis, "hub": nb.hub, **confidence, **found})
+            ranking = ({"ranking": "distance"} if why is None else
+                       {"ranking": "learned", **{f: why[f] for f in (
+                           "learned_score", "alpha", "n_targets", "improved", "prior", "why")}})
+            candidates.append({"rank": place, "source": source, **near, **confidence,
+                               **ranking, **found})
+            if len(candidates) == k:
+                break
         out[kind] = candidates
     return out

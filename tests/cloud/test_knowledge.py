@@ -56,13 +56,39 @@ def test_paper_tasks_answer_from_imported_distances(paper_store):
     assert "svhn" not in [n.task_id for n in found]
     with pytest.raises(NotFoundError, match="imported selectors"):
         kb.nearest_to_task("svhn", metric="cosine")
-    recs = recommend(kb, found, ["augmentation", "pretraining", "architecture"])
+    recs = recommend(kb, found, ["augmentation", "pretraining", "architecture"],
+                     rank="distance")
     assert [c["source"] for c in recs["augmentation"]] == [n.task_id for n in found]
     assert all("FasterAutoAugment search 0" in c["provenance"] for c in recs["augmentation"])
     pre = recs["pretraining"][0]
     assert pre["evidence"] == "transfer" and pre["value"] == found[0].task_id
     assert pre["n_seeds"] == 3 and 0 < pre["score"] <= 1
     assert recs["architecture"] == []  # the paper released no per-task best architecture
+
+
+def test_recommendations_rank_by_what_worked_elsewhere(paper_store):
+    """The default order: the learned score (outcomes of other targets, blended with the
+    distance), each candidate with its reason; the query's own task never a source."""
+    store, _ = paper_store
+    kb = KnowledgeBase(store)
+    wide = kb.nearest_to_task("cholec80_hook_presence", k=64)
+    recs = recommend(kb, wide, ["pretraining", "augmentation"], target="cholec80_hook_presence",
+                     k=5)
+    for kind in ("pretraining", "augmentation"):
+        ranked = recs[kind]
+        assert len(ranked) == 5 and [c["rank"] for c in ranked] == [1, 2, 3, 4, 5]
+        assert all(c["ranking"] == "learned" for c in ranked)
+        scores = [c["learned_score"] for c in ranked]
+        assert scores == sorted(scores, reverse=True)
+        assert "cholec80_hook_presence" not in [c["source"] for c in ranked]
+        assert all("targets it was tried on" in c["why"] and c["n_targets"] > 0 for c in ranked)
+    # What the outcomes teach: digits are poor pretraining sources for medical images.
+    assert not {"mnist_digit_classification", "emnist_digit_classification", "svhn"} & {
+        c["source"] for c in recs["pretraining"]}
+    model = kb.outcome_model()
+    assert kb.outcome_model() is model  # kept in memory until the outcomes change
+    assert set(model.alphas) == {"arch", "pretrain", "augmentation", "multi_task"}
+    assert all(0 <= a <= 1 for a in model.alphas.values())
 
 
 def test_imported_distances_are_cached_until_the_table_changes(tmp_path, monkeypatch):
