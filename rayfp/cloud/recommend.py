@@ -99,8 +99,9 @@ def recommend(kb: KnowledgeBase, neighbours: Sequence[Neighbour], kinds: Sequenc
             ranking = ({"ranking": "distance"} if why is None else
                        {"ranking": "learned", **{f: why[f] for f in (
                            "learned_score", "alpha", "n_targets", "improved", "prior", "why")}})
-            candidates.append({"rank": place, "source": source, **near, **confidence,
-                               **ranking, **found})
+            # distance: the neighbour's rank; learned: the place in the returned list
+            candidates.append({"rank": place if why is None else len(candidates) + 1,
+                               "source": source, **near, **confidence, **ranking, **found})
             if len(candidates) == k:
                 break
         out[kind] = candidates

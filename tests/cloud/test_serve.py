@@ -591,3 +591,46 @@ def test_a_record_the_service_cannot_read_is_skipped_not_fatal(cloud):
         assert restarted.unreadable[space.space_id] == {"unreadable"}
     finally:
         cloud["store"].delete_fingerprint(space.space_id, "unreadable")
+
+
+def test_a_reported_outcome_changes_the_next_recommendation_for_other_tasks(cloud):
+    """Sites report what transfers did for their tasks (per seed, against the no-transfer
+    baseline); the cloud learns from them: a source that kept helping other targets rises in
+    the next recommendation for a task that reported nothing. Bad reports get 4xx, a repeat
+    is not counted twice."""
+    from rayfp.evaluate import PaperData, Protocol
+
+    client = CloudClient(cloud["url"], token=TOKEN)
+    query = {"task_id": "laryngeal_tissues", "kinds": ["pretraining"], "k": 3}
+    before = client.recommend(**query)["recommendations"]["pretraining"]
+    assert [c["ranking"] for c in before] == ["learned"] * 3 and all(c["why"] for c in before)
+    digits = "mnist_digit_classification"
+    assert digits not in [c["source"] for c in before]  # digits rarely help medical tasks
+    by_distance = client.recommend(**query, rank="distance")["recommendations"]["pretraining"]
+    assert [c["ranking"] for c in by_distance] == ["distance"] * 3
+
+    good = {"scenario": "pretraining", "source": digits, "metric": "AUROC",
+            "baseline": [0.5, 0.5, 0.5], "score": [1.0, 1.0, 1.0]}
+    path = "/v1/tasks/svhn/outcomes"
+    assert http(cloud, "POST", path, good)[0] == 401
+    for bad, field in (({**good, "score": [1.5, 1.0, 1.0]}, "score"),
+                       ({**good, "baseline": [0.5]}, "baseline"),
+                       ({**good, "scenario": "optimizer"}, "scenario"),
+                       ({**good, "metric": "AUROC; drop"}, "metric")):
+        status, answer = http(cloud, "POST", path, bad, token=TOKEN)
+        assert status == 422 and field in json.dumps(answer)
+    status, answer = http(cloud, "POST", path, {**good, "source": "nope"}, token=TOKEN)
+    assert status == 404 and "nope" in answer["detail"]
+    assert http(cloud, "POST", "/v1/tasks/nobody/outcomes", good, token=TOKEN)[0] == 404
+
+    targets = [t for t in Protocol(PaperData(), "development").targets()
+               if t not in ("laryngeal_tissues", digits)]
+    for target in targets:
+        for metric in ("AUROC", "BA"):
+            client.report_outcome(target, **{**good, "metric": metric})
+    rows = cloud["store"].transfers().num_rows
+    client.report_outcome(targets[0], **good)  # the same report again: replaces, not adds
+    assert cloud["store"].transfers().num_rows == rows
+    after = client.recommend(**query)["recommendations"]["pretraining"]
+    assert after[0]["source"] == digits, after
+    assert after[0]["improved"] >= len(targets) and "targets it was tried on" in after[0]["why"]
