@@ -136,6 +136,8 @@ class KnowledgeBase:
         self.unreadable: dict[str, set[str]] = {}  # space -> tasks whose record is unreadable
         self._task_locks: dict[tuple[str, str], threading.Lock] = {}  # parts of one task
         self._locks_lock = threading.Lock()
+        self._evidence: tuple | None = None  # (table versions, Evidence)
+        self._evidence_lock = threading.Lock()
 
     @classmethod
     def local(cls, store: Store | str | os.PathLike) -> KnowledgeBase:
@@ -562,9 +564,18 @@ class KnowledgeBase:
         self.store.put_baselines(baselines)  # first: a transfer never lacks its baseline
         self.store.put_transfers(transfers)
 
-    def evidence(self) -> tuple[Any, Any]:
-        """(components, transfers) as DataFrames: what recommendations are made of."""
-        return self.store.components().to_pandas(), self.store.transfers().to_pandas()
+    def evidence(self) -> Any:
+        """What recommendations are made of (rayfp.cloud.recommend.Evidence), indexed again
+        only when the components or transfers change."""
+        from rayfp.cloud.recommend import Evidence
+
+        version = (self.store.knowledge_version("components"),
+                   self.store.knowledge_version("transfers"))
+        with self._evidence_lock:
+            if self._evidence is None or self._evidence[0] != version:
+                self._evidence = (version, Evidence(self.store.components().to_pandas(),
+                                                    self.store.transfers().to_pandas()))
+            return self._evidence[1]
 
     def space_ids(self) -> list[str]:
         return self.store.space_ids()

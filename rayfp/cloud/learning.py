@@ -25,6 +25,7 @@ from rayfp.evaluate.learned import (
 )
 from rayfp.store.store import Store
 
+MAX_CACHED = 4096  # priors kept per model (one per scenario and query task)
 # The imported matrix the blend is tuned against (the paper's bKLD small).
 BLEND_SELECTOR = "KLD-PP:NS-W:TS-100-BINS"
 
@@ -34,6 +35,7 @@ class OutcomeModel:
         self.priors: dict[str, Prior] = {}
         self.alphas: dict[str, float] = {}
         self.outcomes = len(transfers)
+        self._stats: dict[tuple[str, str | None], pd.DataFrame] = {}  # priors leaving one out
         for scenario, rows in transfers.groupby("scenario"):
             prior = Prior(standardised(rows))
             self.priors[str(scenario)] = prior
@@ -63,7 +65,11 @@ class OutcomeModel:
         prior = self.priors.get(scenario or "")
         if prior is None:
             return []
-        stats = prior.of(exclude=[exclude] if exclude else [])
+        stats = self._stats.get((scenario, exclude))
+        if stats is None:
+            stats = prior.of(exclude=[exclude] if exclude else [])
+            if len(self._stats) < MAX_CACHED:
+                self._stats[scenario, exclude] = stats
         pool = [s for s in dict.fromkeys([*candidates, *stats.index[stats["n"] > 0]])
                 if s != exclude]
         if not pool:
@@ -73,12 +79,12 @@ class OutcomeModel:
         score = blend(stats["prior"].reindex(pool).fillna(0.0),
                       affinity if len(affinity) >= 2 else None, alpha)
         near = {s: i for i, s in enumerate(sorted(distances, key=distances.get), start=1)}
-        stats = stats.reindex(pool).fillna(0)
+        rows = stats.reindex(pool).fillna(0).to_dict("index")
         ordered = score.sort_values(ascending=False, kind="stable")
         return [{"source": s, "learned_score": float(value), "alpha": alpha,
-                 "n_targets": int(stats.loc[s, "n"]), "improved": int(stats.loc[s, "improved"]),
-                 "prior": float(stats.loc[s, "prior"]),
-                 "why": explain(stats.loc[s], rank_by_distance=near.get(s))}
+                 "n_targets": int(rows[s]["n"]), "improved": int(rows[s]["improved"]),
+                 "prior": float(rows[s]["prior"]),
+                 "why": explain(rows[s], rank_by_distance=near.get(s))}
                 for s, value in ordered.items()]
 
     # -- one model per store version ------------------------------------------------------------

@@ -10,6 +10,7 @@ blended with the distance, rayfp/cloud/learning.py; docs/learned.md), or by dist
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +23,26 @@ from rayfp.errors import ConfigError
 
 # Kinds whose component *is* the source task: evidence comes from measured transfers from it.
 SOURCE_IS_COMPONENT = {"pretraining": "pretrain", "cotraining": "multi_task"}
+
+
+class Evidence:
+    """What the store records, indexed once per version of its tables: each (task, kind)'s best
+    component and each (source, scenario)'s transfer evidence, so a recommendation is a few
+    dictionary lookups instead of table scans."""
+
+    def __init__(self, components: pd.DataFrame, transfers: pd.DataFrame) -> None:
+        self.components = {key: found for key, rows in components.groupby(["task_id", "kind"])
+                           if (found := _best_component(rows)) is not None}
+        self.transfers = {key: found for key, rows in transfers.groupby(["source", "scenario"])
+                          if (found := _transfer_evidence(rows, *key)) is not None}
+
+    def component(self, task_id: str, kind: str) -> dict[str, Any] | None:
+        found = self.components.get((task_id, kind))
+        return None if found is None else dict(found)
+
+    def transfer(self, source: str, scenario: str) -> dict[str, Any] | None:
+        found = self.transfers.get((source, scenario))
+        return None if found is None else dict(found)
 
 
 def _best_component(rows: pd.DataFrame) -> dict[str, Any] | None:
@@ -61,6 +82,12 @@ def _neighbour_itself(source: str, kind: str) -> dict[str, Any]:
 RANKS = ("learned", "distance")
 
 
+@functools.lru_cache(maxsize=4096)
+def _summary(policy: str) -> str:
+    """A policy's summary, made once per policy (walking one takes milliseconds)."""
+    return summarize_policy(policy)
+
+
 def recommend(kb: KnowledgeBase, neighbours: Sequence[Neighbour], kinds: Sequence[str], *,
               rank: str = "learned", target: str | None = None, k: int | None = None
               ) -> dict[str, list[dict[str, Any]]]:
@@ -71,7 +98,7 @@ def recommend(kb: KnowledgeBase, neighbours: Sequence[Neighbour], kinds: Sequenc
     if rank not in RANKS:
         raise ConfigError(f"rank must be one of {RANKS}, got {rank!r}")
     k = k or len(neighbours)
-    components, transfers = kb.evidence()
+    evidence = kb.evidence()
     by_task = {nb.task_id: nb for nb in neighbours}
     model = kb.outcome_model() if rank == "learned" else None
     out: dict[str, list[dict[str, Any]]] = {}
@@ -82,15 +109,14 @@ def recommend(kb: KnowledgeBase, neighbours: Sequence[Neighbour], kinds: Sequenc
                  else [(nb.task_id, None) for nb in neighbours[:k]])
         candidates = []
         for place, (source, why) in enumerate(order, start=1):
-            rows = components[(components["task_id"] == source) & (components["kind"] == kind)]
-            found = _best_component(rows)
+            found = evidence.component(source, kind)
             if found is None and kind in SOURCE_IS_COMPONENT:
-                found = (_transfer_evidence(transfers, source, SOURCE_IS_COMPONENT[kind])
+                found = (evidence.transfer(source, SOURCE_IS_COMPONENT[kind])
                          or _neighbour_itself(source, kind))
             if found is None:
                 continue
             if kind == "augmentation":
-                found["summary"] = summarize_policy(found["value"])
+                found["summary"] = _summary(found["value"])
             nb = by_task.get(source)
             near = ({"distance": None, "basis": "outcomes", "hub": False} if nb is None else
                     {"distance": nb.distance, "basis": nb.basis, "hub": nb.hub})
