@@ -19,8 +19,9 @@ import pandas as pd
 from bench.bench_core import machine
 from bench.sections import replace_section
 from rayfp.evaluate.data import PaperData, csls
-from rayfp.evaluate.names import PAPER_SELECTORS
-from rayfp.evaluate.protocol import EvalConfig, evaluate, evaluate_random
+from rayfp.evaluate.learned import learned_selectors
+from rayfp.evaluate.names import PAPER_SELECTORS, SCENARIOS
+from rayfp.evaluate.protocol import EvalConfig, Protocol, evaluate, evaluate_random
 from rayfp.evaluate.significance import margin_over_random
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,19 +45,29 @@ def main(argv: list[str] | None = None) -> int:
     selectors = {n: data.distances(s) for n, s in PAPER_SELECTORS.items()}
     csls_name = f"bKLD (small) CSLS-{args.csls}"
     selectors[csls_name] = csls(selectors["bKLD (small)"], args.csls)
+    proto = Protocol(data, "development")
+    learned_names = []
+    for holdout in ("target", "group"):
+        for name, per_scenario in learned_selectors(proto, selectors["bKLD (small)"], SCENARIOS,
+                                                    holdout=holdout).items():
+            label = name if holdout == "target" else f"{name} (leave-one-group-out)"
+            selectors[label] = per_scenario
+            learned_names.append(label)
     config = EvalConfig(ks=KS)
     scores = pd.concat([evaluate(data, selectors, config), evaluate_random(data, config)],
                        ignore_index=True)
     margins = margin_over_random(scores, "random", ks=KS)
     versus = margin_over_random(scores[scores.selector.isin([csls_name, "bKLD (small)"])],
                                 "bKLD (small)", ks=KS)
+    learned_vs = margin_over_random(
+        scores[scores.selector.isin([*learned_names, "bKLD (small)"])], "bKLD (small)", ks=KS)
     raw = (scores[scores.meta_metric.isin(["gain", "delta"])]
            .groupby(["selector", "metric", "meta_metric"])["score"].mean())
 
     lines = [f"## {TITLE}", "", f"Machine: {machine()}  ",
              f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
              "Command: `python -m bench.bench_evaluate`", "",
-             f"`rayfp evaluate` (8 selectors + random, k = 1–5, "
+             f"`rayfp evaluate` (8 selectors, learned and learned+bkld-small, random; k = 1–5, "
              f"intervals and tests): **{command_s:.0f} s** on this machine.", "",
              "Development targets (23), mean over the 4 scenarios and k = 1, 3, 5 per target. "
              "Random is the exact expectation over random k-subsets of the valid sources. "
@@ -66,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
              "p | q | improvement (delta) | margin over random [95 %] | p | q |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     table = margins.set_index(["selector", "metric", "meta_metric"])
-    for selector in [*PAPER_SELECTORS, csls_name]:
+    for selector in [*PAPER_SELECTORS, csls_name, *learned_names]:
         for metric in ("AUROC", "BA"):
             cells = []
             for meta in ("gain", "delta"):
@@ -84,7 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{meta} {metric} {vs.loc[(metric, meta), 'diff']:+.4f} "
         f"[{vs.loc[(metric, meta), 'diff_lo']:+.4f}, {vs.loc[(metric, meta), 'diff_hi']:+.4f}]"
         f", p {vs.loc[(metric, meta), 'p']:.3f}"
-        for metric in ("AUROC", "BA") for meta in ("gain", "delta")) + ".", ""]
+        for metric in ("AUROC", "BA") for meta in ("gain", "delta")) + ".", "",
+        "The learned selectors (docs/learned.md) against bKLD (small), paired over targets "
+        "(diff [95 %], p):", "",
+        "| selector | gain AUROC | gain BA | delta AUROC | delta BA |", "|---|---|---|---|---|"]
+    lv = learned_vs.set_index(["selector", "metric", "meta_metric"])
+    for name in learned_names:
+        lines.append(f"| {name} | " + " | ".join(
+            f"{lv.loc[(name, metric, meta), 'diff']:+.4f} "
+            f"[{lv.loc[(name, metric, meta), 'diff_lo']:+.4f}, "
+            f"{lv.loc[(name, metric, meta), 'diff_hi']:+.4f}], p {lv.loc[(name, metric, meta), 'p']:.4f}"
+            for meta in ("gain", "delta") for metric in ("AUROC", "BA")) + " |")
+    lines.append("")
     section = "\n".join(lines) + "\n"
     print(section)
     replace_section(TITLE, section)
