@@ -338,11 +338,16 @@ def test_a_query_with_replicates_says_how_sure_it_is(cloud, tmp_path, capsys):
     assert confidence["label"] in ("confident", "moderate", "unsure")
     assert all(0 <= n["top1_rate"] <= n["topk_rate"] <= 1 for n in answer["neighbours"])
     recommended = client.recommend(fingerprint=query, kinds=["pretraining"], k=2,
-                                   replicates=replicates)
+                                   replicates=replicates, rank="distance")
     assert recommended["confidence"]["replicates"] == 16
     for candidate, neighbour in zip(recommended["recommendations"]["pretraining"],
                                     recommended["neighbours"]):  # each carries its rates
         assert candidate["top1_rate"] == neighbour["top1_rate"] is not None
+    learned = client.recommend(fingerprint=query, kinds=["pretraining"], k=2,
+                               replicates=replicates)  # paper sources by their outcomes too
+    rates = {n["task_id"]: n["top1_rate"] for n in learned["neighbours"]}
+    for candidate in learned["recommendations"]["pretraining"]:
+        assert candidate.get("top1_rate") == rates.get(candidate["source"])
 
     # Bootstrap replicates of a site's images (its kept view table), released at ε = 1 more:
     # the server recomputes the sensitivity and composes the total itself.
