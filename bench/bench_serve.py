@@ -173,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             expected = {q.task_id: [t for _, t in sorted((bkld(q, s), s.task_id)
                                                          for s in sources)[:5]]
                         for q in queries[:args.checked]}
+            # Synthetic exact fingerprints: a cloud of public data (max_epsilon null), or the
+            # default policy would refuse the registration the benchmark times (403).
             serve.run(build_app({"store": str(store.root), "token": "x", "min_images": 1,
-                                 "threads": args.threads}),
+                                 "threads": args.threads, "max_epsilon": None}),
                       name="bench", route_prefix="/")
             url = f"http://127.0.0.1:{port}/v1/nearest"
             bodies = [json.dumps({"fingerprint": encode_fingerprint(q), "k": 5}).encode()
