@@ -71,12 +71,17 @@ class Prior:
                              "mean": (total / n.where(n > 0)).fillna(0.0)})
 
 
-def _zscore(values: pd.Series) -> pd.Series:
-    values = values.astype(float)
-    sd = values.std(ddof=0)
+def _standard(values: np.ndarray) -> np.ndarray:
+    """z-scores of a vector (NaN ignored, then 0); a constant vector gives zeros."""
+    mean, sd = np.nanmean(values), np.nanstd(values)
     if not np.isfinite(sd) or sd == 0:
-        return values * 0.0
-    return (values - values.mean()) / sd
+        return np.zeros_like(values)
+    return np.nan_to_num((values - mean) / sd, nan=0.0)
+
+
+def _zscore(values: pd.Series) -> pd.Series:
+    """_standard over a Series, keeping its index."""
+    return pd.Series(_standard(values.to_numpy(dtype=float)), index=values.index)
 
 
 def blend(prior: pd.Series, affinity: pd.Series | None, alpha: float) -> pd.Series:
@@ -88,15 +93,7 @@ def blend(prior: pd.Series, affinity: pd.Series | None, alpha: float) -> pd.Seri
     aff = affinity.reindex(prior.index)
     if aff.notna().sum() < 2:
         return score
-    return (1 - alpha) * score + alpha * _zscore(aff).fillna(0.0)
-
-
-def _standard(values: np.ndarray) -> np.ndarray:
-    """z-scores of a vector (NaN ignored, then 0); a constant vector gives zeros."""
-    mean, sd = np.nanmean(values), np.nanstd(values)
-    if not np.isfinite(sd) or sd == 0:
-        return np.zeros_like(values)
-    return np.nan_to_num((values - mean) / sd, nan=0.0)
+    return (1 - alpha) * score + alpha * _zscore(aff)  # no affinity: 0, the mean
 
 
 def choose_alpha(prior: Prior, affinity_of: Callable[[str], pd.Series | None],
