@@ -156,7 +156,8 @@ def test_a_query_by_task_id_is_answered_from_the_index(tmp_path, rng, monkeypatc
     from_index = kb.stored_fingerprint("t2")
     np.testing.assert_array_equal(from_index.counts, from_store.counts)
     np.testing.assert_array_equal(from_index.feature_sum, from_store.feature_sum)
-    assert kb.nearest_to_task("t2", k=3) == expected
+    ranked = [(n.task_id, n.distance) for n in kb.nearest_to_task("t2", k=3)]
+    assert ranked == [(n.task_id, n.distance) for n in expected]  # hub flags arrive later
     assert kb.stored_fingerprint("not-there") is None
 
 
