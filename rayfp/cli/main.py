@@ -12,13 +12,13 @@ import sys
 from collections.abc import Sequence
 
 from rayfp import __version__
-from rayfp.cli import audit, cloud, local, privacy_cmd, store_cmd
+from rayfp.cli import audit, catalog_cmd, cloud, local, privacy_cmd, store_cmd
 from rayfp.cli.local import METRIC_HELP  # noqa: F401 - the registry's names, spelled out
 from rayfp.errors import MissingExtraError, RayfpError
 from rayfp.evaluate import command as evaluate_command
 
 # In the order `rayfp --help` lists them.
-COMMAND_MODULES = (local, evaluate_command, cloud, audit, store_cmd, privacy_cmd)
+COMMAND_MODULES = (local, evaluate_command, cloud, catalog_cmd, audit, store_cmd, privacy_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
