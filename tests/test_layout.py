@@ -18,7 +18,8 @@ SHARED = {"rayfp", "rayfp.errors", "rayfp.registry", "rayfp.defaults"}
 # Layer -> the rayfp layers it may import (besides itself and SHARED). Reading down the list,
 # each layer builds on the ones above it: the fingerprint model, the store, search, private
 # releases, decoding, extraction (torch), the cluster (Ray Data), the evaluation, the cloud
-# (Serve), and the CLI on top of everything.
+# (Serve), the catalog of the paper's tasks (seeds a store through the cluster), and the CLI on
+# top of everything.
 ALLOWED = {
     "core": set(),
     "store": {"core"},
@@ -170,7 +171,7 @@ def base_install() -> set[str]:
 
 def test_light_commands_need_only_the_base_install(small_store, tmp_path):
     """The light client (`pip install rayfp`, no extras) runs show, compare, nearest, evaluate,
-    import-paper and the query/recommend/register path. Simulated here by refusing, in a fresh
+    import-paper, catalog check and the query/recommend/register path. Simulated here by refusing, in a fresh
     interpreter, every installed module that no base requirement brings (torch, Ray, numba,
     matplotlib, pydicom, ...): optional imports fall back exactly as in a light install."""
     import re
@@ -187,7 +188,8 @@ def test_light_commands_need_only_the_base_install(small_store, tmp_path):
             ["nearest", "--store", root, "--task-id", "a"],
             ["evaluate", "-k", "1", "--scenarios", "arch", "--bootstrap", "20",
              "--permutations", "20", "--tau-draws", "20"],
-            ["import-paper", "--store", str(tmp_path / "paper")]]
+            ["import-paper", "--store", str(tmp_path / "paper")],
+            ["catalog", "check", str(tmp_path), "--labels-only"]]
     code = ("import contextlib, io, json, sys\nSTART = set(sys.modules)  # site's .pth hooks\n"
             f"BLOCKED = set({blocked!r})\n"
             "class Refuse:\n"

@@ -155,21 +155,38 @@ def select_regex(base: Path, rule: dict) -> Selection:
     return Selection(_keep_classes(items, rule, notes), notes)
 
 
-def read_table(path: Path, sep: str = ",", header: bool = True):
-    """A label table as strings (no float parsing: CheXpert's "1.0" stays "1.0"). A missing,
-    empty or ragged table raises CatalogError naming it."""
+def read_label_table(path: Path, sep: str = ","):
+    """A label table as strings (no float parsing: CheXpert's "1.0" stays "1.0"). A missing or
+    empty table, an unterminated quote, or a row with more or fewer fields than the header (a
+    table cut off mid-row) raises CatalogError naming the file and the row: a truncated copy
+    must never pass for a smaller task. ``sep``: one character, or a regular expression (PH2's
+    ``||`` columns)."""
+    import csv
+    import io
+
     import pandas as pd
 
     if not path.is_file():
         raise CatalogError(f"{path}: label file is missing")
     try:
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False,
-                           engine="python" if len(sep) > 1 else "c",
-                           header=0 if header else None, skipinitialspace=True,
-                           on_bad_lines="error")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"{path}: cannot read the label table: "
-                           f"{str(exc).splitlines()[0]}") from None
+        text = path.read_text(encoding="utf-8-sig")
+        if len(sep) == 1:
+            rows = list(csv.reader(io.StringIO(text), delimiter=sep, strict=True,
+                                   skipinitialspace=True))
+        else:
+            rows = [re.split(sep, line) for line in text.splitlines()]
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{path}: cannot read the label table: {exc}") from None
+    numbered = [(n, r) for n, r in enumerate(rows, 1) if any(c.strip() for c in r)]
+    if not numbered:
+        raise CatalogError(f"{path}: the label table is empty")
+    header = [c.strip() for c in numbered[0][1]]
+    ragged = [(n, len(r)) for n, r in numbered[1:] if len(r) != len(header)]
+    if ragged:
+        n, width = ragged[0]
+        raise CatalogError(f"{path}: row {n} has {width} fields, the header has {len(header)}: "
+                           f"the table is truncated or malformed ({len(ragged)} such rows)")
+    return pd.DataFrame([r for _, r in numbered[1:]], columns=header, dtype=str)
 
 
 def _column(frame, name: str, where: Path):
@@ -193,13 +210,12 @@ def _template_paths(frame, template: str, where: Path) -> list[str]:
 def select_csv(base: Path, rule: dict, *, require_files: bool = True) -> Selection:
     sep = rule.get("sep", ",")
     table_path = base / _patterns(rule, "file")[0]
-    frame = read_table(table_path, sep)
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame = read_label_table(table_path, sep)
     notes: list[str] = []
     if "rows" in rule:  # index files that choose rows (by position in the table)
         chosen: list[int] = []
         for name in rule["rows"]["files"]:
-            index = read_table(base / name)
+            index = read_label_table(base / name)
             chosen += [int(v) for v in _column(index, rule["rows"]["column"], base / name)]
         frame = frame.iloc[sorted(set(chosen))].reset_index(drop=True)
     paths = _template_paths(frame, _patterns(rule, "image")[0], table_path)
@@ -221,7 +237,7 @@ def select_csv(base: Path, rule: dict, *, require_files: bool = True) -> Selecti
     keys = set()
     if "exclude" in rule:
         ex = rule["exclude"]
-        drop = read_table(base / ex["file"])
+        drop = read_label_table(base / ex["file"])
         keys = set(_column(drop, ex["column"], base / ex["file"]))
         key_of = _column(frame, ex["key"], table_path).tolist()
     items = []
@@ -251,7 +267,7 @@ def select_video_frames(base: Path, rule: dict, *, require_files: bool = True) -
     for video in videos:
         stem = Path(video).stem
         table_path = base / rule["annotations"].replace("{stem}", stem)
-        frame = read_table(table_path, rule.get("sep", ","))
+        frame = read_label_table(table_path, rule.get("sep", ","))
         numbers = _column(frame, rule.get("frame_column", "Frame"), table_path).tolist()
         raw = _column(frame, rule["label"], table_path).tolist()
         for number, value in zip(numbers, raw):

@@ -38,7 +38,7 @@ def ensure_paper_knowledge(store) -> bool:
     """Import the paper's released knowledge unless the store has it; True when imported."""
     from rayfp.cloud.paper_import import import_paper
 
-    if any(row.get("owner") == PAPER_OWNER for row in store.tasks()):
+    if any(row.get("owner") == PAPER_OWNER for row in store.tasks().to_pylist()):
         return False
     import_paper(None, store)
     return True
