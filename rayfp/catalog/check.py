@@ -7,6 +7,7 @@ folder with no images) is "broken" with the reason; the other tasks are checked 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -67,8 +68,25 @@ def differences(task: CatalogTask, selection: Selection) -> list[str]:
     return out + selection.notes
 
 
+def archive_differences(dataset: Dataset, folder: Path) -> list[str]:
+    """The downloaded archives kept in the dataset's folder whose sha256 is not the published
+    one (an archive that is not there is not checked: most are deleted after unpacking)."""
+    out = []
+    for archive in dataset.archives:
+        path = folder / archive.name
+        if archive.sha256 and path.is_file():
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() != archive.sha256:
+                out.append(f"archive {archive.name}: sha256 {digest.hexdigest()[:16]}..., "
+                           f"published {archive.sha256[:16]}... (a damaged or other download)")
+    return out
+
+
 def check_task(dataset: Dataset, task: CatalogTask, root: str | Path, *,
-               require_files: bool = True) -> TaskCheck:
+               require_files: bool = True, archives: list[str] | None = None) -> TaskCheck:
     folder = dataset.path_under(root)
     if not folder.is_dir():
         return TaskCheck(dataset, task, MISSING, reason=f"no folder {folder}")
@@ -76,7 +94,9 @@ def check_task(dataset: Dataset, task: CatalogTask, root: str | Path, *,
         selection = select(folder, task.rule, require_files=require_files)
     except CatalogError as exc:
         return TaskCheck(dataset, task, BROKEN, reason=str(exc))
-    return TaskCheck(dataset, task, FOUND, selection, differences=differences(task, selection))
+    found = differences(task, selection)
+    found += archive_differences(dataset, folder) if archives is None else archives
+    return TaskCheck(dataset, task, FOUND, selection, differences=found)
 
 
 def check_root(catalog: dict[str, Dataset], root: str | Path, *,
@@ -84,6 +104,11 @@ def check_root(catalog: dict[str, Dataset], root: str | Path, *,
                ) -> list[TaskCheck]:
     """Every task of the catalog (or of ``tasks``), checked against its copy under ``root``."""
     wanted = set(tasks) if tasks else None
-    return [check_task(dataset, task, root, require_files=require_files)
-            for dataset in catalog.values() for task in dataset.tasks
-            if wanted is None or task.id in wanted]
+    checks = []
+    for dataset in catalog.values():
+        chosen = [t for t in dataset.tasks if wanted is None or t.id in wanted]
+        folder = dataset.path_under(root)
+        archives = archive_differences(dataset, folder) if chosen and folder.is_dir() else []
+        checks += [check_task(dataset, task, root, require_files=require_files,
+                              archives=archives) for task in chosen]
+    return checks

@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import fnmatch
+import functools
 import glob
 import gzip
 import os
@@ -156,6 +157,16 @@ def select_regex(base: Path, rule: dict) -> Selection:
 
 
 def read_label_table(path: Path, sep: str = ","):
+    """The label table at ``path`` (see _parse_table); read once per version of the file, since
+    CheXpert's 13 tasks share one table of 223k rows. Callers must not modify it."""
+    if not path.is_file():
+        raise CatalogError(f"{path}: label file is missing")
+    stat = path.stat()
+    return _parse_table(str(path), stat.st_mtime_ns, stat.st_size, sep)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_table(name: str, _mtime: int, _size: int, sep: str):
     """A label table as strings (no float parsing: CheXpert's "1.0" stays "1.0"). A missing or
     empty table, an unterminated quote, or a row with more or fewer fields than the header (a
     table cut off mid-row) raises CatalogError naming the file and the row: a truncated copy
@@ -166,8 +177,7 @@ def read_label_table(path: Path, sep: str = ","):
 
     import pandas as pd
 
-    if not path.is_file():
-        raise CatalogError(f"{path}: label file is missing")
+    path = Path(name)
     try:
         text = path.read_text(encoding="utf-8-sig")
         if len(sep) == 1:

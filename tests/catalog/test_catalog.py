@@ -136,6 +136,9 @@ def test_every_rule_kind_picks_exactly_what_the_fake_copy_holds(fake_root):
     assert "ISIC_0000005" not in {Path(i.path).stem for i in
                                   checks["isic20_melanoma_classification"].selection.items}
     assert "0" in written["svhn"]
+    # A kept archive is checked against its published sha256 (the fake's gzip is not MNIST's).
+    assert any(d.startswith("archive train-images-idx3-ubyte.gz: sha256") for d in
+               checks["mnist_digit_classification"].differences)
     frames = checks["cholec80_grasper_presence"].selection.items
     assert {i.frame for i in frames} == {0, 25, 50}
 
