@@ -137,9 +137,10 @@ def load_catalog(folder: str | Path | None = None) -> dict[str, Dataset]:
     """Every dataset of the catalog (default: the one that ships with rayfp), by id."""
     import yaml
 
-    files = (sorted(Path(folder).glob("*.yaml")) if folder is not None else
-             sorted((p for p in resources.files("rayfp.catalog").joinpath("datasets").iterdir()
-                     if p.name.endswith(".yaml")), key=lambda p: p.name))
+    files = sorted(Path(folder).glob("*.yaml")) if folder is not None else [
+        p for p in resources.files("rayfp.catalog").joinpath("datasets").iterdir()
+        if p.name.endswith(".yaml")]
+    files = sorted(files, key=lambda p: p.name.lower())
     datasets: dict[str, Dataset] = {}
     seen_tasks: dict[str, str] = {}
     for path in files:
