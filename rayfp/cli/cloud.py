@@ -45,7 +45,13 @@ def add_parsers(sub) -> None:
                            ("register", "send a task's fingerprint to a server")):
         p = sub.add_parser(name, help=helptext)
         p.set_defaults(run=cmd_register if name == "register" else cmd_query)
-        p.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
+        if name == "register":
+            p.add_argument("--server", required=True, help="e.g. http://127.0.0.1:8000")
+        else:
+            where = p.add_mutually_exclusive_group(required=True)
+            where.add_argument("--server", help="e.g. http://127.0.0.1:8000")
+            where.add_argument("--store", help="answer from this store here, without a service "
+                                               "(the cloud's own ranking code), for a task in it")
         p.add_argument("--task-id", required=True)
         p.add_argument("--fingerprint-from", metavar="STORE", required=name == "register",
                        help="send this local store's fingerprint of --task-id (never images)")
@@ -210,17 +216,33 @@ def _epsilon_text(privacy) -> str:
     return "exact counts" if epsilon is None else f"ε={epsilon:g}"
 
 
+def _answer_from_store(args: argparse.Namespace) -> dict:
+    from rayfp.cloud.answers import answer_for_task
+    from rayfp.cloud.knowledge import KnowledgeBase
+
+    if args.fingerprint_from or args.replicates:
+        raise ConfigError("--store answers for a task in that store: --fingerprint-from and "
+                          "--replicates need a --server")
+    kinds = args.kinds.split(",") if args.command == "recommend" else None
+    return answer_for_task(KnowledgeBase.local(args.store), args.task_id, space_id=args.space,
+                           k=args.k, metric=args.metric, kinds=kinds,
+                           rank=getattr(args, "rank", "learned"))
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from rayfp.cloud.client import CloudClient
 
-    fp = _local_fingerprint(args)
-    client = CloudClient(args.server)
-    kwargs = {"task_id": None if fp else args.task_id, "fingerprint": fp, "k": args.k,
-              "metric": args.metric, "replicates": _replicates(args, fp)}
-    if args.command == "recommend":
-        answer = client.recommend(kinds=args.kinds.split(","), rank=args.rank, **kwargs)
+    if args.store:
+        answer = _answer_from_store(args)
     else:
-        answer = client.nearest(**kwargs)
+        fp = _local_fingerprint(args)
+        client = CloudClient(args.server)
+        kwargs = {"task_id": None if fp else args.task_id, "fingerprint": fp, "k": args.k,
+                  "metric": args.metric, "replicates": _replicates(args, fp)}
+        if args.command == "recommend":
+            answer = client.recommend(kinds=args.kinds.split(","), rank=args.rank, **kwargs)
+        else:
+            answer = client.nearest(**kwargs)
     if args.json:
         json.dump(answer, sys.stdout, indent=2)
         print()

@@ -9,7 +9,6 @@ KnowledgeBase.nearest_many, which ranks each space and metric in one pass over i
 
 
 import asyncio
-import dataclasses
 import hmac
 import logging
 import os
@@ -25,6 +24,7 @@ from ray import serve
 from ray.serve import Application
 
 from rayfp import defaults
+from rayfp.cloud.answers import neighbours_out, search_width
 from rayfp.cloud.batching import QueryBatcher
 from rayfp.cloud.knowledge import KnowledgeBase, Neighbour
 from rayfp.cloud.models import (
@@ -217,8 +217,6 @@ class _Timings:
 
 
 MAX_BATCH = 32
-# Nearest sources a learned recommendation blends (their distances); the rest count as average.
-LEARNED_WIDE = 64
 # Requests a replica holds at once: well above the batch size (or Serve holds queries back and
 # a batch can never fill), and above what stalled clients can occupy before their bodies time
 # out (BodyDeadline), so /v1/health and real queries still get in.
@@ -322,8 +320,7 @@ class KnowledgeCloud:
 
     @staticmethod
     def _ranked(found: list[Neighbour]) -> list[NeighbourOut]:
-        return [NeighbourOut(rank=rank, **dataclasses.asdict(n))
-                for rank, n in enumerate(found, start=1)]
+        return [NeighbourOut(**n) for n in neighbours_out(found)]
 
     # -- routes -------------------------------------------------------------------------------
     @api.get("/v1/health", responses=ERRORS)
@@ -366,7 +363,7 @@ class KnowledgeCloud:
     async def recommend_route(self, query: RecommendQuery, response: Response) -> RecommendOut:
         timings = _Timings()
         found, metric, k, confidence = await self._neighbours(
-            query, timings, wide=LEARNED_WIDE if query.rank == "learned" else 0)
+            query, timings, wide=search_width(0, query.rank))
         recommendations = await asyncio.to_thread(recommend, self.kb, found, query.kinds,
                                                   rank=query.rank, target=query.task_id, k=k)
         timings.mark("recommend")

@@ -289,6 +289,40 @@ def test_cli_query_and_recommend_against_the_server(cloud, tmp_path, capsys):
     os.environ.pop("RAYFP_TOKEN", None)
 
 
+def _essentials(answer: dict) -> dict:
+    """What a person acts on (hub flags follow a background measurement: left out)."""
+    return {"neighbours": [(n["task_id"], round(n["distance"], 9), n["basis"])
+                           for n in answer["neighbours"]],
+            "recommendations": {kind: [(c["source"], c["value"], c["evidence"], c.get("ranking"))
+                                       for c in candidates]
+                                for kind, candidates in answer.get("recommendations",
+                                                                   {}).items()}}
+
+
+@pytest.mark.parametrize("task_id, rank", [("svhn", "learned"), ("svhn", "distance"),
+                                           ("site-1", "learned"), ("site-3", "distance")])
+def test_recommend_from_a_store_without_a_service_answers_as_the_service(cloud, capsys,
+                                                                         task_id, rank):
+    """`rayfp recommend --store` (and `query --store`) compute the answer here, with the
+    cloud's own code, from the same store: the same neighbours and the same candidates, for a
+    paper task (imported distances) and a registered one (its fingerprint)."""
+    from rayfp.cli.main import main
+
+    answers = []
+    for where in (["--server", cloud["url"]], ["--store", str(cloud["store"].root)]):
+        assert main(["recommend", *where, "--task-id", task_id, "--kinds",
+                     "augmentation,pretraining", "-k", "3", "--rank", rank, "--json"]) == 0
+        answers.append(json.loads(capsys.readouterr().out))
+    assert _essentials(answers[0]) == _essentials(answers[1])
+    if task_id == "svhn":  # the paper's tasks carry policies
+        assert answers[1]["recommendations"]["augmentation"]
+    assert main(["query", "--store", str(cloud["store"].root), "--task-id", task_id,
+                 "-k", "3", "--json"]) == 0
+    nearest = json.loads(capsys.readouterr().out)
+    assert [n["task_id"] for n in nearest["neighbours"]] == [
+        n[0] for n in _essentials(answers[1])["neighbours"]]
+
+
 def test_the_privacy_policy_refuses_what_it_should_over_http(cloud):
     """The server's maximum ε (8 by default): exact counts, a weaker release and a record whose
     noise does not add up are refused with 403 and the reason; answers show each neighbour's ε."""
