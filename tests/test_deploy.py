@@ -142,3 +142,81 @@ def test_every_cloud_setting_is_declared_once(monkeypatch):
     with pytest.raises(pydantic.ValidationError):  # the registries still check the choices
         AppArgs(**settings_from(build_parser().parse_args(
             ["serve", "--store", "x", "--default-metric", "nope"])))
+
+
+# The RayService v1 spec's fields (KubeRay's CRD, ray-operator/config/crd/bases/
+# ray.io_rayservices.yaml, Apache-2.0), to the depth this manifest uses. The full CRD (830 KB,
+# mostly the Kubernetes pod template) is not shipped; a misspelt field fails here.
+POD_TEMPLATE = {"type": "object", "required": ["spec"],
+                "properties": {"spec": {"type": "object", "required": ["containers"]}}}
+RAYSERVICE_SPEC = {
+    "type": "object", "additionalProperties": False, "required": ["rayClusterConfig"],
+    "properties": {
+        "deploymentUnhealthySecondThreshold": {"type": "integer"},
+        "excludeHeadPodFromServeSvc": {"type": "boolean"},
+        "serveConfigV2": {"type": "string"},
+        "serveService": {"type": "object"},
+        "serviceUnhealthySecondThreshold": {"type": "integer"},
+        "upgradeStrategy": {"type": "object", "additionalProperties": False, "properties": {
+            "type": {"enum": ["NewCluster", "None", "NewClusterWithIncrementalUpgrade"]}}},
+        "rayClusterConfig": {
+            "type": "object", "additionalProperties": False, "required": ["headGroupSpec"],
+            "properties": {
+                "autoscalerOptions": {"type": "object"},
+                "enableInTreeAutoscaling": {"type": "boolean"},
+                "gcsFaultToleranceOptions": {"type": "object"},
+                "headServiceAnnotations": {"type": "object"},
+                "managedBy": {"type": "string"},
+                "rayVersion": {"type": "string"},
+                "suspend": {"type": "boolean"},
+                "headGroupSpec": {
+                    "type": "object", "additionalProperties": False, "required": ["template"],
+                    "properties": {"enableIngress": {"type": "boolean"},
+                                   "headService": {"type": "object"},
+                                   "rayStartParams": {"type": "object",
+                                                      "additionalProperties": {"type": "string"}},
+                                   "serviceType": {"type": "string"},
+                                   "template": POD_TEMPLATE}},
+                "workerGroupSpecs": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": False,
+                    "required": ["groupName", "template"],
+                    "properties": {"groupName": {"type": "string"},
+                                   "maxReplicas": {"type": "integer"},
+                                   "minReplicas": {"type": "integer"},
+                                   "numOfHosts": {"type": "integer"},
+                                   "rayStartParams": {"type": "object",
+                                                      "additionalProperties": {"type": "string"}},
+                                   "replicas": {"type": "integer"},
+                                   "scaleStrategy": {"type": "object"},
+                                   "suspend": {"type": "boolean"},
+                                   "template": POD_TEMPLATE}}}}}}}
+
+
+def test_the_rayservice_manifest_deploys_the_cloud_from_object_storage_with_a_secret_token():
+    from ray.serve.schema import ServeDeploySchema
+
+    from rayfp.cloud.models import AppArgs
+
+    manifest = yaml.safe_load((REPO / "deploy" / "rayservice.yaml").read_text())
+    assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayService")
+    spec = manifest["spec"]
+    jsonschema.validate(spec, RAYSERVICE_SPEC)
+    serve_config = ServeDeploySchema.model_validate(yaml.safe_load(spec["serveConfigV2"]))
+    (app,) = serve_config.applications
+    assert app.import_path == "rayfp.cloud.app:build_app"
+    args = AppArgs(**app.args)
+    assert args.store.startswith("s3://") and args.token == ""  # the token is the Secret's
+    cluster = spec["rayClusterConfig"]
+    assert cluster["rayVersion"] == ray.__version__
+    pods = [cluster["headGroupSpec"]["template"]] + [
+        group["template"] for group in cluster["workerGroupSpecs"]]
+    for pod in pods:  # every replica can check the token
+        for container in pod["spec"]["containers"]:
+            token = {e["name"]: e for e in container["env"]}["RAYFP_TOKEN"]
+            assert token["valueFrom"]["secretKeyRef"]["key"] == "token"
+    (head,) = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    probe = head["readinessProbe"]["httpGet"]
+    assert probe == {"path": "/v1/health", "port": serve_config.http_options.port}
+    bad = dict(spec, upgradeStratgy={"type": "NewCluster"})  # a misspelt field
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, RAYSERVICE_SPEC)

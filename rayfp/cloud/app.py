@@ -235,7 +235,9 @@ class KnowledgeCloud:
         configure_threads(args.threads)
         self.args = args
         self.cpu = cpu.describe()
-        api.state.token = args.token
+        # A deployment's args are plain text (serve config, RayService): the token may instead
+        # come from the replica's environment, set from a secret (deploy/rayservice.yaml).
+        api.state.token = args.token or os.environ.get("RAYFP_TOKEN", "")
         api.state.max_request_bytes = args.max_request_bytes
         api.state.body_timeout_s = args.body_timeout_s
         api.state.store_root = str(args.store)
