@@ -29,10 +29,11 @@ ALLOWED = {
     "extract": {"core", "store", "io", "privacy"},
     "cluster": {"core", "store", "io", "extract", "privacy"},
     "evaluate": set(),
-    "cloud": {"core", "store", "search", "evaluate", "privacy"},
+    "pictures": {"core"},
+    "cloud": {"core", "store", "search", "evaluate", "privacy", "pictures"},
     "catalog": {"core", "store", "io", "extract", "cluster", "cloud", "evaluate", "privacy"},
     "cli": {"core", "store", "search", "io", "extract", "cluster", "cloud", "evaluate", "privacy",
-            "catalog"},
+            "catalog", "pictures"},
 }
 # Third-party walls, checked on every import statement, function-level ones included.
 FORBIDDEN = {
@@ -44,6 +45,7 @@ FORBIDDEN = {
     "evaluate": {"torch", "ray", "fastapi"},
     "privacy": {"torch", "torchvision", "ray", "fastapi"},
     "catalog": {"torch", "torchvision", "fastapi"},
+    "pictures": {"torch", "ray", "fastapi"},
 }
 
 

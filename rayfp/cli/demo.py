@@ -192,7 +192,7 @@ def top1_stability(kb, store: Store, space_id: str, fps) -> dict[str, float]:
 def run_demo(out: str | os.PathLike, *, samples: int = 200, edge_samples: int | None = None,
              bins: int = 100, progress: bool = True) -> dict:
     """Build, fingerprint, compare and plot the demo tasks; returns what it printed as data."""
-    from rayfp.cli import plot
+    from rayfp.pictures import plots as plot
 
     out = Path(out)
     store = Store(out / "store")

@@ -1,6 +1,6 @@
 """The commands a site runs on its own images and store: edges, fingerprint, merge, compare,
 nearest, show, plot, stability, demo. Parsing and printing only; the work is in
-rayfp.extract.api, rayfp.core.distance, rayfp.cloud.knowledge and rayfp.cli.plot."""
+rayfp.extract.api, rayfp.core.distance, rayfp.cloud.knowledge and rayfp.pictures.plots."""
 
 from __future__ import annotations
 
@@ -348,8 +348,8 @@ def _hubness_line(store, space_id: str) -> str:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from rayfp.cli import plot
     from rayfp.core.distance import distance_matrix
+    from rayfp.pictures import plots as plot
 
     store = _store(args)
     if args.what == "fingerprint":
@@ -376,7 +376,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_stability(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from rayfp.cli import plot
+    from rayfp.pictures import plots as plot
     from rayfp.search.index import ScreenedIndex
     from rayfp.search.stability import default_sizes, image_stability
 

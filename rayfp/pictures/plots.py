@@ -5,23 +5,30 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from scipy.cluster.hierarchy import leaves_list, linkage
+from scipy.spatial.distance import squareform
 
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy.cluster.hierarchy import leaves_list, linkage  # noqa: E402
-from scipy.spatial.distance import squareform  # noqa: E402
+from rayfp.core.fingerprint import Fingerprint
 
-from rayfp.core.fingerprint import Fingerprint  # noqa: E402
+# Beyond this many tasks a distance map drops its tick labels (they would overlap) and keeps
+# its size: a picture of 1,000 tasks is as large as one of 60.
+LABELLED_TASKS = 60
 
 
-def plot_fingerprint(fp: Fingerprint, out: str | os.PathLike) -> None:
+def _figure(figsize: tuple[float, float], dpi: int = 120):
+    """A figure of its own (no pyplot state): safe to draw in several threads at once."""
+    fig = Figure(figsize=figsize, dpi=dpi)
+    return fig, fig.subplots()
+
+
+def plot_fingerprint(fp: Fingerprint, out, *, fmt: str | None = None) -> None:
     """Heat map of P (dimensions x bins) with dimensions ordered by their mean bin."""
     p = fp.probabilities
     centre = (p * np.arange(fp.bins)).sum(axis=1)
     order = np.argsort(centre, kind="stable")
-    fig, ax = plt.subplots(figsize=(8, 6), dpi=120)
+    fig, ax = _figure(figsize=(8, 6), dpi=120)
     image = ax.imshow(np.sqrt(p[order]), aspect="auto", cmap="magma", interpolation="nearest")
     ax.set_xlabel(f"bin (B = {fp.bins})")
     ax.set_ylabel(f"feature dimension (D = {fp.dim}), sorted by mean bin")
@@ -29,8 +36,7 @@ def plot_fingerprint(fp: Fingerprint, out: str | os.PathLike) -> None:
                  f"space {fp.space_id}")
     fig.colorbar(image, ax=ax, label="sqrt(probability)")
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    fig.savefig(out, format=fmt)
 
 
 def cluster_order(matrix: np.ndarray) -> np.ndarray:
@@ -50,33 +56,35 @@ def standardise_columns(matrix: np.ndarray) -> np.ndarray:
     return (matrix - matrix.mean(axis=0, keepdims=True)) / np.where(std > 0, std, 1.0)
 
 
-def plot_distances(matrix: np.ndarray, task_ids: Sequence[str], out: str | os.PathLike, *,
-                   metric: str) -> None:
+def plot_distances(matrix: np.ndarray, task_ids: Sequence[str], out, *, metric: str,
+                   title: str = "", fmt: str | None = None) -> None:
     """Clustered heat map of a square source x target distance matrix, each target column
-    standardised so the nearest sources of every target stand out."""
+    standardised so the nearest sources of every target stand out. ``out``: a path or a
+    binary file object (then ``fmt``, e.g. "png")."""
     standardised = standardise_columns(matrix)
     order = cluster_order(standardised - standardised.min())
     shown = standardised[np.ix_(order, order)]
     labels = [task_ids[i] for i in order]
-    size = max(5.0, 0.45 * len(labels) + 2.5)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size), dpi=120)
+    labelled = len(labels) <= LABELLED_TASKS
+    size = max(5.0, 0.45 * min(len(labels), LABELLED_TASKS) + 2.5)
+    fig, ax = _figure(figsize=(size + 1.5, size), dpi=120 if labelled else 80)
     image = ax.imshow(shown, cmap="viridis_r", interpolation="nearest")
-    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.set_xlabel("target task")
-    ax.set_ylabel("source task")
-    ax.set_title(f"{metric} per target, z-scored (lower = more similar), clustered")
+    if labelled:
+        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("target task" if labelled else f"{len(labels)} target tasks")
+    ax.set_ylabel("source task" if labelled else f"{len(labels)} source tasks")
+    ax.set_title(title or f"{metric} per target, z-scored (lower = more similar), clustered")
     fig.colorbar(image, ax=ax, label=f"{metric}, z-score within each target column")
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    fig.savefig(out, format=fmt)
 
 
 def plot_stability(rows, out: str | os.PathLike, *, task_id: str, k: int, answer) -> None:
     """Top-1 agreement (with its 95 % interval) and top-k overlap against the number of
     images, log x."""
     images = [r.images for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    fig, ax = _figure(figsize=(7, 4.2), dpi=120)
     agreement = np.array([r.top1_agreement for r in rows])
     ax.errorbar(images, agreement, yerr=[agreement - [r.top1_lo for r in rows],
                                          [r.top1_hi for r in rows] - agreement],
@@ -91,4 +99,3 @@ def plot_stability(rows, out: str | os.PathLike, *, task_id: str, k: int, answer
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
