@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/browser.sh  # the web page's browser test
 .venv/bin/ruff check rayfp tests bench jobs serve
 .venv/bin/python -m pytest -q "$@"

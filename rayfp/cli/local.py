@@ -81,6 +81,9 @@ def add_parsers(sub) -> None:
                    help="fetch the space from a knowledge-cloud server into --store first")
     add_sampling_flags(p)
     p.add_argument("--modality", default="", help="override the modality read from DICOM")
+    p.add_argument("--out", metavar="FILE.json",
+                   help="also write the released fingerprint to a file (the wire format a "
+                        "query sends), e.g. to upload on the cloud's web page")
     p.add_argument("--keep-views", action="store_true",
                    help="keep each view's bins and image in STORE/site-only/ (never sent), "
                         "for `rayfp query --replicates`")
@@ -215,7 +218,17 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
 
         print(f"  privacy ledger: {spent(_store(args), fp.task_id).text()} "
               "(`rayfp privacy budget`)")
+    if args.out:
+        _write_fingerprint_file(fp, args.out)
+        print(f"  {args.out}: the released fingerprint, as `rayfp query` sends it (upload it on "
+              "the cloud's page)")
     return 0
+
+
+def _write_fingerprint_file(fp, out: str) -> None:
+    from rayfp.cloud.wire import write_fingerprint_file
+
+    write_fingerprint_file(fp, out)
 
 
 def format_matrix(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], fmt: str) -> str:

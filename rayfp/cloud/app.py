@@ -9,6 +9,7 @@ KnowledgeBase.nearest_many, which ranks each space and metric in one pass over i
 
 
 import asyncio
+import functools
 import hmac
 import logging
 import os
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from ray import serve
@@ -43,6 +44,7 @@ from rayfp.cloud.models import (
     TaskIn,
 )
 from rayfp.cloud.models import Neighbour as NeighbourOut
+from rayfp.cloud.pictures import Pictures
 from rayfp.cloud.ranking import LocalRanker, Ranker
 from rayfp.cloud.recommend import recommend
 from rayfp.cloud.sharded import IndexShard, ShardFanOut
@@ -217,6 +219,15 @@ class _Timings:
 
 
 MAX_BATCH = 32
+PICTURE_TIMEOUT_S = 20.0  # a picture not drawn by then gets 503 (it keeps drawing, then cached)
+
+
+@functools.cache
+def web_page() -> str:
+    from importlib import resources
+
+    return resources.files("rayfp.cloud").joinpath("web", "index.html").read_text()
+
 # Requests a replica holds at once: well above the batch size (or Serve holds queries back and
 # a batch can never fill), and above what stalled clients can occupy before their bodies time
 # out (BodyDeadline), so /v1/health and real queries still get in.
@@ -247,6 +258,7 @@ class KnowledgeCloud:
                                 max_epsilon=args.max_epsilon,
                                 hubness_queries=0 if shards else args.hubness_queries)
         self.ranker: Ranker = ShardFanOut(shards) if shards else LocalRanker(self.kb)
+        self.pictures = Pictures(self.kb)
         log.info("rayfp knowledge cloud on %s%s", cpu.one_line(),
                  f", ranking on {len(shards)} shards" if shards else "")
         for space_id in [] if shards else self.kb.space_ids():
@@ -350,8 +362,17 @@ class KnowledgeCloud:
                 "hubness": None if hubness is None else hubness.to_record()}
 
     @api.get("/v1/tasks", responses=ERRORS)
-    def tasks(self, space_id: str | None = None) -> list[dict[str, Any]]:
-        return self.kb.tasks(space_id)
+    async def tasks(self, space_id: str | None = None) -> list[dict[str, Any]]:
+        """Every task; with ``space_id``, those fingerprinted in the space, each with its
+        released ε (null: exact counts) and whether it is a hub (weak evidence)."""
+        rows = await asyncio.to_thread(self.kb.tasks, space_id)
+        if space_id is None:
+            return rows
+        epsilons = await self.ranker.epsilons(space_id)
+        hubness = self.kb.hubness(space_id, self.args.default_metric, wait=False)
+        hubs = set() if hubness is None else {t for t, _ in hubness.hubs()}
+        return [{**r, "epsilon": epsilons.get(r["task_id"]), "hub": r["task_id"] in hubs}
+                for r in rows]
 
     @api.post("/v1/nearest", responses=ERRORS, response_model=NearestOut)
     async def nearest(self, query: Query, response: Response) -> NearestOut:
@@ -403,6 +424,39 @@ class KnowledgeCloud:
     def drop_parts(self, task_id: TaskId, space_id: SpaceId) -> dict[str, Any]:
         """Clear the parts a pooled task holds, so its sites can start again."""
         return self.kb.drop_held_parts(space_id, task_id)
+
+    # -- what people look at (read-only, no token) ---------------------------------------------
+    @api.get("/", include_in_schema=False)
+    def page(self) -> HTMLResponse:
+        """The web page over this API (one file, nothing fetched from elsewhere)."""
+        return HTMLResponse(web_page(), headers={"Cache-Control": "no-cache"})
+
+    async def _picture(self, draw, *args) -> Response:
+        if not self.ranker.holds_index():
+            raise ConfigError("pictures are drawn from an index: this sharded cloud's ingress "
+                              "holds none")
+        try:
+            png, cached = await asyncio.wait_for(asyncio.to_thread(draw, *args),
+                                                 timeout=PICTURE_TIMEOUT_S)
+        except TimeoutError:
+            raise HTTPException(503, f"the picture took longer than {PICTURE_TIMEOUT_S:g} s; "
+                                     "it is still being drawn: try again") from None
+        return Response(png, media_type="image/png",
+                        headers={"Cache-Control": "max-age=60",
+                                 "X-Rayfp-Picture": "cached" if cached else "drawn"})
+
+    @api.get("/v1/spaces/{space_id}/distances.png", responses=ERRORS, response_class=Response)
+    async def distances_png(self, space_id: SpaceId, metric: str | None = None,
+                            task_id: str | None = None) -> Response:
+        """The clustered distance map of the space's tasks (at most 200: its first by id, or
+        ``task_id`` and its nearest)."""
+        return await self._picture(self.pictures.distances, space_id,
+                                   metric or self.args.default_metric, task_id)
+
+    @api.get("/v1/tasks/{task_id}/fingerprint.png", responses=ERRORS, response_class=Response)
+    async def fingerprint_png(self, task_id: TaskId, space_id: str | None = None) -> Response:
+        """The task's fingerprint: P(bin) per feature dimension."""
+        return await self._picture(self.pictures.fingerprint, task_id, space_id)
 
     @api.post("/v1/tasks/{task_id}/components", responses=ERRORS, status_code=201,
               dependencies=[Depends(require_token)])

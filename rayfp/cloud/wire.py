@@ -44,6 +44,16 @@ def encode_fingerprint(fp: Fingerprint, *, compression: str = "zlib") -> dict[st
             "n": fp.n_samples, "n_images": fp.n_images, "privacy": dict(fp.privacy)}
 
 
+def write_fingerprint_file(fp: Fingerprint, path) -> None:
+    """A released fingerprint as a file (`rayfp fingerprint --out`): exactly the object a query
+    sends, nothing more (released counts, feature sums, n, the privacy record), with its task
+    id. The cloud's web page uploads it as a query."""
+    import json
+
+    with open(path, "w") as handle:
+        json.dump({"task_id": fp.task_id, "fingerprint": encode_fingerprint(fp)}, handle)
+
+
 def decode_array(value: Any, dtype: str, field: str, *, items: int,
                  compression: str = "none") -> np.ndarray:
     """A JSON list, or base64 of (optionally zlib-compressed) little-endian ``dtype`` values, as
