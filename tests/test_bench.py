@@ -26,6 +26,7 @@ TINY = {
     "bench_cpu": ["--views", "8", "--no-write"],
     "bench_privacy": ["attack", "--quick"],  # writes bench/results/ of the copy only
     "bench_confidence": ["cost", "--quick"],
+    "bench_pictures": ["--sources", "30", "--repeats", "2", "--no-write"],
 }
 
 

@@ -448,8 +448,8 @@ class KnowledgeCloud:
     @api.get("/v1/spaces/{space_id}/distances.png", responses=ERRORS, response_class=Response)
     async def distances_png(self, space_id: SpaceId, metric: str | None = None,
                             task_id: str | None = None) -> Response:
-        """The clustered distance map of the space's tasks (at most 200: its first by id, or
-        ``task_id`` and its nearest)."""
+        """The clustered distance map of the space's first 100 tasks by id, or of ``task_id``
+        and its 29 nearest, named."""
         return await self._picture(self.pictures.distances, space_id,
                                    metric or self.args.default_metric, task_id)
 

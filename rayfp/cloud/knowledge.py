@@ -543,7 +543,8 @@ class KnowledgeBase:
         rows = self.store.tasks().to_pylist()
         if space_id is not None:
             self.store.get_space(space_id)
-            rows = [r for r in rows if self.store.has_fingerprint(space_id, r["task_id"])]
+            held = set(self.store.release_epsilons(space_id))  # one column read, not one per task
+            rows = [r for r in rows if r["task_id"] in held]
         return sorted(rows, key=lambda r: r["task_id"])
 
     def outcome_model(self) -> OutcomeModel:

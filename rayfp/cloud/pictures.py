@@ -1,8 +1,8 @@
 """Pictures over HTTP: a space's clustered distance map and a task's fingerprint as PNG, drawn
-from the replica's own index (no store read) and cached per index version, so a repeated
-request is a dictionary lookup. Bounded: a map shows at most ``map_tasks`` tasks (a space's
-first ones by id, or a task and its nearest: ``task_id``), so its cost does not grow with the
-cloud (BENCHMARKS.md "Pictures over HTTP")."""
+from the replica's own index (no store read; exact distances from its exact path) and cached
+per index version, so a repeated request is a dictionary lookup. Bounded, so the cost does not
+grow with the cloud: a space's map shows its first SPACE_MAP_TASKS tasks by id, a task's map
+the task and its NEIGHBOURHOOD - 1 nearest, named (BENCHMARKS.md "Pictures over HTTP")."""
 
 from __future__ import annotations
 
@@ -11,17 +11,21 @@ import io
 import threading
 
 from rayfp.cloud.knowledge import KnowledgeBase
-from rayfp.core.distance import distance_matrix
+from rayfp.core.distance import distance_matrix, get_metric
 from rayfp.errors import NotFoundError
 
-MAP_TASKS = 200  # a 200 x 200 map: ~40k distances, drawn in well under the time bound
+# Measured on 2 cores at D = 512, B = 100: a 100-task map is ~60 ms of distances and ~90 ms of
+# drawing; names are most of a map's drawing time, so a named map stays at 30 tasks.
+SPACE_MAP_TASKS = 100
+NEIGHBOURHOOD = 30
 CACHED_PICTURES = 64
 
 
 class Pictures:
-    def __init__(self, kb: KnowledgeBase, *, map_tasks: int = MAP_TASKS) -> None:
+    def __init__(self, kb: KnowledgeBase, *, space_map_tasks: int = SPACE_MAP_TASKS,
+                 neighbourhood: int = NEIGHBOURHOOD) -> None:
         self.kb = kb
-        self.map_tasks = map_tasks
+        self.space_map_tasks, self.neighbourhood = space_map_tasks, neighbourhood
         # key -> (the index it was drawn from, PNG bytes); valid while that index is current.
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -49,8 +53,8 @@ class Pictures:
 
     def distances(self, space_id: str, metric: str, task_id: str | None = None
                   ) -> tuple[bytes, bool]:
-        """The clustered map of up to ``map_tasks`` tasks: the space's first by id, or
-        ``task_id`` and its nearest."""
+        """The clustered map of the space's first tasks by id, or of ``task_id`` and its
+        nearest."""
         from rayfp.pictures.plots import plot_distances
 
         index = self._index(space_id)
@@ -58,21 +62,23 @@ class Pictures:
         def draw() -> bytes:
             every = sorted(index.task_ids)
             if task_id is None:
-                chosen = every[:self.map_tasks]
+                chosen = every[:self.space_map_tasks]
             else:
                 if index.fingerprint_of(task_id) is None:
                     raise NotFoundError(f"task {task_id!r} has no fingerprint in space "
                                         f"{space_id!r}")
-                near = self.kb.nearest_to_task(task_id, k=self.map_tasks - 1, metric=metric,
-                                               space_id=space_id)
+                near = self.kb.nearest_to_task(task_id, k=self.neighbourhood - 1,
+                                               metric=metric, space_id=space_id)
                 chosen = [task_id] + [n.task_id for n in near]
             fps = [index.fingerprint_of(t) for t in chosen]
-            matrix = distance_matrix(fps, fps, metric)
+            weighting = get_metric(metric).weighting
+            matrix = (index.distances_to(fps, chosen, weighting=weighting).T  # (source, target)
+                      if weighting is not None else distance_matrix(fps, fps, metric))
             shown = (f"{len(chosen)} of {len(every)} tasks" if len(chosen) < len(every)
                      else f"{len(every)} tasks")
             where = f"{task_id} and its nearest, " if task_id else ""
             out = io.BytesIO()
-            plot_distances(matrix, chosen, out, metric=metric, fmt="png",
+            plot_distances(matrix, chosen, out, metric=metric, fmt="png", target_labels=False,
                            title=f"space {space_id}: {where}{shown}\n{metric} per target, "
                                  "z-scored (lower = more similar), clustered")
             return out.getvalue()

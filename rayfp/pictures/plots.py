@@ -57,26 +57,41 @@ def standardise_columns(matrix: np.ndarray) -> np.ndarray:
 
 
 def plot_distances(matrix: np.ndarray, task_ids: Sequence[str], out, *, metric: str,
-                   title: str = "", fmt: str | None = None) -> None:
+                   title: str = "", fmt: str | None = None, target_labels: bool = True) -> None:
     """Clustered heat map of a square source x target distance matrix, each target column
     standardised so the nearest sources of every target stand out. ``out``: a path or a
-    binary file object (then ``fmt``, e.g. "png")."""
+    binary file object (then ``fmt``, e.g. "png"). The figure stays at most 11 inches wide,
+    whatever the number of tasks (labels shrink, then go), so it draws in bounded time.
+    ``target_labels=False`` names the rows only (the columns are in the same order): text is
+    most of the drawing time."""
     standardised = standardise_columns(matrix)
     order = cluster_order(standardised - standardised.min())
     shown = standardised[np.ix_(order, order)]
     labels = [task_ids[i] for i in order]
-    labelled = len(labels) <= LABELLED_TASKS
-    size = max(5.0, 0.45 * min(len(labels), LABELLED_TASKS) + 2.5)
-    fig, ax = _figure(figsize=(size + 1.5, size), dpi=120 if labelled else 80)
+    n = len(labels)
+    labelled = n <= LABELLED_TASKS
+    font = 8 if n <= 30 else 6
+    side = min(max(4.0, 0.16 * n * font / 8 + 2.0), 9.0)
+    margin = 0.6 * max((len(t) for t in labels), default=0) * font / 72 if labelled else 0.3
+    bottom = margin if labelled and target_labels else 0.3
+    fig, ax = _figure(figsize=(side + margin + 1.6, side + bottom + 0.9), dpi=100)
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=(margin + 0.5) / width, bottom=(bottom + 0.5) / height,
+                        right=1 - 1.5 / width, top=1 - 0.7 / height)
     image = ax.imshow(shown, cmap="viridis_r", interpolation="nearest")
     if labelled:
-        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
-        ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.set_xlabel("target task" if labelled else f"{len(labels)} target tasks")
-    ax.set_ylabel("source task" if labelled else f"{len(labels)} source tasks")
-    ax.set_title(title or f"{metric} per target, z-scored (lower = more similar), clustered")
-    fig.colorbar(image, ax=ax, label=f"{metric}, z-score within each target column")
-    fig.tight_layout()
+        ax.set_yticks(range(n), labels, fontsize=font)
+        if target_labels:
+            ax.set_xticks(range(n), labels, rotation=90, fontsize=font)
+        else:
+            ax.set_xticks([])
+    ax.set_xlabel(("target task" if target_labels else "target task (same order as the rows)")
+                  if labelled else f"{n} target tasks")
+    ax.set_ylabel("source task" if labelled else f"{n} source tasks")
+    ax.set_title(title or f"{metric} per target, z-scored (lower = more similar), clustered",
+                 fontsize=9)
+    fig.colorbar(image, ax=ax, label=f"{metric}, z-score within each target column",
+                 fraction=0.04, pad=0.02)
     fig.savefig(out, format=fmt)
 
 
