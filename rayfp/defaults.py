@@ -8,6 +8,11 @@ from __future__ import annotations
 
 SAMPLES = 10_000  # N augmented views per task (docs/design.md §1.2, the paper's default)
 FAST_SAMPLES = 1_000  # a legitimate fast mode: rankings are nearly flat from 100 to 10,000
+# How a new space's features are computed on CPUs, recorded in the space (preprocessing
+# "engine") so every site computes the same: "onnxruntime" (the backbone exported to ONNX,
+# 2.2-5.3x the views/s of eager torch on 2 cores, features within 1.5e-6 relative; BENCHMARKS.md
+# "CPU extraction engines") or "torch". A space without the key is "torch" (made before).
+CPU_ENGINE = "onnxruntime"
 EDGE_SAMPLES = FAST_SAMPLES  # views per reference task when a space's edges are computed
 BINS = 100  # bins per dimension: bKLD(small); the paper's bKLD(large) uses 1,000
 MIN_IMAGES = 50  # docs/design.md §5: the privacy floor of distinct images per task

