@@ -27,6 +27,7 @@ TINY = {
     "bench_privacy": ["attack", "--quick"],  # writes bench/results/ of the copy only
     "bench_confidence": ["cost", "--quick"],
     "bench_pictures": ["--sources", "30", "--repeats", "2", "--no-write"],
+    "bench_engines": ["--views", "16", "--samples", "8", "--no-write"],
 }
 
 

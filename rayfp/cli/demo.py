@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rayfp import defaults
 from rayfp.cloud.knowledge import KnowledgeBase
 from rayfp.core.confidence import UNSURE
 from rayfp.core.distance import METRICS, distance_matrix
@@ -190,7 +191,7 @@ def top1_stability(kb, store: Store, space_id: str, fps) -> dict[str, float]:
 
 
 def run_demo(out: str | os.PathLike, *, samples: int = 200, edge_samples: int | None = None,
-             bins: int = 100, progress: bool = True) -> dict:
+             bins: int = 100, progress: bool = True, engine: str = defaults.CPU_ENGINE) -> dict:
     """Build, fingerprint, compare and plot the demo tasks; returns what it printed as data."""
     from rayfp.pictures import plots as plot
 
@@ -201,8 +202,9 @@ def run_demo(out: str | os.PathLike, *, samples: int = 200, edge_samples: int | 
     names = list(tasks)
     space = create_space([[tasks[t][0]] for t in names], backbone=DEMO_BACKBONE, bins=bins,
                          store=store, samples_per_task=edge_samples or max(samples // 2, 16),
-                         reference_names=names, progress=progress).space
-    print(f"space {space.space_id}: {space.backbone}, D={space.dim}, B={space.bins}")
+                         reference_names=names, progress=progress, engine=engine).space
+    print(f"space {space.space_id}: {space.backbone} ({engine}), D={space.dim}, "
+          f"B={space.bins}")
     print("demo images are public: exact counts, no differential privacy (a real task's "
           "fingerprint is private by default, see docs/privacy.md)")
     extractor = extractor_for_space(space)  # load the backbone once for all tasks

@@ -71,6 +71,9 @@ def add_parsers(sub) -> None:
                    help="untrained backbone (tests only; recorded in the space)")
     _add_store(p)
     _add_extraction(p)
+    p.add_argument("--engine", choices=("onnxruntime", "torch"), default=defaults.CPU_ENGINE,
+                   help="how the new space's features are computed on CPUs, recorded in it "
+                        f"(default {defaults.CPU_ENGINE}; docs/fingerprint.md \"Engines\")")
     p.set_defaults(run=cmd_edges)
 
     p = sub.add_parser("fingerprint", help="fingerprint one task's images in a space")
@@ -155,6 +158,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", default="demo-output", help="folder for data, store and plots")
     p.add_argument("--samples", type=int, default=200, help="views per task")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--engine", choices=("onnxruntime", "torch"), default=defaults.CPU_ENGINE,
+                   help="how the new space's features are computed on CPUs, recorded in it "
+                        f"(default {defaults.CPU_ENGINE}; docs/fingerprint.md \"Engines\")")
     p.set_defaults(run=cmd_demo)
 
 
@@ -179,7 +185,7 @@ def cmd_edges(args: argparse.Namespace) -> int:
                           store=_store(args), samples_per_task=args.samples, seed=args.seed,
                           weights=args.weights, random_weights=args.random_weights,
                           batch_size=args.batch_size, threads=args.threads,
-                          progress=not args.quiet)
+                          progress=not args.quiet, engine=args.engine)
     _print_skipped(result.skipped)
     print(result.space.space_id)
     return 0
@@ -382,7 +388,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from rayfp.cli.demo import run_demo
 
-    run_demo(args.out, samples=args.samples, progress=not args.quiet)
+    run_demo(args.out, samples=args.samples, progress=not args.quiet, engine=args.engine)
     return 0
 
 
