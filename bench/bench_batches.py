@@ -2,8 +2,9 @@
 
     python -m bench.bench_batches [--sources 1000 10000] [--no-write]
 
-Synthetic sources (D = 512, B = 100, as bench_ingress), the uint8-numba kernel, 2 threads. Per
-size: a lone query's whole top-5 search; a batch of T through top_k_many (four queries per pass
+Synthetic sources (D = 512, B = 100, as bench_ingress), 2 threads, each kernel side by side
+(--kernels; default the three 1-byte kernels: uint8-numba, int8-gemm, int8-onnxruntime). Per
+size and kernel: a lone query's whole top-5 search; a batch of T through top_k_many (four queries per pass
 over the index) against the same T queries one after another; and the time to merely stream
 the index's bytes once (a numba sum over the uint8 counts), the floor of a lone query.
 """
@@ -17,6 +18,7 @@ import numpy as np
 
 from bench.bench_core import synthetic_space, write_section
 from bench.bench_shards import make_fingerprint
+from rayfp.search import cpu
 from rayfp.search.index import ScreenedIndex
 from rayfp.search.kernels import configure_threads
 
@@ -50,16 +52,16 @@ def stream_ms(counts: np.ndarray, repeats: int = 9) -> float:
     return median_ms(lambda _: row_sums(counts, out), repeats)
 
 
-def bench_size(n_sources: int, queries: list) -> list[tuple[str, str]]:
+def bench_size(n_sources: int, queries: list, kernel: str) -> list[tuple[str, str]]:
     space = synthetic_space(512, 100)
     index = ScreenedIndex([make_fingerprint(space, f"task-{i}") for i in range(n_sources)],
-                          kernel="uint8-numba")
+                          kernel=kernel)
     counts = index.segments[0].rows.counts.low
-    floor = stream_ms(counts)
+    floor = stream_ms(counts.view(np.uint8))  # every kernel here reads one byte per count
     index.top_k_many(queries[:8], 5)  # warm-up: compilation, pools
     repeats = 15 if n_sources <= 1000 else 5
     lone = median_ms(lambda r: index.top_k(queries[r % len(queries)], 5), repeats)
-    label = f"{n_sources:,} sources ({counts.nbytes / 2**20:.0f} MiB of uint8 counts)"
+    label = f"{kernel}, {n_sources:,} sources ({counts.nbytes / 2**20:.0f} MiB of counts)"
     rows = [(f"{label}, lone query", f"{lone:.1f} ms (streaming the counts once: {floor:.1f} ms, "
                                      f"{counts.nbytes / floor / 1e6:.1f} GB/s)")]
     for size in (2, 4, 8, 16):
@@ -77,6 +79,8 @@ def bench_size(n_sources: int, queries: list) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources", type=int, nargs="+", default=[1000, 10_000])
+    parser.add_argument("--kernels", nargs="+",
+                        default=["uint8-numba", "int8-gemm", "int8-onnxruntime"])
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     configure_threads(2)
@@ -84,12 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     queries = [make_fingerprint(space, f"query-{10**9 + i}") for i in range(16)]
     rows = []
     for n_sources in args.sources:
-        rows += bench_size(n_sources, queries)
-        for row in rows[-5:]:
-            print(row, flush=True)
+        for kernel in args.kernels:
+            rows += bench_size(n_sources, queries, kernel)
+            for row in rows[-5:]:
+                print(row, flush=True)
     if not args.no_write:
-        write_section(rows, TITLE, "python -m bench.bench_batches --sources "
-                      + " ".join(map(str, args.sources)))
+        write_section(rows, f"{TITLE} ({cpu.describe()['torch_capability']})",
+                      "python -m bench.bench_batches --sources "
+                      + " ".join(map(str, args.sources)) + " --kernels " + " ".join(args.kernels))
     return 0
 
 
