@@ -25,6 +25,7 @@ import ray
 
 from rayfp import defaults
 from rayfp.cli.flags import (
+    add_engine_flag,
     add_extraction_flags,
     add_part_flags,
     add_privacy_flags,
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-fraction", type=float, default=1.0)
     p.add_argument("--edge-samples", type=int, default=defaults.EDGE_SAMPLES,
                    help="views per reference task")
+    add_engine_flag(p)
     add_sampling_flags(p)
     add_extraction_flags(p)
     add_ray_flags(p)
@@ -105,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                                       bins=args.bins, samples=args.edge_samples,
                                       reference=args.reference_tasks,
                                       reference_fraction=args.reference_fraction,
-                                      weights=args.weights, on_progress=log.info)
+                                      weights=args.weights, engine=args.engine,
+                                      on_progress=log.info)
         log.info("space %s (%s, D=%d, B=%d)", space.space_id, space.backbone, space.dim,
                  space.bins)
         report = fingerprint_archive(inventories, space, config, on_progress=log.info)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's Chromium for the web page's browser test (tests/cloud/test_web.py drives it with
+# Debian's Chromium for the web page's browser test (tests/cloud/test_page.py drives it with
 # Playwright; Playwright's own browser download is not needed). Idempotent.
 set -euo pipefail
 if command -v chromium >/dev/null; then

@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from rayfp import defaults
 from rayfp.catalog.check import FOUND, TaskCheck, check_root
 from rayfp.catalog.manifest import build_manifest, write_manifest
 from rayfp.catalog.model import Dataset
@@ -46,7 +47,8 @@ def ensure_paper_knowledge(store) -> bool:
 
 def seed(catalog: dict[str, Dataset], root: str | Path, *, store: str, space_id: str | None,
          cache: str | Path, config_overrides: dict | None = None, backbone: str = "",
-         bins: int = 0, edge_samples: int = 0, tasks: Sequence[str] | None = None,
+         bins: int = 0, edge_samples: int = 0, engine: str = defaults.CPU_ENGINE,
+         tasks: Sequence[str] | None = None,
          address: str | None = None, on_progress: Callable[[str], None] = print) -> SeedReport:
     import ray
 
@@ -81,7 +83,7 @@ def seed(catalog: dict[str, Dataset], root: str | Path, *, store: str, space_id:
         space = target.get_space(space_id)
     else:
         space = space_for_archive(inventories, config, backbone=backbone, bins=bins,
-                                  samples=edge_samples, on_progress=on_progress)
+                                  samples=edge_samples, engine=engine, on_progress=on_progress)
     report = fingerprint_archive(inventories, space, config, on_progress=on_progress)
     return SeedReport(space.space_id, checks, list(report.written),
                       list(report.skipped_existing), dict(report.too_few_images),

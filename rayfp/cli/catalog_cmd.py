@@ -8,7 +8,7 @@ import json
 import sys
 
 from rayfp import defaults
-from rayfp.cli.flags import add_extraction_flags, add_ray_flags
+from rayfp.cli.flags import add_engine_flag, add_extraction_flags, add_ray_flags
 
 
 def add_parsers(sub) -> None:
@@ -46,6 +46,7 @@ def add_parsers(sub) -> None:
     q.add_argument("--bins", type=int, default=defaults.BINS, help="when creating a space")
     q.add_argument("--edge-samples", type=int, default=defaults.EDGE_SAMPLES,
                    help="views per task that define a new space's edges")
+    add_engine_flag(q)
     q.add_argument("--cache", help="where video frames and array rows are written as PNG "
                                    "(default ROOT/.rayfp-catalog)")
     q.add_argument("--tasks", nargs="*", help="only these task ids")
@@ -146,7 +147,8 @@ def cmd_catalog(args: argparse.Namespace) -> int:
                  "weights": args.weights}
     report = seed(catalog, args.root, store=args.store, space_id=args.space, cache=_cache(args),
                   config_overrides=overrides, backbone=args.backbone, bins=args.bins,
-                  edge_samples=args.edge_samples, tasks=args.tasks, address=args.address,
+                  edge_samples=args.edge_samples, engine=args.engine, tasks=args.tasks,
+                  address=args.address,
                   on_progress=lambda m: print(m, file=sys.stderr))
     for c in report.checks:
         if c.status != "found":

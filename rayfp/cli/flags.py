@@ -80,6 +80,13 @@ def add_extraction_flags(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default: all cores here; a Ray actor's CPUs in a job)")
 
 
+def add_engine_flag(p: argparse.ArgumentParser) -> None:
+    """How a new space's features are computed on CPUs (recorded in the space)."""
+    p.add_argument("--engine", choices=("onnxruntime", "torch"), default=defaults.CPU_ENGINE,
+                   help="how a new space's features are computed on CPUs, recorded in it "
+                        f"(default {defaults.CPU_ENGINE}; docs/fingerprint.md \"Engines\")")
+
+
 def add_part_flags(p: argparse.ArgumentParser) -> None:
     """Where a site's part of a pooled task goes and how its noise is shared."""
     p.add_argument("--noise-share", choices=("full", "split"), default="full",

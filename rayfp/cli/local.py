@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from rayfp import defaults
 from rayfp.cli.flags import (
+    add_engine_flag,
     add_extraction_flags,
     add_part_flags,
     add_privacy_flags,
@@ -71,9 +72,7 @@ def add_parsers(sub) -> None:
                    help="untrained backbone (tests only; recorded in the space)")
     _add_store(p)
     _add_extraction(p)
-    p.add_argument("--engine", choices=("onnxruntime", "torch"), default=defaults.CPU_ENGINE,
-                   help="how the new space's features are computed on CPUs, recorded in it "
-                        f"(default {defaults.CPU_ENGINE}; docs/fingerprint.md \"Engines\")")
+    add_engine_flag(p)
     p.set_defaults(run=cmd_edges)
 
     p = sub.add_parser("fingerprint", help="fingerprint one task's images in a space")
@@ -158,9 +157,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", default="demo-output", help="folder for data, store and plots")
     p.add_argument("--samples", type=int, default=200, help="views per task")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--engine", choices=("onnxruntime", "torch"), default=defaults.CPU_ENGINE,
-                   help="how the new space's features are computed on CPUs, recorded in it "
-                        f"(default {defaults.CPU_ENGINE}; docs/fingerprint.md \"Engines\")")
+    add_engine_flag(p)
     p.set_defaults(run=cmd_demo)
 
 

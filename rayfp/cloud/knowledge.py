@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -136,8 +136,8 @@ class KnowledgeBase:
         self.unreadable: dict[str, set[str]] = {}  # space -> tasks whose record is unreadable
         self._task_locks: dict[tuple[str, str], threading.Lock] = {}  # parts of one task
         self._locks_lock = threading.Lock()
-        self._evidence: tuple | None = None  # (table versions, Evidence)
-        self._evidence_lock = threading.Lock()
+        self._derived: dict[str, tuple] = {}  # name -> (table versions, value): derived()
+        self._derived_lock = threading.Lock()
 
     @classmethod
     def local(cls, store: Store | str | os.PathLike) -> KnowledgeBase:
@@ -565,18 +565,17 @@ class KnowledgeBase:
         self.store.put_baselines(baselines)  # first: a transfer never lacks its baseline
         self.store.put_transfers(transfers)
 
-    def evidence(self) -> Any:
-        """What recommendations are made of (rayfp.cloud.recommend.Evidence), indexed again
-        only when the components or transfers change."""
-        from rayfp.cloud.recommend import Evidence
-
-        version = (self.store.knowledge_version("components"),
-                   self.store.knowledge_version("transfers"))
-        with self._evidence_lock:
-            if self._evidence is None or self._evidence[0] != version:
-                self._evidence = (version, Evidence(self.store.components().to_pandas(),
-                                                    self.store.transfers().to_pandas()))
-            return self._evidence[1]
+    def derived(self, name: str, tables: Sequence[str], build: Callable[[dict], Any]) -> Any:
+        """A value built from knowledge tables (e.g. recommend's Evidence from components and
+        transfers), built again only when one of them changes. ``build`` gets each table as a
+        pandas frame, by name."""
+        version = tuple(self.store.knowledge_version(table) for table in tables)
+        with self._derived_lock:
+            cached = self._derived.get(name)
+            if cached is None or cached[0] != version:
+                frames = {table: getattr(self.store, table)().to_pandas() for table in tables}
+                cached = self._derived[name] = (version, build(frames))
+            return cached[1]
 
     def space_ids(self) -> list[str]:
         return self.store.space_ids()

@@ -98,7 +98,8 @@ def recommend(kb: KnowledgeBase, neighbours: Sequence[Neighbour], kinds: Sequenc
     if rank not in RANKS:
         raise ConfigError(f"rank must be one of {RANKS}, got {rank!r}")
     k = k or len(neighbours)
-    evidence = kb.evidence()
+    evidence = kb.derived("evidence", ("components", "transfers"),
+                          lambda frames: Evidence(frames["components"], frames["transfers"]))
     by_task = {nb.task_id: nb for nb in neighbours}
     model = kb.outcome_model() if rank == "learned" else None
     out: dict[str, list[dict[str, Any]]] = {}

@@ -174,7 +174,7 @@ def create_space_on_ray(inventories: dict[str, TaskInventory], reference: Sequen
 def space_for_archive(inventories: dict[str, TaskInventory], config: ArchiveJobConfig, *,
                       backbone: str, bins: int, samples: int,
                       reference: Sequence[str] | None = None, reference_fraction: float = 1.0,
-                      weights: str | None = None,
+                      weights: str | None = None, engine: str = defaults.CPU_ENGINE,
                       on_progress: Callable[[str], None] = lambda _: None) -> FingerprintSpace:
     """A new space for an archive: its edges from REFERENCE tasks (default: the first
     ``reference_fraction`` of the tasks with decodable images)."""
@@ -189,7 +189,8 @@ def space_for_archive(inventories: dict[str, TaskInventory], config: ArchiveJobC
                           f"decodable images); tasks: {eligible}")
     on_progress(f"creating a space from {len(reference)} reference tasks: {reference}")
     return create_space_on_ray(inventories, reference, backbone=backbone, bins=bins,
-                               samples=samples, config=config, weights_sha256=resolved.sha256)
+                               samples=samples, config=config, weights_sha256=resolved.sha256,
+                               engine=engine)
 
 
 @dataclasses.dataclass
