@@ -267,7 +267,7 @@ def select_csv(base: Path, rule: dict, *, require_files: bool = True) -> Selecti
     return Selection(_keep_classes(items, rule, notes), notes)
 
 
-def select_video_frames(base: Path, rule: dict, *, require_files: bool = True) -> Selection:
+def select_video_frames(base: Path, rule: dict) -> Selection:
     every = int(rule.get("every", 1))
     values = {str(k): str(v) for k, v in (rule.get("values") or {}).items()}
     items, notes = [], []
@@ -403,7 +403,7 @@ def select(base: str | Path, rule: dict, *, require_files: bool = True) -> Selec
     elif kind == "csv":
         selection = select_csv(base, rule, require_files=require_files)
     elif kind == "video_frames":
-        selection = select_video_frames(base, rule, require_files=require_files)
+        selection = select_video_frames(base, rule)
     elif kind == "arrays":
         selection = select_arrays(base, rule)
     else:

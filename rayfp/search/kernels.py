@@ -101,15 +101,20 @@ class Int8Counts:
 
     def __init__(self, low: np.ndarray, overflow: sparse.csr_matrix, dim: int, bins: int,
                  max_dimension_total: int) -> None:
-        import torch  # the int8 GEMM; imported here so the rest of rayfp stays torch-free
-
         self.low, self.overflow, self.dim, self.bins = low, overflow, dim, bins
         self.max_dimension_total = max_dimension_total
         self.chunks = _dimension_chunks(dim, bins, max_dimension_total)
         # One chunk (the usual case) shares the array's memory; several need contiguous copies.
-        self.operands = [torch.from_numpy(low if len(self.chunks) == 1
-                                          else np.ascontiguousarray(low[:, a:b]))
+        self.operands = [self._operand(low if len(self.chunks) == 1
+                                       else np.ascontiguousarray(low[:, a:b]))
                          for a, b in self.chunks]
+
+    @staticmethod
+    def _operand(chunk: np.ndarray):
+        """A chunk of the int8 counts as the GEMM takes it."""
+        import torch  # the int8 GEMM; imported here so the rest of rayfp stays torch-free
+
+        return torch.from_numpy(chunk)
 
     @classmethod
     def build(cls, counts: np.ndarray, dim: int, bins: int, max_dimension_total: int
@@ -126,7 +131,7 @@ class Int8Counts:
 
     @property
     def nbytes(self) -> int:
-        copies = sum(t.numel() for t in self.operands) if len(self.operands) > 1 else 0
+        copies = sum(op.nbytes for op in self.operands) if len(self.operands) > 1 else 0
         return (self.low.nbytes + copies + self.overflow.data.nbytes
                 + self.overflow.indices.nbytes)
 
@@ -217,22 +222,11 @@ class Int8Onnx(Int8Counts):
 
     kernel = "int8-onnxruntime"
 
-    def __init__(self, low: np.ndarray, overflow: sparse.csr_matrix, dim: int, bins: int,
-                 max_dimension_total: int) -> None:
+    @staticmethod
+    def _operand(chunk: np.ndarray) -> np.ndarray:
         import onnxruntime  # noqa: F401 - a missing library leaves this kernel out
 
-        self.low, self.overflow, self.dim, self.bins = low, overflow, dim, bins
-        self.max_dimension_total = max_dimension_total
-        self.chunks = _dimension_chunks(dim, bins, max_dimension_total)
-        self.operands = [(low if len(self.chunks) == 1
-                          else np.ascontiguousarray(low[:, a:b])).view(np.uint8)
-                         for a, b in self.chunks]
-
-    @property
-    def nbytes(self) -> int:
-        copies = sum(op.nbytes for op in self.operands) if len(self.operands) > 1 else 0
-        return (self.low.nbytes + copies + self.overflow.data.nbytes
-                + self.overflow.indices.nbytes)
+        return chunk.view(np.uint8)  # counts 0..127: the same bytes as uint8
 
     def products(self, digits: np.ndarray) -> np.ndarray:
         session = _matmul_session()
