@@ -238,6 +238,162 @@ class Int8Onnx(Int8Counts):
         return exact
 
 
+UNSIGNED_BASE = 128  # unsigned digits 0..127: u8 x s8 pairs stay below int16 saturation
+PACKED_DIGITS = 3  # remainder < 128^-2 of the query's largest entry / 127 (one-sided)
+
+
+def unsigned_digits(queries: np.ndarray, digits: int = PACKED_DIGITS
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Floor base-128 digits of each column of `queries` (L, T), all >= 0:
+    queries[:, t] = scale[t] · (Σ_j digits[t, j] · 128^-j + ρ), 0 <= ρ < 128^-(J-1).
+    Returns uint8 digits (T, J, L) in 0..127 and float64 scales (T,). One-sided, so the
+    products give a lower bound and lower + scale · 128^-(J-1) · Σ counts an upper one
+    (rest - floor(rest) and the x128 are exact in float64; queries / scale rounds by an ulp,
+    which FLOAT_SLACK covers)."""
+    top = queries.max(axis=0)
+    scale = np.where(top > 0, top / DIGIT, 1.0)
+    out = np.empty((queries.shape[1], digits, queries.shape[0]), np.uint8)
+    _digits_loop()(np.ascontiguousarray(queries.T), 1.0 / scale, out)
+    return out, scale
+
+
+_DIGITS_LOOP = None
+
+
+def _digits_loop():
+    """numba's one pass over the queries writing every digit (numpy's floor/subtract/scale
+    passes over a batch of 8 queries took longer than the product itself); numpy without
+    numba (the light client)."""
+    global _DIGITS_LOOP
+    if _DIGITS_LOOP is None:
+        try:
+            import numba
+        except ImportError:
+            _DIGITS_LOOP = _digits_numpy
+            return _DIGITS_LOOP
+
+        @numba.njit(cache=True, nogil=True)
+        def loop(queries, inverse, out):  # pragma: no cover - compiled
+            rest = np.empty(queries.shape[1])
+            for t in range(queries.shape[0]):
+                for i in range(queries.shape[1]):  # element-wise: vectorised
+                    rest[i] = min(queries[t, i] * inverse[t], float(DIGIT))
+                for j in range(out.shape[1]):
+                    for i in range(queries.shape[1]):
+                        d = np.floor(rest[i])
+                        out[t, j, i] = np.uint8(d)
+                        rest[i] = (rest[i] - d) * UNSIGNED_BASE
+
+        _DIGITS_LOOP = loop
+    return _DIGITS_LOOP
+
+
+def _digits_numpy(queries: np.ndarray, inverse: np.ndarray, out: np.ndarray) -> None:
+    rest = np.minimum(queries * inverse[:, None], DIGIT)
+    for j in range(out.shape[1]):
+        d = np.floor(rest)
+        out[:, j] = d
+        rest = (rest - d) * UNSIGNED_BASE
+
+
+def _transposed(chunk: np.ndarray, block: int = 256) -> np.ndarray:
+    """A C-contiguous transpose, a block of rows at a time (np.ascontiguousarray(chunk.T)
+    took 3.5 s for 10,000 sources: every write a cache miss)."""
+    out = np.empty(chunk.shape[::-1], chunk.dtype)
+    for start in range(0, chunk.shape[0], block):
+        out[:, start:start + block] = chunk[start:start + block].T
+    return out
+
+
+def _packed_session(chunk: np.ndarray, threads: int):
+    """An ONNX Runtime session computing MatMulInteger(A uint8 (C, l), B) with B = this
+    chunk's counts transposed (l, N) int8, given as an initializer: ONNX Runtime packs it once
+    for MLAS's integer GEMM (VNNI/AMX on Xeons, vpmaddubsw on AVX2) and frees our copy."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    length, n = chunk.shape[1], chunk.shape[0]
+    # The counts reach the session as an in-memory OrtValue (no 2 GiB protobuf, no copy
+    # into it): the model names them as external data that add_external_initializers supplies.
+    counts = TensorProto(name="B", data_type=TensorProto.INT8, dims=[length, n],
+                         data_location=TensorProto.EXTERNAL)
+    counts.external_data.add(key="location", value="B.bin")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "digits_times_counts",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, ["c", length])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, ["c", n])],
+        initializer=[counts])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # The OrtValue (and the array under it) must outlive the session's creation, which packs
+    # a copy; afterwards ONNX Runtime holds only the packed one.
+    transposed = ort.OrtValue.ortvalue_from_numpy(_transposed(chunk))
+    options.add_external_initializers(["B"], [transposed])
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    del transposed
+    return session
+
+
+class Int8Packed(Int8Counts):
+    """The int8 counts handed to ONNX Runtime once, packed for its integer GEMM; a query is the
+    per-call operand, as unsigned base-128 digits. A lone query then streams the packed counts
+    once (memory-bound, at the speed of reading them) and a batch of T queries costs little
+    more than one (3·T rows of digits against the same stream). The packed copy doubles the
+    index's memory: the row-major int8 counts stay for the exact re-rank.
+
+    Exact as int8-gemm: digits 0..127 times counts 0..127 (pairs below int16 saturation, where
+    the CPU has no VNNI), int32 sums kept below 2^31 by the dimension chunks."""
+
+    kernel = "int8-packed"
+
+    def __init__(self, low: np.ndarray, overflow: sparse.csr_matrix, dim: int, bins: int,
+                 max_dimension_total: int) -> None:
+        import onnxruntime  # noqa: F401 - a missing library leaves this kernel out
+
+        super().__init__(low, overflow, dim, bins, max_dimension_total)
+        self._sessions: dict[int, list] = {}  # per thread count, made on first use
+
+    @staticmethod
+    def _operand(chunk: np.ndarray) -> np.ndarray:
+        return chunk  # the sessions are made lazily (per thread count) from the chunks
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_sessions": {}}  # sessions do not pickle; remade on use
+
+    @property
+    def nbytes(self) -> int:
+        return super().nbytes + self.low.nbytes  # + ONNX Runtime's packed copy
+
+    def _sessions_now(self) -> list:
+        threads = _ORT_THREADS or os.cpu_count() or 1
+        sessions = self._sessions.get(threads)
+        if sessions is None:
+            sessions = self._sessions[threads] = [_packed_session(chunk, threads)
+                                                  for chunk in self.operands]
+        return sessions
+
+    def inner(self, queries: np.ndarray, count_total: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        digits, scale = unsigned_digits(queries)
+        n_queries, n_digits, length = digits.shape
+        rows = digits.reshape(n_queries * n_digits, length)
+        exact = np.zeros((n_queries * n_digits, len(self)))
+        for (a, b), session in zip(self.chunks, self._sessions_now()):
+            exact += session.run(None, {"A": np.ascontiguousarray(rows[:, a:b])})[0]
+        exact = exact.T
+        if self.overflow.nnz:  # counts above 127; integer products, exact in float64
+            exact += self.overflow @ rows.T.astype(np.float64)
+        powers = float(UNSIGNED_BASE) ** -np.arange(n_digits)
+        lower = exact.reshape(len(self), n_queries, n_digits) @ powers * scale
+        half = np.outer(count_total, scale * 0.5 * float(UNSIGNED_BASE) ** -(n_digits - 1))
+        approx = lower + half
+        return approx, half + FLOAT_SLACK * np.abs(approx)
+
+
 _GATHER = None
 
 
@@ -274,6 +430,51 @@ def gather_products(matrix: np.ndarray, rows: np.ndarray, weighted: np.ndarray) 
 def _gather_numpy(matrix: np.ndarray, rows: np.ndarray, weighted: np.ndarray,
                   out: np.ndarray) -> None:
     out[:] = matrix[rows].astype(np.float64) @ weighted.T
+
+
+_WEIGHTED = None
+
+
+def weighted_query(counts: np.ndarray, n: int, weights: np.ndarray, out: np.ndarray) -> float:
+    """Write w_d · counts[d, b] / n into ``out`` (D·B,) and return Σ_d w_d Σ_b p log p, p =
+    counts / n: a target's side of the linear form in one compiled pass (numpy without numba).
+    Σ_b p log p = (Σ_b c log c − log n · Σ_b c) / n, with c log c from plogp_counts' table."""
+    global _WEIGHTED
+    if _WEIGHTED is None:
+        try:
+            import numba
+        except ImportError:
+            _WEIGHTED = _weighted_numpy
+        else:
+            @numba.njit(cache=True, nogil=True)
+            def weighted(counts, n, weights, table, out):  # pragma: no cover - compiled
+                dim, bins = counts.shape
+                log_n = np.log(n)
+                total = 0.0
+                for d in range(dim):
+                    w = weights[d]
+                    xlogx = 0.0
+                    mass = 0.0
+                    for b in range(bins):
+                        c = counts[d, b]
+                        out[d * bins + b] = (c / n) * w
+                        xlogx += table[c] if c < table.shape[0] else c * np.log(c) if c else 0.0
+                        mass += c
+                    total += w * ((xlogx - log_n * mass) / n)
+                return total
+
+            _WEIGHTED = weighted
+    from rayfp.core.distance import xlogx_table
+
+    return float(_WEIGHTED(counts, float(n), weights, xlogx_table(int(counts.max(initial=0))),
+                           out))
+
+
+def _weighted_numpy(counts, n, weights, table, out) -> float:
+    from rayfp.core.distance import plogp_counts
+
+    np.multiply(counts / n, weights[:, None], out=out.reshape(counts.shape))
+    return float(weights @ plogp_counts(counts, int(n)))
 
 
 _BLAS = None  # threadpoolctl's controller, made once (scanning the loaded libraries is slow)
@@ -504,8 +705,8 @@ class Uint8Numba:
                    parts[0].dim, parts[0].bins)
 
 
-KERNELS: dict[str, type] = {k.kernel: k for k in (Int8Counts, Int8Onnx, Float32Screen,
-                                                  Float32Numpy, Uint8Numba)}
+KERNELS: dict[str, type] = {k.kernel: k for k in (Int8Counts, Int8Onnx, Int8Packed,
+                                                  Float32Screen, Float32Numpy, Uint8Numba)}
 
 
 def kernel_class(name: str) -> type:
@@ -528,4 +729,4 @@ def choose_kernel(time_query: Callable[[str], float]) -> tuple[str, dict[str, fl
     return min(timings, key=timings.get), timings
 
 
-CountMatrix = Int8Counts | Int8Onnx | Float32Screen | Uint8Numba
+CountMatrix = Int8Counts | Int8Onnx | Int8Packed | Float32Screen | Uint8Numba

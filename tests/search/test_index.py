@@ -79,7 +79,7 @@ def concentrated(space, task_id: str, n: int) -> Fingerprint:
                        feature_sum=np.ones(space.dim), n_samples=n, n_images=n)
 
 
-@pytest.mark.parametrize("kernel,largest", [("int8-gemm", 2_000_000),
+@pytest.mark.parametrize("kernel,largest", [("int8-gemm", 2_000_000), ("int8-packed", 2_000_000),
                                             ("float32-torch", 2_000_000), ("float32-numpy", 2_000_000),
                                             ("uint8-numba", 2_000_000), ("auto", 2_000_000)])
 def test_large_counts_overflow_and_dimension_chunks_stay_exact(kernel, largest):
@@ -97,7 +97,7 @@ def test_large_counts_overflow_and_dimension_chunks_stay_exact(kernel, largest):
     index = ScreenedIndex(fps, kernel=kernel)
     matrix = index.segments[0].rows.counts
     if kernel == "auto":
-        int8 = {"int8-gemm", "int8-onnxruntime"}  # only the integer kernels hold 2^24 exactly
+        int8 = {"int8-gemm", "int8-onnxruntime", "int8-packed"}  # only the integer kernels hold 2^24 exactly
         assert index.kernel in int8 and set(index.kernel_timings) == int8
     if isinstance(matrix, Int8Counts):
         assert matrix.overflow.nnz > 0 and len(matrix.chunks) > 1
@@ -171,7 +171,8 @@ def test_every_kernels_error_bound_holds_and_auto_keeps_the_fastest(sources):
         # the re-rank's float64 products of a few rows, with every query at once
         np.testing.assert_allclose(matrix.exact_products(np.array([7, 3]), queries.T),
                                    exact[[7, 3]], rtol=1e-12, atol=0)
-    fake = {"int8-gemm": 2.0, "int8-onnxruntime": 2.5, "float32-torch": 1.0, "float32-numpy": 3.0,
+    fake = {"int8-gemm": 2.0, "int8-onnxruntime": 2.5, "int8-packed": 1.5, "float32-torch": 1.0,
+            "float32-numpy": 3.0,
             "uint8-numba": 4.0}
     chosen, timings = choose_kernel(fake.get)
     assert chosen == "float32-torch" and timings == fake
