@@ -13,6 +13,10 @@ they differ in speed, memory and how many sources survive the screen:
   dot-product instructions (VNNI ``vpdpbusd`` and AMX on Xeons, ``vpmaddubsw`` on AVX2), exact
   int32 sums. A batch of 8 at 1,000 sources in half the time of ``torch._int_mm`` on the
   AVX-512 Xeon here.
+- ``int8-packed``: the same int8 counts handed once to ONNX Runtime, which packs them for
+  MLAS's integer GEMM; each call passes only the query's unsigned base-128 digits (3 rows per
+  query), so a lone query streams the counts once and a batch costs little more than one.
+  Costs a second copy of the counts (the row-major one stays for the exact re-rank).
 - ``float32-torch`` and ``float32-numpy``: counts as float32 (4 bytes, exact below 2^24) times
   the query rounded to float32, one GEMV (FMA on any x86 or ARM CPU). The rounding of the query
   (u = 2^-24 each) and of the L-term sums (γ_L = L·u / (1 − L·u), any summation order) bound

@@ -1,0 +1,103 @@
+"""int8-packed: the counts packed once into ONNX Runtime, the query's digits per call. Exact at
+the edges an int8 dot product can break (int16 saturation on CPUs without VNNI, int32 sums),
+after pickling and after the thread count changes."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from conftest import make_space, random_fingerprint
+
+from rayfp.core.distance import plogp_counts
+from rayfp.search import kernels
+from rayfp.search.index import ScreenedIndex
+from rayfp.search.kernels import (
+    PACKED_DIGITS,
+    UNSIGNED_BASE,
+    Int8Packed,
+    _digits_numpy,
+    _weighted_numpy,
+    configure_threads,
+    unsigned_digits,
+    weighted_query,
+)
+
+
+def test_unsigned_digits_are_one_sided_and_within_the_stated_remainder():
+    rng = np.random.default_rng(1)
+    queries = rng.random((700, 4)) * np.array([1.0, 1e-9, 5e4, 0.0])  # incl. an all-zero query
+    queries[::7, 0] = 0.0
+    digits, scale = unsigned_digits(queries)
+    assert digits.dtype == np.uint8 and digits.max() <= 127
+    powers = float(UNSIGNED_BASE) ** -np.arange(PACKED_DIGITS)
+    rebuilt = (np.moveaxis(digits, 2, 0) * powers).sum(axis=-1) * scale  # (L, T)
+    remainder = scale * float(UNSIGNED_BASE) ** -(PACKED_DIGITS - 1)
+    slack = 1e-12 * np.abs(queries)
+    assert (rebuilt <= queries + slack).all()  # digits never overshoot: a lower bound
+    assert (queries - rebuilt < remainder + slack).all()
+    assert (queries - rebuilt)[:, :3].max(axis=0).min() > 0  # the bound is not vacuous
+    # the light client's numpy digits are the compiled ones
+    out = np.empty_like(digits)
+    _digits_numpy(np.ascontiguousarray(queries.T), 1.0 / scale, out)
+    np.testing.assert_array_equal(out, digits)
+
+
+def test_the_query_side_in_one_pass_equals_numpys():
+    rng = np.random.default_rng(2)
+    for top in (300, 70_000):  # the second beyond the c log c table: its own logs
+        counts = rng.integers(0, top, (16, 30))
+        counts[:, :5] = 0
+        weights = rng.random(16)
+        fast, slow = np.empty(16 * 30), np.empty(16 * 30)
+        constant = weighted_query(counts, 1234, weights, fast)
+        assert constant == pytest.approx(float(weights @ plogp_counts(counts, 1234)), rel=1e-12)
+        assert constant == pytest.approx(_weighted_numpy(counts, 1234.0, weights, None, slow),
+                                         rel=1e-12)
+        np.testing.assert_array_equal(fast, slow)
+
+
+def test_counts_and_digits_at_their_largest_stay_exact():
+    """127 x 127 in every pair: the most an s8 x u8 pair-sum can hold without VNNI is 32,767
+    (2 x 127 x 127 = 32,258). Counts of 200 go to the overflow, and a dimension total near
+    int32's limit splits the product."""
+    dim, bins = 6, 50
+    counts = np.full((5, dim * bins), 127, np.int64)
+    counts[1] = 200
+    counts[2, ::3] = 0
+    counts[3] = 0
+    counts[3, ::bins] = 5_000_000  # 5e6 x 127 per dimension: chunks keep int32 sums exact
+    queries = np.full((dim * bins, 2), 1.0)
+    queries[:, 1] = np.linspace(0, 3, dim * bins)
+    totals = counts.reshape(5, dim, bins).sum(axis=2)
+    matrix = Int8Packed.build(counts, dim, bins, int(totals.max()))
+    assert len(matrix.chunks) > 1 and matrix.overflow.nnz > 0
+    digits, scale = unsigned_digits(queries)
+    assert digits.max() == 127
+    approx, error = matrix.inner(queries, counts.sum(axis=1).astype(np.float64))
+    exact = counts.astype(np.float64) @ queries
+    assert (np.abs(approx - exact) <= error).all()
+    assert (error <= 1e-4 * np.maximum(exact, 1)).all()
+
+
+def test_pickled_and_rethreaded_the_answers_stay_the_same():
+    """Sessions do not pickle: a copy remakes them on first use; a new thread count makes its
+    own session (ONNX Runtime fixes threads per session)."""
+    rng = np.random.default_rng(3)
+    space = make_space(dim=20, bins=30)
+    fps = [random_fingerprint(rng, space, f"s{i:02d}", n=300) for i in range(60)]
+    index = ScreenedIndex(fps, kernel="int8-packed")
+    target = random_fingerprint(rng, space, "t", n=300)
+    want = index.top_k(target, 7)
+    copy = pickle.loads(pickle.dumps(index))
+    assert copy.top_k(target, 7) == want
+    matrix = index.segments[0].rows.counts
+    before = set(matrix._sessions)
+    previous = kernels._ORT_THREADS
+    try:
+        configure_threads(1)
+        assert index.top_k(target, 7) == want
+        assert set(matrix._sessions) == before | {1}
+    finally:
+        configure_threads(previous or 2)
