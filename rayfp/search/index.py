@@ -37,6 +37,8 @@ from rayfp.search.kernels import (  # noqa: F401 - DIGIT, DIGITS, query_digits: 
     choose_kernel,
     configure_threads,
     kernel_class,
+    lse_excess_error,
+    lse_excess_terms,
     query_digits,
     weighted_query,
 )
@@ -50,7 +52,11 @@ class _Rows:
     counts: CountMatrix  # (N, D·B) exact counts, stored as the chosen kernel multiplies them
     n: np.ndarray  # samples per dimension
     count_total: np.ndarray  # Σ counts (= D·n for a valid fingerprint)
-    lse: np.ndarray  # (N, D) LSE_b(P_s,d,·)
+    lse: np.ndarray  # (N, D) LSE_b(P_s,d,·), float64 for the exact re-rank
+    # The screen's copy: LSE - log B in float32 (a small positive number, 1/B..log(1 + 1.72/B)
+    # for a fingerprint, so float32 keeps it to ~1e-9) and its largest |value| per source.
+    lse_excess: np.ndarray  # (N, D) float32
+    lse_excess_peak: np.ndarray  # (N,)
     feature_sum: np.ndarray
     n_images: np.ndarray
 
@@ -74,10 +80,12 @@ class _Rows:
             probabilities = cube / samples[start:start + len(part), None, None]
             # P is in [0, 1], so Σ exp(P) is in [B, e·B]: no max-shift needed (2x faster).
             lse[start:start + len(part)] = np.log(np.exp(probabilities).sum(axis=2))
+        excess = (lse - np.log(bins)).astype(np.float32)
         return cls(task_ids=np.array([s.task_id for s in sources]),
                    counts=parts[0] if len(parts) == 1 else kernel.join(parts),
                    n=samples, count_total=per_dimension.sum(axis=1).astype(np.float64),
-                   lse=lse,
+                   lse=lse, lse_excess=excess,
+                   lse_excess_peak=np.abs(excess).max(axis=1, initial=0).astype(np.float64),
                    feature_sum=np.stack([s.feature_sum for s in sources]).astype(np.float64),
                    n_images=np.array([s.n_images for s in sources], np.int64))
 
@@ -106,7 +114,7 @@ class _Segment:
 
     @property
     def nbytes(self) -> int:
-        return self.rows.counts.nbytes + self.rows.lse.nbytes
+        return (self.rows.counts.nbytes + self.rows.lse.nbytes + self.rows.lse_excess.nbytes)
 
 
     def counts(self, rows: np.ndarray, dtype: type = np.int64) -> np.ndarray:
@@ -324,6 +332,17 @@ class ScreenedIndex:
             raise SpaceMismatchError(f"target {target.task_id!r} is in space {target.space_id}, "
                                      f"the index in {self.space_id}")
 
+    def _lse_terms(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Σ_d w_d LSE_s,d for every source and weight column (D, T), and a rigorous bound on
+        each value's error: log B · Σ w (float64) plus the float32 excess terms."""
+        terms = np.concatenate([lse_excess_terms(seg.rows.lse_excess, weights)
+                                for seg in self.segments])
+        peak = np.concatenate([seg.rows.lse_excess_peak for seg in self.segments])
+        sums = weights.sum(axis=0)
+        base = np.log(self.bins) * sums
+        error = lse_excess_error(peak, sums, self.dim) + FLOAT_SLACK * (np.abs(base) + terms)
+        return base + terms, error
+
     def _inner_products(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Σ_i queries[i, t] · P_s,i for every source s and query t, with a rigorous bound on
         each value's error: two (N, T) float64 arrays over the rows of the whole index."""
@@ -350,9 +369,9 @@ class ScreenedIndex:
         query = _Targets.of(targets, weighting)
         weights = query.weights
         inner, error = self._inner_products(query.weighted.T)
-        lse_term = np.concatenate([seg.rows.lse @ weights for seg in self.segments])
+        lse_term, lse_error = self._lse_terms(weights)
         approx = lse_term - inner
-        error = error + FLOAT_SLACK * np.abs(lse_term)
+        error = error + lse_error
         candidates = []
         live = np.flatnonzero(self.alive)
         for j, target in enumerate(targets):
@@ -447,11 +466,11 @@ class ScreenedIndex:
         probs = query.probabilities
         w_q, p_q = weights[:, 0], probs[0]
         inner, error = self._inner_products(query.weighted[:1].T)
-        lse_term = np.concatenate([seg.rows.lse @ w_q for seg in self.segments])
+        lse_term, lse_error = self._lse_terms(weights[:, :1])
         const_q = float(query.constants[0])
-        lower = (lse_term - inner[:, 0] - error[:, 0] - FLOAT_SLACK * np.abs(lse_term)
+        lower = (lse_term[:, 0] - inner[:, 0] - error[:, 0] - lse_error[:, 0]
                  + const_q) / w_q.sum()
-        upper = (lse_term - inner[:, 0] + error[:, 0] + FLOAT_SLACK * np.abs(lse_term)
+        upper = (lse_term[:, 0] - inner[:, 0] + error[:, 0] + lse_error[:, 0]
                  + const_q) / w_q.sum()
         rows = np.flatnonzero(self.alive)
         rows = rows[self._ids[rows] != target.task_id]

@@ -195,3 +195,26 @@ def test_the_light_clients_gather_sums_as_the_compiled_one():
     out = np.empty((4, 3))
     _gather_numpy(matrix, rows, weighted, out)
     np.testing.assert_allclose(out, gather_products(matrix, rows, weighted), rtol=1e-12)
+
+
+def test_the_screens_float32_lse_terms_stay_within_their_bound():
+    """The screen reads LSE - log B in float32; its terms must lie within the stated bound of the
+    float64 sums, also for weights far below float32's range and excesses of either sign."""
+    from rayfp.search.kernels import _excess_numpy, lse_excess_error, lse_excess_terms
+
+    rng = np.random.default_rng(9)
+    dim = 512
+    lse = np.log(100) + rng.uniform(-0.02, 0.02, (40, dim))
+    excess = (lse - np.log(100)).astype(np.float32)
+    peak = np.abs(excess).max(axis=1).astype(np.float64)
+    weights = np.stack([rng.random(dim), rng.random(dim) * 10.0 ** rng.uniform(-60, 0, dim),
+                        np.full(dim, 1e-45)], axis=1)
+    exact = (lse - np.log(100)) @ weights
+    got = lse_excess_terms(excess, weights)
+    bound = lse_excess_error(peak, weights.sum(axis=0), dim) + 1e-12 * np.abs(exact)
+    assert (np.abs(got - exact) <= bound).all()
+    # and it is useful: far below the whole LSE term (log B · Σ w), of which this is the excess
+    assert (bound[:, 0] < 1e-6 * np.log(100) * weights[:, 0].sum()).all()
+    out = np.empty((40, 3), np.float32)
+    _excess_numpy(excess, np.ascontiguousarray(weights.T, dtype=np.float32), out)
+    np.testing.assert_allclose(out, got, rtol=1e-4, atol=1e-30)
