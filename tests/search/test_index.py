@@ -218,3 +218,23 @@ def test_the_screens_float32_lse_terms_stay_within_their_bound():
     out = np.empty((40, 3), np.float32)
     _excess_numpy(excess, np.ascontiguousarray(weights.T, dtype=np.float32), out)
     np.testing.assert_allclose(out, got, rtol=1e-4, atol=1e-30)
+
+
+def test_many_small_changes_merge_among_themselves_and_keep_the_big_segment():
+    """Registrations one at a time: past MAX_SEGMENTS the small segments merge into one, and
+    the first (big) segment, with its encoding, stays the same object; answers stay exact."""
+    rng = np.random.default_rng(6)
+    space = make_space(dim=16, bins=20)
+    fps = [random_fingerprint(rng, space, f"s{i:03d}", n=200) for i in range(120)]
+    index = ScreenedIndex(fps[:100], kernel="int8-packed")
+    big = index.segments[0]
+    for i, fp in enumerate(fps[100:112]):
+        index = index.with_changes([fp], ["s003"] if i == 5 else [])
+        assert index.segments[0] is big
+        assert len(index.segments) <= ScreenedIndex.MAX_SEGMENTS + 1
+    assert len(index.segments) < 12
+    live = [fp for fp in fps[:112] if fp.task_id != "s003"]
+    fresh = ScreenedIndex(live, kernel="int8-packed")
+    target = random_fingerprint(rng, space, "t", n=200)
+    assert index.top_k(target, 9) == fresh.top_k(target, 9)
+    assert sorted(index.task_ids) == sorted(fp.task_id for fp in live)
