@@ -353,6 +353,7 @@ class Int8Packed(Int8Counts):
     the CPU has no VNNI), int32 sums kept below 2^31 by the dimension chunks."""
 
     kernel = "int8-packed"
+    SMALL = 64  # sources below which a segment's product runs on one thread (registrations)
 
     def __init__(self, low: np.ndarray, overflow: sparse.csr_matrix, dim: int, bins: int,
                  max_dimension_total: int) -> None:
@@ -379,7 +380,11 @@ class Int8Packed(Int8Counts):
         threads = _ORT_THREADS or os.cpu_count() or 1
         sessions = self._sessions.get(threads)
         if sessions is None:
-            sessions = self._sessions[threads] = [_packed_session(chunk, threads)
+            # A small segment (recent registrations) multiplies on one thread: a pool of its
+            # own would spin beside the big segment's after each call, and a batch over both
+            # took twice as long.
+            own = threads if len(self) >= self.SMALL else 1
+            sessions = self._sessions[threads] = [_packed_session(chunk, own)
                                                   for chunk in self.operands]
         return sessions
 
