@@ -38,6 +38,7 @@ from bench.bench_core import write_section
 from bench.bench_serve import free_port
 from bench.bench_shards import exhaustive_top_k, make_fingerprint
 from rayfp.cloud.wire import encode_fingerprint
+from rayfp.search import cpu
 
 K = 5
 # Modes `rayfp serve --ingress` offers (started as it starts them), and Ray's own others.
@@ -225,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(rows[-1], flush=True)
     if not args.no_write:
         label = f", {args.label}" if args.label else ""
-        write_section(rows, f"{TITLE} ({args.sources:,} sources{label})",
+        write_section(rows, f"{TITLE} ({args.sources:,} sources, "
+                            f"{cpu.describe()['torch_capability']}{label})",
                       f"python -m bench.bench_ingress --sources {args.sources} --modes "
                       + " ".join(args.modes) + " --shards " + " ".join(map(str, args.shards))
                       + (f" --replicas {args.replicas}" if args.replicas > 1 else "")
