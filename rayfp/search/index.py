@@ -427,9 +427,12 @@ class ScreenedIndex:
     def _exact_many(self, candidates: list[np.ndarray], query: _Targets) -> list[np.ndarray]:
         """Each target's bKLD to its candidate rows, in float64; targets whose candidates
         overlap share one read of the counts."""
+        if len(candidates) == 1:  # a lone query: nothing to share
+            return [self._exact_table(candidates[0], query)[:, 0] if len(candidates[0]) else
+                    np.zeros(0)]
         union, where = np.unique(np.concatenate(candidates), return_inverse=True)
         pairs = sum(len(rows) for rows in candidates)
-        if len(candidates) < 2 or len(union) * len(candidates) > self.SHARED_CANDIDATES * pairs:
+        if len(union) * len(candidates) > self.SHARED_CANDIDATES * pairs:
             return [self._exact_table(rows, query.column(j))[:, 0] if len(rows) else
                     np.zeros(0) for j, rows in enumerate(candidates)]
         table = self._exact_table(union, query)
