@@ -114,7 +114,7 @@ class _Segment:
 
     @property
     def nbytes(self) -> int:
-        return (self.rows.counts.nbytes + self.rows.lse.nbytes + self.rows.lse_excess.nbytes)
+        return self.rows.counts.nbytes + self.rows.lse.nbytes + self.rows.lse_excess.nbytes
 
 
     def counts(self, rows: np.ndarray, dtype: type = np.int64) -> np.ndarray:
@@ -207,6 +207,8 @@ class ScreenedIndex:
                      np.ones(len(sources), bool))
 
     def _finish(self, segments: list[_Segment], alive: np.ndarray) -> None:
+        for segment in segments:  # ready to query (int8-packed packs its counts here)
+            getattr(segment.rows.counts, "prepare", lambda: None)()
         self.segments, self.alive = segments, alive
         self.offsets = np.cumsum([0] + [len(seg) for seg in segments])
         self._ids = np.concatenate([seg.rows.task_ids for seg in segments])
@@ -347,7 +349,8 @@ class ScreenedIndex:
         peak = np.concatenate([seg.rows.lse_excess_peak for seg in self.segments])
         sums = weights.sum(axis=0)
         base = np.log(self.bins) * sums
-        error = lse_excess_error(peak, sums, self.dim) + FLOAT_SLACK * (np.abs(base) + terms)
+        error = (lse_excess_error(peak, sums, self.dim)
+                 + FLOAT_SLACK * (np.abs(base) + np.abs(terms)))
         return base + terms, error
 
     def _inner_products(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -101,3 +101,20 @@ def test_pickled_and_rethreaded_the_answers_stay_the_same():
         assert set(matrix._sessions) == before | {1}
     finally:
         configure_threads(previous or 2)
+
+
+def test_an_index_packs_its_segments_when_built_and_merges_pack_once(monkeypatch):
+    """The first query must not pay for packing; a merge must not pack its parts on the way."""
+    rng = np.random.default_rng(4)
+    space = make_space(dim=12, bins=20)
+    fps = [random_fingerprint(rng, space, f"s{i:02d}", n=200) for i in range(80)]
+    packed = []
+    real = kernels._packed_session
+    monkeypatch.setattr(kernels, "_packed_session",
+                        lambda chunk, threads: packed.append(len(chunk)) or real(chunk, threads))
+    index = ScreenedIndex(fps[:60], kernel="int8-packed")
+    assert packed == [60]  # at build time: the first query packs nothing
+    index.top_k(fps[70], 5)
+    assert packed == [60]
+    index = index.with_changes(fps[60:80], ["s01"])  # waste > 25%: one merged segment
+    assert len(index.segments) == 1 and packed == [60, 79]
