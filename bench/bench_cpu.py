@@ -38,10 +38,20 @@ def best_of(fn, repeats: int = 5) -> float:
     return float(np.median(times))
 
 
+# The backbones the forward benchmarks time: (name, random weights?). ResNet34's weights cannot
+# be downloaded here; its speed does not depend on them.
+FORWARD_BACKBONES = (("efficientnet_lite0", False), ("resnet34", True))
+
+
+def random_views(views: int) -> torch.Tensor:
+    """The same seeded batch of 224 x 224 views for every forward benchmark."""
+    return torch.rand(views, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+
+
 def bench_forward(views: int) -> list[tuple[str, str]]:
     rows = []
-    batch = torch.rand(views, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    for name, random_weights in (("efficientnet_lite0", False), ("resnet34", True)):
+    batch = random_views(views)
+    for name, random_weights in FORWARD_BACKBONES:
         extractor = FeatureExtractor(name, random_weights=random_weights, threads=2)
         reference = extractor.extract(batch)
         for threads in (1, 2):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from bench.bench_core import write_section
+from bench.bench_cpu import FORWARD_BACKBONES, random_views
 from rayfp.extract.backbones import MICRO_BATCH, FeatureExtractor, OnnxBackbone
 from rayfp.search import cpu
 
@@ -63,8 +64,8 @@ def openvino_forward(extractor: FeatureExtractor):
 
 def bench_forward(views: int) -> list[tuple[str, str]]:
     rows = []
-    batch = torch.rand(views, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    for name, random_weights in (("efficientnet_lite0", False), ("resnet34", True)):
+    batch = random_views(views)
+    for name, random_weights in FORWARD_BACKBONES:
         extractor = FeatureExtractor(name, random_weights=random_weights, threads=2)
         reference = extractor.extract(batch)
         eager = views_per_second(lambda e=extractor, b=batch: e.extract(b), len(batch))
