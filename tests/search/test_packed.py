@@ -40,8 +40,12 @@ def test_unsigned_digits_are_one_sided_and_within_the_stated_remainder():
     assert (queries - rebuilt)[:, :3].max(axis=0).min() > 0  # the bound is not vacuous
     # the light client's numpy digits are the compiled ones
     out = np.empty_like(digits)
-    _digits_numpy(np.ascontiguousarray(queries.T), 1.0 / scale, out)
+    np.testing.assert_array_equal(_digits_numpy(np.ascontiguousarray(queries.T), out), scale)
     np.testing.assert_array_equal(out, digits)
+    # other digit counts (numpy) agree on the digits they share
+    two, two_scale = unsigned_digits(queries, 2)
+    np.testing.assert_array_equal(two, digits[:, :2])
+    np.testing.assert_array_equal(two_scale, scale)
 
 
 def test_the_query_side_in_one_pass_equals_numpys():
