@@ -28,6 +28,7 @@ TINY = {
     "bench_confidence": ["cost", "--quick"],
     "bench_pictures": ["--sources", "30", "--repeats", "2", "--no-write"],
     "bench_engines": ["--views", "16", "--samples", "8", "--no-write"],
+    "bench_demo": ["--engines", "onnxruntime", "--samples", "16", "--no-write"],  # ~85 s: fixed costs
 }
 
 
