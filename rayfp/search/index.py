@@ -62,8 +62,10 @@ class _Rows:
 
     @classmethod
     def encode(cls, sources: Sequence[Fingerprint], dim: int, bins: int, kernel: type, *,
-               batch: int = 16) -> _Rows:
-        """Vectorised over small batches of sources (16 measured fastest: cache-sized)."""
+               batch: int = 16, like: _Rows | None = None) -> _Rows:
+        """Vectorised over small batches of sources (16 measured fastest: cache-sized).
+        ``like``: the same sources encoded for another kernel; only the counts are encoded
+        again, the rest is shared."""
         n, length = len(sources), dim * bins
         lse = np.empty((n, dim), np.float64)
         per_dimension = np.empty((n, dim), np.int64)
@@ -77,12 +79,18 @@ class _Rows:
             per_dimension[start:start + len(part)] = cube.sum(axis=2)
             parts.append(kernel.build(counts, dim, bins,
                                       int(per_dimension[start:start + len(part)].max())))
-            probabilities = cube / samples[start:start + len(part), None, None]
-            # P is in [0, 1], so Σ exp(P) is in [B, e·B]: no max-shift needed (2x faster).
-            lse[start:start + len(part)] = np.log(np.exp(probabilities).sum(axis=2))
+            if like is None:
+                probabilities = cube / samples[start:start + len(part), None, None]
+                # P is in [0, 1], so Σ exp(P) is in [B, e·B]: no max-shift needed (2x faster).
+                lse[start:start + len(part)] = np.log(np.exp(probabilities).sum(axis=2))
+        counts = parts[0] if len(parts) == 1 else kernel.join(parts)
+        if like is not None:
+            if not np.array_equal(like.task_ids, [s.task_id for s in sources]):
+                raise ConfigError("encode(like=...) needs the same sources in the same order")
+            return dataclasses.replace(like, counts=counts)
         excess = (lse - np.log(bins)).astype(np.float32)
         return cls(task_ids=np.array([s.task_id for s in sources]),
-                   counts=parts[0] if len(parts) == 1 else kernel.join(parts),
+                   counts=counts,
                    n=samples, count_total=per_dimension.sum(axis=1).astype(np.float64),
                    lse=lse, lse_excess=excess,
                    lse_excess_peak=np.abs(excess).max(axis=1, initial=0).astype(np.float64),
@@ -161,23 +169,33 @@ class TopK:
     candidates: int
 
 
-def _time_queries(index: ScreenedIndex, repeats: int = 5, batch: int = 8) -> float:
+def _time_queries(index: ScreenedIndex, give_up: float = float("inf"), repeats: int = 7,
+                  batch: int = 8, batches: int = 3) -> float:
     """Seconds per top-5 query (screen + exact re-rank) on the index, its own sources as
-    targets: the mean of a lone query's median time and the per-query time inside a batch of
-    ``batch`` (the service batches concurrent queries). Both count: latency when quiet,
-    throughput under load; thin GEMMs differ between BLAS libraries far more than GEMVs do."""
+    targets: the mean of a lone query's median time and the median per-query time inside a
+    batch of ``batch`` (the service batches concurrent queries). Both count: latency when
+    quiet, throughput under load; thin GEMMs differ between BLAS libraries far more than GEMVs
+    do. Medians, as a 2-core VM's timings jump by 10-15% between calls. A first lone query
+    over ``give_up`` seconds is the answer (the kernel cannot win)."""
     rows = np.linspace(0, len(index) - 1, max(repeats + 1, batch)).astype(int)
     targets = [index.source(int(row)) for row in rows]
+    # The kernel timed before may leave a thread pool spinning (ONNX Runtime's do, for
+    # milliseconds after a call): timed at once, uint8-numba's lone query took 8 ms, not 4.
+    time.sleep(0.05)
     index.top_k(targets[0], 5)  # warm-up: allocations, thread pools
     lone = []
     for target in targets[1:repeats + 1]:
         started = time.perf_counter()
         index.top_k(target, 5)
         lone.append(time.perf_counter() - started)
-    started = time.perf_counter()
-    index.top_k_many(targets[:batch], 5)
-    batched = (time.perf_counter() - started) / batch
-    return (float(np.median(lone)) + batched) / 2
+        if lone[0] > give_up:
+            return lone[0]
+    batched = []
+    for _ in range(batches):
+        started = time.perf_counter()
+        index.top_k_many(targets[:batch], 5)
+        batched.append((time.perf_counter() - started) / batch)
+    return (float(np.median(lone)) + float(np.median(batched))) / 2
 
 
 class ScreenedIndex:
@@ -189,22 +207,45 @@ class ScreenedIndex:
     ``kernel_timings`` holds what was measured (seconds per query, see _time_queries), empty
     if forced."""
 
-    KERNEL_SAMPLE = 256
+    # Sources the kernels are timed on: enough that their counts (50 MiB at D·B = 51,200)
+    # outgrow a server's L3, as the whole index's do. On 256 (13 MiB, cache-resident on the
+    # AVX2 EPYC) uint8-numba and int8-packed timed alike and a 10,000-source index got
+    # uint8-numba, which ranks a batch there at 1.6x int8-packed's time (BENCHMARKS.md).
+    KERNEL_SAMPLE = 1024
 
-    def __init__(self, sources: Sequence[Fingerprint], *, kernel: str = AUTO) -> None:
+    def __init__(self, sources: Sequence[Fingerprint], *, kernel: str = AUTO,
+                 like: _Rows | None = None) -> None:
+        """``like``: these same sources already encoded for another kernel (the kernel
+        chooser's sample), whose kernel-independent tables (LSE, sums) are reused."""
         first = common_space(sources)
         self.space_id, self.dim, self.bins = first.space_id, first.dim, first.bins
         self.kernel_timings: dict[str, float] = {}
         self.measured_on = 0  # sources the kernel was chosen on (0: forced)
         if kernel == AUTO:
             self.measured_on = min(len(sources), self.KERNEL_SAMPLE)
-            kernel, self.kernel_timings = choose_kernel(
-                lambda name: _time_queries(ScreenedIndex(sources[:self.KERNEL_SAMPLE],
-                                                         kernel=name)))
+            kernel, self.kernel_timings, like = self._choose(sources[:self.KERNEL_SAMPLE])
+            if self.measured_on < len(sources):
+                like = None
         self.kernel = kernel
         self._kernel_class = kernel_class(kernel)
-        self._finish([_Segment(_Rows.encode(sources, self.dim, self.bins, self._kernel_class))],
+        self._finish([_Segment(_Rows.encode(sources, self.dim, self.bins, self._kernel_class,
+                                            like=like))],
                      np.ones(len(sources), bool))
+
+    @staticmethod
+    def _choose(sample: Sequence[Fingerprint]) -> tuple[str, dict[str, float], _Rows | None]:
+        """The fastest kernel on ``sample``, every timing, and the sample's encoded rows (the
+        exp/log of the LSE tables were half of each kernel's build: computed once here)."""
+        encoded = None
+
+        def timed(name: str, give_up: float) -> float:
+            nonlocal encoded
+            index = ScreenedIndex(sample, kernel=name, like=encoded)
+            encoded = index.segments[0].rows
+            return _time_queries(index, give_up)
+
+        kernel, timings = choose_kernel(timed)
+        return kernel, timings, encoded
 
     def _finish(self, segments: list[_Segment], alive: np.ndarray) -> None:
         for segment in segments:  # ready to query (int8-packed packs its counts here)

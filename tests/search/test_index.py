@@ -10,7 +10,15 @@ from rayfp.core.distance import METRICS, TARGET_SOFTMAX, UNIFORM, LinearIndex, d
 from rayfp.core.fingerprint import Fingerprint
 from rayfp.errors import ConfigError, SpaceMismatchError
 from rayfp.search.index import DIGIT, DIGITS, ScreenedIndex, query_digits
-from rayfp.search.kernels import KERNELS, Float32Screen, Int8Counts, Uint8Numba, choose_kernel
+from rayfp.search.kernels import (
+    CLOSE,
+    GIVE_UP,
+    KERNELS,
+    Float32Screen,
+    Int8Counts,
+    Uint8Numba,
+    choose_kernel,
+)
 
 ALL_KERNELS = sorted(KERNELS)
 
@@ -174,8 +182,25 @@ def test_every_kernels_error_bound_holds_and_auto_keeps_the_fastest(sources):
     fake = {"int8-gemm": 2.0, "int8-onnxruntime": 2.5, "int8-packed": 1.5, "float32-torch": 1.0,
             "float32-numpy": 3.0,
             "uint8-numba": 4.0}
-    chosen, timings = choose_kernel(fake.get)
+    chosen, timings = choose_kernel(lambda name, give_up: fake[name])
     assert chosen == "float32-torch" and timings == fake
+    # each timing may stop once it is GIVE_UP times the best so far (int8-packed's, timed
+    # first); a kernel that stops early keeps what it measured and cannot win
+    limits = {}
+    choose_kernel(lambda name, give_up: limits.setdefault(name, give_up) and fake[name])
+    assert limits["int8-packed"] == float("inf")
+    assert limits["float32-torch"] == GIVE_UP * 1.5 and limits["int8-gemm"] == GIVE_UP * 1.0
+    # a close call (within CLOSE) is timed again, runner-up first, and decided on the means
+    calls, second_round = [], {"int8-packed": 1.0, "uint8-numba": 1.8}
+    first_round = {**fake, "int8-packed": 1.1, "uint8-numba": 1.0, "float32-torch": 5.0}
+
+    def timed(name, give_up):
+        calls.append(name)
+        return (second_round if calls.count(name) > 1 else first_round)[name]
+
+    chosen, timings = choose_kernel(timed)
+    assert 1.0 * CLOSE > 1.1 and calls[-2:] == ["int8-packed", "uint8-numba"]
+    assert chosen == "int8-packed" and timings["uint8-numba"] == pytest.approx(1.4)
     index = ScreenedIndex(fps)
     assert index.kernel in KERNELS and set(index.kernel_timings) == set(KERNELS)
     assert index.kernel_timings[index.kernel] == min(index.kernel_timings.values())
