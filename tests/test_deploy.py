@@ -22,6 +22,26 @@ def test_cluster_yaml_is_a_valid_ray_cluster_config():
     assert any("pip install -e" in c for c in config["setup_commands"])
 
 
+def test_every_way_of_starting_ray_gives_the_replicas_their_environment():
+    """What `rayfp serve` sets for the replicas (rayfp.cloud.app.REPLICA_ENVIRONMENT) must also
+    reach a cluster's `ray start` and the Kubernetes pods, or they run the slower defaults."""
+    from rayfp.cloud.app import REPLICA_ENVIRONMENT, serve_environment
+
+    for ingress in ("direct", "haproxy", "proxy"):
+        assert REPLICA_ENVIRONMENT.items() <= serve_environment(ingress, 8000).items()
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands")
+              for c in config[key] if "ray start" in c]
+    assert len(starts) == 2
+    for command in starts:
+        for name, value in REPLICA_ENVIRONMENT.items():
+            assert f"{name}={value}" in command.split(), (name, command)
+    service = yaml.safe_load((REPO / "deploy" / "rayservice.yaml").read_text())
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in head["containers"][0]["env"]}
+    assert REPLICA_ENVIRONMENT.items() <= env.items()
+
+
 def test_deploy_manifests_name_the_refingerprint_job():
     rayjob = yaml.safe_load((REPO / "deploy" / "refingerprint-rayjob.yaml").read_text())
     assert rayjob["kind"] == "RayJob" and "jobs/refingerprint.py" in rayjob["spec"]["entrypoint"]
@@ -137,6 +157,17 @@ def test_every_cloud_setting_is_declared_once(monkeypatch):
                                       "--shards", "4", "--default-metric", "p2l"])
     typed = AppArgs(**settings_from(args))
     assert typed.max_epsilon is None and typed.shards == 4 and typed.default_metric == "p2l"
+    # a yes/no setting is a --flag / --no-flag pair; the access log is off unless asked for
+    assert AppArgs(store="here").access_log is False
+    for flags, wanted in (([], False), (["--access-log"], True), (["--no-access-log"], False)):
+        args = build_parser().parse_args(["serve", "--store", "here", *flags])
+        assert AppArgs(**settings_from(args)).access_log is wanted
+    from rayfp.cloud.app import build_app
+
+    for on in (False, True):  # and it reaches Serve's logging config of the ingress
+        app = build_app({"store": "here", "access_log": on})
+        assert app._bound_deployment._deployment_config.logging_config[
+            "enable_access_log"] is on
     import pydantic
 
     with pytest.raises(pydantic.ValidationError):  # the registries still check the choices

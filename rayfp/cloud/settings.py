@@ -22,7 +22,7 @@ REQUIRED = object()
 @dataclasses.dataclass(frozen=True)
 class Setting:
     name: str
-    kind: type  # int, float or str
+    kind: type  # int, float, str or bool (a --flag / --no-flag pair)
     default: Any
     help: str
     bounds: dict[str, float] = dataclasses.field(default_factory=dict)  # ge, gt, le
@@ -59,6 +59,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shards", int, 1, "index shard deployments; 1: the ingress ranks itself",
             {"ge": 1}),
     Setting("shard_cpus", float, 1.0, "CPUs reserved by each shard replica", {"ge": 0}),
+    Setting("access_log", bool, False, "Serve's access log, a line per request (on 2 cores "
+            "its writes cost about 1 ms a request: docs/cloud.md)"),
 )
 
 
@@ -76,6 +78,10 @@ def add_setting_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(s.flag, required=True, help=s.help)
             continue
         default = os.environ.get("RAYFP_TOKEN", "") if s.name == "token" else s.default
+        if s.kind is bool:
+            p.add_argument(s.flag, action=argparse.BooleanOptionalAction, default=default,
+                           help=f"{s.help} (default: {'on' if default else 'off'})")
+            continue
         kind = _epsilon if s.optional else s.kind
         p.add_argument(s.flag, type=kind, default=default,
                        help=f"{s.help} (default: {'$RAYFP_TOKEN' if s.name == 'token' else default})")
