@@ -494,7 +494,7 @@ class KnowledgeCloud:
 # request to a second loop in another thread) and freezes the garbage collector once started.
 # The handlers keep that loop free (ranking runs in the batcher's thread, writes in Starlette's
 # thread pool). Measured on the AVX2 EPYC, 1,000 sources, direct ingress, with the access log off
-# (build_app): an empty GET 2.3 -> 0.9-1.1 ms, a query's p50 9.0 -> 6.8 ms (BENCHMARKS.md).
+# (build_app): an empty GET 2.3 -> 1.0 ms, one client's p50 8.3-9.0 -> 7.2 ms (BENCHMARKS.md).
 REPLICA_ENVIRONMENT = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
                        "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1"}
 _INGRESS_VARIABLES = ("RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
