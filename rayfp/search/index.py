@@ -169,19 +169,18 @@ class TopK:
     candidates: int
 
 
-def _time_queries(index: ScreenedIndex, give_up: float = float("inf"), repeats: int = 7,
-                  batch: int = 8, batches: int = 3) -> float:
+def _time_queries(index: ScreenedIndex, give_up: float = float("inf"), pause: float = 0.0,
+                  repeats: int = 7, batch: int = 8, batches: int = 3) -> float:
     """Seconds per top-5 query (screen + exact re-rank) on the index, its own sources as
     targets: the mean of a lone query's median time and the median per-query time inside a
     batch of ``batch`` (the service batches concurrent queries). Both count: latency when
     quiet, throughput under load; thin GEMMs differ between BLAS libraries far more than GEMVs
     do. Medians, as a 2-core VM's timings jump by 10-15% between calls. A first lone query
-    over ``give_up`` seconds is the answer (the kernel cannot win)."""
+    over ``give_up`` seconds is the answer (the kernel cannot win). ``pause``: seconds to wait
+    first."""
     rows = np.linspace(0, len(index) - 1, max(repeats + 1, batch)).astype(int)
     targets = [index.source(int(row)) for row in rows]
-    # The kernel timed before may leave a thread pool spinning (ONNX Runtime's do, for
-    # milliseconds after a call): timed at once, uint8-numba's lone query took 8 ms, not 4.
-    time.sleep(0.05)
+    time.sleep(pause)
     index.top_k(targets[0], 5)  # warm-up: allocations, thread pools
     lone = []
     for target in targets[1:repeats + 1]:
@@ -212,6 +211,12 @@ class ScreenedIndex:
     # AVX2 EPYC) uint8-numba and int8-packed timed alike and a 10,000-source index got
     # uint8-numba, which ranks a batch there at 1.6x int8-packed's time (BENCHMARKS.md).
     KERNEL_SAMPLE = 1024
+    # From this many sources the timings are worth care, which costs ~0.5 s: a pause before
+    # each kernel (the one timed before may leave a pool spinning: ONNX Runtime's spin for
+    # milliseconds after a call, and uint8-numba's lone query then took 8 ms, not 4), more
+    # repeats, and a second timing of a close call. Below, a query takes ~1 ms on any kernel,
+    # and the kernel is chosen again as the space grows (should_remeasure).
+    CAREFUL_FROM = 256
 
     def __init__(self, sources: Sequence[Fingerprint], *, kernel: str = AUTO,
                  like: _Rows | None = None) -> None:
@@ -232,19 +237,23 @@ class ScreenedIndex:
                                             like=like))],
                      np.ones(len(sources), bool))
 
-    @staticmethod
-    def _choose(sample: Sequence[Fingerprint]) -> tuple[str, dict[str, float], _Rows | None]:
+    @classmethod
+    def _choose(cls, sample: Sequence[Fingerprint]
+                ) -> tuple[str, dict[str, float], _Rows | None]:
         """The fastest kernel on ``sample``, every timing, and the sample's encoded rows (the
         exp/log of the LSE tables were half of each kernel's build: computed once here)."""
         encoded = None
+        careful = len(sample) >= cls.CAREFUL_FROM
 
         def timed(name: str, give_up: float) -> float:
             nonlocal encoded
             index = ScreenedIndex(sample, kernel=name, like=encoded)
             encoded = index.segments[0].rows
-            return _time_queries(index, give_up)
+            if careful:
+                return _time_queries(index, give_up, pause=0.05, repeats=7, batches=3)
+            return _time_queries(index, give_up, repeats=5, batches=1)
 
-        kernel, timings = choose_kernel(timed)
+        kernel, timings = choose_kernel(timed, close_calls=careful)
         return kernel, timings, encoded
 
     def _finish(self, segments: list[_Segment], alive: np.ndarray) -> None:

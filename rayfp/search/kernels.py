@@ -799,12 +799,13 @@ GIVE_UP = 4.0  # a first query this many times the best kernel's whole timing en
 CLOSE = 1.25  # the two fastest within this factor: both are timed again, runner-up first
 
 
-def choose_kernel(time_query: Callable[[str, float], float]) -> tuple[str, dict[str, float]]:
+def choose_kernel(time_query: Callable[[str, float], float], *, close_calls: bool = True
+                  ) -> tuple[str, dict[str, float]]:
     """Time every kernel with ``time_query(name, give_up)`` (median seconds of a whole query on
     a sample of the index; it may stop early, returning what it measured, once a query takes
     over ``give_up`` seconds) and return the fastest name with every timing; a kernel that
     cannot hold the data exactly (ConfigError), or whose library this installation left out
-    (torch, numba), is left out."""
+    (torch, numba), is left out. ``close_calls``: time the two fastest again when close."""
     timings = {}
     for name in sorted(KERNELS, key=TIMING_ORDER.index):
         best = min(timings.values(), default=float("inf"))
@@ -818,7 +819,7 @@ def choose_kernel(time_query: Callable[[str, float], float]) -> tuple[str, dict[
     # timings drift by 10-15%, and on the AVX2 EPYC int8-packed and uint8-numba came within
     # that on 1,024 sources (int8-packed ranks 10,000 1.2-1.6x faster there).
     first, second = (sorted(timings, key=timings.get) + [None])[:2]
-    if second is not None and timings[second] < CLOSE * timings[first]:
+    if close_calls and second is not None and timings[second] < CLOSE * timings[first]:
         for name in (second, first):
             timings[name] = (timings[name] + time_query(name, float("inf"))) / 2
     return min(timings, key=timings.get), timings
