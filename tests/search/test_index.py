@@ -211,6 +211,25 @@ def test_every_kernels_error_bound_holds_and_auto_keeps_the_fastest(sources):
         ScreenedIndex(fps, kernel="int4")
 
 
+def test_the_kernel_chooser_shares_one_encoding_and_it_answers_as_a_fresh_one(sources):
+    """The chooser encodes its sample's LSE tables once for every kernel (``like``): an index
+    built that way holds the same tables and gives the same answers as one encoded afresh,
+    and rows of other sources cannot be passed off as them."""
+    space, fps = sources
+    fresh = ScreenedIndex(fps, kernel="uint8-numba")
+    shared = ScreenedIndex(fps, kernel="int8-packed", like=fresh.segments[0].rows)
+    own = ScreenedIndex(fps, kernel="int8-packed")
+    for name in ("lse", "lse_excess", "lse_excess_peak", "count_total", "n"):
+        np.testing.assert_array_equal(getattr(shared.segments[0].rows, name),
+                                      getattr(own.segments[0].rows, name))
+    assert shared.top_k_many(fps[:4], 5) == own.top_k_many(fps[:4], 5)
+    with pytest.raises(ConfigError, match="same sources"):
+        ScreenedIndex(fps[1:] + fps[:1], kernel="int8-packed", like=fresh.segments[0].rows)
+    # an automatic choice over the whole (small) space reuses the sample's tables too
+    auto = ScreenedIndex(fps)
+    np.testing.assert_array_equal(auto.segments[0].rows.lse, own.segments[0].rows.lse)
+
+
 def test_the_light_clients_gather_sums_as_the_compiled_one():
     """Without numba (the light client) the exact re-rank's products come from numpy: the
     same float64 sums of exact products, to rounding."""
