@@ -98,8 +98,9 @@ def bench_forward(views: int) -> list[tuple[str, str]]:
     return rows
 
 
-def bench_counts(samples: int) -> list[tuple[str, str]]:
-    """The demo's tasks fingerprinted with both engines in one space's edges."""
+def bench_counts(samples: int, task_limit: int | None = None) -> list[tuple[str, str]]:
+    """The demo's tasks (the first ``task_limit``, or all) fingerprinted with both engines in
+    one space's edges."""
     from rayfp.cli.demo import DEMO_BACKBONE, DEMO_MIN_IMAGES, build_demo_tasks
     from rayfp.core.distance import LinearIndex, bkld
     from rayfp.extract.api import create_space, extractor_for_space, fingerprint_task
@@ -109,7 +110,7 @@ def bench_counts(samples: int) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "store")
         tasks = build_demo_tasks(Path(tmp) / "data")
-        names = list(tasks)
+        names = list(tasks)[:task_limit]
         base = create_space([[tasks[t][0]] for t in names], backbone=DEMO_BACKBONE, bins=100,
                             store=store, samples_per_task=max(samples // 2, 16),
                             reference_names=names, engine="torch").space
@@ -169,10 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--views", type=int, default=64, help="views per forward timing")
     parser.add_argument("--samples", type=int, default=100, help="views per demo task")
+    parser.add_argument("--tasks", type=int, default=None,
+                        help="the first N demo tasks only (the test suite's tiny run)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    rows = bench_forward(args.views) + bench_counts(args.samples)
+    rows = bench_forward(args.views) + bench_counts(args.samples, args.tasks)
     for what, result in rows:
         print(f"{what}: {result}")
     if not args.no_write:

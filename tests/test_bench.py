@@ -23,11 +23,11 @@ TINY = {
     "bench_soak": ["--sources", "20", "--seconds", "8", "--clients", "2", "--no-write"],
     "bench_recommend": ["--repeats", "1"],
     "bench_evaluate": [],
-    "bench_cpu": ["--views", "8", "--no-write"],
+    "bench_cpu": ["--views", "8", "--bf16-views", "0", "--no-write"],  # bf16: ~1 min on AVX2
     "bench_privacy": ["attack", "--quick"],  # writes bench/results/ of the copy only
     "bench_confidence": ["cost", "--quick"],
     "bench_pictures": ["--sources", "30", "--repeats", "2", "--no-write"],
-    "bench_engines": ["--views", "16", "--samples", "8", "--no-write"],
+    "bench_engines": ["--views", "8", "--samples", "8", "--tasks", "4", "--no-write"],
     "bench_demo": ["--engines", "onnxruntime", "--samples", "16", "--no-write"],  # ~85 s: fixed costs
 }
 
