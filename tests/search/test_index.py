@@ -88,6 +88,7 @@ def concentrated(space, task_id: str, n: int) -> Fingerprint:
 
 
 @pytest.mark.parametrize("kernel,largest", [("int8-gemm", 2_000_000), ("int8-packed", 2_000_000),
+                                            ("int8-sparse", 2_000_000),
                                             ("float32-torch", 2_000_000), ("float32-numpy", 2_000_000),
                                             ("uint8-numba", 2_000_000), ("auto", 2_000_000)])
 def test_large_counts_overflow_and_dimension_chunks_stay_exact(kernel, largest):
@@ -105,7 +106,9 @@ def test_large_counts_overflow_and_dimension_chunks_stay_exact(kernel, largest):
     index = ScreenedIndex(fps, kernel=kernel)
     matrix = index.segments[0].rows.counts
     if kernel == "auto":
-        int8 = {"int8-gemm", "int8-onnxruntime", "int8-packed"}  # only the integer kernels hold 2^24 exactly
+        # only the int8 kernels hold 2^24 exactly (int8-sparse's float32 lone path too: its
+        # counts are 0..127, the rest is the float64 overflow)
+        int8 = {"int8-gemm", "int8-onnxruntime", "int8-packed", "int8-sparse"}
         assert index.kernel in int8 and set(index.kernel_timings) == int8
     if isinstance(matrix, Int8Counts):
         assert matrix.overflow.nnz > 0 and len(matrix.chunks) > 1
@@ -175,13 +178,15 @@ def test_every_kernels_error_bound_holds_and_auto_keeps_the_fastest(sources):
         approx, error = matrix.inner(queries, total)
         assert (np.abs(approx - exact) <= error).all(), name
         assert (error[:, 0] < 1e-2 * exact[:, 0]).all(), name  # and the bound is useful
+        for j in range(queries.shape[1]):  # each query alone: some kernels have a lone path
+            approx, error = matrix.inner(queries[:, j:j + 1], total)
+            assert (np.abs(approx - exact[:, j:j + 1]) <= error).all(), (name, j)
         np.testing.assert_array_equal(matrix.counts(np.array([3, 7])), counts[[3, 7]])
         # the re-rank's float64 products of a few rows, with every query at once
         np.testing.assert_allclose(matrix.exact_products(np.array([7, 3]), queries.T),
                                    exact[[7, 3]], rtol=1e-12, atol=0)
-    fake = {"int8-gemm": 2.0, "int8-onnxruntime": 2.5, "int8-packed": 1.5, "float32-torch": 1.0,
-            "float32-numpy": 3.0,
-            "uint8-numba": 4.0}
+    fake = {"int8-gemm": 2.0, "int8-onnxruntime": 2.5, "int8-packed": 1.5, "int8-sparse": 2.2,
+            "float32-torch": 1.0, "float32-numpy": 3.0, "uint8-numba": 4.0}
     chosen, timings = choose_kernel(lambda name, give_up: fake[name])
     assert chosen == "float32-torch" and timings == fake
     # each timing may stop once it is GIVE_UP times the best so far (int8-packed's, timed

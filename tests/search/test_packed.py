@@ -122,3 +122,44 @@ def test_an_index_packs_its_segments_when_built_and_merges_pack_once(monkeypatch
     assert packed == [60]
     index = index.with_changes(fps[60:80], ["s01"])  # waste > 25%: one merged segment
     assert len(index.segments) == 1 and packed == [60, 79]
+
+
+def test_int8_sparse_reads_only_the_columns_a_lone_query_needs():
+    """A lone query reads only the count columns where it is nonzero, stays within its bound,
+    and answers as int8-packed, also after pickling (the columns are remade on use) and on one
+    thread."""
+    rng = np.random.default_rng(6)
+    space = make_space(dim=16, bins=40)
+    fps = [random_fingerprint(rng, space, f"s{i:02d}", n=500, zero_fraction=0.6)
+           for i in range(90)]
+    sparse_index = ScreenedIndex(fps, kernel="int8-sparse")
+    packed_index = ScreenedIndex(fps, kernel="int8-packed")
+    matrix = sparse_index.segments[0].rows.counts
+    assert matrix._columns is not None  # made when the index was built, not by a query
+    counts = np.stack([fp.counts.ravel() for fp in fps]).astype(np.float64)
+    total = counts.sum(axis=1)
+    target = random_fingerprint(rng, space, "t", n=500, zero_fraction=0.6)
+    query = (target.counts.ravel() / 500.0)[:, None]
+    assert 0 < (query == 0).mean() < 1
+    approx, error = matrix.inner(query, total)
+    assert (np.abs(approx - counts @ query) <= error).all()
+    read = []  # the column rows the compiled loop is handed: all it reads
+    loop = kernels._columns_loop()
+    kernels._COLUMNS_LOOP = lambda columns, rows, *rest: read.append(rows.copy()) or loop(
+        columns, rows, *rest)
+    try:
+        np.testing.assert_array_equal(matrix.inner(query, total)[0], approx)
+    finally:
+        kernels._COLUMNS_LOOP = loop
+    np.testing.assert_array_equal(read[0], np.flatnonzero(query[:, 0]))
+    matrix._columns = None  # remade from the counts on use
+    for index in (sparse_index, pickle.loads(pickle.dumps(sparse_index))):
+        for t in [target, *fps[:3]]:
+            assert [n for n, _ in index.top_k(t, 6)] == [n for n, _ in packed_index.top_k(t, 6)]
+    previous = kernels._ORT_THREADS
+    try:
+        configure_threads(1)
+        assert ([n for n, _ in sparse_index.top_k(target, 6)]
+                == [n for n, _ in packed_index.top_k(target, 6)])
+    finally:
+        configure_threads(previous or 2)
