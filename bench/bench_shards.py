@@ -29,13 +29,16 @@ DIM, BINS, SAMPLES, K = 512, 100, 1000, 5
 TITLE = "Sharded lookup: memory per shard and latency"
 
 
-def make_fingerprint(space, task_id: str) -> Fingerprint:
+WIDTHS = (0.05, 0.3)  # each dimension's spread, a share of the bin range: ~78% bins nonzero
+
+
+def make_fingerprint(space, task_id: str, widths: tuple[float, float] = WIDTHS) -> Fingerprint:
     """A discretised Gaussian per dimension (as bench_core.realistic_fingerprint, but its
     expected counts rounded by largest remainder instead of a multinomial draw: 20x faster,
     which 300,000 sources need), seeded by the task id so any shard makes its own sources."""
     rng = np.random.default_rng(int(task_id.split("-")[1]))
     centres = rng.uniform(0.2, 0.8, DIM)[:, None]
-    widths = rng.uniform(0.05, 0.3, DIM)[:, None]
+    widths = rng.uniform(*widths, DIM)[:, None]
     grid = (np.arange(BINS)[None, :] + 0.5) / BINS
     p = np.exp(-0.5 * ((grid - centres) / widths) ** 2)
     p /= p.sum(axis=1, keepdims=True)

@@ -21,6 +21,8 @@ they differ in speed, memory and how many sources survive the screen:
   which reads only the columns where the query is nonzero (a target's empty bins: most of a
   real fingerprint's) and sums them in float32 with uint8-numba's bound. Batches go to
   int8-packed's GEMM. Costs a third copy of the counts.
+- ``int8-columns``: the row-major int8 counts and the column copy only; every query, alone or
+  in a batch, reads its own nonzero columns. Two copies, as int8-packed.
 - ``float32-torch`` and ``float32-numpy``: counts as float32 (4 bytes, exact below 2^24) times
   the query rounded to float32, one GEMV (FMA on any x86 or ARM CPU). The rounding of the query
   (u = 2^-24 each) and of the L-term sums (γ_L = L·u / (1 − L·u), any summation order) bound
@@ -511,32 +513,99 @@ def _nonzero_entries(query: np.ndarray, scale: float) -> tuple[np.ndarray, np.nd
     return _NONZERO(np.ascontiguousarray(query), float(scale))
 
 
-class Int8Sparse(Int8Packed):
-    """int8-packed, plus the counts once more as columns (D·B, N): a lone query reads only the
-    columns where it is nonzero. A target's histogram is zero wherever none of its samples fell
-    (55-80% of the bins of the demo's real fingerprints, 22% of bench_shards' synthetic ones),
-    so a lone query reads that much less. Its nonzero entries, rounded to float32, multiply
-    the counts widened to float32 in numba's loop, with the float32 error bound over only
-    those L terms (uint8-numba's bound). A batch of queries is int8-packed's GEMM: MLAS's
-    integer kernel outruns float32 loops once several queries share the stream. Costs a third
-    copy of the counts (row-major, packed, columns)."""
+class _SparseColumns:
+    """The counts once more as columns (D·B, N), for queries that read only the columns where
+    they are nonzero. A target's histogram is zero wherever none of its samples fell (51-80% of
+    the bins of the demo's real fingerprints, 22% of bench_shards' default synthetic ones), so
+    a query reads that much less. Its nonzero entries, rounded to float32, multiply the counts
+    widened to float32 in numba's loop, with the float32 error bound over only those L terms
+    (uint8-numba's bound). Mixed into an int8 kernel: the columns hold its `low` (0..127), the
+    counts above stay in its float64 overflow."""
+
+    SMALL = 64  # sources below which a product runs on one thread (registrations)
+
+    def _start_columns(self) -> None:
+        _columns_loop()  # ConfigError here if this machine cannot run it
+        self._columns: np.ndarray | None = None  # made in prepare or on first use
+
+    def _columns_now(self) -> np.ndarray:
+        if self._columns is None:  # two threads may both make it: the same array either way
+            self._columns = _transposed(self.low.view(np.uint8))
+        return self._columns
+
+    def _sparse_inner(self, queries: np.ndarray, count_total: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """As inner, one query (column) at a time, each over its own nonzero columns."""
+        import numba
+
+        scale = _power_of_two_scale(queries)
+        threads = _ORT_THREADS or os.cpu_count() or 1
+        parts = np.empty((threads if len(self) >= self.SMALL else 1, len(self)), np.float32)
+        numba.set_num_threads(min(len(parts), numba.config.NUMBA_NUM_THREADS))
+        approx = np.empty((len(self), queries.shape[1]))
+        lengths = np.empty(queries.shape[1], np.int64)
+        for j in range(queries.shape[1]):
+            rows, values = _nonzero_entries(queries[:, j], scale[j])
+            _columns_loop()(self._columns_now(), rows, values, parts)
+            approx[:, j] = parts.sum(axis=0, dtype=np.float64) * scale[j]
+            lengths[j] = len(rows)
+        # The parts' float64 sum is one more order of the same L float32 terms: the bound holds.
+        error = np.concatenate([_float32_error(approx[:, j:j + 1], int(lengths[j]), count_total,
+                                               scale[j:j + 1]) for j in range(len(lengths))],
+                               axis=1)
+        if self.overflow.nnz:  # counts above 127: few integers times the query, float64
+            approx = approx + self.overflow @ queries
+        return approx, error + FLOAT_SLACK * np.abs(approx)
+
+
+class Int8Columns(_SparseColumns, Int8Counts):
+    """int8 counts (row-major, for the exact re-rank) and the same counts as columns: every
+    query, alone or in a batch, reads only its nonzero columns (_SparseColumns). Two copies of
+    the counts, as int8-packed. Where queries are sparse enough, a batch run one query after
+    another outruns the integer GEMM (10,000 sources, 40% nonzero, AVX2 EPYC: BENCHMARKS.md)."""
+
+    kernel = "int8-columns"
+
+    def __init__(self, low: np.ndarray, overflow: sparse.csr_matrix, dim: int, bins: int,
+                 max_dimension_total: int) -> None:
+        self._start_columns()
+        super().__init__(low, overflow, dim, bins, max_dimension_total)
+
+    @staticmethod
+    def _operand(chunk: np.ndarray) -> np.ndarray:
+        return chunk  # no GEMM: the columns are the operand
+
+    def prepare(self) -> None:
+        self._columns_now()
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_columns": None}  # remade on use
+
+    @property
+    def nbytes(self) -> int:
+        return super().nbytes + self.low.nbytes  # + the columns
+
+    def inner(self, queries: np.ndarray, count_total: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        return self._sparse_inner(queries, count_total)
+
+
+class Int8Sparse(_SparseColumns, Int8Packed):
+    """int8-packed, plus the columns (_SparseColumns) for a lone query, which reads only those
+    where it is nonzero; a batch is int8-packed's GEMM, where MLAS's integer kernel outruns a
+    float32 pass per query (dense queries, or the Xeon's VNNI/AMX). A third copy of the counts
+    (row-major, packed, columns)."""
 
     kernel = "int8-sparse"
 
     def __init__(self, low: np.ndarray, overflow: sparse.csr_matrix, dim: int, bins: int,
                  max_dimension_total: int) -> None:
-        _columns_loop()  # ConfigError here if this machine cannot run it
+        self._start_columns()
         super().__init__(low, overflow, dim, bins, max_dimension_total)
-        self._columns: np.ndarray | None = None  # made in prepare or on first use, as packing
 
     def prepare(self) -> None:
         super().prepare()
         self._columns_now()
-
-    def _columns_now(self) -> np.ndarray:
-        if self._columns is None:  # two threads may both make it: the same array either way
-            self._columns = _transposed(self.low.view(np.uint8))  # `low`'s counts, 0..127
-        return self._columns
 
     def __getstate__(self) -> dict:
         return {**super().__getstate__(), "_columns": None}  # remade on use, as the packing
@@ -549,20 +618,7 @@ class Int8Sparse(Int8Packed):
               ) -> tuple[np.ndarray, np.ndarray]:
         if queries.shape[1] != 1:
             return super().inner(queries, count_total)
-        import numba
-
-        scale = _power_of_two_scale(queries)
-        rows, values = _nonzero_entries(queries[:, 0], scale[0])
-        threads = _ORT_THREADS or os.cpu_count() or 1
-        parts = np.empty((threads if len(self) >= self.SMALL else 1, len(self)), np.float32)
-        numba.set_num_threads(min(len(parts), numba.config.NUMBA_NUM_THREADS))
-        _columns_loop()(self._columns_now(), rows, values, parts)
-        approx = (parts.sum(axis=0, dtype=np.float64) * scale[0])[:, None]
-        # The parts' float64 sum is one more order of the same L float32 terms: the bound holds.
-        error = _float32_error(approx, len(rows), count_total, scale)
-        if self.overflow.nnz:  # counts above 127: few integers times the query, float64
-            approx = approx + self.overflow @ queries
-        return approx, error + FLOAT_SLACK * np.abs(approx)
+        return self._sparse_inner(queries, count_total)
 
 
 _GATHER = None
@@ -924,7 +980,8 @@ class Uint8Numba:
 
 
 KERNELS: dict[str, type] = {k.kernel: k for k in (Int8Counts, Int8Onnx, Int8Packed, Int8Sparse,
-                                                  Float32Screen, Float32Numpy, Uint8Numba)}
+                                                  Int8Columns, Float32Screen, Float32Numpy,
+                                                  Uint8Numba)}
 
 
 def kernel_class(name: str) -> type:
@@ -933,7 +990,8 @@ def kernel_class(name: str) -> type:
 
 # The order kernels are timed in: the usual winners first, so that a hopeless one (int8-gemm
 # without VNNI: 80 ms a query at 1,024 sources on the AVX2 EPYC) stops after one query.
-TIMING_ORDER = ("int8-packed", "int8-sparse", "uint8-numba", "float32-numpy", "int8-onnxruntime",
+TIMING_ORDER = ("int8-packed", "int8-sparse", "int8-columns", "uint8-numba", "float32-numpy",
+                "int8-onnxruntime",
                 "float32-torch", "int8-gemm")
 GIVE_UP = 4.0  # a first query this many times the best kernel's whole timing ends a timing
 CLOSE = 1.25  # the two fastest within this factor: both are timed again, runner-up first
@@ -965,4 +1023,5 @@ def choose_kernel(time_query: Callable[[str, float], float], *, close_calls: boo
     return min(timings, key=timings.get), timings
 
 
-CountMatrix = Int8Counts | Int8Onnx | Int8Packed | Int8Sparse | Float32Screen | Uint8Numba
+CountMatrix = (Int8Counts | Int8Onnx | Int8Packed | Int8Sparse | Int8Columns | Float32Screen
+               | Uint8Numba)

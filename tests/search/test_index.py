@@ -88,7 +88,7 @@ def concentrated(space, task_id: str, n: int) -> Fingerprint:
 
 
 @pytest.mark.parametrize("kernel,largest", [("int8-gemm", 2_000_000), ("int8-packed", 2_000_000),
-                                            ("int8-sparse", 2_000_000),
+                                            ("int8-sparse", 2_000_000), ("int8-columns", 2_000_000),
                                             ("float32-torch", 2_000_000), ("float32-numpy", 2_000_000),
                                             ("uint8-numba", 2_000_000), ("auto", 2_000_000)])
 def test_large_counts_overflow_and_dimension_chunks_stay_exact(kernel, largest):
@@ -106,9 +106,9 @@ def test_large_counts_overflow_and_dimension_chunks_stay_exact(kernel, largest):
     index = ScreenedIndex(fps, kernel=kernel)
     matrix = index.segments[0].rows.counts
     if kernel == "auto":
-        # only the int8 kernels hold 2^24 exactly (int8-sparse's float32 lone path too: its
+        # only the int8 kernels hold 2^24 exactly (the column kernels' float32 sums too: their
         # counts are 0..127, the rest is the float64 overflow)
-        int8 = {"int8-gemm", "int8-onnxruntime", "int8-packed", "int8-sparse"}
+        int8 = {"int8-gemm", "int8-onnxruntime", "int8-packed", "int8-sparse", "int8-columns"}
         assert index.kernel in int8 and set(index.kernel_timings) == int8
     if isinstance(matrix, Int8Counts):
         assert matrix.overflow.nnz > 0 and len(matrix.chunks) > 1
@@ -186,7 +186,7 @@ def test_every_kernels_error_bound_holds_and_auto_keeps_the_fastest(sources):
         np.testing.assert_allclose(matrix.exact_products(np.array([7, 3]), queries.T),
                                    exact[[7, 3]], rtol=1e-12, atol=0)
     fake = {"int8-gemm": 2.0, "int8-onnxruntime": 2.5, "int8-packed": 1.5, "int8-sparse": 2.2,
-            "float32-torch": 1.0, "float32-numpy": 3.0, "uint8-numba": 4.0}
+            "int8-columns": 2.4, "float32-torch": 1.0, "float32-numpy": 3.0, "uint8-numba": 4.0}
     chosen, timings = choose_kernel(lambda name, give_up: fake[name])
     assert chosen == "float32-torch" and timings == fake
     # each timing may stop once it is GIVE_UP times the best so far (int8-packed's, timed

@@ -124,15 +124,16 @@ def test_an_index_packs_its_segments_when_built_and_merges_pack_once(monkeypatch
     assert len(index.segments) == 1 and packed == [60, 79]
 
 
-def test_int8_sparse_reads_only_the_columns_a_lone_query_needs():
-    """A lone query reads only the count columns where it is nonzero, stays within its bound,
-    and answers as int8-packed, also after pickling (the columns are remade on use) and on one
+@pytest.mark.parametrize("kernel", ["int8-sparse", "int8-columns"])
+def test_the_column_kernels_read_only_the_columns_a_query_needs(kernel):
+    """A query reads only the count columns where it is nonzero, stays within its bound, and
+    answers as int8-packed, also after pickling (the columns are remade on use) and on one
     thread."""
     rng = np.random.default_rng(6)
     space = make_space(dim=16, bins=40)
     fps = [random_fingerprint(rng, space, f"s{i:02d}", n=500, zero_fraction=0.6)
            for i in range(90)]
-    sparse_index = ScreenedIndex(fps, kernel="int8-sparse")
+    sparse_index = ScreenedIndex(fps, kernel=kernel)
     packed_index = ScreenedIndex(fps, kernel="int8-packed")
     matrix = sparse_index.segments[0].rows.counts
     assert matrix._columns is not None  # made when the index was built, not by a query
