@@ -38,7 +38,7 @@ import numpy as np
 
 from bench.bench_core import write_section
 from bench.bench_serve import free_port
-from bench.bench_shards import exhaustive_top_k, make_fingerprint
+from bench.bench_shards import WIDTHS, exhaustive_top_k, make_fingerprint
 from rayfp.cloud.wire import encode_fingerprint
 from rayfp.search import cpu
 
@@ -166,7 +166,8 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
-def prepare(directory: Path, sources: int, checked: int) -> tuple[Path, Path]:
+def prepare(directory: Path, sources: int, checked: int,
+            widths: tuple[float, float] = WIDTHS) -> tuple[Path, Path]:
     """A store of `sources` synthetic tasks, the query bodies and their exhaustive top-5."""
     from bench.bench_core import synthetic_space
     from rayfp.store.store import Store
@@ -175,10 +176,10 @@ def prepare(directory: Path, sources: int, checked: int) -> tuple[Path, Path]:
     store = Store(directory / "store")
     store.put_space(space)
     t0 = time.perf_counter()
-    fps = [make_fingerprint(space, f"task-{i}") for i in range(sources)]
+    fps = [make_fingerprint(space, f"task-{i}", widths) for i in range(sources)]
     for start in range(0, len(fps), 1000):  # a bulk import: 1,000 fingerprints per commit
         store.put_fingerprints(fps[start:start + 1000])
-    queries = [make_fingerprint(space, f"query-{10**9 + i}") for i in range(checked)]
+    queries = [make_fingerprint(space, f"query-{10**9 + i}", widths) for i in range(checked)]
     wanted = [[t for t, _ in found] for found in exhaustive_top_k(fps, queries)]
     work = directory / "work.json"
     work.write_text(json.dumps({"bodies": [json.dumps({"fingerprint": encode_fingerprint(q),
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, nargs="+", default=[1])
     parser.add_argument("--queries", type=int, default=400, help="per client count")
     parser.add_argument("--checked", type=int, default=10, help="distinct query fingerprints")
+    parser.add_argument("--widths", type=float, nargs=2, default=WIDTHS,
+                        help="the synthetic sources' spread per dimension (bench_batches)")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--label", default="", help="added to the section title (a rerun)")
     parser.add_argument("--replicas", type=int, default=1,
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         return child(args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        store, work = prepare(Path(tmp), args.sources, args.checked)
+        store, work = prepare(Path(tmp), args.sources, args.checked, tuple(args.widths))
         for shards in args.shards:
             for mode in args.modes:
                 command = [sys.executable, "-m", "bench.bench_ingress", "--child", mode,
@@ -239,12 +242,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(rows[-1], flush=True)
     if not args.no_write:
         label = f", {args.label}" if args.label else ""
+        if tuple(args.widths) != WIDTHS:
+            label += f", sources of widths {args.widths[0]}-{args.widths[1]}"
         write_section(rows, f"{TITLE} ({args.sources:,} sources, "
                             f"{cpu.describe()['torch_capability']}{label})",
                       f"python -m bench.bench_ingress --sources {args.sources} --modes "
                       + " ".join(args.modes) + " --shards " + " ".join(map(str, args.shards))
                       + (f" --replicas {args.replicas}" if args.replicas > 1 else "")
-                      + (f" --label '{args.label}'" if args.label else ""))
+                      + (f" --label '{args.label}'" if args.label else "")
+                      + ("" if tuple(args.widths) == WIDTHS
+                         else f" --widths {args.widths[0]} {args.widths[1]}"))
     return 0
 
 
