@@ -431,6 +431,17 @@ class Int8Packed(Int8Counts):
         return approx, half + FLOAT_SLACK * np.abs(approx)
 
 
+def _threadsafe_numba(kernels: str):
+    """numba with a thread-safe parallel layer (OpenMP or TBB, never workqueue: the service
+    ranks from several threads), for the parallel loops of these kernels."""
+    try:
+        import numba
+    except ImportError as exc:  # pragma: no cover - numba is a dependency
+        raise ConfigError(f"{kernels} need numba: {exc}") from None
+    numba.config.THREADING_LAYER = "threadsafe"
+    return numba
+
+
 _COLUMNS_LOOP = None  # the compiled loop, made once per process
 COLUMN_GROUP = 8  # count rows summed per pass over the partial sums (8: 8% faster than 4)
 
@@ -442,11 +453,7 @@ def _columns_loop():
     (any order keeps the float32 bound); the parallel layer must be thread-safe."""
     global _COLUMNS_LOOP
     if _COLUMNS_LOOP is None:
-        try:
-            import numba
-        except ImportError as exc:  # pragma: no cover - numba is a dependency
-            raise ConfigError(f"int8-sparse needs numba: {exc}") from None
-        numba.config.THREADING_LAYER = "threadsafe"
+        numba = _threadsafe_numba("int8-sparse and int8-columns")
 
         @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
         def loop(columns, rows, values, parts):  # pragma: no cover - compiled
@@ -867,11 +874,7 @@ def _uint8_loop():
     (the service ranks from several threads), so it is OpenMP or TBB, never workqueue."""
     global _UINT8_LOOP
     if _UINT8_LOOP is None:
-        try:
-            import numba
-        except ImportError as exc:  # pragma: no cover - numba is a dependency
-            raise ConfigError(f"uint8-numba needs numba: {exc}") from None
-        numba.config.THREADING_LAYER = "threadsafe"
+        numba = _threadsafe_numba("uint8-numba")
 
         @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
         def loop(counts, queries, out):  # pragma: no cover - compiled
