@@ -485,7 +485,7 @@ def _columns_loop():
             loop(np.ones((2, 8), np.uint8), np.arange(2), np.ones(2, np.float32),
                  np.empty((1, 8), np.float32))
         except Exception as exc:  # no thread-safe layer (e.g. no libgomp): leave the kernel out
-            raise ConfigError(f"int8-sparse cannot run here: {exc}") from None
+            raise ConfigError(f"int8-sparse and int8-columns cannot run here: {exc}") from None
         _COLUMNS_LOOP = loop
     return _COLUMNS_LOOP
 
@@ -531,9 +531,21 @@ class _SparseColumns:
 
     SMALL = 64  # sources below which a product runs on one thread (registrations)
 
-    def _start_columns(self) -> None:
+    def __init__(self, *args, **kwargs) -> None:
         _columns_loop()  # ConfigError here if this machine cannot run it
         self._columns: np.ndarray | None = None  # made in prepare or on first use
+        super().__init__(*args, **kwargs)
+
+    def prepare(self) -> None:
+        getattr(super(), "prepare", lambda: None)()  # int8-packed packs its copy too
+        self._columns_now()
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_columns": None}  # remade on use
+
+    @property
+    def nbytes(self) -> int:
+        return super().nbytes + self.low.nbytes  # + the columns
 
     def _columns_now(self) -> np.ndarray:
         if self._columns is None:  # two threads may both make it: the same array either way
@@ -573,24 +585,9 @@ class Int8Columns(_SparseColumns, Int8Counts):
 
     kernel = "int8-columns"
 
-    def __init__(self, low: np.ndarray, overflow: sparse.csr_matrix, dim: int, bins: int,
-                 max_dimension_total: int) -> None:
-        self._start_columns()
-        super().__init__(low, overflow, dim, bins, max_dimension_total)
-
     @staticmethod
     def _operand(chunk: np.ndarray) -> np.ndarray:
         return chunk  # no GEMM: the columns are the operand
-
-    def prepare(self) -> None:
-        self._columns_now()
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_columns": None}  # remade on use
-
-    @property
-    def nbytes(self) -> int:
-        return super().nbytes + self.low.nbytes  # + the columns
 
     def inner(self, queries: np.ndarray, count_total: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
@@ -604,22 +601,6 @@ class Int8Sparse(_SparseColumns, Int8Packed):
     (row-major, packed, columns)."""
 
     kernel = "int8-sparse"
-
-    def __init__(self, low: np.ndarray, overflow: sparse.csr_matrix, dim: int, bins: int,
-                 max_dimension_total: int) -> None:
-        self._start_columns()
-        super().__init__(low, overflow, dim, bins, max_dimension_total)
-
-    def prepare(self) -> None:
-        super().prepare()
-        self._columns_now()
-
-    def __getstate__(self) -> dict:
-        return {**super().__getstate__(), "_columns": None}  # remade on use, as the packing
-
-    @property
-    def nbytes(self) -> int:
-        return super().nbytes + self.low.nbytes  # + the columns
 
     def inner(self, queries: np.ndarray, count_total: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
