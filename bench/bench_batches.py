@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from bench.bench_core import synthetic_space, write_section
-from bench.bench_shards import WIDTHS, make_fingerprint
+from bench.bench_shards import SourceShape, add_shape_options, shape_of
 from rayfp.search import cpu
 from rayfp.search.index import ScreenedIndex
 from rayfp.search.kernels import configure_threads
@@ -73,11 +73,11 @@ def lone_against_stream(index: ScreenedIndex, counts: np.ndarray, queries: list,
     return float(np.median(lone)) * 1e3, float(np.median(floor)) * 1e3
 
 
-def bench_size(n_sources: int, queries: list, kernel: str, widths: tuple[float, float]
+def bench_size(n_sources: int, queries: list, kernel: str, shape: SourceShape
                ) -> list[tuple[str, str]]:
     space = synthetic_space(512, 100)
-    index = ScreenedIndex([make_fingerprint(space, f"task-{i}", widths)
-                           for i in range(n_sources)], kernel=kernel)
+    index = ScreenedIndex([shape.make(space, f"task-{i}") for i in range(n_sources)],
+                          kernel=kernel)
     counts = index.segments[0].rows.counts.low
     index.top_k_many(queries[:8], 5)  # warm-up: compilation, pools
     repeats = 15 if n_sources <= 1000 else 5
@@ -107,28 +107,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernels", nargs="+",
                         default=["uint8-numba", "int8-gemm", "int8-onnxruntime", "int8-packed",
                                  "int8-sparse"])
-    parser.add_argument("--widths", type=float, nargs=2, default=WIDTHS,
-                        help="each dimension's spread as a share of the bin range (default: "
-                             "~78%% of bins nonzero; 0.03 0.1: ~39%%, as the demo's real "
-                             "fingerprints, whose median is 37%%)")
+    add_shape_options(parser)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     configure_threads(2)
     space = synthetic_space(512, 100)
-    widths = tuple(args.widths)
-    queries = [make_fingerprint(space, f"query-{10**9 + i}", widths) for i in range(16)]
+    shape = shape_of(args)
+    queries = [shape.make(space, f"query-{10**9 + i}") for i in range(16)]
     rows = []
     for n_sources in args.sources:
         for kernel in args.kernels:
-            rows += bench_size(n_sources, queries, kernel, widths)
+            rows += bench_size(n_sources, queries, kernel, shape)
             for row in rows[-5:]:
                 print(row, flush=True)
     if not args.no_write:
-        narrow = "" if widths == WIDTHS else f", sources of widths {widths[0]}-{widths[1]}"
-        write_section(rows, f"{TITLE} ({cpu.describe()['torch_capability']}{narrow})",
+        write_section(rows, f"{TITLE} ({cpu.describe()['torch_capability']}{shape.title()})",
                       "python -m bench.bench_batches --sources "
                       + " ".join(map(str, args.sources)) + " --kernels " + " ".join(args.kernels)
-                      + ("" if widths == WIDTHS else f" --widths {widths[0]} {widths[1]}"))
+                      + shape.flags())
     return 0
 
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from bench.bench_core import write_section
 from bench.bench_serve import free_port
-from bench.bench_shards import WIDTHS, exhaustive_top_k, make_fingerprint
+from bench.bench_shards import SourceShape, add_shape_options, exhaustive_top_k, shape_of
 from rayfp.cloud.wire import encode_fingerprint
 from rayfp.search import cpu
 
@@ -167,19 +167,20 @@ def child(args: argparse.Namespace) -> int:
 
 
 def prepare(directory: Path, sources: int, checked: int,
-            widths: tuple[float, float] = WIDTHS) -> tuple[Path, Path]:
+            shape: SourceShape | None = None) -> tuple[Path, Path]:
     """A store of `sources` synthetic tasks, the query bodies and their exhaustive top-5."""
     from bench.bench_core import synthetic_space
     from rayfp.store.store import Store
 
+    shape = shape or SourceShape()
     space = synthetic_space(512, 100)
     store = Store(directory / "store")
     store.put_space(space)
     t0 = time.perf_counter()
-    fps = [make_fingerprint(space, f"task-{i}", widths) for i in range(sources)]
+    fps = [shape.make(space, f"task-{i}") for i in range(sources)]
     for start in range(0, len(fps), 1000):  # a bulk import: 1,000 fingerprints per commit
         store.put_fingerprints(fps[start:start + 1000])
-    queries = [make_fingerprint(space, f"query-{10**9 + i}", widths) for i in range(checked)]
+    queries = [shape.make(space, f"query-{10**9 + i}") for i in range(checked)]
     wanted = [[t for t, _ in found] for found in exhaustive_top_k(fps, queries)]
     work = directory / "work.json"
     work.write_text(json.dumps({"bodies": [json.dumps({"fingerprint": encode_fingerprint(q),
@@ -197,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, nargs="+", default=[1])
     parser.add_argument("--queries", type=int, default=400, help="per client count")
     parser.add_argument("--checked", type=int, default=10, help="distinct query fingerprints")
-    parser.add_argument("--widths", type=float, nargs=2, default=WIDTHS,
-                        help="the synthetic sources' spread per dimension (bench_batches)")
+    add_shape_options(parser)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--label", default="", help="added to the section title (a rerun)")
     parser.add_argument("--replicas", type=int, default=1,
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         return child(args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        store, work = prepare(Path(tmp), args.sources, args.checked, tuple(args.widths))
+        store, work = prepare(Path(tmp), args.sources, args.checked, shape_of(args))
         for shards in args.shards:
             for mode in args.modes:
                 command = [sys.executable, "-m", "bench.bench_ingress", "--child", mode,
@@ -242,16 +242,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(rows[-1], flush=True)
     if not args.no_write:
         label = f", {args.label}" if args.label else ""
-        if tuple(args.widths) != WIDTHS:
-            label += f", sources of widths {args.widths[0]}-{args.widths[1]}"
+        label += shape_of(args).title()
         write_section(rows, f"{TITLE} ({args.sources:,} sources, "
                             f"{cpu.describe()['torch_capability']}{label})",
                       f"python -m bench.bench_ingress --sources {args.sources} --modes "
                       + " ".join(args.modes) + " --shards " + " ".join(map(str, args.shards))
                       + (f" --replicas {args.replicas}" if args.replicas > 1 else "")
                       + (f" --label '{args.label}'" if args.label else "")
-                      + ("" if tuple(args.widths) == WIDTHS
-                         else f" --widths {args.widths[0]} {args.widths[1]}"))
+                      + shape_of(args).flags())
     return 0
 
 

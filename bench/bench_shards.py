@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,7 +33,8 @@ TITLE = "Sharded lookup: memory per shard and latency"
 WIDTHS = (0.05, 0.3)  # each dimension's spread, a share of the bin range: ~78% bins nonzero
 
 
-def make_fingerprint(space, task_id: str, widths: tuple[float, float] = WIDTHS) -> Fingerprint:
+def make_fingerprint(space, task_id: str, widths: tuple[float, float] = WIDTHS,
+                     samples: int = SAMPLES) -> Fingerprint:
     """A discretised Gaussian per dimension (as bench_core.realistic_fingerprint, but its
     expected counts rounded by largest remainder instead of a multinomial draw: 20x faster,
     which 300,000 sources need), seeded by the task id so any shard makes its own sources."""
@@ -42,14 +44,50 @@ def make_fingerprint(space, task_id: str, widths: tuple[float, float] = WIDTHS) 
     grid = (np.arange(BINS)[None, :] + 0.5) / BINS
     p = np.exp(-0.5 * ((grid - centres) / widths) ** 2)
     p /= p.sum(axis=1, keepdims=True)
-    expected = p * SAMPLES
+    expected = p * samples
     counts = np.floor(expected).astype(np.int64)
-    short = SAMPLES - counts.sum(axis=1)  # per dimension, < BINS
+    short = samples - counts.sum(axis=1)  # per dimension, < BINS
     order = np.argsort(counts - expected, axis=1)  # largest remainders first
     counts[np.arange(DIM)[:, None], order] += np.arange(BINS)[None, :] < short[:, None]
     return Fingerprint(task_id=task_id, space_id=space.space_id,
-                       counts=counts, feature_sum=rng.random(DIM) * SAMPLES,
-                       n_samples=SAMPLES, n_images=SAMPLES // 10)
+                       counts=counts, feature_sum=rng.random(DIM) * samples,
+                       n_samples=samples, n_images=max(1, samples // 10))
+
+
+@dataclass(frozen=True)
+class SourceShape:
+    """How the lookup benchmarks draw their synthetic sources (make_fingerprint), with the
+    words their titles and commands carry when it is not the default."""
+
+    widths: tuple[float, float] = WIDTHS
+    samples: int = SAMPLES
+
+    def make(self, space, task_id: str) -> Fingerprint:
+        return make_fingerprint(space, task_id, self.widths, self.samples)
+
+    def title(self) -> str:
+        parts = ([f"sources of widths {self.widths[0]}-{self.widths[1]}"]
+                 if self.widths != WIDTHS else [])
+        parts += [f"N = {self.samples:,} samples"] if self.samples != SAMPLES else []
+        return "".join(f", {part}" for part in parts)
+
+    def flags(self) -> str:
+        return ((f" --widths {self.widths[0]} {self.widths[1]}" if self.widths != WIDTHS else "")
+                + (f" --samples {self.samples}" if self.samples != SAMPLES else ""))
+
+
+def add_shape_options(parser) -> None:
+    parser.add_argument("--widths", type=float, nargs=2, default=WIDTHS,
+                        help="each dimension's spread as a share of the bin range (default: "
+                             "~78%% of bins nonzero; 0.03 0.1: ~40%%, as the demo's real "
+                             "fingerprints, whose median is 37%%)")
+    parser.add_argument("--samples", type=int, default=SAMPLES,
+                        help=f"samples per source (default {SAMPLES:,}; the paper's N is "
+                             "10,000, where a third of the bins pass 127)")
+
+
+def shape_of(args) -> SourceShape:
+    return SourceShape(tuple(args.widths), args.samples)
 
 
 def exhaustive_top_k(fps: list[Fingerprint], queries: list[Fingerprint], chunk: int = 2000

@@ -16,7 +16,9 @@ from rayfp.search.index import ScreenedIndex
 from rayfp.search.kernels import (
     PACKED_DIGITS,
     UNSIGNED_BASE,
+    Int8Columns,
     Int8Packed,
+    Int8Sparse,
     _digits_numpy,
     _weighted_numpy,
     configure_threads,
@@ -164,3 +166,35 @@ def test_the_column_kernels_read_only_the_columns_a_query_needs(kernel):
                 == [n for n, _ in packed_index.top_k(target, 6)])
     finally:
         configure_threads(previous or 2)
+
+
+@pytest.mark.parametrize("kind", [Int8Sparse, Int8Columns])
+@pytest.mark.parametrize("largest,dtype", [(255, np.uint8), (300, np.uint16),
+                                           (70_000, np.uint16)])
+def test_the_columns_hold_whole_counts_in_the_narrowest_type(kind, largest, dtype):
+    """Counts above 127 (a third of the bins at the paper's N = 10,000) are in the columns
+    themselves, uint8 up to 255 and uint16 beyond; only what passes 65,535 stays a float64
+    residual, and every product stays within its bound."""
+    rng = np.random.default_rng(8)
+    dim, bins, n = 8, 30, 70
+    counts = rng.integers(0, 128, (n, dim * bins))
+    counts[rng.random(counts.shape) < 0.3] = 0
+    big = rng.random(counts.shape) < 0.2
+    counts[big] = rng.integers(128, largest + 1, big.sum())
+    counts[0, 5] = largest
+    totals = counts.reshape(n, dim, bins).sum(axis=2)
+    matrix = kind.build(counts, dim, bins, int(totals.max()))
+    matrix.prepare()
+    columns, residual = matrix._columns
+    assert columns.dtype == dtype and columns.shape == (dim * bins, n)
+    top = np.iinfo(dtype).max
+    np.testing.assert_array_equal(columns, np.minimum(counts, top).T)
+    np.testing.assert_array_equal(residual.toarray(), np.maximum(counts - top, 0))
+    assert matrix.nbytes == (Int8Packed if kind is Int8Sparse else kernels.Int8Counts)(
+        matrix.low, matrix.overflow, dim, bins, int(totals.max())).nbytes + columns.nbytes
+    queries = rng.random((dim * bins, 2)) * (rng.random((dim * bins, 2)) < 0.5)
+    queries[:, 1] *= 1e-40  # an underflowing query too
+    approx, error = matrix._sparse_inner(queries, counts.sum(axis=1).astype(np.float64))
+    exact = counts.astype(np.float64) @ queries
+    assert (np.abs(approx - exact) <= error).all()
+    assert (error <= 1e-4 * np.abs(exact) + 1e-30).all()
