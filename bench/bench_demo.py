@@ -1,6 +1,7 @@
 """The demo's wall time after installation, per extraction engine, side by side in one run.
 
     python -m bench.bench_demo [--engines onnxruntime torch] [--samples N] [--no-write]
+                               [--keep FOLDER]
 
 Runs ``rayfp demo --quiet`` (what scripts/demo.sh runs once .venv exists) in a fresh process
 per engine, records its wall time and peak memory, and checks that every engine gives each
@@ -55,11 +56,13 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["onnxruntime", "torch"])
     parser.add_argument("--samples", type=int, help="views per task (default: the demo's)")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--keep", help="leave each engine's demo output in FOLDER/ENGINE "
+                                       "(tests/cli/test_demo.py checks it)")
     args = parser.parse_args(argv)
     runs, rows = {}, []
     with tempfile.TemporaryDirectory() as work:
         for engine in args.engines:
-            runs[engine] = r = run_demo(engine, args.samples, Path(work) / engine)
+            runs[engine] = r = run_demo(engine, args.samples, Path(args.keep or work) / engine)
             rows.append((f"rayfp demo --engine {engine}",
                          f"{r['wall']:.0f} s wall, {r['peak_gb']:.1f} GB peak RSS; "
                          f"{r['same']}/{r['tasks']} same-modality nearest neighbours"))

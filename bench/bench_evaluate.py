@@ -6,6 +6,9 @@ four scenarios and k = 1, 3, 5, with 95 % bootstrap intervals over the 23 target
 sign-flip p / BH q; plus bKLD (small) with CSLS hubness reduction against bKLD (small).
 
     python -m bench.bench_evaluate [--data FOLDER]   (default: the copy that ships with rayfp)
+
+``--quick`` (the test suite's run-through): few bootstrap draws and permutations, k = 1-2 in
+the command; its numbers are not for BENCHMARKS.md, and it writes nothing.
 """
 
 from __future__ import annotations
@@ -33,12 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="a released-data folder (default: the shipped copy)")
     parser.add_argument("--csls", type=int, default=10)
+    parser.add_argument("--quick", action="store_true",
+                        help="a run-through: few draws, nothing written")
     args = parser.parse_args(argv)
     from rayfp.cli.main import main as rayfp
 
     started = time.perf_counter()
     data_flag = ["--data", args.data] if args.data else []
-    rayfp(["evaluate", *data_flag, "--format", "csv"])  # the command users run
+    fast = (["-k", "1-2", "--tau-draws", "4", "--bootstrap", "300", "--permutations", "1000"]
+            if args.quick else [])
+    tests = {"n_boot": 300, "n_perm": 1000} if args.quick else {}
+    rayfp(["evaluate", *data_flag, "--format", "csv", *fast])  # the command users run
     command_s = time.perf_counter() - started
 
     data = PaperData(args.data)
@@ -56,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     config = EvalConfig(ks=KS)
     scores = pd.concat([evaluate(data, selectors, config), evaluate_random(data, config)],
                        ignore_index=True)
-    margins = margin_over_random(scores, "random", ks=KS)
+    margins = margin_over_random(scores, "random", ks=KS, **tests)
     versus = margin_over_random(scores[scores.selector.isin([csls_name, "bKLD (small)"])],
-                                "bKLD (small)", ks=KS)
+                                "bKLD (small)", ks=KS, **tests)
     learned_vs = margin_over_random(
-        scores[scores.selector.isin([*learned_names, "bKLD (small)"])], "bKLD (small)", ks=KS)
+        scores[scores.selector.isin([*learned_names, "bKLD (small)"])], "bKLD (small)", ks=KS,
+        **tests)
     raw = (scores[scores.meta_metric.isin(["gain", "delta"])]
            .groupby(["selector", "metric", "meta_metric"])["score"].mean())
 
@@ -109,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     lines.append("")
     section = "\n".join(lines) + "\n"
     print(section)
-    replace_section(TITLE, section)
+    if not args.quick:
+        replace_section(TITLE, section)
     return 0
 
 
