@@ -198,3 +198,17 @@ def test_the_columns_hold_whole_counts_in_the_narrowest_type(kind, largest, dtyp
     exact = counts.astype(np.float64) @ queries
     assert (np.abs(approx - exact) <= error).all()
     assert (error <= 1e-4 * np.abs(exact) + 1e-30).all()
+
+
+def test_the_column_type_is_found_once_not_on_every_health_check(monkeypatch):
+    """GET /v1/health reads nbytes: scanning the overflow for its largest count there took
+    50 ms a request at 10,000 sources of N = 10,000 samples."""
+    scans = []
+    real = kernels._column_dtype
+    monkeypatch.setattr(kernels, "_column_dtype", lambda overflow: scans.append(1) or real(overflow))
+    counts = np.full((70, 40), 300)
+    matrix = Int8Columns.build(counts, 4, 10, 3000)
+    sizes = {matrix.nbytes for _ in range(3)}
+    matrix.prepare()
+    assert len(scans) == 1 and sizes == {matrix.nbytes}
+    assert matrix._columns[0].dtype == np.uint16
