@@ -104,11 +104,13 @@ def _dimension_chunks(dim: int, bins: int, max_dimension_total: int) -> list[tup
     return [(lo * bins, min(dim, lo + per_chunk) * bins) for lo in range(0, dim, per_chunk)]
 
 
-def split_counts(counts: np.ndarray, top: int) -> tuple[np.ndarray, sparse.csr_matrix]:
-    """(N, D·B) counts >= 0 as (uint8 min(c, top), the rest c - top as a sparse float64 CSR),
+def split_counts(counts: np.ndarray, top: int, dtype: type = np.uint8
+                 ) -> tuple[np.ndarray, sparse.csr_matrix]:
+    """(N, D·B) counts >= 0 as (min(c, top) as ``dtype``, the rest c - top as a sparse float64
+    CSR),
     the CSR made from its row pointers directly (COO's sort: 1.3x the time at the paper's
     N = 10,000 samples, where a third of the counts pass 127)."""
-    low = np.minimum(counts, top).astype(np.uint8)
+    low = np.minimum(counts, top).astype(dtype)
     above = counts > top
     indptr = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(above.sum(axis=1), out=indptr[1:])
@@ -538,7 +540,7 @@ def _nonzero_entries(query: np.ndarray, scale: float) -> tuple[np.ndarray, np.nd
 
 def _column_counts(low: np.ndarray, overflow: sparse.csr_matrix, dtype: type, block: int = 256
                    ) -> tuple[np.ndarray, sparse.csr_matrix]:
-    """(columns (D·B, N) of the whole counts low + overflow as ``dtype`` (_column_dtype: the
+    """(columns (D·B, N) of the whole counts low + overflow as ``dtype`` (_narrowest: the
     narrowest of COLUMN_DTYPES that holds them, or uint16 clipped), and the residual above
     uint16's range as a sparse (N, D·B) float64, empty unless a bin holds more than 65,535
     samples), made a block of sources at a time so no full-size temporary exists."""
@@ -556,8 +558,9 @@ def _column_counts(low: np.ndarray, overflow: sparse.csr_matrix, dtype: type, bl
     return columns, residual
 
 
-def _column_dtype(overflow: sparse.csr_matrix) -> type:
-    peak = INT8_MAX + (overflow.data.max() if overflow.nnz else 0)
+def _narrowest(peak: int) -> type:
+    """The narrowest of COLUMN_DTYPES that holds counts up to ``peak`` (uint16 beyond: the rest
+    is a float64 residual)."""
     return next((d for d in COLUMN_DTYPES if peak <= np.iinfo(d).max), COLUMN_DTYPES[-1])
 
 
@@ -566,9 +569,9 @@ class _SparseColumns:
     they are nonzero. A target's histogram is zero wherever none of its samples fell (51-80% of
     the bins of the demo's real fingerprints, 22% of bench_shards' default synthetic ones), so
     a query reads that much less. Its nonzero entries, rounded to float32, multiply the whole
-    counts (uint8 or uint16: _column_counts) widened to float32 in numba's loop, with the
-    float32 error bound over only those L terms (uint8-numba's bound). Mixed into an int8
-    kernel, whose `low` and overflow stay row-major for the exact re-rank."""
+    counts (uint8, or uint16 once a count passes 255) widened to float32 in numba's loop, with
+    the float32 error bound over only those L terms (uint8-numba's bound). A kernel mixing this
+    in makes the columns and their float64 residual above uint16 (_make_columns)."""
 
     SMALL = 64  # sources below which a product runs on one thread (registrations)
 
@@ -577,9 +580,9 @@ class _SparseColumns:
         # (columns, residual above them), made in prepare or on first use
         self._columns: tuple[np.ndarray, sparse.csr_matrix] | None = None
         super().__init__(*args, **kwargs)
-        # once: nbytes is read on every GET /v1/health, and the overflow's scan took 50 ms at
-        # 10,000 sources of N = 10,000 samples
-        self._column_type = _column_dtype(self.overflow)
+
+    def _make_columns(self) -> tuple[np.ndarray, sparse.csr_matrix]:
+        raise NotImplementedError
 
     def prepare(self) -> None:
         getattr(super(), "prepare", lambda: None)()  # int8-packed packs its copy too
@@ -588,13 +591,9 @@ class _SparseColumns:
     def __getstate__(self) -> dict:
         return {**super().__getstate__(), "_columns": None}  # remade on use
 
-    @property
-    def nbytes(self) -> int:  # + the columns
-        return super().nbytes + self.low.size * np.dtype(self._column_type).itemsize
-
     def _columns_now(self) -> tuple[np.ndarray, sparse.csr_matrix]:
         if self._columns is None:  # two threads may both make them: the same arrays either way
-            self._columns = _column_counts(self.low, self.overflow, self._column_type)
+            self._columns = self._make_columns()
         return self._columns
 
     def _sparse_inner(self, queries: np.ndarray, count_total: np.ndarray
@@ -623,30 +622,87 @@ class _SparseColumns:
         return approx, error + FLOAT_SLACK * np.abs(approx)
 
 
-class Int8Columns(_SparseColumns, Int8Counts):
-    """int8 counts (row-major, for the exact re-rank) and the same counts as columns: every
-    query, alone or in a batch, reads only its nonzero columns (_SparseColumns). Two copies of
-    the counts, as int8-packed. Where queries are sparse enough, a batch run one query after
-    another outruns the integer GEMM (10,000 sources, 40% nonzero, AVX2 EPYC: BENCHMARKS.md)."""
+class Int8Columns(_SparseColumns):
+    """The whole counts twice: row-major (for the exact re-rank) and as columns, each uint8, or
+    uint16 once a count passes 255; every query, alone or in a batch, reads only its nonzero
+    columns (_SparseColumns). Where queries are sparse enough, a batch run one query after
+    another outruns the integer GEMM (10,000 sources, 40% nonzero, AVX2 EPYC: BENCHMARKS.md).
+    At the paper's N = 10,000 a third of the counts pass 127: int8 + a float64 overflow held
+    them in 1.9 GB at 10,000 sources of bench_batches --samples 10000, uint16 in 1.0 GB."""
 
     kernel = "int8-columns"
 
-    @staticmethod
-    def _operand(chunk: np.ndarray) -> np.ndarray:
-        return chunk  # no GEMM: the columns are the operand
+    def __init__(self, whole: np.ndarray, residual: sparse.csr_matrix, dim: int, bins: int
+                 ) -> None:
+        super().__init__()
+        self.whole, self.residual, self.dim, self.bins = whole, residual, dim, bins
+
+    @classmethod
+    def build(cls, counts: np.ndarray, dim: int, bins: int, max_dimension_total: int
+              ) -> Int8Columns:
+        """counts: (N, D·B) integers >= 0; above 65,535 the float64 residual holds the rest."""
+        dtype = _narrowest(int(counts.max(initial=0)))
+        return cls(*split_counts(counts, np.iinfo(dtype).max, dtype), dim, bins)
+
+    def __len__(self) -> int:
+        return len(self.whole)
+
+    @property
+    def nbytes(self) -> int:  # row-major, the columns, the residual
+        return 2 * self.whole.nbytes + self.residual.data.nbytes + self.residual.indices.nbytes
+
+    def _make_columns(self) -> tuple[np.ndarray, sparse.csr_matrix]:
+        return _transposed(self.whole), self.residual
 
     def inner(self, queries: np.ndarray, count_total: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
         return self._sparse_inner(queries, count_total)
 
+    def counts(self, rows: np.ndarray, dtype: type = np.int64) -> np.ndarray:
+        out = self.whole[rows].astype(dtype)
+        if self.residual.nnz:
+            out += self.residual[rows].toarray().astype(dtype)
+        return out
+
+    def exact_products(self, rows: np.ndarray, weighted: np.ndarray) -> np.ndarray:
+        """(len(rows), T) float64 Σ_i counts_s,i · weighted[t, i] for the given rows."""
+        out = gather_products(self.whole, np.asarray(rows, np.int64), weighted)
+        if self.residual.nnz:
+            out += self.residual[rows] @ weighted.T
+        return out
+
+    def select(self, keep: np.ndarray) -> Int8Columns:
+        return type(self)(self.whole[keep], self.residual[keep], self.dim, self.bins)
+
+    @classmethod
+    def join(cls, parts: Sequence[Int8Columns]) -> Int8Columns:
+        # uint8 parts widen to uint16 beside a uint16 one (numpy's promotion)
+        return cls(np.concatenate([p.whole for p in parts]),
+                   sparse.vstack([p.residual for p in parts], format="csr"),
+                   parts[0].dim, parts[0].bins)
+
 
 class Int8Sparse(_SparseColumns, Int8Packed):
-    """int8-packed, plus the columns (_SparseColumns) for a lone query, which reads only those
-    where it is nonzero; a batch is int8-packed's GEMM, where MLAS's integer kernel outruns a
-    float32 pass per query (dense queries, or the Xeon's VNNI/AMX). A third copy of the counts
-    (row-major, packed, columns)."""
+    """int8-packed, plus the whole counts as columns (_SparseColumns) for a lone query, which
+    reads only those where it is nonzero; a batch is int8-packed's GEMM, where MLAS's integer
+    kernel outruns a float32 pass per query (dense queries, or the Xeon's VNNI/AMX). A third
+    copy of the counts (row-major, packed, columns)."""
 
     kernel = "int8-sparse"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # once: nbytes is read on every GET /v1/health, and the overflow's scan took 50 ms at
+        # 10,000 sources of N = 10,000 samples
+        self._column_type = _narrowest(INT8_MAX + (int(self.overflow.data.max())
+                                                   if self.overflow.nnz else 0))
+
+    @property
+    def nbytes(self) -> int:  # + the columns
+        return super().nbytes + self.low.size * np.dtype(self._column_type).itemsize
+
+    def _make_columns(self) -> tuple[np.ndarray, sparse.csr_matrix]:
+        return _column_counts(self.low, self.overflow, self._column_type)
 
     def inner(self, queries: np.ndarray, count_total: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ from rayfp.search.kernels import (
     GIVE_UP,
     KERNELS,
     Float32Screen,
+    Int8Columns,
     Int8Counts,
     Uint8Numba,
     choose_kernel,
@@ -107,11 +108,13 @@ def test_large_counts_overflow_and_dimension_chunks_stay_exact(kernel, largest):
     matrix = index.segments[0].rows.counts
     if kernel == "auto":
         # only the int8 kernels hold 2^24 exactly (the column kernels' float32 sums too: their
-        # counts are 0..127, the rest is the float64 overflow)
+        # columns hold counts up to 65,535, the rest is a float64 residual)
         int8 = {"int8-gemm", "int8-onnxruntime", "int8-packed", "int8-sparse", "int8-columns"}
         assert index.kernel in int8 and set(index.kernel_timings) == int8
     if isinstance(matrix, Int8Counts):
         assert matrix.overflow.nnz > 0 and len(matrix.chunks) > 1
+    elif isinstance(matrix, Int8Columns):
+        assert matrix.residual.nnz > 0 and matrix.whole.dtype == np.uint16
     elif isinstance(matrix, Uint8Numba):
         assert matrix.overflow.nnz > 0 and matrix.low.max() == 255
         with pytest.raises(ConfigError, match="not exact in float32"):
