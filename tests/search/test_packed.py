@@ -217,3 +217,29 @@ def test_the_column_type_is_found_once_not_on_every_health_check(monkeypatch):
     matrix.prepare()
     assert scans == [300] and sizes == {matrix.nbytes}
     assert matrix._columns[0].dtype == np.uint16
+
+
+@pytest.mark.parametrize("kernel", ["int8-columns", "int8-sparse"])
+def test_segments_of_uint8_and_uint16_counts_merge_and_stay_exact(kernel):
+    """Registrations of small tasks (uint8 columns) beside a big index of N = 5,000 (uint16),
+    and the other way round, answer as a fresh index; compaction widens the uint8 rows."""
+    rng = np.random.default_rng(9)
+    space = make_space(dim=10, bins=20)
+    large = [random_fingerprint(rng, space, f"L{i:02d}", n=5000) for i in range(70)]
+    small = [random_fingerprint(rng, space, f"S{i:02d}", n=60) for i in range(70)]
+    for first, then in ((large, small), (small, large)):
+        index = ScreenedIndex(first[:60], kernel=kernel)
+        index = index.with_changes(then[:5])
+        types = [seg.rows.counts._columns_now()[0].dtype for seg in index.segments]
+        assert set(types) == {np.dtype(np.uint8), np.dtype(np.uint16)}
+        index = index.with_changes(then[5:60], [first[0].task_id])  # enough to compact
+        assert len(index.segments) == 1
+        assert index.segments[0].rows.counts._columns_now()[0].dtype == np.uint16
+        live = first[1:60] + then[:60]
+        fresh = ScreenedIndex(live, kernel="float32-numpy")
+        for target in [*then[60:63], *first[60:63]]:
+            got, want = index.top_k(target, 6), fresh.top_k(target, 6)
+            assert [t for t, _ in got] == [t for t, _ in want]
+            # the re-ranks add the same float64 products in another order
+            np.testing.assert_allclose([d for _, d in got], [d for _, d in want], rtol=1e-12)
+        np.testing.assert_array_equal(index.source(70).counts, live[70].counts)
