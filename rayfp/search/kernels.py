@@ -119,6 +119,26 @@ def split_counts(counts: np.ndarray, top: int, dtype: type = np.uint8
     return low, overflow
 
 
+def rows_of(low: np.ndarray, rest: sparse.csr_matrix, rows: np.ndarray, dtype: type
+            ) -> np.ndarray:
+    """Whole counts of a few rows stored as dense ``low`` + sparse ``rest`` (every kernel that
+    splits its counts so)."""
+    out = low[rows].astype(dtype)
+    for r, row in enumerate(rows):  # few rows, and most have no overflow at all
+        a, b = rest.indptr[row], rest.indptr[row + 1]
+        out[r, rest.indices[a:b]] += rest.data[a:b].astype(dtype)
+    return out
+
+
+def products_of(low: np.ndarray, rest: sparse.csr_matrix, rows: np.ndarray,
+                weighted: np.ndarray) -> np.ndarray:
+    """(len(rows), T) float64 Σ_i counts_s,i · weighted[t, i] of counts stored as rows_of's."""
+    out = gather_products(low, np.asarray(rows, np.int64), weighted)
+    if rest.nnz:
+        out += rest[rows] @ weighted.T
+    return out
+
+
 class Int8Counts:
     """(N, D·B) counts as int8 + a sparse overflow, multiplied with ``torch._int_mm``."""
 
@@ -182,18 +202,11 @@ class Int8Counts:
         return exact
 
     def counts(self, rows: np.ndarray, dtype: type = np.int64) -> np.ndarray:
-        out = self.low[rows].astype(dtype)
-        for r, row in enumerate(rows):  # few rows, and most have no overflow at all
-            a, b = self.overflow.indptr[row], self.overflow.indptr[row + 1]
-            out[r, self.overflow.indices[a:b]] += self.overflow.data[a:b].astype(dtype)
-        return out
+        return rows_of(self.low, self.overflow, rows, dtype)
 
     def exact_products(self, rows: np.ndarray, weighted: np.ndarray) -> np.ndarray:
         """(len(rows), T) float64 Σ_i counts_s,i · weighted[t, i] for the given rows."""
-        out = gather_products(self.low, np.asarray(rows, np.int64), weighted)
-        if self.overflow.nnz:
-            out += self.overflow[rows] @ weighted.T
-        return out
+        return products_of(self.low, self.overflow, rows, weighted)
 
     def select(self, keep: np.ndarray) -> Int8Counts:
         return type(self)(self.low[keep], self.overflow[keep], self.dim, self.bins,
@@ -659,17 +672,11 @@ class Int8Columns(_SparseColumns):
         return self._sparse_inner(queries, count_total)
 
     def counts(self, rows: np.ndarray, dtype: type = np.int64) -> np.ndarray:
-        out = self.whole[rows].astype(dtype)
-        if self.residual.nnz:
-            out += self.residual[rows].toarray().astype(dtype)
-        return out
+        return rows_of(self.whole, self.residual, rows, dtype)
 
     def exact_products(self, rows: np.ndarray, weighted: np.ndarray) -> np.ndarray:
         """(len(rows), T) float64 Σ_i counts_s,i · weighted[t, i] for the given rows."""
-        out = gather_products(self.whole, np.asarray(rows, np.int64), weighted)
-        if self.residual.nnz:
-            out += self.residual[rows] @ weighted.T
-        return out
+        return products_of(self.whole, self.residual, rows, weighted)
 
     def select(self, keep: np.ndarray) -> Int8Columns:
         return type(self)(self.whole[keep], self.residual[keep], self.dim, self.bins)
