@@ -107,9 +107,8 @@ def _dimension_chunks(dim: int, bins: int, max_dimension_total: int) -> list[tup
 def split_counts(counts: np.ndarray, top: int, dtype: type = np.uint8
                  ) -> tuple[np.ndarray, sparse.csr_matrix]:
     """(N, D·B) counts >= 0 as (min(c, top) as ``dtype``, the rest c - top as a sparse float64
-    CSR),
-    the CSR made from its row pointers directly (COO's sort: 1.3x the time at the paper's
-    N = 10,000 samples, where a third of the counts pass 127)."""
+    CSR), the CSR made from its row pointers directly (COO's sort: 1.3x the time at the
+    paper's N = 10,000 samples, where a third of the counts pass 127)."""
     low = np.minimum(counts, top).astype(dtype)
     above = counts > top
     indptr = np.zeros(len(counts) + 1, np.int64)
