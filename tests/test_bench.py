@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # Script -> the tiny arguments it runs with here.
 TINY = {
-    "bench_batches": ["--sources", "60", "--no-write"],
+    "bench_batches": ["--sources", "60", "--samples", "5000", "--no-write"],  # uint16 counts
     "bench_shards": ["--sources", "200", "--queries", "5", "--no-write"],
     "bench_store": ["--sizes", "10", "--commits", "3", "--writers", "2", "--no-write"],
     "bench_core": ["--quick"],
