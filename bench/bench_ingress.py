@@ -210,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         args.shards = args.shards[0]
         return child(args)
-    rows = []
+    shape, rows = shape_of(args), []
     with tempfile.TemporaryDirectory() as tmp:
-        store, work = prepare(Path(tmp), args.sources, args.checked, shape_of(args))
+        store, work = prepare(Path(tmp), args.sources, args.checked, shape)
         for shards in args.shards:
             for mode in args.modes:
                 command = [sys.executable, "-m", "bench.bench_ingress", "--child", mode,
@@ -242,14 +242,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(rows[-1], flush=True)
     if not args.no_write:
         label = f", {args.label}" if args.label else ""
-        label += shape_of(args).title()
+        label += shape.title()
         write_section(rows, f"{TITLE} ({args.sources:,} sources, "
                             f"{cpu.describe()['torch_capability']}{label})",
                       f"python -m bench.bench_ingress --sources {args.sources} --modes "
                       + " ".join(args.modes) + " --shards " + " ".join(map(str, args.shards))
                       + (f" --replicas {args.replicas}" if args.replicas > 1 else "")
                       + (f" --label '{args.label}'" if args.label else "")
-                      + shape_of(args).flags())
+                      + shape.flags())
     return 0
 
 
