@@ -189,8 +189,9 @@ def test_the_columns_hold_one_byte_a_count_within_their_bound(kind, largest, who
     totals = counts.reshape(n, dim, bins).sum(axis=2)
     matrix = kind.build(counts, dim, bins, int(totals.max()))
     matrix.prepare()
-    codes, scales = matrix._columns
+    codes, scales, top = matrix._columns
     assert codes.dtype == np.uint8 and codes.shape == (dim * bins, n)
+    assert top == scales.max()
     per_dim = counts.reshape(n, dim, bins)
     peak = per_dim.max(axis=2)
     expected = np.ones((n, dim)) if largest <= 255 else np.maximum(
