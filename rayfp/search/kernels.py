@@ -19,13 +19,10 @@ they differ in speed, memory and how many sources survive the screen:
   Costs a second copy of the counts (the row-major one stays for the exact re-rank).
 - ``int8-sparse``: int8-packed, plus a column copy of the counts (D·B, N) for a lone query,
   which reads only the columns where the query is nonzero (a target's empty bins: most of a
-  real fingerprint's) and sums them in float32 with uint8-numba's bound. The columns hold one
-  byte a count: a (source, dimension) whose counts pass 255 holds them rounded at a
-  power-of-two scale, and the bound adds the rounding (scaled_codes). Batches go to
+  real fingerprint's) and sums them in float32 with uint8-numba's bound. Batches go to
   int8-packed's GEMM. Costs a third copy of the counts.
-- ``int8-columns``: the whole counts row-major (uint8 or uint16, for the exact re-rank) and
-  the one-byte column copy only; every query, alone or in a batch, reads its own nonzero
-  columns.
+- ``int8-columns``: the row-major int8 counts and the column copy only; every query, alone or
+  in a batch, reads its own nonzero columns. Two copies, as int8-packed.
 - ``float32-torch`` and ``float32-numpy``: counts as float32 (4 bytes, exact below 2^24) times
   the query rounded to float32, one GEMV (FMA on any x86 or ARM CPU). The rounding of the query
   (u = 2^-24 each) and of the L-term sums (γ_L = L·u / (1 − L·u), any summation order) bound
@@ -470,109 +467,53 @@ def _threadsafe_numba(kernels: str):
 
 
 _COLUMNS_LOOP = None  # the compiled loop, made once per process
-# The columns hold each count in one byte. At the paper's N = 10,000 samples every dimension of
-# bench_shards' sources (widths 0.03-0.1) holds a bin above 255 and a third of the bins pass 127:
-# uint16 columns (read whole) took 14.5 ms of the column loop at 10,000 sources, one byte a
-# count 9.5 ms (AVX2 EPYC). A (source, dimension) whose largest count passes 255 holds
-# rint(count / 2^k), 2^k the smallest power of two that brings that count to 255 (block
-# floating point); the screen widens its bound by the rounding, 2^(k-1) times the query's
-# weight in that dimension, and the exact re-rank reads the whole counts.
-CODE_TOP = 255
+# The columns hold whole counts: uint8 when none passes 255, else uint16. At the paper's
+# N = 10,000 samples a third of the bins pass 127 (bench_shards' sources of widths 0.03-0.1:
+# 22%, and 16% pass 255), and their float64 overflow product took 13 of a lone query's 18 ms
+# at 1,000 sources; uint16 columns read twice the bytes of those rows and no overflow at all.
+COLUMN_DTYPES = (np.uint8, np.uint16)
 COLUMN_GROUP = 8  # count rows summed per pass over the partial sums (8: 8% faster than 4)
-
-
-def scaled_codes(counts: np.ndarray, dim: int, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, D·B) integer counts >= 0 as (one-byte codes (n, D·B) uint8, scales (n, D) float64):
-    each (source, dimension) holds its counts rounded to the nearest multiple of its scale, the
-    smallest power of two >= 1 that brings its largest count to CODE_TOP, so
-    |count − code · scale| <= scale / 2 where scale > 1 and the codes are the counts elsewhere.
-    Integer shifts (3x faster than float division at 10,000 sources of N = 10,000)."""
-    per_dim = np.asarray(counts).reshape(len(counts), dim, bins)
-    peak = per_dim.max(axis=2, initial=0).astype(np.int64)
-    shift = np.zeros(peak.shape, np.int64)
-    while (over := peak > (CODE_TOP << shift)).any():  # integers: no log2 rounding at 2^k
-        shift[over] += 1
-    # floor(c / 2^k + 1/2): <= CODE_TOP for c <= CODE_TOP · 2^k
-    half = ((1 << shift) >> 1).astype(per_dim.dtype)[:, :, None]
-    codes = ((per_dim + half) >> shift.astype(per_dim.dtype)[:, :, None]).astype(np.uint8)
-    return codes.reshape(len(counts), dim * bins), np.ldexp(1.0, shift)
 
 
 def _columns_loop():
     """numba's compiled sparse (K, N) uint8 columns x a query's nonzero entries -> (P, N)
-    float32 partial sums, one per thread, each over its share of the rows (whole dimensions):
-    whole rows of the columns stream from memory, the sums stay in cache. With ``scales``
-    (D, N), a dimension's sums are multiplied by its (source, dimension) scales (powers of
-    two: exact) and ``slack`` (P, N) float64 gathers each source's rounding bound, Σ_d
-    (scale / 2 where scale > 1) · Σ of the query's values in d; with ``bins`` = 0 the scales
-    are one row of ones and nothing is rounded. Reassociation lets LLVM vectorise (any order
-    keeps the float32 bound); the parallel layer must be thread-safe."""
+    float32 partial sums, one per thread, each over its share of the rows: whole rows of the
+    columns stream from memory, the sums stay in cache. Reassociation lets LLVM vectorise
+    (any order keeps the float32 bound); the parallel layer must be thread-safe."""
     global _COLUMNS_LOOP
     if _COLUMNS_LOOP is None:
         numba = _threadsafe_numba("int8-sparse and int8-columns")
 
-        @numba.njit(inline="always")
-        def span(rows, bins, p, n_parts):  # pragma: no cover - compiled
-            # where part p starts: a share of the rows, moved to a dimension's first row
-            r = rows.shape[0] * p // n_parts
-            while bins and 0 < r < rows.shape[0] and rows[r] // bins == rows[r - 1] // bins:
-                r += 1
-            return r
-
         @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
-        def loop(columns, scales, bins, rows, values, parts, slack):  # pragma: no cover
-            n_parts, n = parts.shape[0], columns.shape[1]
+        def loop(columns, rows, values, parts):  # pragma: no cover - compiled
+            n_parts, n_rows, n = parts.shape[0], rows.shape[0], columns.shape[1]
             for p in numba.prange(n_parts):
-                acc, err = parts[p], slack[p]
+                acc = parts[p]
                 acc[:] = 0
-                err[:] = 0
-                r, end = span(rows, bins, p, n_parts), span(rows, bins, p + 1, n_parts)
+                r, end = n_rows * p // n_parts, n_rows * (p + 1) // n_parts
+                while r + 8 <= end:  # COLUMN_GROUP rows per pass over the sums
+                    c0, c1 = columns[rows[r]], columns[rows[r + 1]]
+                    c2, c3 = columns[rows[r + 2]], columns[rows[r + 3]]
+                    c4, c5 = columns[rows[r + 4]], columns[rows[r + 5]]
+                    c6, c7 = columns[rows[r + 6]], columns[rows[r + 7]]
+                    v0, v1, v2, v3 = values[r], values[r + 1], values[r + 2], values[r + 3]
+                    v4, v5, v6, v7 = values[r + 4], values[r + 5], values[r + 6], values[r + 7]
+                    for s in range(n):
+                        acc[s] += (((v0 * np.float32(c0[s]) + v1 * np.float32(c1[s]))
+                                    + (v2 * np.float32(c2[s]) + v3 * np.float32(c3[s])))
+                                   + ((v4 * np.float32(c4[s]) + v5 * np.float32(c5[s]))
+                                      + (v6 * np.float32(c6[s]) + v7 * np.float32(c7[s]))))
+                    r += 8
                 while r < end:
-                    d, stop = 0, end
-                    if bins:  # one dimension: its rows share the scales
-                        d, stop = rows[r] // bins, r + 1
-                        while stop < end and rows[stop] // bins == d:
-                            stop += 1
-                    scale = scales[d]
-                    weight = 0.0
-                    while r + 8 <= stop:  # COLUMN_GROUP rows per pass over the sums
-                        c0, c1 = columns[rows[r]], columns[rows[r + 1]]
-                        c2, c3 = columns[rows[r + 2]], columns[rows[r + 3]]
-                        c4, c5 = columns[rows[r + 4]], columns[rows[r + 5]]
-                        c6, c7 = columns[rows[r + 6]], columns[rows[r + 7]]
-                        v0, v1, v2, v3 = values[r], values[r + 1], values[r + 2], values[r + 3]
-                        v4, v5, v6, v7 = (values[r + 4], values[r + 5], values[r + 6],
-                                          values[r + 7])
-                        weight += ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7))
-                        for s in range(n):
-                            acc[s] += scale[s] * (
-                                ((v0 * np.float32(c0[s]) + v1 * np.float32(c1[s]))
-                                 + (v2 * np.float32(c2[s]) + v3 * np.float32(c3[s])))
-                                + ((v4 * np.float32(c4[s]) + v5 * np.float32(c5[s]))
-                                   + (v6 * np.float32(c6[s]) + v7 * np.float32(c7[s]))))
-                        r += 8
-                    while r + 2 <= stop:
-                        c0, c1, v0, v1 = columns[rows[r]], columns[rows[r + 1]], values[r], \
-                            values[r + 1]
-                        weight += v0 + v1
-                        for s in range(n):
-                            acc[s] += scale[s] * (v0 * np.float32(c0[s])
-                                                  + v1 * np.float32(c1[s]))
-                        r += 2
-                    if r < stop:
-                        column, value = columns[rows[r]], values[r]
-                        weight += value
-                        for s in range(n):
-                            acc[s] += scale[s] * (value * np.float32(column[s]))
-                        r += 1
-                    if bins:
-                        for s in range(n):
-                            half = 0.5 * scale[s]
-                            err[s] += weight * (half if half >= 1 else 0.0)
+                    column, value = columns[rows[r]], values[r]
+                    for s in range(n):
+                        acc[s] += value * np.float32(column[s])
+                    r += 1
 
-        try:  # compiled now, not on a first query
-            loop(np.ones((2, 8), np.uint8), np.ones((1, 8), np.float32), 0, np.arange(2),
-                 np.ones(2, np.float32), np.empty((1, 8), np.float32), np.empty((1, 8)))
+        try:
+            for dtype in COLUMN_DTYPES:  # compiled for both now, not on a first query
+                loop(np.ones((2, 8), dtype), np.arange(2), np.ones(2, np.float32),
+                     np.empty((1, 8), np.float32))
         except Exception as exc:  # no thread-safe layer (e.g. no libgomp): leave the kernel out
             raise ConfigError(f"int8-sparse and int8-columns cannot run here: {exc}") from None
         _COLUMNS_LOOP = loop
@@ -609,55 +550,51 @@ def _nonzero_entries(query: np.ndarray, scale: float) -> tuple[np.ndarray, np.nd
     return _NONZERO(np.ascontiguousarray(query), float(scale))
 
 
-# Int8Columns' row-major copy of the whole counts (the exact re-rank): uint8 while no count
-# passes 255, else uint16 (a third of the counts pass 127 at the paper's N = 10,000: int8 + a
-# float64 overflow took 1.9 GB at 10,000 sources of bench_batches --samples 10000, uint16 1.0).
-WHOLE_DTYPES = (np.uint8, np.uint16)
+def _column_counts(low: np.ndarray, overflow: sparse.csr_matrix, dtype: type, block: int = 256
+                   ) -> tuple[np.ndarray, sparse.csr_matrix]:
+    """(columns (D·B, N) of the whole counts low + overflow as ``dtype`` (_narrowest: the
+    narrowest of COLUMN_DTYPES that holds them, or uint16 clipped), and the residual above
+    uint16's range as a sparse (N, D·B) float64, empty unless a bin holds more than 65,535
+    samples), made a block of sources at a time so no full-size temporary exists."""
+    top = np.iinfo(dtype).max
+    columns = np.empty(low.shape[::-1], dtype)
+    for start in range(0, low.shape[0], block):
+        part = low[start:start + block].view(np.uint8).astype(dtype)
+        extra = overflow[start:start + block].tocoo()
+        if extra.nnz:  # low holds 127 where the overflow has count - 127
+            part[extra.row, extra.col] = np.minimum(extra.data + INT8_MAX, top).astype(dtype)
+        columns[:, start:start + block] = part.T
+    residual = overflow.copy()
+    residual.data = np.maximum(residual.data + INT8_MAX - top, 0)
+    residual.eliminate_zeros()
+    return columns, residual
 
 
 def _narrowest(peak: int) -> type:
-    """The narrowest of WHOLE_DTYPES that holds counts up to ``peak`` (uint16 beyond: the rest
+    """The narrowest of COLUMN_DTYPES that holds counts up to ``peak`` (uint16 beyond: the rest
     is a float64 residual)."""
-    return next((d for d in WHOLE_DTYPES if peak <= np.iinfo(d).max), WHOLE_DTYPES[-1])
+    return next((d for d in COLUMN_DTYPES if peak <= np.iinfo(d).max), COLUMN_DTYPES[-1])
 
 
 class _SparseColumns:
-    """The counts once more as columns (D·B, N) of one byte each (scaled_codes), for queries
-    that read only the columns where they are nonzero. A target's histogram is zero wherever
-    none of its samples fell (51-80% of the bins of the demo's real fingerprints, 22% of
-    bench_shards' default synthetic ones), so a query reads that much less. Its nonzero
-    entries, rounded to float32, multiply the codes widened to float32 in numba's loop, with
-    the float32 error bound over only those L terms (uint8-numba's bound) and, where a
-    (source, dimension) is scaled, the rounding's bound. A kernel mixing this in provides
-    ``counts(rows)``, ``dim`` and ``bins``; the columns are made from them."""
+    """The counts once more as columns (D·B, N), for queries that read only the columns where
+    they are nonzero. A target's histogram is zero wherever none of its samples fell (51-80% of
+    the bins of the demo's real fingerprints, 22% of bench_shards' default synthetic ones), so
+    a query reads that much less. Its nonzero entries, rounded to float32, multiply the whole
+    counts (uint8, or uint16 once a count passes 255) widened to float32 in numba's loop, with
+    the float32 error bound over only those L terms (uint8-numba's bound). A kernel mixing this
+    in makes the columns and their float64 residual above uint16 (_make_columns)."""
 
     SMALL = 64  # sources below which a product runs on one thread (registrations)
-    BLOCK_ENTRIES = 2**22  # counts coded per step when the columns are made
 
     def __init__(self, *args, **kwargs) -> None:
         _columns_loop()  # ConfigError here if this machine cannot run it
-        # (codes, scales, the largest scale), made in prepare or on first use
-        self._columns: tuple[np.ndarray, np.ndarray, float] | None = None
+        # (columns, residual above them), made in prepare or on first use
+        self._columns: tuple[np.ndarray, sparse.csr_matrix] | None = None
         super().__init__(*args, **kwargs)
 
-    def _make_columns(self) -> tuple[np.ndarray, np.ndarray, float]:
-        """(codes (D·B, N) uint8, scales (D, N) float32, the largest scale), or scales (1, N)
-        of ones where no count passes 255 (every code is its count), a block of sources at a
-        time so no full-size temporary exists."""
-        n, dim, bins = len(self), self.dim, self.bins
-        codes = np.empty((dim * bins, n), np.uint8)
-        scales = np.empty((dim, n), np.float32)
-        block = max(1, self.BLOCK_ENTRIES // (dim * bins))
-        for start in range(0, n, block):
-            rows = np.arange(start, min(n, start + block))
-            part, scale = scaled_codes(self.counts(rows, np.int32), dim, bins)
-            codes[:, start:start + len(rows)] = part.T
-            scales[:, start:start + len(rows)] = scale.T
-        top = float(scales.max(initial=1))
-        return codes, (scales if top > 1 else np.ones((1, n), np.float32)), top
-
-    def _columns_nbytes(self) -> int:  # the codes and the scales, made or not (no scan)
-        return len(self) * self.dim * (self.bins + np.dtype(np.float32).itemsize)
+    def _make_columns(self) -> tuple[np.ndarray, sparse.csr_matrix]:
+        raise NotImplementedError
 
     def prepare(self) -> None:
         getattr(super(), "prepare", lambda: None)()  # int8-packed packs its copy too
@@ -666,7 +603,7 @@ class _SparseColumns:
     def __getstate__(self) -> dict:
         return {**super().__getstate__(), "_columns": None}  # remade on use
 
-    def _columns_now(self) -> tuple[np.ndarray, np.ndarray, float]:
+    def _columns_now(self) -> tuple[np.ndarray, sparse.csr_matrix]:
         if self._columns is None:  # two threads may both make them: the same arrays either way
             self._columns = self._make_columns()
         return self._columns
@@ -676,43 +613,34 @@ class _SparseColumns:
         """As inner, one query (column) at a time, each over its own nonzero columns."""
         import numba
 
-        columns, scales, top_scale = self._columns_now()
-        bins = self.bins if top_scale > 1 else 0  # 0: no scale, one pass over all rows
+        columns, residual = self._columns_now()
         scale = _power_of_two_scale(queries)
         threads = _ORT_THREADS or os.cpu_count() or 1
         parts = np.empty((threads if len(self) >= self.SMALL else 1, len(self)), np.float32)
-        slack = np.empty(parts.shape)
         numba.set_num_threads(min(len(parts), numba.config.NUMBA_NUM_THREADS))
         approx = np.empty((len(self), queries.shape[1]))
-        rounding = np.zeros_like(approx)
         lengths = np.empty(queries.shape[1], np.int64)
         for j in range(queries.shape[1]):
             rows, values = _nonzero_entries(queries[:, j], scale[j])
-            _columns_loop()(columns, scales, bins, rows, values, parts, slack)
+            _columns_loop()(columns, rows, values, parts)
             approx[:, j] = parts.sum(axis=0, dtype=np.float64) * scale[j]
-            if bins:
-                rounding[:, j] = slack.sum(axis=0) * scale[j]
             lengths[j] = len(rows)
-        # The parts' float64 sum is one more order of the same L float32 terms, and a scale is
-        # a power of two (exact): the float32 bound holds for Σ q · code · scale. Those sum to
-        # at most count_total · (1 + B / 255) (each code · scale is within scale / 2 of its
-        # count, scale <= 2 · largest / 255). The rounding's bound used the float32 values:
-        # q <= value · scale / (1 - u), and an underflowed value loses <= tiny per row.
-        if bins:
-            count_total = count_total * (1 + self.bins / CODE_TOP)
-            rounding = (rounding * (1 + 2 * _FLOAT32_UNIT)
-                        + top_scale * 2 * _FLOAT32_TINY * scale * lengths)
+        # The parts' float64 sum is one more order of the same L float32 terms: the bound holds.
         error = np.concatenate([_float32_error(approx[:, j:j + 1], int(lengths[j]), count_total,
                                                scale[j:j + 1]) for j in range(len(lengths))],
                                axis=1)
-        return approx, error + rounding + FLOAT_SLACK * (np.abs(approx) + rounding)
+        if residual.nnz:  # counts above 65,535: few integers times the query, float64
+            approx = approx + residual @ queries
+        return approx, error + FLOAT_SLACK * np.abs(approx)
 
 
 class Int8Columns(_SparseColumns):
-    """The whole counts row-major (for the exact re-rank; uint8, or uint16 once a count passes
-    255) and as one-byte columns; every query, alone or in a batch, reads only its nonzero
+    """The whole counts twice: row-major (for the exact re-rank) and as columns, each uint8, or
+    uint16 once a count passes 255; every query, alone or in a batch, reads only its nonzero
     columns (_SparseColumns). Where queries are sparse enough, a batch run one query after
-    another outruns the integer GEMM (10,000 sources, 40% nonzero, AVX2 EPYC: BENCHMARKS.md)."""
+    another outruns the integer GEMM (10,000 sources, 40% nonzero, AVX2 EPYC: BENCHMARKS.md).
+    At the paper's N = 10,000 a third of the counts pass 127: int8 + a float64 overflow held
+    them in 1.9 GB at 10,000 sources of bench_batches --samples 10000, uint16 in 1.0 GB."""
 
     kernel = "int8-columns"
 
@@ -732,9 +660,11 @@ class Int8Columns(_SparseColumns):
         return len(self.whole)
 
     @property
-    def nbytes(self) -> int:  # row-major, the residual, the columns
-        return (self.whole.nbytes + self.residual.data.nbytes + self.residual.indices.nbytes
-                + self._columns_nbytes())
+    def nbytes(self) -> int:  # row-major, the columns, the residual
+        return 2 * self.whole.nbytes + self.residual.data.nbytes + self.residual.indices.nbytes
+
+    def _make_columns(self) -> tuple[np.ndarray, sparse.csr_matrix]:
+        return _transposed(self.whole), self.residual
 
     def inner(self, queries: np.ndarray, count_total: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
@@ -759,16 +689,26 @@ class Int8Columns(_SparseColumns):
 
 
 class Int8Sparse(_SparseColumns, Int8Packed):
-    """int8-packed, plus the counts as one-byte columns (_SparseColumns) for a lone query,
-    which reads only those where it is nonzero; a batch is int8-packed's GEMM, where MLAS's
-    integer kernel outruns a float32 pass per query (dense queries, or the Xeon's VNNI/AMX).
-    A third copy of the counts (row-major, packed, columns)."""
+    """int8-packed, plus the whole counts as columns (_SparseColumns) for a lone query, which
+    reads only those where it is nonzero; a batch is int8-packed's GEMM, where MLAS's integer
+    kernel outruns a float32 pass per query (dense queries, or the Xeon's VNNI/AMX). A third
+    copy of the counts (row-major, packed, columns)."""
 
     kernel = "int8-sparse"
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # once: nbytes is read on every GET /v1/health, and the overflow's scan took 50 ms at
+        # 10,000 sources of N = 10,000 samples
+        self._column_type = _narrowest(INT8_MAX + (int(self.overflow.data.max())
+                                                   if self.overflow.nnz else 0))
+
     @property
-    def nbytes(self) -> int:  # + the columns (nothing scanned: GET /v1/health reads it)
-        return super().nbytes + self._columns_nbytes()
+    def nbytes(self) -> int:  # + the columns
+        return super().nbytes + self.low.size * np.dtype(self._column_type).itemsize
+
+    def _make_columns(self) -> tuple[np.ndarray, sparse.csr_matrix]:
+        return _column_counts(self.low, self.overflow, self._column_type)
 
     def inner(self, queries: np.ndarray, count_total: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:

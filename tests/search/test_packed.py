@@ -148,8 +148,8 @@ def test_the_column_kernels_read_only_the_columns_a_query_needs(kernel):
     assert (np.abs(approx - counts @ query) <= error).all()
     read = []  # the column rows the compiled loop is handed: all it reads
     loop = kernels._columns_loop()
-    kernels._COLUMNS_LOOP = lambda columns, scales, bins, rows, *rest: (
-        read.append(rows.copy()) or loop(columns, scales, bins, rows, *rest))
+    kernels._COLUMNS_LOOP = lambda columns, rows, *rest: read.append(rows.copy()) or loop(
+        columns, rows, *rest)
     try:
         np.testing.assert_array_equal(matrix.inner(query, total)[0], approx)
     finally:
@@ -169,15 +169,12 @@ def test_the_column_kernels_read_only_the_columns_a_query_needs(kernel):
 
 
 @pytest.mark.parametrize("kind", [Int8Sparse, Int8Columns])
-@pytest.mark.parametrize("largest,whole", [(255, np.uint8), (300, np.uint16),
+@pytest.mark.parametrize("largest,dtype", [(255, np.uint8), (300, np.uint16),
                                            (70_000, np.uint16)])
-def test_the_columns_hold_one_byte_a_count_within_their_bound(kind, largest, whole):
-    """Each count is one byte in the columns: itself where its (source, dimension) stays
-    within 255, else rounded at the smallest power-of-two scale that brings the dimension's
-    largest count to 255 (a third of the bins pass 127 at the paper's N = 10,000). Every
-    product stays within its bound, also for a query whose weight sits where the rounding is
-    largest, and for one that underflows float32; int8-columns' row-major copy holds the
-    whole counts in the narrowest type."""
+def test_the_columns_hold_whole_counts_in_the_narrowest_type(kind, largest, dtype):
+    """Counts above 127 (a third of the bins at the paper's N = 10,000) are in the columns
+    themselves, uint8 up to 255 and uint16 beyond; only what passes 65,535 stays a float64
+    residual, and every product stays within its bound."""
     rng = np.random.default_rng(8)
     dim, bins, n = 8, 30, 70
     counts = rng.integers(0, 128, (n, dim * bins))
@@ -185,67 +182,47 @@ def test_the_columns_hold_one_byte_a_count_within_their_bound(kind, largest, who
     big = rng.random(counts.shape) < 0.2
     counts[big] = rng.integers(128, largest + 1, big.sum())
     counts[0, 5] = largest
-    counts[1, :bins] = rng.integers(0, 256, bins)  # a dimension within 255 beside big ones
     totals = counts.reshape(n, dim, bins).sum(axis=2)
     matrix = kind.build(counts, dim, bins, int(totals.max()))
     matrix.prepare()
-    codes, scales, top = matrix._columns
-    assert codes.dtype == np.uint8 and codes.shape == (dim * bins, n)
-    assert top == scales.max()
-    per_dim = counts.reshape(n, dim, bins)
-    peak = per_dim.max(axis=2)
-    expected = np.ones((n, dim)) if largest <= 255 else np.maximum(
-        1.0, 2.0 ** np.ceil(np.log2(np.maximum(peak, 1) / 255)))
-    np.testing.assert_array_equal(scales.T if len(scales) > 1 else np.ones((n, dim)), expected)
-    assert (peak / expected <= 255).all() and (peak / expected > 127.5)[expected > 1].all()
-    decoded = codes.T.reshape(n, dim, bins) * expected[:, :, None]
-    assert (np.abs(decoded - per_dim) <= expected[:, :, None] / 2).all()
-    np.testing.assert_array_equal(decoded[expected == 1], per_dim[expected == 1])
+    columns, residual = matrix._columns
+    assert columns.dtype == dtype and columns.shape == (dim * bins, n)
+    top = np.iinfo(dtype).max
+    np.testing.assert_array_equal(columns, np.minimum(counts, top).T)
+    np.testing.assert_array_equal(residual.toarray(), np.maximum(counts - top, 0))
     if kind is Int8Sparse:  # int8-packed's copies for its batches, and the columns
         held = Int8Packed(matrix.low, matrix.overflow, dim, bins, int(totals.max())).nbytes
-    else:  # the whole counts row-major (the re-rank), no int8 copy, no overflow
-        top = np.iinfo(whole).max
+    else:  # the same whole counts row-major (the re-rank), no int8 copy, no overflow
         np.testing.assert_array_equal(matrix.whole, np.minimum(counts, top))
-        np.testing.assert_array_equal(matrix.residual.toarray(), np.maximum(counts - top, 0))
-        assert matrix.whole.dtype == whole and not hasattr(matrix, "overflow")
-        held = (matrix.whole.nbytes + matrix.residual.data.nbytes
-                + matrix.residual.indices.nbytes)
-    assert matrix.nbytes == held + codes.nbytes + 4 * dim * n
-    queries = rng.random((dim * bins, 3)) * (rng.random((dim * bins, 3)) < 0.5)
+        assert matrix.whole.dtype == dtype and not hasattr(matrix, "overflow")
+        held = matrix.whole.nbytes + residual.data.nbytes + residual.indices.nbytes
+    assert matrix.nbytes == held + columns.nbytes
+    queries = rng.random((dim * bins, 2)) * (rng.random((dim * bins, 2)) < 0.5)
     queries[:, 1] *= 1e-40  # an underflowing query too
-    rounded = np.abs(decoded - per_dim).reshape(n, -1)  # the adversary's query: all of its
-    queries[:, 2] = rounded[np.argmax(rounded.sum(axis=1))]  # weight where rounding is worst
     approx, error = matrix._sparse_inner(queries, counts.sum(axis=1).astype(np.float64))
     exact = counts.astype(np.float64) @ queries
     assert (np.abs(approx - exact) <= error).all()
-    # no looser than the rounding's own bound, Σ_d (scale / 2 where scale > 1) Σ_(i in d) q_i
-    half = np.where(expected > 1, expected / 2, 0)
-    rounding = half @ queries.reshape(dim, bins, -1).sum(axis=1)
-    assert (error <= 1.0001 * rounding + 1e-4 * np.abs(exact) + 1e-30).all()
-    assert (rounding == 0).all() == (largest <= 255)
+    assert (error <= 1e-4 * np.abs(exact) + 1e-30).all()
 
 
-def test_the_column_sizes_are_known_without_a_scan(monkeypatch):
-    """GET /v1/health reads nbytes: scanning the counts there took 50 ms a request at 10,000
-    sources of N = 10,000 samples. The columns' size is known before they are made."""
+def test_the_column_type_is_found_once_not_on_every_health_check(monkeypatch):
+    """GET /v1/health reads nbytes: scanning the overflow for its largest count there took
+    50 ms a request at 10,000 sources of N = 10,000 samples."""
     scans = []
-    real = kernels.scaled_codes
-    monkeypatch.setattr(kernels, "scaled_codes",
-                        lambda *args: scans.append(1) or real(*args))
+    real = kernels._narrowest
+    monkeypatch.setattr(kernels, "_narrowest", lambda peak: scans.append(peak) or real(peak))
     counts = np.full((70, 40), 300)
     matrix = Int8Sparse.build(counts, 4, 10, 3000)
     sizes = {matrix.nbytes for _ in range(3)}
-    assert scans == []
     matrix.prepare()
-    assert scans and sizes == {matrix.nbytes}
-    assert len(matrix._columns[1]) == 4  # scaled: every dimension holds 3,000
+    assert scans == [300] and sizes == {matrix.nbytes}
+    assert matrix._columns[0].dtype == np.uint16
 
 
 @pytest.mark.parametrize("kernel", ["int8-columns", "int8-sparse"])
-def test_segments_of_small_and_large_counts_merge_and_stay_exact(kernel):
-    """Registrations of small tasks (columns of the counts themselves) beside a big index of
-    N = 5,000 (scaled columns), and the other way round, answer as a fresh index; compaction
-    scales the merged columns."""
+def test_segments_of_uint8_and_uint16_counts_merge_and_stay_exact(kernel):
+    """Registrations of small tasks (uint8 columns) beside a big index of N = 5,000 (uint16),
+    and the other way round, answer as a fresh index; compaction widens the uint8 rows."""
     rng = np.random.default_rng(9)
     space = make_space(dim=10, bins=20)
     large = [random_fingerprint(rng, space, f"L{i:02d}", n=5000) for i in range(70)]
@@ -253,11 +230,11 @@ def test_segments_of_small_and_large_counts_merge_and_stay_exact(kernel):
     for first, then in ((large, small), (small, large)):
         index = ScreenedIndex(first[:60], kernel=kernel)
         index = index.with_changes(then[:5])
-        scaled = [len(seg.rows.counts._columns_now()[1]) > 1 for seg in index.segments]
-        assert set(scaled) == {False, True}
+        types = [seg.rows.counts._columns_now()[0].dtype for seg in index.segments]
+        assert set(types) == {np.dtype(np.uint8), np.dtype(np.uint16)}
         index = index.with_changes(then[5:60], [first[0].task_id])  # enough to compact
         assert len(index.segments) == 1
-        assert len(index.segments[0].rows.counts._columns_now()[1]) == space.dim
+        assert index.segments[0].rows.counts._columns_now()[0].dtype == np.uint16
         live = first[1:60] + then[:60]
         fresh = ScreenedIndex(live, kernel="float32-numpy")
         for target in [*then[60:63], *first[60:63]]:
