@@ -28,6 +28,7 @@ TINY = {
     "bench_confidence": ["cost", "--quick"],
     "bench_pictures": ["--sources", "30", "--repeats", "2", "--no-write"],
     "bench_engines": ["--views", "8", "--samples", "8", "--tasks", "4", "--no-write"],
+    "bench_decode": ["--samples", "1000", "--repeats", "3", "--no-write"],
 }
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import make_space, random_fingerprint
 
+from rayfp.cloud import wire as wire_module
 from rayfp.cloud.wire import decode_fingerprint, encode_fingerprint
 from rayfp.core.fingerprint import Fingerprint
 from rayfp.errors import ConfigError
@@ -34,7 +35,20 @@ def test_payload_validation_names_each_problem(rng):
             decode_fingerprint(space, task_id="q", **payload)
 
 
-def test_wire_format_round_trips_and_refuses_bombs(rng):
+@pytest.fixture(params=["cloud", "light client"])
+def libraries(request, monkeypatch):
+    """The cloud decodes with pybase64 and zlib-ng, a light client with the standard library:
+    both must give the same answers and refuse the same bombs."""
+    if request.param == "light client":
+        monkeypatch.setattr(wire_module, "b64decode", base64.b64decode)
+        monkeypatch.setattr(wire_module, "b64encode", base64.b64encode)
+        monkeypatch.setattr(wire_module, "zlib", zlib)
+    else:
+        assert wire_module.zlib is not zlib and wire_module.b64decode is not base64.b64decode
+    return request.param
+
+
+def test_wire_format_round_trips_and_refuses_bombs(rng, libraries):
     space = make_space(dim=3, bins=4)
     small = random_fingerprint(rng, space, "q", n=20)
     def scaled(factor):
@@ -58,7 +72,28 @@ def test_wire_format_round_trips_and_refuses_bombs(rng):
         "unknown counts_dtype 'u8'; expected one of": {**wire, "counts_dtype": "u8"},
         "not a whole number of uint16": {**wire, "compression": "none", "counts_dtype": "u2",
                                          "counts": base64.b64encode(b"abc").decode()},
+        "counts: not valid base64": {**wire, "counts": wire["counts"][:-4] + "*==="},
     }
     for message, payload in bad_cases.items():
         with pytest.raises(ConfigError, match=message):
             decode_fingerprint(space, task_id="q", **payload)
+
+
+def test_a_light_clients_stream_decodes_on_the_cloud_and_back(rng, monkeypatch):
+    """A light client compresses with the standard library's zlib, the cloud inflates with
+    zlib-ng (and the other way round): the same zlib streams."""
+    space = make_space(dim=6, bins=50)
+    fp = random_fingerprint(rng, space, "q", n=5000)
+    fast = encode_fingerprint(fp)
+    monkeypatch.setattr(wire_module, "b64encode", base64.b64encode)
+    monkeypatch.setattr(wire_module, "b64decode", base64.b64decode)
+    monkeypatch.setattr(wire_module, "zlib", zlib)
+    light = encode_fingerprint(fp)
+    back_light = decode_fingerprint(space, task_id="q", **{k: v for k, v in fast.items()
+                                                            if k != "space_id"})
+    monkeypatch.undo()
+    back_cloud = decode_fingerprint(space, task_id="q", **{k: v for k, v in light.items()
+                                                            if k != "space_id"})
+    for back in (back_light, back_cloud):
+        assert np.array_equal(back.counts, fp.counts)
+        assert np.array_equal(back.feature_sum, fp.feature_sum)
