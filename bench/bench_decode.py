@@ -15,12 +15,12 @@ import argparse
 import base64
 import contextlib
 import json
-import time
 import zlib
 
 import numpy as np
 
 from bench.bench_core import synthetic_space, write_section
+from bench.bench_cpu import best_of
 from bench.bench_shards import SourceShape
 from rayfp.cloud import wire
 from rayfp.cloud.models import Query
@@ -41,13 +41,7 @@ def standard_library():
 
 
 def median_ms(run, repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times)) * 1e3
+    return best_of(run, repeats) * 1e3
 
 
 def bench_samples(samples: int, repeats: int) -> list[tuple[str, str]]:
