@@ -6,7 +6,7 @@ optionally zlib-compressed ("compression": "zlib"). A D=512, B=100 query (N=1,00
 base64 uint32 and ~38 KB as zlib uint8, which is also faster through Ray Serve (BENCHMARKS.md).
 
 The cloud install decodes with pybase64 (SIMD base64) and zlib-ng (the same zlib streams): a
-query of N = 10,000 (102 KB of uint16 counts) is decoded and checked in 0.43 ms, not 0.83, on
+query of N = 10,000 (102 KB of uint16 counts) is decoded and checked in 0.42 ms, not 0.80, on
 the AVX2 EPYC of BENCHMARKS.md ("Query decoding"). The light client falls back to the standard
 library.
 """
