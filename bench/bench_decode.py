@@ -40,10 +40,6 @@ def standard_library():
         wire.b64decode, wire.zlib = saved
 
 
-def median_ms(run, repeats: int) -> float:
-    return best_of(run, repeats) * 1e3
-
-
 def bench_samples(samples: int, repeats: int) -> list[tuple[str, str]]:
     space = synthetic_space(512, 100)
     query = SourceShape((0.03, 0.1), samples).make(space, "query-1000000001")
@@ -64,9 +60,9 @@ def bench_samples(samples: int, repeats: int) -> list[tuple[str, str]]:
     plain = {name: [] for name in steps}
     for _ in range(ROUNDS):
         for name, run in steps.items():
-            fast[name].append(median_ms(run, repeats))
+            fast[name].append(best_of(run, repeats) * 1e3)
             with standard_library():
-                plain[name].append(median_ms(run, repeats))
+                plain[name].append(best_of(run, repeats) * 1e3)
     with standard_library():
         expected = decode()
     got = decode()

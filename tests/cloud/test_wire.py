@@ -35,14 +35,19 @@ def test_payload_validation_names_each_problem(rng):
             decode_fingerprint(space, task_id="q", **payload)
 
 
+def use_the_standard_library(monkeypatch) -> None:
+    """wire as on a light client: the standard library's base64 and zlib."""
+    monkeypatch.setattr(wire_module, "b64decode", base64.b64decode)
+    monkeypatch.setattr(wire_module, "b64encode", base64.b64encode)
+    monkeypatch.setattr(wire_module, "zlib", zlib)
+
+
 @pytest.fixture(params=["cloud", "light client"])
 def libraries(request, monkeypatch):
     """The cloud decodes with pybase64 and zlib-ng, a light client with the standard library:
     both must give the same answers and refuse the same bombs."""
     if request.param == "light client":
-        monkeypatch.setattr(wire_module, "b64decode", base64.b64decode)
-        monkeypatch.setattr(wire_module, "b64encode", base64.b64encode)
-        monkeypatch.setattr(wire_module, "zlib", zlib)
+        use_the_standard_library(monkeypatch)
     else:
         assert wire_module.zlib is not zlib and wire_module.b64decode is not base64.b64decode
     return request.param
@@ -85,9 +90,7 @@ def test_a_light_clients_stream_decodes_on_the_cloud_and_back(rng, monkeypatch):
     space = make_space(dim=6, bins=50)
     fp = random_fingerprint(rng, space, "q", n=5000)
     fast = encode_fingerprint(fp)
-    monkeypatch.setattr(wire_module, "b64encode", base64.b64encode)
-    monkeypatch.setattr(wire_module, "b64decode", base64.b64decode)
-    monkeypatch.setattr(wire_module, "zlib", zlib)
+    use_the_standard_library(monkeypatch)
     light = encode_fingerprint(fp)
     back_light = decode_fingerprint(space, task_id="q", **{k: v for k, v in fast.items()
                                                             if k != "space_id"})
