@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import http.client
 import json
-import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -30,20 +31,53 @@ def _request(url: str, payload: dict | None = None, token: str | None = None,
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=data, headers=headers,
-                                     method="POST" if data is not None else "GET")
+    status, body = exchange(url, "POST" if data is not None else "GET", data, headers, timeout)
+    if status < 400:
+        return json.loads(body)
+    text = body.decode(errors="replace")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read().decode(errors="replace")
+        detail = json.loads(text).get("detail", text)
+    except (json.JSONDecodeError, AttributeError):
+        detail = text
+    raise ServerError(status, str(detail))
+
+
+def exchange(url: str, method: str, data: bytes | None, headers: dict[str, str],
+              timeout: float) -> tuple[int, bytes]:
+    """One request on its own connection. Unlike urllib, it still reads the answer when the
+    server answers before the body is all sent and closes (a 413 for an oversized body): the
+    send then fails with a broken pipe, but the answer is already in the socket."""
+    connection, target = _connect(url, timeout)
+    try:
         try:
-            detail = json.loads(body).get("detail", body)
-        except json.JSONDecodeError:
-            detail = body
-        raise ServerError(exc.code, str(detail)) from None
-    except urllib.error.URLError as exc:
-        raise ServerError(0, f"cannot reach {url}: {exc.reason}") from None
+            connection.request(method, target, body=data, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # read what the server said before it closed
+        response = connection.getresponse()
+        return response.status, response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise ServerError(0, f"cannot reach {url}: {exc}") from None
+    finally:
+        connection.close()
+
+
+def _connect(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+    """The connection for ``url`` and the request target, through the environment's proxy
+    (http_proxy, https_proxy, no_proxy) as urllib would."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ServerError(0, f"cannot reach {url}: not an http(s) URL")
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return kind(parts.netloc, timeout=timeout), target
+    via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}").netloc
+    if parts.scheme == "https":  # CONNECT through the proxy, TLS to the server
+        connection = kind(via, timeout=timeout)
+        connection.set_tunnel(parts.netloc)
+        return connection, target
+    return http.client.HTTPConnection(via, timeout=timeout), url  # absolute form for a proxy
 
 
 class CloudClient:
