@@ -160,13 +160,13 @@ def write_section(rows: list[tuple[str, str]], title: str, command: str) -> None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1,000 sources only, 16 views")
+    parser.add_argument("--quick", action="store_true", help="200 sources only, 16 views")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     rows = bench_bytes(rng)
     rows += bench_decode()
     rows += bench_fingerprint(16 if args.quick else 512)  # quick: a run-through (the suite)
-    rows += bench_topk(rng, [1000] if args.quick else [1000, 10_000])
+    rows += bench_topk(rng, [200] if args.quick else [1000, 10_000])
     width = max(len(w) for w, _ in rows)
     for what, result in rows:
         print(f"{what.ljust(width)}  {result}")

@@ -60,7 +60,8 @@ def bf16_row(extractor: FeatureExtractor, name: str, small: torch.Tensor,
             f"{len(small) / seconds:.1f} views/s; max feature difference {diff:.2e}")
 
 
-def bench_forward(views: int, bf16_views: int = 16) -> list[tuple[str, str]]:
+def bench_forward(views: int, bf16_views: int = 16, repeats: int = 3
+                  ) -> list[tuple[str, str]]:
     rows = []
     batch = random_views(views)
     for name, random_weights in FORWARD_BACKBONES:
@@ -68,7 +69,7 @@ def bench_forward(views: int, bf16_views: int = 16) -> list[tuple[str, str]]:
         reference = extractor.extract(batch)
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            seconds = best_of(lambda e=extractor, b=batch: e.extract(b), repeats=3)
+            seconds = best_of(lambda e=extractor, b=batch: e.extract(b), repeats=repeats)
             same = np.array_equal(extractor.extract(batch), reference)
             rows.append((f"forward {name}, {len(batch)} views, torch threads {threads}",
                          f"{len(batch) / seconds:.1f} views/s; features identical to 2 threads: "
@@ -77,7 +78,7 @@ def bench_forward(views: int, bf16_views: int = 16) -> list[tuple[str, str]]:
         model = extractor.model
         extractor.model = model.to(memory_format=torch.channels_last)
         seconds = best_of(lambda e=extractor, b=batch: e.extract(b.contiguous(
-            memory_format=torch.channels_last)), repeats=3)
+            memory_format=torch.channels_last)), repeats=repeats)
         diff = np.abs(extractor.extract(batch.contiguous(memory_format=torch.channels_last))
                       - reference).max()
         rows.append((f"forward {name}, channels-last", f"{len(batch) / seconds:.1f} views/s; max "
@@ -146,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--views", type=int, default=64, help="views per forward timing")
     parser.add_argument("--bf16-views", type=int, default=16,
                         help="views the bfloat16 forward is timed on (0: not timed)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed forward passes each")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
-    rows = bench_forward(args.views, args.bf16_views) + bench_histogram(1024) + bench_wire()
+    rows = bench_forward(args.views, args.bf16_views, args.repeats) + bench_histogram(1024) + bench_wire()
     if not args.no_write:
         write_section(rows, f"CPU hot paths ({cpu.describe()['torch_capability']})",
                       "python -m bench.bench_cpu")

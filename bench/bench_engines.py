@@ -62,13 +62,13 @@ def openvino_forward(extractor: FeatureExtractor):
         compiled.output(0)].copy())
 
 
-def bench_forward(views: int) -> list[tuple[str, str]]:
+def bench_forward(views: int, repeats: int = 3) -> list[tuple[str, str]]:
     rows = []
     batch = random_views(views)
     for name, random_weights in FORWARD_BACKBONES:
         extractor = FeatureExtractor(name, random_weights=random_weights, threads=2)
         reference = extractor.extract(batch)
-        eager = views_per_second(lambda e=extractor, b=batch: e.extract(b), len(batch))
+        eager = views_per_second(lambda e=extractor, b=batch: e.extract(b), len(batch), repeats)
         rows.append((f"{name}, eager torch", f"{eager:.1f} views/s"))
         engines = {"channels-last torch": None,
                    "ONNX Runtime": OnnxBackbone(extractor.model, batch=MICRO_BATCH, threads=2),
@@ -84,7 +84,8 @@ def bench_forward(views: int) -> list[tuple[str, str]]:
                 continue
             else:
                 extractor.forward = forward
-            speed = views_per_second(lambda e=extractor, b=batch: e.extract(b), len(batch))
+            speed = views_per_second(lambda e=extractor, b=batch: e.extract(b), len(batch),
+                                     repeats)
             features = extractor.extract(batch)
             diff = np.abs(features - reference).max()
             rows.append((f"{name}, {engine}",
@@ -172,10 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=100, help="views per demo task")
     parser.add_argument("--tasks", type=int, default=None,
                         help="the first N demo tasks only (the test suite's tiny run)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per engine")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    rows = bench_forward(args.views) + bench_counts(args.samples, args.tasks)
+    rows = bench_forward(args.views, args.repeats) + bench_counts(args.samples, args.tasks)
     for what, result in rows:
         print(f"{what}: {result}")
     if not args.no_write:
