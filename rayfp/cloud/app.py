@@ -528,13 +528,17 @@ def _free_port(host: str) -> int:
 
 
 def start_local_serve(host: str, port: int, *, ingress: str = defaults.INGRESS[0],
-                      **init_kwargs: Any) -> None:
+                      drain_s: float | None = None, **init_kwargs: Any) -> None:
     """Local Ray + Serve answering HTTP on host:port, as `rayfp serve`, the tests and the
     benchmarks use them. Replicas import rayfp like any installed package: nothing is put on
-    their path."""
+    their path. ``drain_s``: how long a stopping ingress replica keeps answering, so that the
+    balancer in front stops sending to it (default: 1 s for direct ingress, Ray's 30 s behind
+    HAProxy; every update or shutdown of the app waits this long)."""
     import ray
 
     environment = serve_environment(ingress, port)
+    if drain_s is not None:
+        environment["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = str(drain_s)
     for name in _INGRESS_VARIABLES:  # a previous choice in this process must not linger
         os.environ.pop(name, None)
     os.environ.update(environment)

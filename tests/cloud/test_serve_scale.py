@@ -44,7 +44,9 @@ def cloud(tmp_path_factory):
     port = free_port()
     # HAProxy, the cluster's ingress: it balances the replicas of the second test (direct
     # ingress gives each replica a port of its own).
-    start_local_serve("127.0.0.1", port, ingress="haproxy", num_cpus=2)
+    # Nothing but the test sends requests, and only while no replica stops: the 30 s drain
+    # behind HAProxy would add half a minute to every redeploy and to the shutdown.
+    start_local_serve("127.0.0.1", port, ingress="haproxy", drain_s=2, num_cpus=2)
     try:
         yield {"url": f"http://127.0.0.1:{port}", "space": space, "sources": sources,
                "queries": queries, "store": store}
