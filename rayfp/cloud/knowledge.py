@@ -223,7 +223,8 @@ class KnowledgeBase:
                 out[space_id] = {"kernel": index.kernel, "sources": len(index),
                                  "nbytes": index.nbytes,
                                  "measured_ms": {name: round(seconds * 1e3, 3) for name, seconds
-                                                 in index.kernel_timings.items()}}
+                                                 in index.kernel_timings.items()},
+                                 "passed_over": index.passed_over}
         return out
 
     # Hubness ranks stored tasks against each other (seconds at 1,000 sources): answers use the

@@ -37,8 +37,10 @@ from rayfp.search.kernels import (  # noqa: F401 - DIGIT, DIGITS, query_digits: 
     choose_kernel,
     configure_threads,
     kernel_class,
+    kernels_passed_over,
     lse_excess_error,
     lse_excess_terms,
+    overflow_share,
     query_digits,
     weighted_query,
 )
@@ -225,10 +227,13 @@ class ScreenedIndex:
         first = common_space(sources)
         self.space_id, self.dim, self.bins = first.space_id, first.dim, first.bins
         self.kernel_timings: dict[str, float] = {}
+        self.passed_over: dict[str, str] = {}  # kernels not timed, and why
         self.measured_on = 0  # sources the kernel was chosen on (0: forced)
         if kernel == AUTO:
             self.measured_on = min(len(sources), self.KERNEL_SAMPLE)
-            kernel, self.kernel_timings, like = self._choose(sources[:self.KERNEL_SAMPLE])
+            sample = sources[:self.KERNEL_SAMPLE]
+            self.passed_over = kernels_passed_over(overflow_share([s.counts for s in sample]))
+            kernel, self.kernel_timings, like = self._choose(sample, set(self.passed_over))
             if self.measured_on < len(sources):
                 like = None
         self.kernel = kernel
@@ -238,15 +243,18 @@ class ScreenedIndex:
                      np.ones(len(sources), bool))
 
     @classmethod
-    def _choose(cls, sample: Sequence[Fingerprint]
+    def _choose(cls, sample: Sequence[Fingerprint], skip: set[str] = frozenset()
                 ) -> tuple[str, dict[str, float], _Rows | None]:
-        """The fastest kernel on ``sample``, every timing, and the sample's encoded rows (the
-        exp/log of the LSE tables were half of each kernel's build: computed once here)."""
+        """The fastest kernel on ``sample`` (leaving out ``skip``), every timing, and the
+        sample's encoded rows (the exp/log of the LSE tables were half of each kernel's build:
+        computed once here)."""
         encoded = None
         careful = len(sample) >= cls.CAREFUL_FROM
 
         def timed(name: str, give_up: float) -> float:
             nonlocal encoded
+            if name in skip:
+                raise ConfigError(f"{name} is passed over")  # choose_kernel leaves it out
             index = ScreenedIndex(sample, kernel=name, like=encoded)
             encoded = index.segments[0].rows
             if careful:
@@ -307,6 +315,7 @@ class ScreenedIndex:
         new.space_id, new.dim, new.bins = self.space_id, self.dim, self.bins
         new.kernel, new._kernel_class = self.kernel, self._kernel_class
         new.kernel_timings, new.measured_on = self.kernel_timings, self.measured_on
+        new.passed_over = self.passed_over
         new._finish(segments, alive)
         return new
 
@@ -326,7 +335,10 @@ class ScreenedIndex:
             return f"{self.kernel} (forced)"
         timings = ", ".join(f"{name} {seconds * 1e3:.1f} ms"
                             for name, seconds in self.kernel_timings.items())
-        return f"{self.kernel} (measured per query: {timings} on {self.measured_on} sources)"
+        skipped = (f"; passed over: {', '.join(self.passed_over)}, "
+                   f"{next(iter(self.passed_over.values()))}" if self.passed_over else "")
+        return (f"{self.kernel} (measured per query: {timings} on {self.measured_on} "
+                f"sources{skipped})")
 
     @property
     def nbytes(self) -> int:

@@ -142,6 +142,7 @@ class Int8Counts:
     """(N, D·B) counts as int8 + a sparse overflow, multiplied with ``torch._int_mm``."""
 
     kernel = "int8-gemm"
+    MULTIPLIES_INT8_OVERFLOW = True  # every query's product reads the float64 overflow too
 
     def __init__(self, low: np.ndarray, overflow: sparse.csr_matrix, dim: int, bins: int,
                  max_dimension_total: int) -> None:
@@ -1082,6 +1083,31 @@ TIMING_ORDER = ("int8-packed", "int8-sparse", "int8-columns", "uint8-numba", "fl
                 "int8-onnxruntime",
                 "float32-torch", "int8-gemm")
 GIVE_UP = 4.0  # a first query this many times the best kernel's whole timing ends a timing
+# Share of the counts above 127 from which the kernels that multiply an int8 overflow with every
+# query are passed over without being built: their float64 sparse product reads 12 bytes an
+# entry (value and column), so beyond 1/12 it alone reads more than a one-byte kernel's whole
+# stream (no lone query can win), and at ~1 ns an entry and query digit it costs more than a
+# batch's dense products (~0.04 ns a count and query) from ~1.3%. At the paper's N = 10,000 a
+# third of the counts pass 127 (36% in bench_confidence's synthetic tasks); there the four
+# ranked at 5-30x the winner's time on the AVX2 EPYC, and choosing on 1,000 sources took
+# 26-37 s with them, 9.3-9.6 s without (side by side in one process).
+INT8_OVERFLOW_HOPELESS = 1 / 12
+
+
+def overflow_share(counts: Sequence[np.ndarray]) -> float:
+    """The share of all the given counts that are above 127."""
+    above = sum(int(np.count_nonzero(np.asarray(c) > INT8_MAX)) for c in counts)
+    return above / max(1, sum(np.asarray(c).size for c in counts))
+
+
+def kernels_passed_over(share: float) -> dict[str, str]:
+    """Kernels not worth timing on counts with ``share`` above 127, and why."""
+    if share <= INT8_OVERFLOW_HOPELESS:
+        return {}
+    why = (f"{share:.0%} of the counts are above 127: the float64 overflow product every query "
+           f"pays reads more than a one-byte kernel's whole stream")
+    return {name: why for name, kind in KERNELS.items()
+            if getattr(kind, "MULTIPLIES_INT8_OVERFLOW", False)}
 CLOSE = 1.25  # the two fastest within this factor: both are timed again, runner-up first
 
 

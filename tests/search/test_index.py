@@ -13,12 +13,15 @@ from rayfp.search.index import DIGIT, DIGITS, ScreenedIndex, query_digits
 from rayfp.search.kernels import (
     CLOSE,
     GIVE_UP,
+    INT8_OVERFLOW_HOPELESS,
     KERNELS,
     Float32Screen,
     Int8Columns,
     Int8Counts,
     Uint8Numba,
     choose_kernel,
+    kernels_passed_over,
+    overflow_share,
 )
 
 ALL_KERNELS = sorted(KERNELS)
@@ -110,7 +113,15 @@ def test_large_counts_overflow_and_dimension_chunks_stay_exact(kernel, largest):
         # only the int8 kernels hold 2^24 exactly (the column kernels' float32 sums too: their
         # columns hold counts up to 65,535, the rest is a float64 residual)
         int8 = {"int8-gemm", "int8-onnxruntime", "int8-packed", "int8-sparse", "int8-columns"}
-        assert index.kernel in int8 and set(index.kernel_timings) == int8
+        # most of these counts pass 127: the kernels multiplying an int8 overflow are passed
+        # over untimed, and the column kernel is left
+        assert set(index.passed_over) == int8 - {"int8-columns"}
+        assert index.kernel == "int8-columns" and set(index.kernel_timings) == {"int8-columns"}
+        # few counts pass 127 (one source of 2^24 among small ones): all five are timed
+        small = [random_fingerprint(rng, space, f"t{i:02d}", n=300, zero_fraction=0.4)
+                 for i in range(40)]
+        few = ScreenedIndex([*small, concentrated(space, "t99", 2**24)])
+        assert few.passed_over == {} and few.kernel in int8 and set(few.kernel_timings) == int8
     if isinstance(matrix, Int8Counts):
         assert matrix.overflow.nnz > 0 and len(matrix.chunks) > 1
     elif isinstance(matrix, Int8Columns):
@@ -217,6 +228,14 @@ def test_every_kernels_error_bound_holds_and_auto_keeps_the_fastest(sources):
     assert index.kernel_timings[index.kernel] == min(index.kernel_timings.values())
     with pytest.raises(ConfigError, match="unknown index kernel 'int4'"):
         ScreenedIndex(fps, kernel="int4")
+
+
+def test_kernels_multiplying_an_int8_overflow_are_passed_over_beyond_a_twelfth():
+    assert overflow_share([np.array([[0, 128], [127, 500]]), np.zeros((2, 2))]) == 0.25
+    assert kernels_passed_over(INT8_OVERFLOW_HOPELESS) == {}
+    over = kernels_passed_over(0.09)
+    assert set(over) == {"int8-gemm", "int8-onnxruntime", "int8-packed", "int8-sparse"}
+    assert "9% of the counts are above 127" in over["int8-packed"]
 
 
 def test_the_kernel_chooser_shares_one_encoding_and_it_answers_as_a_fresh_one(sources):
