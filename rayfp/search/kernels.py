@@ -1084,13 +1084,13 @@ TIMING_ORDER = ("int8-packed", "int8-sparse", "int8-columns", "uint8-numba", "fl
                 "float32-torch", "int8-gemm")
 GIVE_UP = 4.0  # a first query this many times the best kernel's whole timing ends a timing
 # Share of the counts above 127 from which the kernels that multiply an int8 overflow with every
-# query are passed over without being built: their float64 sparse product reads 12 bytes an
-# entry (value and column), so beyond 1/12 it alone reads more than a one-byte kernel's whole
-# stream (no lone query can win), and at ~1 ns an entry and query digit it costs more than a
+# query are passed over without being built. Their float64 sparse product reads 12 bytes an
+# entry (value and column) besides the 1-byte counts: past 1/12 that is over 2 bytes a count,
+# the most int8-columns ever reads (uint16 columns, and only the query's nonzero ones), so no
+# lone query can win; and at ~1 ns an entry and query digit the product costs more than a
 # batch's dense products (~0.04 ns a count and query) from ~1.3%. At the paper's N = 10,000 a
-# third of the counts pass 127 (36% in bench_confidence's synthetic tasks); there the four
-# ranked at 5-30x the winner's time on the AVX2 EPYC, and choosing on 1,000 sources took
-# 26-37 s with them, 9.3-9.6 s without (side by side in one process).
+# third of the counts pass 127; there the four ranked at 3-40x int8-columns' time on the AVX2
+# EPYC, and building them was most of the choice (bench_choose, BENCHMARKS.md).
 INT8_OVERFLOW_HOPELESS = 1 / 12
 
 
@@ -1102,10 +1102,12 @@ def overflow_share(counts: Sequence[np.ndarray]) -> float:
 
 def kernels_passed_over(share: float) -> dict[str, str]:
     """Kernels not worth timing on counts with ``share`` above 127, and why."""
-    if share <= INT8_OVERFLOW_HOPELESS:
-        return {}
+    import importlib.util
+
+    if share <= INT8_OVERFLOW_HOPELESS or importlib.util.find_spec("numba") is None:
+        return {}  # (without numba, int8-columns, the kernel they cannot beat, is missing)
     why = (f"{share:.0%} of the counts are above 127: the float64 overflow product every query "
-           f"pays reads more than a one-byte kernel's whole stream")
+           f"pays reads more bytes than int8-columns' whole stream")
     return {name: why for name, kind in KERNELS.items()
             if getattr(kind, "MULTIPLIES_INT8_OVERFLOW", False)}
 CLOSE = 1.25  # the two fastest within this factor: both are timed again, runner-up first
