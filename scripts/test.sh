@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/browser.sh  # the web page's browser test
 .venv/bin/ruff check rayfp tests bench jobs serve
-.venv/bin/python -m pytest -q "$@"
+# the slowest tests are listed at the end: the suite must stay well under 30 minutes
+.venv/bin/python -m pytest -q --durations=25 "$@"
