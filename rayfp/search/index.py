@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -233,7 +233,7 @@ class ScreenedIndex:
             self.measured_on = min(len(sources), self.KERNEL_SAMPLE)
             sample = sources[:self.KERNEL_SAMPLE]
             self.passed_over = kernels_passed_over(overflow_share([s.counts for s in sample]))
-            kernel, self.kernel_timings, like = self._choose(sample, set(self.passed_over))
+            kernel, self.kernel_timings, like = self._choose(sample, self.passed_over)
             if self.measured_on < len(sources):
                 like = None
         self.kernel = kernel
@@ -243,7 +243,7 @@ class ScreenedIndex:
                      np.ones(len(sources), bool))
 
     @classmethod
-    def _choose(cls, sample: Sequence[Fingerprint], skip: set[str] = frozenset()
+    def _choose(cls, sample: Sequence[Fingerprint], skip: Collection[str] = ()
                 ) -> tuple[str, dict[str, float], _Rows | None]:
         """The fastest kernel on ``sample`` (leaving out ``skip``), every timing, and the
         sample's encoded rows (the exp/log of the LSE tables were half of each kernel's build:
@@ -253,15 +253,13 @@ class ScreenedIndex:
 
         def timed(name: str, give_up: float) -> float:
             nonlocal encoded
-            if name in skip:
-                raise ConfigError(f"{name} is passed over")  # choose_kernel leaves it out
             index = ScreenedIndex(sample, kernel=name, like=encoded)
             encoded = index.segments[0].rows
             if careful:
                 return _time_queries(index, give_up, pause=0.05, repeats=7, batches=3)
             return _time_queries(index, give_up, repeats=5, batches=1)
 
-        kernel, timings = choose_kernel(timed, close_calls=careful)
+        kernel, timings = choose_kernel(timed, close_calls=careful, skip=skip)
         return kernel, timings, encoded
 
     def _finish(self, segments: list[_Segment], alive: np.ndarray) -> None:

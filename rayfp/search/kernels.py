@@ -44,9 +44,10 @@ keeps the fastest; `rayfp serve` logs the choice and /v1/health reports it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 from scipy import sparse
@@ -1102,8 +1103,6 @@ def overflow_share(counts: Sequence[np.ndarray]) -> float:
 
 def kernels_passed_over(share: float) -> dict[str, str]:
     """Kernels not worth timing on counts with ``share`` above 127, and why."""
-    import importlib.util
-
     if share <= INT8_OVERFLOW_HOPELESS or importlib.util.find_spec("numba") is None:
         return {}  # (without numba, int8-columns, the kernel they cannot beat, is missing)
     why = (f"{share:.0%} of the counts are above 127: the float64 overflow product every query "
@@ -1113,15 +1112,18 @@ def kernels_passed_over(share: float) -> dict[str, str]:
 CLOSE = 1.25  # the two fastest within this factor: both are timed again, runner-up first
 
 
-def choose_kernel(time_query: Callable[[str, float], float], *, close_calls: bool = True
-                  ) -> tuple[str, dict[str, float]]:
-    """Time every kernel with ``time_query(name, give_up)`` (median seconds of a whole query on
-    a sample of the index; it may stop early, returning what it measured, once a query takes
-    over ``give_up`` seconds) and return the fastest name with every timing; a kernel that
-    cannot hold the data exactly (ConfigError), or whose library this installation left out
-    (torch, numba), is left out. ``close_calls``: time the two fastest again when close."""
+def choose_kernel(time_query: Callable[[str, float], float], *, close_calls: bool = True,
+                  skip: Collection[str] = ()) -> tuple[str, dict[str, float]]:
+    """Time every kernel but ``skip`` with ``time_query(name, give_up)`` (median seconds of a
+    whole query on a sample of the index; it may stop early, returning what it measured, once a
+    query takes over ``give_up`` seconds) and return the fastest name with every timing; a
+    kernel that cannot hold the data exactly (ConfigError), or whose library this installation
+    left out (torch, numba), is left out. ``close_calls``: time the two fastest again when
+    close."""
     timings = {}
     for name in sorted(KERNELS, key=TIMING_ORDER.index):
+        if name in skip:
+            continue
         best = min(timings.values(), default=float("inf"))
         try:
             timings[name] = time_query(name, GIVE_UP * best)

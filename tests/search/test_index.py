@@ -203,6 +203,8 @@ def test_every_kernels_error_bound_holds_and_auto_keeps_the_fastest(sources):
             "int8-columns": 2.4, "float32-torch": 1.0, "float32-numpy": 3.0, "uint8-numba": 4.0}
     chosen, timings = choose_kernel(lambda name, give_up: fake[name])
     assert chosen == "float32-torch" and timings == fake
+    chosen, timings = choose_kernel(lambda name, give_up: fake[name], skip={"float32-torch"})
+    assert chosen == "int8-packed" and "float32-torch" not in timings  # never timed
     # each timing may stop once it is GIVE_UP times the best so far (int8-packed's, timed
     # first); a kernel that stops early keeps what it measured and cannot win
     limits = {}
