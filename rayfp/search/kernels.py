@@ -54,6 +54,7 @@ from scipy import sparse
 
 from rayfp.errors import ConfigError
 from rayfp.registry import look_up
+from rayfp.search import columns
 
 INT8_MAX = 127
 _INT32_MAX = 2**31 - 1
@@ -457,119 +458,7 @@ class Int8Packed(Int8Counts):
         return approx, half + FLOAT_SLACK * np.abs(approx)
 
 
-def _threadsafe_numba(kernels: str):
-    """numba with a thread-safe parallel layer (OpenMP or TBB, never workqueue: the service
-    ranks from several threads), for the parallel loops of these kernels."""
-    try:
-        import numba
-    except ImportError as exc:  # pragma: no cover - numba is a dependency
-        raise ConfigError(f"{kernels} need numba: {exc}") from None
-    numba.config.THREADING_LAYER = "threadsafe"
-    return numba
-
-
-_COLUMNS_LOOP = None  # the compiled loop, made once per process
-# The columns hold whole counts: uint8 when none passes 255, else uint16. At the paper's
-# N = 10,000 samples a third of the bins pass 127 (bench_shards' sources of widths 0.03-0.1:
-# 22%, and 16% pass 255), and their float64 overflow product took 13 of a lone query's 18 ms
-# at 1,000 sources; uint16 columns read twice the bytes of those rows and no overflow at all.
-COLUMN_DTYPES = (np.uint8, np.uint16)
-COLUMN_GROUP = 8  # count rows summed per pass over the partial sums (8: 8% faster than 4)
-
-
-def _columns_loop():
-    """numba's compiled sparse (K, N) uint8 columns x a query's nonzero entries -> (P, N)
-    float32 partial sums, one per thread, each over its share of the rows: whole rows of the
-    columns stream from memory, the sums stay in cache. Reassociation lets LLVM vectorise
-    (any order keeps the float32 bound); the parallel layer must be thread-safe."""
-    global _COLUMNS_LOOP
-    if _COLUMNS_LOOP is None:
-        numba = _threadsafe_numba("int8-sparse and int8-columns")
-
-        @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
-        def loop(columns, rows, values, parts):  # pragma: no cover - compiled
-            n_parts, n_rows, n = parts.shape[0], rows.shape[0], columns.shape[1]
-            for p in numba.prange(n_parts):
-                acc = parts[p]
-                acc[:] = 0
-                r, end = n_rows * p // n_parts, n_rows * (p + 1) // n_parts
-                while r + 8 <= end:  # COLUMN_GROUP rows per pass over the sums
-                    c0, c1 = columns[rows[r]], columns[rows[r + 1]]
-                    c2, c3 = columns[rows[r + 2]], columns[rows[r + 3]]
-                    c4, c5 = columns[rows[r + 4]], columns[rows[r + 5]]
-                    c6, c7 = columns[rows[r + 6]], columns[rows[r + 7]]
-                    v0, v1, v2, v3 = values[r], values[r + 1], values[r + 2], values[r + 3]
-                    v4, v5, v6, v7 = values[r + 4], values[r + 5], values[r + 6], values[r + 7]
-                    for s in range(n):
-                        acc[s] += (((v0 * np.float32(c0[s]) + v1 * np.float32(c1[s]))
-                                    + (v2 * np.float32(c2[s]) + v3 * np.float32(c3[s])))
-                                   + ((v4 * np.float32(c4[s]) + v5 * np.float32(c5[s]))
-                                      + (v6 * np.float32(c6[s]) + v7 * np.float32(c7[s]))))
-                    r += 8
-                while r < end:
-                    column, value = columns[rows[r]], values[r]
-                    for s in range(n):
-                        acc[s] += value * np.float32(column[s])
-                    r += 1
-
-        try:
-            for dtype in COLUMN_DTYPES:  # compiled for both now, not on a first query
-                loop(np.ones((2, 8), dtype), np.arange(2), np.ones(2, np.float32),
-                     np.empty((1, 8), np.float32))
-        except Exception as exc:  # no thread-safe layer (e.g. no libgomp): leave the kernel out
-            raise ConfigError(f"int8-sparse and int8-columns cannot run here: {exc}") from None
-        _COLUMNS_LOOP = loop
-    return _COLUMNS_LOOP
-
-
-_NONZERO = None
-
-
-def _nonzero_entries(query: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """The positions of a query's nonzero entries and those entries / scale in float32, in one
-    compiled pass (numpy's flatnonzero alone took 0.23 ms of a 1.6 ms product); numpy without
-    numba."""
-    global _NONZERO
-    if _NONZERO is None:
-        try:
-            import numba
-        except ImportError:  # pragma: no cover - numba is a dependency of this kernel
-            _NONZERO = lambda q, x: (np.flatnonzero(q), (q[q != 0] / x).astype(np.float32))  # noqa: E731
-        else:
-            @numba.njit(cache=True, nogil=True)
-            def nonzero(query, scale):  # pragma: no cover - compiled
-                rows = np.empty(query.shape[0], np.int64)
-                values = np.empty(query.shape[0], np.float32)
-                n = 0
-                for i in range(query.shape[0]):
-                    if query[i] != 0:
-                        rows[n] = i
-                        values[n] = np.float32(query[i] / scale)
-                        n += 1
-                return rows[:n], values[:n]
-
-            _NONZERO = nonzero
-    return _NONZERO(np.ascontiguousarray(query), float(scale))
-
-
-def _column_counts(low: np.ndarray, overflow: sparse.csr_matrix, dtype: type, block: int = 256
-                   ) -> tuple[np.ndarray, sparse.csr_matrix]:
-    """(columns (D·B, N) of the whole counts low + overflow as ``dtype`` (_narrowest: the
-    narrowest of COLUMN_DTYPES that holds them, or uint16 clipped), and the residual above
-    uint16's range as a sparse (N, D·B) float64, empty unless a bin holds more than 65,535
-    samples), made a block of sources at a time so no full-size temporary exists."""
-    top = np.iinfo(dtype).max
-    columns = np.empty(low.shape[::-1], dtype)
-    for start in range(0, low.shape[0], block):
-        part = low[start:start + block].view(np.uint8).astype(dtype)
-        extra = overflow[start:start + block].tocoo()
-        if extra.nnz:  # low holds 127 where the overflow has count - 127
-            part[extra.row, extra.col] = np.minimum(extra.data + INT8_MAX, top).astype(dtype)
-        columns[:, start:start + block] = part.T
-    residual = overflow.copy()
-    residual.data = np.maximum(residual.data + INT8_MAX - top, 0)
-    residual.eliminate_zeros()
-    return columns, residual
+COLUMN_DTYPES = (np.uint8, np.uint16)  # the row-major whole counts: the narrowest that holds them
 
 
 def _narrowest(peak: int) -> type:
@@ -582,21 +471,28 @@ class _SparseColumns:
     """The counts once more as columns (D·B, N), for queries that read only the columns where
     they are nonzero. A target's histogram is zero wherever none of its samples fell (51-80% of
     the bins of the demo's real fingerprints, 22% of bench_shards' default synthetic ones), so
-    a query reads that much less. Its nonzero entries, rounded to float32, multiply the whole
-    counts (uint8, or uint16 once a count passes 255) widened to float32 in numba's loop, with
-    the float32 error bound over only those L terms (uint8-numba's bound). A kernel mixing this
-    in makes the columns and their float64 residual above uint16 (_make_columns)."""
+    a query reads that much less. The columns are rayfp.search.columns' codes: one byte a count
+    where a coarse code's error stays within a few counts, two where it cannot; the query's
+    nonzero entries, rounded to float32, multiply them in numba's loop, with uint8-numba's
+    float32 bound over those L terms plus the codes' own. A kernel mixing this in gives its
+    row-major whole counts and their float64 residual above uint16 (_whole_rows)."""
 
     SMALL = 64  # sources below which a product runs on one thread (registrations)
+    CODES = {"max_shift": columns.MAX_SHIFT, "share": columns.EXCEPTION_SHARE}
 
     def __init__(self, *args, **kwargs) -> None:
-        _columns_loop()  # ConfigError here if this machine cannot run it
-        # (columns, residual above them), made in prepare or on first use
-        self._columns: tuple[np.ndarray, sparse.csr_matrix] | None = None
+        columns.compile_loops()  # ConfigError here if this machine cannot run it
+        # (codes, residual above uint16), made in prepare or on first use
+        self._columns: tuple[columns.ColumnCodes, sparse.csr_matrix] | None = None
         super().__init__(*args, **kwargs)
 
-    def _make_columns(self) -> tuple[np.ndarray, sparse.csr_matrix]:
+    def _whole_rows(self) -> tuple[np.ndarray, sparse.csr_matrix]:
         raise NotImplementedError
+
+    def _columns_nbytes(self, before: int) -> int:
+        """The codes' bytes once made; ``before`` then (GET /v1/health reads nbytes: it must
+        not make them)."""
+        return before if self._columns is None else self._columns[0].nbytes
 
     def prepare(self) -> None:
         getattr(super(), "prepare", lambda: None)()  # int8-packed packs its copy too
@@ -605,9 +501,10 @@ class _SparseColumns:
     def __getstate__(self) -> dict:
         return {**super().__getstate__(), "_columns": None}  # remade on use
 
-    def _columns_now(self) -> tuple[np.ndarray, sparse.csr_matrix]:
+    def _columns_now(self) -> tuple[columns.ColumnCodes, sparse.csr_matrix]:
         if self._columns is None:  # two threads may both make them: the same arrays either way
-            self._columns = self._make_columns()
+            whole, residual = self._whole_rows()
+            self._columns = columns.ColumnCodes.build(whole, **self.CODES), residual
         return self._columns
 
     def _sparse_inner(self, queries: np.ndarray, count_total: np.ndarray
@@ -615,22 +512,23 @@ class _SparseColumns:
         """As inner, one query (column) at a time, each over its own nonzero columns."""
         import numba
 
-        columns, residual = self._columns_now()
+        codes, residual = self._columns_now()
         scale = _power_of_two_scale(queries)
         threads = _ORT_THREADS or os.cpu_count() or 1
-        parts = np.empty((threads if len(self) >= self.SMALL else 1, len(self)), np.float32)
+        parts = np.empty((threads if len(self) >= self.SMALL else 1, len(self)))
+        blocks = np.empty(parts.shape, np.float32)
         numba.set_num_threads(min(len(parts), numba.config.NUMBA_NUM_THREADS))
         approx = np.empty((len(self), queries.shape[1]))
-        lengths = np.empty(queries.shape[1], np.int64)
+        error = np.empty_like(approx)
+        # the tiny term counts each product's roundings: exceptions add at most one a count
+        ceiling = 2 * count_total
         for j in range(queries.shape[1]):
-            rows, values = _nonzero_entries(queries[:, j], scale[j])
-            _columns_loop()(columns, rows, values, parts)
-            approx[:, j] = parts.sum(axis=0, dtype=np.float64) * scale[j]
-            lengths[j] = len(rows)
-        # The parts' float64 sum is one more order of the same L float32 terms: the bound holds.
-        error = np.concatenate([_float32_error(approx[:, j:j + 1], int(lengths[j]), count_total,
-                                               scale[j:j + 1]) for j in range(len(lengths))],
-                               axis=1)
+            # float32 sums of at most ``terms`` products, added in float64 (FLOAT_SLACK covers
+            # that: < 2^-53 per sum of L / SUM_BLOCK + P of them)
+            sums, terms, middle = codes.products(queries[:, j], scale[j], blocks, parts)
+            approx[:, j] = (sums + middle) * scale[j]
+            error[:, j] = (_float32_error((sums * scale[j])[:, None], terms, ceiling,
+                                          scale[j:j + 1])[:, 0] + middle * scale[j])
         if residual.nnz:  # counts above 65,535: few integers times the query, float64
             approx = approx + residual @ queries
         return approx, error + FLOAT_SLACK * np.abs(approx)
@@ -662,11 +560,12 @@ class Int8Columns(_SparseColumns):
         return len(self.whole)
 
     @property
-    def nbytes(self) -> int:  # row-major, the columns, the residual
-        return 2 * self.whole.nbytes + self.residual.data.nbytes + self.residual.indices.nbytes
+    def nbytes(self) -> int:  # row-major, the residual, the columns (or the most they take)
+        return (self.whole.nbytes + self.residual.data.nbytes + self.residual.indices.nbytes
+                + self._columns_nbytes(self.whole.size * 2))
 
-    def _make_columns(self) -> tuple[np.ndarray, sparse.csr_matrix]:
-        return _transposed(self.whole), self.residual
+    def _whole_rows(self) -> tuple[np.ndarray, sparse.csr_matrix]:
+        return self.whole, self.residual
 
     def inner(self, queries: np.ndarray, count_total: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
@@ -706,11 +605,12 @@ class Int8Sparse(_SparseColumns, Int8Packed):
                                                    if self.overflow.nnz else 0))
 
     @property
-    def nbytes(self) -> int:  # + the columns
-        return super().nbytes + self.low.size * np.dtype(self._column_type).itemsize
+    def nbytes(self) -> int:  # + the columns (or the most they take)
+        return super().nbytes + self._columns_nbytes(
+            self.low.size * np.dtype(self._column_type).itemsize)
 
-    def _make_columns(self) -> tuple[np.ndarray, sparse.csr_matrix]:
-        return _column_counts(self.low, self.overflow, self._column_type)
+    def _whole_rows(self) -> tuple[np.ndarray, sparse.csr_matrix]:
+        return columns.whole_counts(self.low, self.overflow, self._column_type)
 
     def inner(self, queries: np.ndarray, count_total: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
@@ -965,7 +865,7 @@ def _uint8_loop():
     (the service ranks from several threads), so it is OpenMP or TBB, never workqueue."""
     global _UINT8_LOOP
     if _UINT8_LOOP is None:
-        numba = _threadsafe_numba("uint8-numba")
+        numba = columns.threadsafe_numba("uint8-numba")
 
         @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
         def loop(counts, queries, out):  # pragma: no cover - compiled

@@ -11,7 +11,7 @@ import pytest
 from conftest import make_space, random_fingerprint
 
 from rayfp.core.distance import plogp_counts
-from rayfp.search import kernels
+from rayfp.search import columns, kernels
 from rayfp.search.index import ScreenedIndex
 from rayfp.search.kernels import (
     PACKED_DIGITS,
@@ -146,15 +146,20 @@ def test_the_column_kernels_read_only_the_columns_a_query_needs(kernel):
     assert 0 < (query == 0).mean() < 1
     approx, error = matrix.inner(query, total)
     assert (np.abs(approx - counts @ query) <= error).all()
-    read = []  # the column rows the compiled loop is handed: all it reads
-    loop = kernels._columns_loop()
-    kernels._COLUMNS_LOOP = lambda columns, rows, *rest: read.append(rows.copy()) or loop(
-        columns, rows, *rest)
+    read = []  # the coarse and uint16 rows the compiled loop is handed: all it reads
+    loop = columns.compile_loops()["products"]
+    columns._COMPILED["products"] = lambda narrow, n_rows, v, wide, w_rows, *rest: (
+        read.append((n_rows.copy(), w_rows.copy())) or loop(narrow, n_rows, v, wide, w_rows,
+                                                            *rest))
     try:
         np.testing.assert_array_equal(matrix.inner(query, total)[0], approx)
     finally:
-        kernels._COLUMNS_LOOP = loop
-    np.testing.assert_array_equal(read[0], np.flatnonzero(query[:, 0]))
+        columns._COMPILED["products"] = loop
+    codes = matrix._columns[0]
+    position = np.where(codes.where >= 0, codes.where, len(codes.where) + codes.where)
+    handed = np.concatenate([np.flatnonzero(np.isin(position, read[0][0]) & (codes.where >= 0)),
+                             np.flatnonzero(np.isin(-1 - codes.where, read[0][1]))])
+    np.testing.assert_array_equal(np.sort(handed), np.flatnonzero(query[:, 0]))
     matrix._columns = None  # remade from the counts on use
     for index in (sparse_index, pickle.loads(pickle.dumps(sparse_index))):
         for t in [target, *fps[:3]]:
@@ -169,12 +174,11 @@ def test_the_column_kernels_read_only_the_columns_a_query_needs(kernel):
 
 
 @pytest.mark.parametrize("kind", [Int8Sparse, Int8Columns])
-@pytest.mark.parametrize("largest,dtype", [(255, np.uint8), (300, np.uint16),
-                                           (70_000, np.uint16)])
-def test_the_columns_hold_whole_counts_in_the_narrowest_type(kind, largest, dtype):
-    """Counts above 127 (a third of the bins at the paper's N = 10,000) are in the columns
-    themselves, uint8 up to 255 and uint16 beyond; only what passes 65,535 stays a float64
-    residual, and every product stays within its bound."""
+@pytest.mark.parametrize("largest", [255, 300, 3000, 70_000])
+def test_the_columns_hold_every_count_within_its_rows_bound(kind, largest):
+    """Counts above 127 (a third of the bins at the paper's N = 10,000) are in the column codes
+    themselves, exact or within (2^s - 1)/2 of their row's shift; only what passes 65,535
+    stays a float64 residual, and every product stays within its bound."""
     rng = np.random.default_rng(8)
     dim, bins, n = 8, 30, 70
     counts = rng.integers(0, 128, (n, dim * bins))
@@ -184,25 +188,31 @@ def test_the_columns_hold_whole_counts_in_the_narrowest_type(kind, largest, dtyp
     counts[0, 5] = largest
     totals = counts.reshape(n, dim, bins).sum(axis=2)
     matrix = kind.build(counts, dim, bins, int(totals.max()))
+    before = matrix.nbytes  # the most the columns may take, before they are made
     matrix.prepare()
-    columns, residual = matrix._columns
-    assert columns.dtype == dtype and columns.shape == (dim * bins, n)
-    top = np.iinfo(dtype).max
-    np.testing.assert_array_equal(columns, np.minimum(counts, top).T)
-    np.testing.assert_array_equal(residual.toarray(), np.maximum(counts - top, 0))
+    codes, residual = matrix._columns
+    read, half = codes.decoded()
+    off = np.abs(read + residual.toarray() - counts)
+    assert (off <= half).all() and half.max() <= (2**columns.MAX_SHIFT - 1) / 2
+    assert (off[:, codes.shift == 0] == 0).all()  # unshifted rows and uint16 rows are exact
+    np.testing.assert_array_equal(residual.toarray(), np.maximum(counts - 65_535, 0))
+    if largest <= 255:  # one byte a count, all exact
+        assert len(codes.wide) == 0 and half.max() == 0 and codes.narrow.shape == (dim * bins, n)
     if kind is Int8Sparse:  # int8-packed's copies for its batches, and the columns
         held = Int8Packed(matrix.low, matrix.overflow, dim, bins, int(totals.max())).nbytes
-    else:  # the same whole counts row-major (the re-rank), no int8 copy, no overflow
-        np.testing.assert_array_equal(matrix.whole, np.minimum(counts, top))
-        assert matrix.whole.dtype == dtype and not hasattr(matrix, "overflow")
+    else:  # the whole counts row-major (the re-rank), no int8 copy, no overflow
+        np.testing.assert_array_equal(matrix.whole, np.minimum(counts, 65_535))
+        assert not hasattr(matrix, "overflow")
         held = matrix.whole.nbytes + residual.data.nbytes + residual.indices.nbytes
-    assert matrix.nbytes == held + columns.nbytes
+    assert matrix.nbytes == held + codes.nbytes
+    assert codes.narrow.nbytes + codes.wide.nbytes <= before - held  # never more than uint16
     queries = rng.random((dim * bins, 2)) * (rng.random((dim * bins, 2)) < 0.5)
     queries[:, 1] *= 1e-40  # an underflowing query too
     approx, error = matrix._sparse_inner(queries, counts.sum(axis=1).astype(np.float64))
     exact = counts.astype(np.float64) @ queries
     assert (np.abs(approx - exact) <= error).all()
-    assert (error <= 1e-4 * np.abs(exact) + 1e-30).all()
+    coarse = (queries * half[:, None]).sum(axis=0)  # the codes' own share of the bound
+    assert (error <= coarse + 1e-4 * np.abs(exact) + 1e-30).all()
 
 
 def test_the_column_type_is_found_once_not_on_every_health_check(monkeypatch):
@@ -214,15 +224,17 @@ def test_the_column_type_is_found_once_not_on_every_health_check(monkeypatch):
     counts = np.full((70, 40), 300)
     matrix = Int8Sparse.build(counts, 4, 10, 3000)
     sizes = {matrix.nbytes for _ in range(3)}
+    sizes.add(matrix.nbytes)
     matrix.prepare()
-    assert scans == [300] and sizes == {matrix.nbytes}
-    assert matrix._columns[0].dtype == np.uint16
+    assert scans == [300] and len(sizes) == 1
+    assert matrix._columns[0].shift.max() == 1 and matrix.nbytes < sizes.pop()
 
 
 @pytest.mark.parametrize("kernel", ["int8-columns", "int8-sparse"])
 def test_segments_of_uint8_and_uint16_counts_merge_and_stay_exact(kernel):
-    """Registrations of small tasks (uint8 columns) beside a big index of N = 5,000 (uint16),
-    and the other way round, answer as a fresh index; compaction widens the uint8 rows."""
+    """Registrations of small tasks (exact one-byte columns) beside a big index of N = 5,000
+    (shifted codes), and the other way round, answer as a fresh index; compaction codes the
+    merged rows again."""
     rng = np.random.default_rng(9)
     space = make_space(dim=10, bins=20)
     large = [random_fingerprint(rng, space, f"L{i:02d}", n=5000) for i in range(70)]
@@ -230,11 +242,11 @@ def test_segments_of_uint8_and_uint16_counts_merge_and_stay_exact(kernel):
     for first, then in ((large, small), (small, large)):
         index = ScreenedIndex(first[:60], kernel=kernel)
         index = index.with_changes(then[:5])
-        types = [seg.rows.counts._columns_now()[0].dtype for seg in index.segments]
-        assert set(types) == {np.dtype(np.uint8), np.dtype(np.uint16)}
+        shifts = [seg.rows.counts._columns_now()[0].shift.max() for seg in index.segments]
+        assert sorted(shifts) == [0, 2]
         index = index.with_changes(then[5:60], [first[0].task_id])  # enough to compact
         assert len(index.segments) == 1
-        assert index.segments[0].rows.counts._columns_now()[0].dtype == np.uint16
+        assert index.segments[0].rows.counts._columns_now()[0].shift.max() == 2
         live = first[1:60] + then[:60]
         fresh = ScreenedIndex(live, kernel="float32-numpy")
         for target in [*then[60:63], *first[60:63]]:

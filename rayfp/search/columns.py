@@ -1,0 +1,326 @@
+"""The counts as columns (D·B rows of N sources) for queries that read only their nonzero rows,
+in one byte a count wherever a coarse code keeps the bound tight.
+
+A lone query is bound by the bytes it reads. At the paper's N = 10,000 samples a sixth of the
+counts pass 255, so whole counts need two bytes. Here each row (one bin of one dimension, over
+every source) gets the smallest shift s <= MAX_SHIFT that fits all but a few of its counts in
+8 bits: code = c >> s, read as the middle of its range, c ∈ code·2^s + [0, 2^s), so the code
+is off by at most (2^s − 1)/2 counts. Counts the code cannot reach (at most EXCEPTION_SHARE of
+a row) are exceptions: the code holds 255 and an exact float32 excess is stored beside it, so
+they are exact. Rows no shift fits (a ReLU's zero bin holds most samples of every source) stay
+uint16, exact. A query's error bound adds Σ_q (2^s − 1)/2 · q over its coarse rows: the same
+for every source, at most 1.5e-4 of a bKLD at N = 10,000 (s <= 2), below the gaps between
+neighbours, so few more sources survive the screen to the exact re-rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from scipy import sparse
+
+from rayfp.errors import ConfigError
+
+# Measured on 1,000 sources of N = 10,000 (BENCHMARKS.md "Count columns"): shift <= 2 and 1/64
+# exceptions held the columns in 54-137 MB instead of 102-256 MB (uint16), as fast, with 5.4
+# sources re-ranked a query instead of 5.2 on real-shaped fingerprints (14 instead of 5 on
+# bench_shards' close-packed synthetic ones).
+MAX_SHIFT = 2  # a code is off by at most 1.5 counts; a row that needs more stays uint16
+EXCEPTION_SHARE = 1 / 64  # exceptions a coarse row may hold (8 bytes each): <= 1/8 byte a count
+ROW_BLOCK = 64  # rows encoded per task: the sources' row-major counts read once per block
+# Rows summed in float32 before their sum joins a float64 one: float32's error bound is then
+# γ_256 ≈ 1.5e-5 of the value, not γ_L ≈ 4e-3 for L = 73,000 nonzero entries, which let ~7x
+# more sources through the screen to the exact re-rank (a query of real-shaped fingerprints).
+SUM_BLOCK = 256
+
+_COMPILED: dict[str, object] = {}
+
+
+def threadsafe_numba(kernels: str):
+    """numba with a thread-safe parallel layer (OpenMP or TBB, never workqueue: the service
+    ranks from several threads), for the parallel loops of ``kernels``."""
+    try:
+        import numba
+    except ImportError as exc:  # pragma: no cover - numba is a dependency
+        raise ConfigError(f"{kernels} need numba: {exc}") from None
+    numba.config.THREADING_LAYER = "threadsafe"
+    return numba
+
+
+def compile_loops() -> dict[str, object]:
+    """The compiled loops, made once per process (and cached on disk by numba)."""
+    if _COMPILED:
+        return _COMPILED
+    numba = threadsafe_numba("int8-sparse and int8-columns")
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def histogram(whole, top):  # pragma: no cover - compiled
+        """(L, top + 1): per row, how many counts need each shift (top: more than MAX_SHIFT)."""
+        n, length = whole.shape
+        hist = np.zeros((length, top + 1), np.int64)
+        for b in numba.prange((length + 255) // 256):
+            lo, hi = b * 256, min(b * 256 + 256, length)
+            for s in range(n):
+                row = whole[s]
+                for r in range(lo, hi):
+                    c, k = np.int64(row[r]) >> 8, 0
+                    while c > 0 and k < top:
+                        k += 1
+                        c >>= 1
+                    hist[r, k] += 1
+        return hist
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def encode(whole, where, shift, indptr, narrow, wide, source, excess):  # pragma: no cover
+        n, length = whole.shape
+        for b in numba.prange((length + ROW_BLOCK - 1) // ROW_BLOCK):
+            lo, hi = b * ROW_BLOCK, min(b * ROW_BLOCK + ROW_BLOCK, length)
+            fill = indptr[lo:hi].copy()
+            for s in range(n):
+                row = whole[s]
+                for r in range(lo, hi):
+                    c, w = np.int64(row[r]), where[r]
+                    if w < 0:
+                        wide[-1 - w, s] = c
+                        continue
+                    k = shift[r]
+                    code = c >> k
+                    if code > 255:  # an exception: exact beside the saturated code
+                        narrow[w, s] = 255
+                        e = fill[r - lo]
+                        source[e] = s
+                        excess[e] = c - (255 << k) - ((1 << k) - 1) * 0.5
+                        fill[r - lo] = e + 1
+                    else:
+                        narrow[w, s] = code
+
+    @numba.njit(inline="always", fastmath={"reassoc", "contract"})
+    def rows_into(acc, columns, rows, values, r, end):  # pragma: no cover - compiled
+        """acc += Σ values[i] · columns[rows[i]] for i in [r, end): eight rows per pass over
+        acc (8% faster than four); reassociation lets LLVM vectorise, any order keeps the
+        float32 bound."""
+        n = acc.shape[0]
+        while r + 8 <= end:
+            c0, c1 = columns[rows[r]], columns[rows[r + 1]]
+            c2, c3 = columns[rows[r + 2]], columns[rows[r + 3]]
+            c4, c5 = columns[rows[r + 4]], columns[rows[r + 5]]
+            c6, c7 = columns[rows[r + 6]], columns[rows[r + 7]]
+            v0, v1, v2, v3 = values[r], values[r + 1], values[r + 2], values[r + 3]
+            v4, v5, v6, v7 = values[r + 4], values[r + 5], values[r + 6], values[r + 7]
+            for s in range(n):
+                acc[s] += (((v0 * np.float32(c0[s]) + v1 * np.float32(c1[s]))
+                            + (v2 * np.float32(c2[s]) + v3 * np.float32(c3[s])))
+                           + ((v4 * np.float32(c4[s]) + v5 * np.float32(c5[s]))
+                              + (v6 * np.float32(c6[s]) + v7 * np.float32(c7[s]))))
+            r += 8
+        while r < end:
+            column, value = columns[rows[r]], values[r]
+            for s in range(n):
+                acc[s] += value * np.float32(column[s])
+            r += 1
+
+    @numba.njit(inline="always", fastmath={"reassoc", "contract"})
+    def blocks_into(acc, block, columns, rows, values, r, end):  # pragma: no cover - compiled
+        """acc (float64) += the rows' products, summed in float32 SUM_BLOCK rows at a time."""
+        while r < end:
+            stop = min(r + SUM_BLOCK, end)
+            block[:] = 0
+            rows_into(block, columns, rows, values, r, stop)
+            for s in range(acc.shape[0]):
+                acc[s] += block[s]
+            r = stop
+
+    @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
+    def products(narrow, n_rows, n_values, wide, w_rows, w_values, indptr, source, excess,
+                 e_rows, e_values, blocks, parts):  # pragma: no cover - compiled
+        """(P, N) float64 partial sums, one per thread, each over its share of the query's
+        coarse rows, uint16 rows and exception rows; each SUM_BLOCK rows are summed in float32
+        (``blocks``, (P, N): in cache) and then added in float64, so float32's rounding
+        stays that of SUM_BLOCK terms, not of every row."""
+        n_parts = parts.shape[0]
+        for p in numba.prange(n_parts):
+            acc, block = parts[p], blocks[p]
+            acc[:] = 0
+            blocks_into(acc, block, narrow, n_rows, n_values, len(n_rows) * p // n_parts,
+                        len(n_rows) * (p + 1) // n_parts)
+            blocks_into(acc, block, wide, w_rows, w_values, len(w_rows) * p // n_parts,
+                        len(w_rows) * (p + 1) // n_parts)
+            i, end = len(e_rows) * p // n_parts, len(e_rows) * (p + 1) // n_parts
+            while i < end:  # at most one exception of a source per row
+                stop = min(i + SUM_BLOCK, end)
+                block[:] = 0
+                for j in range(i, stop):
+                    r, v = e_rows[j], e_values[j]
+                    for e in range(indptr[r], indptr[r + 1]):
+                        block[source[e]] += v * excess[e]
+                for s in range(acc.shape[0]):
+                    acc[s] += block[s]
+                i = stop
+
+    @numba.njit(cache=True, nogil=True)
+    def entries(query, scale, where, shift, indptr):  # pragma: no cover - compiled
+        """A query's nonzero entries / scale, split into coarse rows (times 2^s, exact),
+        uint16 rows and rows with exceptions, and Σ (q / scale)·(2^s − 1)/2: the codes' middle,
+        added to every source, which is also their error bound (float64)."""
+        length = query.shape[0]
+        n_rows, w_rows, e_rows = (np.empty(length, np.int64), np.empty(length, np.int64),
+                                  np.empty(length, np.int64))
+        n_values, w_values, e_values = (np.empty(length, np.float32),
+                                        np.empty(length, np.float32),
+                                        np.empty(length, np.float32))
+        nn = nw = ne = 0
+        middle = 0.0
+        for i in range(length):
+            if query[i] == 0:
+                continue
+            v = query[i] / scale
+            w = where[i]
+            if w >= 0:
+                k = shift[i]
+                n_rows[nn] = w
+                n_values[nn] = np.float32(v) * np.float32(1 << k)
+                middle += v * ((1 << k) - 1) * 0.5
+                nn += 1
+                if indptr[i + 1] > indptr[i]:
+                    e_rows[ne] = i
+                    e_values[ne] = np.float32(v)
+                    ne += 1
+            else:
+                w_rows[nw] = -1 - w
+                w_values[nw] = np.float32(v)
+                nw += 1
+        return (n_rows[:nn], n_values[:nn], w_rows[:nw], w_values[:nw], e_rows[:ne],
+                e_values[:ne], middle)
+
+    try:  # compiled now for the one signature, not on a first query
+        u8, u16 = np.zeros((1, 8), np.uint8), np.zeros((1, 8), np.uint16)
+        none, no_values = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        products(u8, none, no_values, u16, none, no_values, np.zeros(2, np.int64),
+                 np.zeros(0, np.int32), no_values, none, no_values, np.empty((1, 8), np.float32),
+                 np.empty((1, 8)))
+        entries(np.zeros(1), 1.0, np.zeros(1, np.int64), np.zeros(1, np.int64),
+                np.zeros(2, np.int64))
+        for dtype in (np.uint8, np.uint16):
+            whole = np.zeros((2, 3), dtype)
+            histogram(whole, MAX_SHIFT + 1)
+            encode(whole, np.array([0, 1, -1]), np.zeros(3, np.int64), np.zeros(4, np.int64),
+                   np.empty((2, 2), np.uint8), np.empty((1, 2), np.uint16),
+                   np.empty(0, np.int32), np.empty(0, np.float32))
+    except Exception as exc:  # no thread-safe layer (e.g. no libgomp): leave the kernels out
+        raise ConfigError(f"int8-sparse and int8-columns cannot run here: {exc}") from None
+    _COMPILED.update(histogram=histogram, encode=encode, products=products, entries=entries)
+    return _COMPILED
+
+
+def row_shifts(hist: np.ndarray, sources: int, *, max_shift: int = MAX_SHIFT,
+               share: float = EXCEPTION_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the smallest shift whose exceptions are at most ``share`` of the sources, and
+    whether any is (False: the row stays uint16). hist: (L, max_shift + 2) counts per shift
+    needed (histogram's)."""
+    above = hist[:, ::-1].cumsum(axis=1)[:, ::-1]  # above[:, k]: counts needing shift >= k
+    fits = above[:, 1:] <= int(sources * share)  # (L, max_shift + 1): exceptions at shift s
+    return fits.argmax(axis=1), fits.any(axis=1)
+
+
+@dataclasses.dataclass
+class ColumnCodes:
+    """The counts of N sources as columns (rows = the D·B bins), each row coarse (uint8 codes
+    c >> shift, exceptions exact beside them) or wide (uint16, exact); counts above uint16
+    stay in the caller's float64 residual."""
+
+    narrow: np.ndarray  # (Rn, N) uint8 codes
+    wide: np.ndarray  # (Rw, N) uint16 whole counts, capped at 65,535
+    where: np.ndarray  # (L,) int64: a row's position in narrow, or -1 - its position in wide
+    shift: np.ndarray  # (L,) int64: a coarse row's shift (0 for wide rows)
+    indptr: np.ndarray  # (L + 1,) int64: each row's exceptions
+    source: np.ndarray  # (E,) int32: the exception's source
+    excess: np.ndarray  # (E,) float32: its count minus its code's reading (exact: < 2^16)
+
+    @classmethod
+    def build(cls, whole: np.ndarray, *, max_shift: int = MAX_SHIFT,
+              share: float = EXCEPTION_SHARE) -> ColumnCodes:
+        """whole: (N, L) uint8 or uint16 counts, row-major (the index's own copy)."""
+        if not 0 <= max_shift <= 7:  # 255 << 7 stays below uint16's 65,535
+            raise ConfigError(f"max_shift must be in 0..7, got {max_shift}")
+        compiled = compile_loops()
+        whole = np.ascontiguousarray(whole)
+        n, length = whole.shape
+        hist = compiled["histogram"](whole, max_shift + 1)
+        shift, coarse = row_shifts(hist, n, max_shift=max_shift, share=share)
+        shift[~coarse] = 0
+        where = np.empty(length, np.int64)
+        where[coarse] = np.arange(int(coarse.sum()))
+        where[~coarse] = -1 - np.arange(length - int(coarse.sum()))
+        needs = hist[:, ::-1].cumsum(axis=1)[:, ::-1][np.arange(length), shift + 1] * coarse
+        indptr = np.zeros(length + 1, np.int64)
+        np.cumsum(needs, out=indptr[1:])
+        codes = cls(np.empty((int(coarse.sum()), n), np.uint8),
+                    np.empty((length - int(coarse.sum()), n), np.uint16), where, shift, indptr,
+                    np.empty(indptr[-1], np.int32), np.empty(indptr[-1], np.float32))
+        compiled["encode"](whole, where, shift, indptr, codes.narrow, codes.wide, codes.source,
+                           codes.excess)
+        return codes
+
+    @property
+    def sources(self) -> int:
+        return max(self.narrow.shape[1], self.wide.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return (self.narrow.nbytes + self.wide.nbytes + self.source.nbytes + self.excess.nbytes
+                + self.where.nbytes + self.shift.nbytes + self.indptr.nbytes)
+
+    def decoded(self) -> tuple[np.ndarray, np.ndarray]:
+        """(N, L) float64 the counts as a query reads them, and (L,) each row's largest error
+        (for tests and the benchmarks; a query never makes this)."""
+        coarse = self.where >= 0
+        out = np.empty((self.sources, len(self.where)))
+        shift = self.shift[coarse]
+        out[:, coarse] = (self.narrow[self.where[coarse]].T * 2.0 ** shift
+                          + (2.0 ** shift - 1) / 2)
+        out[:, ~coarse] = self.wide[-1 - self.where[~coarse]].T
+        rows = np.repeat(np.arange(len(self.where)), np.diff(self.indptr))
+        out[self.source, rows] += self.excess
+        return out, np.where(coarse, (2.0 ** self.shift - 1) / 2, 0.0)
+
+    def products(self, query: np.ndarray, scale: float, blocks: np.ndarray, parts: np.ndarray
+                 ) -> tuple[np.ndarray, int, float]:
+        """Σ_i query[i] / scale · c_s,i for every source, read from the codes, as (N,) float64
+        sums of float64 sums of float32 sums, the most terms any float32 sum added (its error
+        bound's L), and the codes' middle: add it to every sum; it is also the codes' error
+        bound (both in units of scale). blocks: (P, N) float32 and parts (P, N) float64
+        scratch, P the threads."""
+        compiled = compile_loops()
+        n_rows, n_values, w_rows, w_values, e_rows, e_values, middle = compiled["entries"](
+            np.ascontiguousarray(query), float(scale), self.where, self.shift, self.indptr)
+        compiled["products"](self.narrow, n_rows, n_values, self.wide, w_rows, w_values,
+                             self.indptr, self.source, self.excess, e_rows, e_values, blocks,
+                             parts)
+        longest = max(min(len(rows), SUM_BLOCK) for rows in (n_rows, w_rows, e_rows))
+        return parts.sum(axis=0), longest, middle
+
+
+def rows_read(query: np.ndarray, codes: ColumnCodes) -> tuple[np.ndarray, np.ndarray]:
+    """The coarse and uint16 rows a query hands the loop (for tests: all it reads)."""
+    nonzero = np.flatnonzero(query)
+    where = codes.where[nonzero]
+    return where[where >= 0], -1 - where[where < 0]
+
+
+def whole_counts(low: np.ndarray, overflow: sparse.csr_matrix, dtype: type, block: int = 256
+                 ) -> tuple[np.ndarray, sparse.csr_matrix]:
+    """Row-major whole counts from int8 ``low`` (127 where the overflow holds count − 127) and
+    the overflow, as ``dtype``, and the residual above dtype's range (float64 CSR, (N, L))."""
+    top = np.iinfo(dtype).max
+    whole = np.empty(low.shape, dtype)
+    for start in range(0, low.shape[0], block):
+        part = low[start:start + block].view(np.uint8).astype(dtype)
+        extra = overflow[start:start + block].tocoo()
+        if extra.nnz:
+            part[extra.row, extra.col] = np.minimum(extra.data + 127, top).astype(dtype)
+        whole[start:start + block] = part
+    residual = overflow.copy()
+    residual.data = np.maximum(residual.data + 127 - top, 0)
+    residual.eliminate_zeros()
+    return whole, residual

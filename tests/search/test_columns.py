@@ -1,0 +1,105 @@
+"""The count columns' codes (rayfp/search/columns.py), attacked where a one-byte code can break:
+the edges of each shift, rows that hold exactly as many exceptions as allowed and one more,
+counts past uint16, and float32 sums over more rows than one block."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rayfp.search import columns
+from rayfp.search.columns import EXCEPTION_SHARE, MAX_SHIFT, SUM_BLOCK, ColumnCodes, row_shifts
+from rayfp.search.kernels import Int8Columns
+
+
+def _read(codes: ColumnCodes) -> tuple[np.ndarray, np.ndarray]:
+    read, half = codes.decoded()
+    return read, half
+
+
+@pytest.mark.parametrize("shift", range(MAX_SHIFT + 1))
+def test_every_count_at_a_shifts_edges_reads_within_its_bound(shift):
+    """Counts at 255·2^s, the last a code holds (256·2^s − 1) and the first it cannot (an
+    exact exception), in one row that needs exactly this shift."""
+    sources = 256
+    edges = np.array([0, 1, (255 << shift), (256 << shift) - 1, 256 << shift, 65_535])
+    row = np.resize(edges[:4], sources)  # all fit this shift...
+    row[:3] = [256 << shift, 65_535, (256 << shift) + 7]  # ...but three (<= 1/64 of 256)
+    if shift:  # and the row needs the shift: one count only shift s holds, past shift s - 1's
+        row[3:3 + int(sources * EXCEPTION_SHARE) + 1] = (256 << shift) - 1
+    whole = row[:, None].astype(np.uint16)
+    codes = ColumnCodes.build(whole)
+    assert codes.shift[0] == shift and codes.where[0] >= 0
+    read, half = _read(codes)
+    assert (np.abs(read[:, 0] - row) <= half[0]).all() and half[0] == (2**shift - 1) / 2
+    exceptions = row >= (256 << shift)
+    np.testing.assert_array_equal(read[exceptions, 0], row[exceptions])  # exact beside 255
+    assert codes.indptr[-1] == exceptions.sum() == 3
+
+
+def test_a_row_one_exception_past_the_share_takes_the_next_shift_or_stays_exact():
+    sources, limit = 640, int(640 * EXCEPTION_SHARE)
+    at = np.full(sources, 10)
+    at[:limit] = 300  # exactly the share of exceptions at shift 0: stays shift 0
+    past = at.copy()
+    past[limit] = 300  # one more: shift 1
+    wide = np.full(sources, 10)
+    wide[:limit + 1] = 4000  # past shift 2's reach: the row stays uint16, exact
+    whole = np.stack([at, past, wide], axis=1).astype(np.uint16)
+    codes = ColumnCodes.build(whole)
+    assert list(codes.shift[:2]) == [0, 1] and codes.where[2] < 0
+    read, half = _read(codes)
+    np.testing.assert_array_equal(read[:, [0, 2]], whole[:, [0, 2]])
+    assert (np.abs(read[:, 1] - whole[:, 1]) <= half[1]).all()
+    assert list(half) == [0.0, 0.5, 0.0]
+
+
+def test_shifts_follow_the_histogram():
+    hist = np.zeros((4, MAX_SHIFT + 2), np.int64)  # per row: counts needing shift 0, 1, ...
+    hist[0, 0] = 10  # fits in a byte
+    hist[1, :2] = 5  # half need shift 1
+    hist[2, 0], hist[2, -1] = 9, 1  # one beyond MAX_SHIFT: an exception at shift 0
+    hist[3, -1] = 10  # all beyond: uint16
+    shift, coarse = row_shifts(hist, 10, share=0.1)
+    assert list(coarse) == [True, True, True, False] and list(shift[:3]) == [0, 1, 0]
+
+
+def test_sums_over_many_blocks_stay_within_a_tight_bound_past_uint16():
+    """A query over more rows than SUM_BLOCK, counts up to 2^24 (the residual), and sources
+    whose products span 2^30: the bound holds and is float32's for SUM_BLOCK terms, not L."""
+    rng = np.random.default_rng(3)
+    n, dim, bins = 96, 40, 50  # L = 2,000 rows, ~8 blocks
+    counts = rng.integers(0, 200, (n, dim * bins))
+    counts[:, ::50] = rng.integers(3000, 9000, (n, dim))  # uint16 rows (a ReLU's zero bin)
+    counts[:2, ::7] = 2**24  # past uint16: the float64 residual
+    counts[5] *= 0  # an empty source
+    matrix = Int8Columns.build(counts, dim, bins, int(counts.reshape(n, dim, bins).sum(2).max()))
+    matrix.prepare()
+    codes, residual = matrix._columns
+    assert len(codes.wide) >= dim and residual.nnz > 0
+    query = rng.random((dim * bins, 1)) * np.exp2(rng.integers(-30, 0, (dim * bins, 1)))
+    approx, error = matrix.inner(query, counts.sum(axis=1).astype(np.float64))
+    exact = counts.astype(np.float64) @ query
+    assert (np.abs(approx - exact) <= error).all()
+    _, half = codes.decoded()
+    own = (query[:, 0] * half).sum()
+    float32 = error[:, 0] - own
+    assert (float32 <= 2 * SUM_BLOCK * 2.0**-24 * np.abs(exact[:, 0]) + 1e-9).all()
+    assert error[5, 0] <= own + 1e-9  # nothing but the codes' share for an empty source
+
+
+def test_a_query_that_hits_no_coarse_row_adds_nothing_for_the_codes():
+    whole = np.array([[300, 5], [20, 6], [1000, 7]], np.uint16)  # row 0 shifts, row 1 exact
+    codes = ColumnCodes.build(whole)
+    assert codes.shift[0] >= 1 and codes.shift[1] == 0
+    parts, blocks = np.empty((1, 3)), np.empty((1, 3), np.float32)
+    sums, terms, middle = codes.products(np.array([0.0, 1.0]), 1.0, blocks, parts)
+    assert middle == 0 and terms == 1 and list(sums) == [5, 6, 7]
+    sums, _, middle = codes.products(np.array([1.0, 0.0]), 1.0, blocks, parts)
+    assert middle == (2**codes.shift[0] - 1) / 2
+    assert (np.abs(sums + middle - whole[:, 0]) <= middle).all()
+
+
+def test_codes_refuse_a_shift_past_uint16():
+    with pytest.raises(columns.ConfigError, match="max_shift"):
+        ColumnCodes.build(np.zeros((2, 2), np.uint16), max_shift=8)
