@@ -19,10 +19,12 @@ they differ in speed, memory and how many sources survive the screen:
   Costs a second copy of the counts (the row-major one stays for the exact re-rank).
 - ``int8-sparse``: int8-packed, plus a column copy of the counts (D·B, N) for a lone query,
   which reads only the columns where the query is nonzero (a target's empty bins: most of a
-  real fingerprint's) and sums them in float32 with uint8-numba's bound. Batches go to
-  int8-packed's GEMM. Costs a third copy of the counts.
-- ``int8-columns``: the row-major int8 counts and the column copy only; every query, alone or
-  in a batch, reads its own nonzero columns. Two copies, as int8-packed.
+  real fingerprint's). The columns are rayfp.search.columns' one-byte codes (uint16 rows only
+  where no shift fits), summed in float32 256 rows at a time and in float64 beyond, under
+  uint8-numba's bound for 256 terms plus the codes' own. Batches go to int8-packed's GEMM.
+  Costs a third copy of the counts.
+- ``int8-columns``: the whole counts row-major (the exact re-rank) and the column codes only;
+  every query, alone or in a batch, reads its own nonzero columns.
 - ``float32-torch`` and ``float32-numpy``: counts as float32 (4 bytes, exact below 2^24) times
   the query rounded to float32, one GEMV (FMA on any x86 or ARM CPU). The rounding of the query
   (u = 2^-24 each) and of the L-term sums (γ_L = L·u / (1 − L·u), any summation order) bound
@@ -535,12 +537,13 @@ class _SparseColumns:
 
 
 class Int8Columns(_SparseColumns):
-    """The whole counts twice: row-major (for the exact re-rank) and as columns, each uint8, or
-    uint16 once a count passes 255; every query, alone or in a batch, reads only its nonzero
-    columns (_SparseColumns). Where queries are sparse enough, a batch run one query after
-    another outruns the integer GEMM (10,000 sources, 40% nonzero, AVX2 EPYC: BENCHMARKS.md).
-    At the paper's N = 10,000 a third of the counts pass 127: int8 + a float64 overflow held
-    them in 1.9 GB at 10,000 sources of bench_batches --samples 10000, uint16 in 1.0 GB."""
+    """The whole counts row-major (uint8, or uint16 once a count passes 255: the exact re-rank)
+    and as column codes (_SparseColumns); every query, alone or in a batch, reads only its
+    nonzero columns. Where queries are sparse enough, a batch run one query after another
+    outruns the integer GEMM (10,000 sources, 40% nonzero, AVX2 EPYC: BENCHMARKS.md). At the
+    paper's N = 10,000 a third of the counts pass 127: int8 + a float64 overflow held them in
+    1.9 GB at 10,000 sources of bench_batches --samples 10000, uint16 in 1.0 GB; the codes
+    halve the columns' share of that."""
 
     kernel = "int8-columns"
 
