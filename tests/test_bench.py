@@ -32,6 +32,7 @@ TINY = {
     "bench_engines": ["--views", "16", "--samples", "8", "--tasks", "3", "--repeats", "1",
                       "--no-write"],
     "bench_decode": ["--samples", "1000", "--repeats", "3", "--no-write"],
+    "bench_build": ["--sources", "40", "--rounds", "1", "--no-write"],
     "bench_columns": ["--sources", "40", "--queries", "2", "--rounds", "1", "--no-write"],
     "bench_choose": ["--sources", "40", "--rounds", "1", "--samples", "10000", "--no-write"],
 }

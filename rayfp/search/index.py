@@ -44,6 +44,7 @@ from rayfp.search.kernels import (  # noqa: F401 - DIGIT, DIGITS, query_digits: 
     query_digits,
     weighted_query,
 )
+from rayfp.search.pages import without_hugepage_advice
 
 
 @dataclasses.dataclass
@@ -220,6 +221,7 @@ class ScreenedIndex:
     # and the kernel is chosen again as the space grows (should_remeasure).
     CAREFUL_FROM = 256
 
+    @without_hugepage_advice()
     def __init__(self, sources: Sequence[Fingerprint], *, kernel: str = AUTO,
                  like: _Rows | None = None) -> None:
         """``like``: these same sources already encoded for another kernel (the kernel
@@ -278,6 +280,7 @@ class ScreenedIndex:
     MAX_SEGMENTS = 8
     MAX_WASTE = 0.25
 
+    @without_hugepage_advice()
     def with_changes(self, upserts: Sequence[Fingerprint], removed: Sequence[str] = ()
                      ) -> ScreenedIndex:
         """A new index with these fingerprints added or replaced and these task ids removed;
