@@ -33,7 +33,7 @@ TINY = {
                       "--no-write"],
     "bench_decode": ["--samples", "1000", "--repeats", "3", "--no-write"],
     "bench_build": ["--sources", "40", "--rounds", "1", "--no-write"],
-    "bench_columns": ["--sources", "40", "--queries", "2", "--rounds", "1", "--no-write"],
+    "bench_columns": ["--sources", "40", "--queries", "8", "--rounds", "1", "--no-write"],
     "bench_choose": ["--sources", "40", "--rounds", "1", "--samples", "10000", "--no-write"],
 }
 

@@ -511,26 +511,41 @@ class _SparseColumns:
 
     def _sparse_inner(self, queries: np.ndarray, count_total: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:
-        """As inner, one query (column) at a time, each over its own nonzero columns."""
+        """As inner, each query over its own nonzero columns: alone, or GROUP of a batch at a
+        time over the union of theirs (each column row read once for the group)."""
         import numba
 
         codes, residual = self._columns_now()
         scale = _power_of_two_scale(queries)
         threads = _ORT_THREADS or os.cpu_count() or 1
-        parts = np.empty((threads if len(self) >= self.SMALL else 1, len(self)))
-        blocks = np.empty(parts.shape, np.float32)
-        numba.set_num_threads(min(len(parts), numba.config.NUMBA_NUM_THREADS))
-        approx = np.empty((len(self), queries.shape[1]))
+        shape = (threads if len(self) >= self.SMALL else 1, len(self))
+        numba.set_num_threads(min(shape[0], numba.config.NUMBA_NUM_THREADS))
+        n_queries = queries.shape[1]
+        approx = np.empty((len(self), n_queries))
         error = np.empty_like(approx)
         # the tiny term counts each product's roundings: exceptions add at most one a count
         ceiling = 2 * count_total
-        for j in range(queries.shape[1]):
+
+        def settle(at: slice, sums: np.ndarray, terms: int, middles: np.ndarray) -> None:
             # float32 sums of at most ``terms`` products, added in float64 (FLOAT_SLACK covers
             # that: < 2^-53 per sum of L / SUM_BLOCK + P of them)
+            approx[:, at] = (sums + middles) * scale[at]
+            error[:, at] = (_float32_error(sums * scale[at], terms, ceiling, scale[at])
+                            + middles * scale[at])
+
+        group = columns.GROUP
+        grouped = n_queries - n_queries % group if n_queries >= group else 0
+        if grouped:
+            blocks = np.empty((shape[0], group, shape[1]), np.float32)
+            parts = np.empty((shape[0], group, shape[1]))
+            for j in range(0, grouped, group):
+                sums, terms, middles = codes.group_products(queries[:, j:j + group],
+                                                            scale[j:j + group], blocks, parts)
+                settle(slice(j, j + group), sums, terms, middles)
+        blocks, parts = np.empty(shape, np.float32), np.empty(shape)
+        for j in range(grouped, n_queries):
             sums, terms, middle = codes.products(queries[:, j], scale[j], blocks, parts)
-            approx[:, j] = (sums + middle) * scale[j]
-            error[:, j] = (_float32_error((sums * scale[j])[:, None], terms, ceiling,
-                                          scale[j:j + 1])[:, 0] + middle * scale[j])
+            settle(slice(j, j + 1), sums[:, None], terms, np.array([middle]))
         if residual.nnz:  # counts above 65,535: few integers times the query, float64
             approx = approx + residual @ queries
         return approx, error + FLOAT_SLACK * np.abs(approx)

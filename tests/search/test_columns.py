@@ -103,3 +103,34 @@ def test_a_query_that_hits_no_coarse_row_adds_nothing_for_the_codes():
 def test_codes_refuse_a_shift_past_uint16():
     with pytest.raises(columns.ConfigError, match="max_shift"):
         ColumnCodes.build(np.zeros((2, 2), np.uint16), max_shift=8)
+
+
+@pytest.mark.parametrize("batch", [4, 5, 7, 8])
+def test_a_batch_in_groups_answers_as_its_queries_one_by_one(batch):
+    """GROUP queries share one pass over the union of their rows (zero where a query is zero);
+    the rest of a batch goes one by one. Every query keeps its own bound, and its own codes'
+    share: a query nonzero only in exact rows adds nothing for the shifted ones its group
+    reads."""
+    rng = np.random.default_rng(11)
+    n, dim, bins = 130, 12, 40
+    counts = rng.integers(0, 900, (n, dim * bins)) * (rng.random((n, dim * bins)) < 0.7)
+    counts[:, ::3] //= 5  # a third of the rows fit a byte: exact
+    matrix = Int8Columns.build(counts, dim, bins, int(counts.reshape(n, dim, bins).sum(2).max()))
+    matrix.prepare()
+    codes = matrix._columns[0]
+    _, half = codes.decoded()
+    assert half.max() > 0 and (half == 0).any()
+    queries = rng.random((dim * bins, batch)) * (rng.random((dim * bins, batch)) < 0.4)
+    queries[:, 1] = np.where(half == 0, rng.random(dim * bins), 0)  # exact rows only
+    total = counts.sum(axis=1).astype(np.float64)
+    approx, error = matrix.inner(queries, total)
+    exact = counts.astype(np.float64) @ queries
+    assert (np.abs(approx - exact) <= error).all()
+    float32 = 2 * SUM_BLOCK * 2.0**-24 * exact  # float32's share, at most
+    for j in range(batch):
+        alone, alone_error = matrix.inner(queries[:, j:j + 1], total)
+        np.testing.assert_allclose(approx[:, j], alone[:, 0], rtol=1e-5)
+        own = (queries[:, j] * half).sum()  # this query's codes' share, in a group or not
+        for bound in (error[:, j], alone_error[:, 0]):
+            assert (bound >= own).all() and (bound <= own + float32[:, j] + 1e-9).all()
+    assert (error[:, 1] <= float32[:, 1] + 1e-9).all()
