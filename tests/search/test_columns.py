@@ -134,3 +134,32 @@ def test_a_batch_in_groups_answers_as_its_queries_one_by_one(batch):
         for bound in (error[:, j], alone_error[:, 0]):
             assert (bound >= own).all() and (bound <= own + float32[:, j] + 1e-9).all()
     assert (error[:, 1] <= float32[:, 1] + 1e-9).all()
+
+
+def test_a_new_process_loads_the_loops_from_numbas_cache_and_compiles_nothing():
+    """Every Ray worker and Serve replica loads these loops: jitted closures calling jitted
+    closures once missed numba's disk cache in every process (~20 s each). After one process
+    has compiled them, the next must only load them, and a query compiles nothing more."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np\n"
+        "from rayfp.search import columns\n"
+        "from rayfp.search.kernels import Int8Columns\n"
+        "columns.compile_loops()\n"
+        "counts = np.random.default_rng(0).integers(0, 900, (80, 60))\n"
+        "m = Int8Columns.build(counts, 6, 10, 9000)\n"
+        "m.inner(np.random.default_rng(1).random((60, 1)), counts.sum(1) * 1.0)\n"
+        "m.inner(np.random.default_rng(1).random((60, 5)), counts.sum(1) * 1.0)\n"
+        "from rayfp.search import column_loops as loops\n"
+        "names = ('histogram', 'encode', 'products', 'entries', 'group_products',\n"
+        "         'group_entries')\n"
+        "stats = [getattr(loops, n).stats for n in names]\n"
+        "print(sum(sum(s.cache_misses.values()) for s in stats),\n"
+        "      sum(sum(s.cache_hits.values()) for s in stats),\n"
+        "      sum(len(getattr(loops, n).signatures) for n in names))\n")
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=600, check=True).stdout.split() for _ in range(2)]
+    misses, hits, signatures = map(int, runs[1])
+    assert misses == 0 and hits == signatures >= 8

@@ -1,0 +1,268 @@
+"""The compiled loops of the count columns (rayfp.search.columns), at module level so numba can
+cache them on disk: jitted closures that call other jitted closures missed the cache in every
+process (each Ray worker compiled them again, ~20 s). Imported only by columns.compile_loops:
+numba is not part of the light client install."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from rayfp.search.columns import GROUP, ROW_BLOCK, SUM_BLOCK, threadsafe_numba
+
+threadsafe_numba("int8-sparse and int8-columns")  # the layer, before any parallel loop runs
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def histogram(whole, top):  # pragma: no cover - compiled
+    """(L, top + 1): per row, how many counts need each shift (top: more than MAX_SHIFT)."""
+    n, length = whole.shape
+    hist = np.zeros((length, top + 1), np.int64)
+    for b in numba.prange((length + 255) // 256):
+        lo, hi = b * 256, min(b * 256 + 256, length)
+        for s in range(n):
+            row = whole[s]
+            for r in range(lo, hi):
+                c, k = np.int64(row[r]) >> 8, 0
+                while c > 0 and k < top:
+                    k += 1
+                    c >>= 1
+                hist[r, k] += 1
+    return hist
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def encode(whole, where, shift, indptr, narrow, wide, source, excess):  # pragma: no cover
+    n, length = whole.shape
+    for b in numba.prange((length + ROW_BLOCK - 1) // ROW_BLOCK):
+        lo, hi = b * ROW_BLOCK, min(b * ROW_BLOCK + ROW_BLOCK, length)
+        fill = indptr[lo:hi].copy()
+        for s in range(n):
+            row = whole[s]
+            for r in range(lo, hi):
+                c, w = np.int64(row[r]), where[r]
+                if w < 0:
+                    wide[-1 - w, s] = c
+                    continue
+                k = shift[r]
+                code = c >> k
+                if code > 255:  # an exception: exact beside the saturated code
+                    narrow[w, s] = 255
+                    e = fill[r - lo]
+                    source[e] = s
+                    excess[e] = c - (255 << k) - ((1 << k) - 1) * 0.5
+                    fill[r - lo] = e + 1
+                else:
+                    narrow[w, s] = code
+
+
+@numba.njit(inline="always", fastmath={"reassoc", "contract"})
+def rows_into(acc, columns, rows, values, r, end):  # pragma: no cover - compiled
+    """acc += Σ values[i] · columns[rows[i]] for i in [r, end): eight rows per pass over
+    acc (8% faster than four); reassociation lets LLVM vectorise, any order keeps the
+    float32 bound."""
+    n = acc.shape[0]
+    while r + 8 <= end:
+        c0, c1 = columns[rows[r]], columns[rows[r + 1]]
+        c2, c3 = columns[rows[r + 2]], columns[rows[r + 3]]
+        c4, c5 = columns[rows[r + 4]], columns[rows[r + 5]]
+        c6, c7 = columns[rows[r + 6]], columns[rows[r + 7]]
+        v0, v1, v2, v3 = values[r], values[r + 1], values[r + 2], values[r + 3]
+        v4, v5, v6, v7 = values[r + 4], values[r + 5], values[r + 6], values[r + 7]
+        for s in range(n):
+            acc[s] += (((v0 * np.float32(c0[s]) + v1 * np.float32(c1[s]))
+                        + (v2 * np.float32(c2[s]) + v3 * np.float32(c3[s])))
+                       + ((v4 * np.float32(c4[s]) + v5 * np.float32(c5[s]))
+                          + (v6 * np.float32(c6[s]) + v7 * np.float32(c7[s]))))
+        r += 8
+    while r < end:
+        column, value = columns[rows[r]], values[r]
+        for s in range(n):
+            acc[s] += value * np.float32(column[s])
+        r += 1
+
+
+@numba.njit(inline="always", fastmath={"reassoc", "contract"})
+def blocks_into(acc, block, columns, rows, values, r, end):  # pragma: no cover - compiled
+    """acc (float64) += the rows' products, summed in float32 SUM_BLOCK rows at a time."""
+    while r < end:
+        stop = min(r + SUM_BLOCK, end)
+        block[:] = 0
+        rows_into(block, columns, rows, values, r, stop)
+        for s in range(acc.shape[0]):
+            acc[s] += block[s]
+        r = stop
+
+
+@numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
+def products(narrow, n_rows, n_values, wide, w_rows, w_values, indptr, source, excess,
+             e_rows, e_values, blocks, parts):  # pragma: no cover - compiled
+    """(P, N) float64 partial sums, one per thread, each over its share of the query's
+    coarse rows, uint16 rows and exception rows; each SUM_BLOCK rows are summed in float32
+    (``blocks``, (P, N): in cache) and then added in float64, so float32's rounding
+    stays that of SUM_BLOCK terms, not of every row."""
+    n_parts = parts.shape[0]
+    for p in numba.prange(n_parts):
+        acc, block = parts[p], blocks[p]
+        acc[:] = 0
+        blocks_into(acc, block, narrow, n_rows, n_values, len(n_rows) * p // n_parts,
+                    len(n_rows) * (p + 1) // n_parts)
+        blocks_into(acc, block, wide, w_rows, w_values, len(w_rows) * p // n_parts,
+                    len(w_rows) * (p + 1) // n_parts)
+        i, end = len(e_rows) * p // n_parts, len(e_rows) * (p + 1) // n_parts
+        while i < end:  # at most one exception of a source per row
+            stop = min(i + SUM_BLOCK, end)
+            block[:] = 0
+            for j in range(i, stop):
+                r, v = e_rows[j], e_values[j]
+                for e in range(indptr[r], indptr[r + 1]):
+                    block[source[e]] += v * excess[e]
+            for s in range(acc.shape[0]):
+                acc[s] += block[s]
+            i = stop
+
+
+@numba.njit(cache=True, nogil=True)
+def entries(query, scale, where, shift, indptr):  # pragma: no cover - compiled
+    """A query's nonzero entries / scale, split into coarse rows (times 2^s, exact),
+    uint16 rows and rows with exceptions, and Σ (q / scale)·(2^s − 1)/2: the codes' middle,
+    added to every source, which is also their error bound (float64)."""
+    length = query.shape[0]
+    n_rows, w_rows, e_rows = (np.empty(length, np.int64), np.empty(length, np.int64),
+                              np.empty(length, np.int64))
+    n_values, w_values, e_values = (np.empty(length, np.float32),
+                                    np.empty(length, np.float32),
+                                    np.empty(length, np.float32))
+    nn = nw = ne = 0
+    middle = 0.0
+    for i in range(length):
+        if query[i] == 0:
+            continue
+        v = query[i] / scale
+        w = where[i]
+        if w >= 0:
+            k = shift[i]
+            n_rows[nn] = w
+            n_values[nn] = np.float32(v) * np.float32(1 << k)
+            middle += v * ((1 << k) - 1) * 0.5
+            nn += 1
+            if indptr[i + 1] > indptr[i]:
+                e_rows[ne] = i
+                e_values[ne] = np.float32(v)
+                ne += 1
+        else:
+            w_rows[nw] = -1 - w
+            w_values[nw] = np.float32(v)
+            nw += 1
+    return (n_rows[:nn], n_values[:nn], w_rows[:nw], w_values[:nw], e_rows[:ne],
+            e_values[:ne], middle)
+
+
+@numba.njit(inline="always", fastmath={"reassoc", "contract"})
+def group_into(acc, columns, rows, values, r, end):  # pragma: no cover - compiled
+    """acc (GROUP, N) += Σ values[i, t] · columns[rows[i]] for i in [r, end): each count
+    widened once for the GROUP queries of a batch (a row read once for all of them)."""
+    a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+    n = a0.shape[0]
+    while r + 4 <= end:
+        c0, c1 = columns[rows[r]], columns[rows[r + 1]]
+        c2, c3 = columns[rows[r + 2]], columns[rows[r + 3]]
+        w0, w1, w2, w3 = values[r], values[r + 1], values[r + 2], values[r + 3]
+        for s in range(n):
+            x0, x1 = np.float32(c0[s]), np.float32(c1[s])
+            x2, x3 = np.float32(c2[s]), np.float32(c3[s])
+            a0[s] += (w0[0] * x0 + w1[0] * x1) + (w2[0] * x2 + w3[0] * x3)
+            a1[s] += (w0[1] * x0 + w1[1] * x1) + (w2[1] * x2 + w3[1] * x3)
+            a2[s] += (w0[2] * x0 + w1[2] * x1) + (w2[2] * x2 + w3[2] * x3)
+            a3[s] += (w0[3] * x0 + w1[3] * x1) + (w2[3] * x2 + w3[3] * x3)
+        r += 4
+    while r < end:
+        c0, w0 = columns[rows[r]], values[r]
+        for s in range(n):
+            x0 = np.float32(c0[s])
+            a0[s] += w0[0] * x0
+            a1[s] += w0[1] * x0
+            a2[s] += w0[2] * x0
+            a3[s] += w0[3] * x0
+        r += 1
+
+
+@numba.njit(inline="always", fastmath={"reassoc", "contract"})
+def group_blocks_into(acc, block, columns, rows, values, r, end):  # pragma: no cover
+    while r < end:
+        stop = min(r + SUM_BLOCK, end)
+        block[:] = 0
+        group_into(block, columns, rows, values, r, stop)
+        for t in range(GROUP):
+            for s in range(acc.shape[1]):
+                acc[t, s] += block[t, s]
+        r = stop
+
+
+@numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
+def group_products(narrow, n_rows, n_values, wide, w_rows, w_values, indptr, source,
+                   excess, e_rows, e_values, blocks, parts):  # pragma: no cover - compiled
+    """products for GROUP queries at once over the union of their rows: (P, GROUP, N)."""
+    n_parts = parts.shape[0]
+    for p in numba.prange(n_parts):
+        acc, block = parts[p], blocks[p]
+        acc[:] = 0
+        group_blocks_into(acc, block, narrow, n_rows, n_values, len(n_rows) * p // n_parts,
+                          len(n_rows) * (p + 1) // n_parts)
+        group_blocks_into(acc, block, wide, w_rows, w_values, len(w_rows) * p // n_parts,
+                          len(w_rows) * (p + 1) // n_parts)
+        i, end = len(e_rows) * p // n_parts, len(e_rows) * (p + 1) // n_parts
+        while i < end:
+            stop = min(i + SUM_BLOCK, end)
+            block[:] = 0
+            for j in range(i, stop):
+                r, v = e_rows[j], e_values[j]
+                for e in range(indptr[r], indptr[r + 1]):
+                    x = excess[e]
+                    for t in range(GROUP):
+                        block[t, source[e]] += v[t] * x
+            for t in range(GROUP):
+                for s in range(acc.shape[1]):
+                    acc[t, s] += block[t, s]
+            i = stop
+
+
+@numba.njit(cache=True, nogil=True)
+def group_entries(queries, scales, where, shift, indptr):  # pragma: no cover - compiled
+    """entries for GROUP queries (L, GROUP): the union of their nonzero rows, each row's
+    GROUP values (zero where a query is), and each query's middle."""
+    length = queries.shape[0]
+    n_rows, w_rows, e_rows = (np.empty(length, np.int64), np.empty(length, np.int64),
+                              np.empty(length, np.int64))
+    n_values = np.empty((length, GROUP), np.float32)
+    w_values = np.empty((length, GROUP), np.float32)
+    e_values = np.empty((length, GROUP), np.float32)
+    middles = np.zeros(GROUP)
+    nn = nw = ne = 0
+    for i in range(length):
+        nonzero = False
+        for t in range(GROUP):
+            nonzero |= queries[i, t] != 0
+        if not nonzero:
+            continue
+        w = where[i]
+        if w >= 0:
+            k = shift[i]
+            n_rows[nn] = w
+            for t in range(GROUP):
+                v = queries[i, t] / scales[t]
+                n_values[nn, t] = np.float32(v) * np.float32(1 << k)
+                middles[t] += v * ((1 << k) - 1) * 0.5
+            nn += 1
+            if indptr[i + 1] > indptr[i]:
+                e_rows[ne] = i
+                for t in range(GROUP):
+                    e_values[ne, t] = np.float32(queries[i, t] / scales[t])
+                ne += 1
+        else:
+            w_rows[nw] = -1 - w
+            for t in range(GROUP):
+                w_values[nw, t] = np.float32(queries[i, t] / scales[t])
+            nw += 1
+    return (n_rows[:nn], n_values[:nn], w_rows[:nw], w_values[:nw], e_rows[:ne],
+            e_values[:ne], middles)
