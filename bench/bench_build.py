@@ -5,7 +5,8 @@ with numpy's huge-page advice and without it (rayfp.search.pages), side by side 
 
 Synthetic sources (D = 512, B = 100, bench_shards' shapes; default widths 0.03-0.1 and the
 paper's N = 10,000). "auto" is a service start: the kernel choice on up to 1,024 sources, then
-the build. Both ways alternate within each round, and both give the same kernel's index. The
+the build (the kernels built are listed: a choice by timing may differ between runs). Both ways
+alternate within each round. The
 machine's transparent-huge-page settings decide how much the advice costs: they are printed
 and written with the numbers.
 """
@@ -65,20 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for kernel in args.kernels:
         seconds: dict[bool, list[float]] = {True: [], False: []}
-        built = set()
+        built: dict[bool, set[str]] = {True: set(), False: set()}
         for round_ in range(args.rounds):
             for advice in (True, False):
                 took, chosen = build(sources, kernel, advice)
                 seconds[advice].append(took)
-                built.add(chosen)
+                built[advice].add(chosen)
                 print(f"round {round_ + 1}, {kernel}, {'with' if advice else 'without'} the "
                       f"advice: {took:.2f} s ({chosen})", flush=True)
-        if len(built) != 1:
-            raise AssertionError(f"{kernel}: the two ways built different kernels: {built}")
+        # "auto" chooses by timing, so a close call may go either way on a tiny index
+        kinds = {advice: ", ".join(sorted(names)) for advice, names in built.items()}
         spans = {advice: f"{min(s):.1f}-{max(s):.1f} s" for advice, s in seconds.items()}
-        rows.append((f"{args.sources:,} sources, {kernel} ({built.pop()})",
-                     f"{spans[True]} with numpy's huge-page advice, {spans[False]} without "
-                     f"({args.rounds} rounds)"))
+        rows.append((f"{args.sources:,} sources, {kernel}",
+                     f"{spans[True]} with numpy's huge-page advice ({kinds[True]}), "
+                     f"{spans[False]} without ({kinds[False]}); {args.rounds} rounds"))
         print(f"{rows[-1][0]}: {rows[-1][1]}", flush=True)
     if not args.no_write:
         write_section(rows, f"{TITLE} ({cpu.describe()['torch_capability']}; {thp_settings()})",
