@@ -1,8 +1,8 @@
 """The counts as columns (D·B rows of N sources) for queries that read only their nonzero rows,
 in one byte a count wherever a coarse code keeps the bound tight.
 
-A lone query is bound by the bytes it reads. At the paper's N = 10,000 samples a sixth of the
-counts pass 255, so whole counts need two bytes. Here each row (one bin of one dimension, over
+A lone query reads every count of its nonzero rows once. At the paper's N = 10,000 samples a
+sixth of the counts pass 255, so whole counts need two bytes. Here each row (one bin of one dimension, over
 every source) gets the smallest shift s <= MAX_SHIFT that fits all but a few of its counts in
 8 bits: code = c >> s, read as the middle of its range, c ∈ code·2^s + [0, 2^s), so the code
 is off by at most (2^s − 1)/2 counts. Counts the code cannot reach (at most EXCEPTION_SHARE of
@@ -23,9 +23,9 @@ from scipy import sparse
 from rayfp.errors import ConfigError
 
 # Measured on 1,000 sources of N = 10,000 (BENCHMARKS.md "Count columns"): shift <= 2 and 1/64
-# exceptions held the columns in 54-137 MB instead of 102-256 MB (uint16), as fast, with 5.4
-# sources re-ranked a query instead of 5.2 on real-shaped fingerprints (14 instead of 5 on
-# bench_shards' close-packed synthetic ones).
+# exceptions held the columns in 52 MiB instead of 99 (uint16; 137 instead of 256 at D = 1,280),
+# a lone query 4-12% quicker, with 5.4 sources re-ranked a query instead of 5.2 on real-shaped
+# fingerprints (14 instead of 5 on bench_shards' close-packed synthetic ones).
 MAX_SHIFT = 2  # a code is off by at most 1.5 counts; a row that needs more stays uint16
 EXCEPTION_SHARE = 1 / 64  # exceptions a coarse row may hold (8 bytes each): <= 1/8 byte a count
 ROW_BLOCK = 64  # rows encoded per task: the sources' row-major counts read once per block
@@ -34,7 +34,8 @@ ROW_BLOCK = 64  # rows encoded per task: the sources' row-major counts read once
 # more sources through the screen to the exact re-rank (a query of real-shaped fingerprints).
 SUM_BLOCK = 256
 # Queries of a batch multiplied in one pass over the union of their rows: each count is read
-# and widened once for all four (4 at 1,000 sources: 1.6x four passes, bench_columns).
+# and widened once for all four (batches of 8 at 1,000 sources: 3.05 ms a query against 4.04
+# one after another, bench_batches).
 GROUP = 4
 
 _COMPILED: dict[str, object] = {}
