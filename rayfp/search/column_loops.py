@@ -1,16 +1,14 @@
 """The compiled loops of the count columns (rayfp.search.columns), at module level so numba can
 cache them on disk: jitted closures that call other jitted closures missed the cache in every
-process (each Ray worker compiled them again, ~20 s). Imported only by columns.compile_loops:
-numba is not part of the light client install."""
+process (each Ray worker compiled them again, ~20 s). Imported only by columns.compile_loops,
+which sets numba's thread-safe layer first: numba is not part of the light client install."""
 
 from __future__ import annotations
 
 import numba
 import numpy as np
 
-from rayfp.search.columns import GROUP, ROW_BLOCK, SUM_BLOCK, threadsafe_numba
-
-threadsafe_numba("int8-sparse and int8-columns")  # the layer, before any parallel loop runs
+from rayfp.search.columns import GROUP, ROW_BLOCK, SUM_BLOCK
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

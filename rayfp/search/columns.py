@@ -60,9 +60,9 @@ def compile_loops() -> dict[str, object]:
     threadsafe_numba("int8-sparse and int8-columns")  # ConfigError without numba
     from rayfp.search import column_loops as loops
 
-    histogram, encode, products, entries = (loops.histogram, loops.encode, loops.products,
-                                            loops.entries)
-    group_products, group_entries = loops.group_products, loops.group_entries
+    histogram, encode, entries, group_entries = (loops.histogram, loops.encode, loops.entries,
+                                                 loops.group_entries)
+    products, group_products = loops.products, loops.group_products
     try:  # compiled now for the one signature, not on a first query
         u8, u16 = np.zeros((1, 8), np.uint8), np.zeros((1, 8), np.uint16)
         none, no_values = np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -85,8 +85,8 @@ def compile_loops() -> dict[str, object]:
                    np.empty(0, np.int32), np.empty(0, np.float32))
     except Exception as exc:  # no thread-safe layer (e.g. no libgomp): leave the kernels out
         raise ConfigError(f"int8-sparse and int8-columns cannot run here: {exc}") from None
-    _COMPILED.update(histogram=histogram, encode=encode, products=products, entries=entries,
-                     group_products=group_products, group_entries=group_entries)
+    _COMPILED.update({name: getattr(loops, name) for name in (
+        "histogram", "encode", "products", "entries", "group_products", "group_entries")})
     return _COMPILED
 
 

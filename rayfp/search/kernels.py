@@ -542,7 +542,8 @@ class _SparseColumns:
                 sums, terms, middles = codes.group_products(queries[:, j:j + group],
                                                             scale[j:j + group], blocks, parts)
                 settle(slice(j, j + group), sums, terms, middles)
-        blocks, parts = np.empty(shape, np.float32), np.empty(shape)
+        if grouped < n_queries:  # a lone query, or a batch's last few
+            blocks, parts = np.empty(shape, np.float32), np.empty(shape)
         for j in range(grouped, n_queries):
             sums, terms, middle = codes.products(queries[:, j], scale[j], blocks, parts)
             settle(slice(j, j + 1), sums[:, None], terms, np.array([middle]))
