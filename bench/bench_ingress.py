@@ -3,6 +3,7 @@ queries, one run.
 
     python -m bench.bench_ingress [--sources 1000] [--modes proxy grpc direct haproxy]
                                   [--shards 1] [--queries 400]
+                                  [--env 'NAME=VALUE,NAME=VALUE' ...] [--rounds 1]
 
 Modes (each in a fresh Ray, since Ray reads them when it starts):
   proxy    Serve's HTTP proxy actor, Ray actor calls to the replica (Ray's default)
@@ -18,6 +19,10 @@ Modes (each in a fresh Ray, since Ray reads them when it starts):
 Synthetic sources (D = 512, B = 100, N = 1,000 samples). Clients keep their HTTP connection
 open (as any real client library does), so what is measured is the request path, not TCP
 set-up. Every answer is checked against the exhaustive top-5 (direct formula, every source).
+
+--env runs every mode once per given environment (settings a process reads when it starts,
+such as OpenMP's), the variants alternating for --rounds rounds: side by side in one run,
+since this 2-core VM drifts 10-20% between runs. An empty string is the unchanged environment.
 """
 
 from __future__ import annotations
@@ -191,6 +196,41 @@ def prepare(directory: Path, sources: int, checked: int,
     return store.root, work
 
 
+def environment_of(text: str) -> dict[str, str]:
+    """'A=1,B=2' -> {'A': '1', 'B': '2'}; '' -> {}."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(pair) != 2 or not pair[0] for pair in pairs):
+        raise SystemExit(f"--env wants NAME=VALUE,NAME=VALUE, got {text!r}")
+    return {name.strip(): value for name, value in pairs}
+
+
+def run_child(args: argparse.Namespace, mode: str, shards: int, store: Path, work: Path,
+              extra: dict[str, str]) -> tuple[str, str]:
+    """One mode in a fresh process (and Ray) with ``extra`` in its environment: a table row."""
+    command = [sys.executable, "-m", "bench.bench_ingress", "--child", mode,
+               "--store", str(store), "--work", str(work), "--shards", str(shards),
+               "--queries", str(args.queries), "--replicas", str(args.replicas)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, **extra})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    replicas = f", {args.replicas} replicas" if args.replicas > 1 else ""
+    what = f"{args.sources:,} sources, {shards} shard(s){replicas}, {mode}"
+    if done.returncode or not lines:
+        print(f"{mode}: failed\n{done.stderr[-3000:]}", flush=True)
+        return what, f"did not run: {done.stderr.strip().splitlines()[-1][:200]}"
+    r = json.loads(lines[-1][len("RESULT "):])
+    one, eight = r["one"], r["eight"]
+    return what, (f"1 client p50 {one['p50']:.1f} ms, p99 {one['p99']:.1f} ms "
+                  f"(in the app {one['app']:.1f}, ranking {one['rank']:.1f}; "
+                  f"p99 in the app {one['app_p99']:.1f}, ranking {one['rank_p99']:.1f}); "
+                  f"8 clients p50 {eight['p50']:.1f} ms, p99 {eight['p99']:.1f} ms, "
+                  f"{eight['qps']:.0f} queries/s (in the app {eight['app']:.1f}, "
+                  f"{eight.get('batch', 0):.1f} queries a batch); "
+                  f"kernel {r['kernel'] or 'on shards'}; empty GET p50 "
+                  f"{r['health_p50']:.1f} ms; identical to exhaustive top-5: "
+                  f"{one['identical'] and eight['identical']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources", type=int, default=1000)
@@ -203,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="added to the section title (a rerun)")
     parser.add_argument("--replicas", type=int, default=1,
                         help="ingress replicas (one shard only; HAProxy balances them)")
+    parser.add_argument("--env", nargs="+", default=[""], metavar="NAME=VALUE,...",
+                        help="environment variants to alternate ('' = unchanged)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the variants")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -213,33 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     shape, rows = shape_of(args), []
     with tempfile.TemporaryDirectory() as tmp:
         store, work = prepare(Path(tmp), args.sources, args.checked, shape)
+        variants = [environment_of(text) for text in args.env]
         for shards in args.shards:
             for mode in args.modes:
-                command = [sys.executable, "-m", "bench.bench_ingress", "--child", mode,
-                           "--store", str(store), "--work", str(work), "--shards", str(shards),
-                           "--queries", str(args.queries), "--replicas", str(args.replicas)]
-                done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-                lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-                if done.returncode or not lines:
-                    print(f"{mode}: failed\n{done.stderr[-3000:]}", flush=True)
-                    rows.append((f"{args.sources:,} sources, {shards} shard(s), {mode}",
-                                 f"did not run: {done.stderr.strip().splitlines()[-1][:200]}"))
-                    continue
-                r = json.loads(lines[-1][len("RESULT "):])
-                one, eight = r["one"], r["eight"]
-                replicas = f", {args.replicas} replicas" if args.replicas > 1 else ""
-                rows.append((f"{args.sources:,} sources, {shards} shard(s){replicas}, {mode}",
-                             f"1 client p50 {one['p50']:.1f} ms, p99 {one['p99']:.1f} ms "
-                             f"(in the app {one['app']:.1f}, ranking {one['rank']:.1f}; "
-                             f"p99 in the app {one['app_p99']:.1f}, ranking "
-                             f"{one['rank_p99']:.1f}); "
-                             f"8 clients p50 {eight['p50']:.1f} ms, p99 {eight['p99']:.1f} ms, "
-                             f"{eight['qps']:.0f} queries/s (in the app {eight['app']:.1f}, "
-                             f"{eight.get('batch', 0):.1f} queries a batch); "
-                             f"kernel {r['kernel'] or 'on shards'}; empty GET p50 "
-                             f"{r['health_p50']:.1f} ms; identical to exhaustive top-5: "
-                             f"{one['identical'] and eight['identical']}"))
-                print(rows[-1], flush=True)
+                for _, text, extra in ((r, t, e) for r in range(args.rounds)
+                                       for t, e in zip(args.env, variants)):
+                    row = run_child(args, mode, shards, store, work, extra)
+                    if len(args.env) > 1 or args.rounds > 1:
+                        row = (f"{row[0]}, {text or 'environment unchanged'}", row[1])
+                    rows.append(row)
+                    print(rows[-1], flush=True)
     if not args.no_write:
         label = f", {args.label}" if args.label else ""
         label += shape.title()
@@ -249,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                       + " ".join(args.modes) + " --shards " + " ".join(map(str, args.shards))
                       + (f" --replicas {args.replicas}" if args.replicas > 1 else "")
                       + (f" --label '{args.label}'" if args.label else "")
+                      + (" --env " + " ".join(f"'{text}'" for text in args.env)
+                         if args.env != [""] else "")
+                      + (f" --rounds {args.rounds}" if args.rounds > 1 else "")
                       + shape.flags())
     return 0
 
