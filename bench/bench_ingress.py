@@ -3,7 +3,7 @@ queries, one run.
 
     python -m bench.bench_ingress [--sources 1000] [--modes proxy grpc direct haproxy]
                                   [--shards 1] [--queries 400]
-                                  [--env 'NAME=VALUE,NAME=VALUE' ...] [--rounds 1]
+                                  [--env 'NAME=VALUE,NAME=VALUE' ...] [--rounds 1] [--floor]
 
 Modes (each in a fresh Ray, since Ray reads them when it starts):
   proxy    Serve's HTTP proxy actor, Ray actor calls to the replica (Ray's default)
@@ -23,6 +23,8 @@ set-up. Every answer is checked against the exhaustive top-5 (direct formula, ev
 --env runs every mode once per given environment (settings a process reads when it starts,
 such as OpenMP's), the variants alternating for --rounds rounds: side by side in one run,
 since this 2-core VM drifts 10-20% between runs. An empty string is the unchanged environment.
+--floor then sends the same queries, one client, to a handler with the cloud's models and
+middlewares that ranks nothing (bench/ingress_floor.py): what a query costs outside the ranking.
 """
 
 from __future__ import annotations
@@ -121,6 +123,19 @@ def child(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     port = free_port()
+    if args.child == "floor":  # the cloud's answer, from a handler that ranks nothing
+        from bench.ingress_floor import floor_app
+
+        start_local_serve("127.0.0.1", port, ingress="direct", num_cpus=2, log_to_driver=False)
+        serve.run(floor_app(json.loads(Path(args.work).read_text())), name="floor",
+                  route_prefix="/")
+        work = json.loads(Path(args.store).read_text())
+        floor = measure(port, [b.encode() for b in work["bodies"]], work["wanted"],
+                        args.queries, 1)
+        serve.shutdown()
+        ray.shutdown()
+        print("RESULT " + json.dumps(floor), flush=True)
+        return 0
     if args.child == "lean":
         os.environ.update(LEAN)
     if args.child in RAYFP_INGRESS:
@@ -165,6 +180,7 @@ def child(args: argparse.Namespace) -> int:
     out["eight"] = measure(port, bodies, work["wanted"], args.queries * 2, 8)
     after = batches()
     out["eight"]["batch"] = (after[1] - before[1]) / max(1, after[0] - before[0])
+    out["answer"] = floor.request("POST", "/v1/nearest", bodies[0])[1]  # for the floor
     serve.shutdown()
     ray.shutdown()
     print("RESULT " + json.dumps(out), flush=True)
@@ -209,7 +225,8 @@ def run_child(args: argparse.Namespace, mode: str, shards: int, store: Path, wor
     """One mode in a fresh process (and Ray) with ``extra`` in its environment: a table row."""
     command = [sys.executable, "-m", "bench.bench_ingress", "--child", mode,
                "--store", str(store), "--work", str(work), "--shards", str(shards),
-               "--queries", str(args.queries), "--replicas", str(args.replicas)]
+               "--queries", str(args.queries), "--replicas", str(args.replicas),
+               *(["--floor"] if args.floor else [])]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, **extra})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -219,6 +236,17 @@ def run_child(args: argparse.Namespace, mode: str, shards: int, store: Path, wor
         print(f"{mode}: failed\n{done.stderr[-3000:]}", flush=True)
         return what, f"did not run: {done.stderr.strip().splitlines()[-1][:200]}"
     r = json.loads(lines[-1][len("RESULT "):])
+    if args.floor:  # the floor child: --work holds the answer, --store the queries
+        answer = work.with_name("answer.json")
+        answer.write_text(json.dumps(r["answer"]))
+        done = subprocess.run([sys.executable, "-m", "bench.bench_ingress", "--child", "floor",
+                               "--store", str(work), "--work", str(answer), "--queries",
+                               str(args.queries)], capture_output=True, text=True,
+                              timeout=1800, env={**os.environ, **extra})
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode or not lines:
+            raise RuntimeError(f"the floor did not run: {done.stderr[-3000:]}")
+        r["floor"] = json.loads(lines[-1][len("RESULT "):])
     one, eight = r["one"], r["eight"]
     return what, (f"1 client p50 {one['p50']:.1f} ms, p99 {one['p99']:.1f} ms "
                   f"(in the app {one['app']:.1f}, ranking {one['rank']:.1f}; "
@@ -228,7 +256,10 @@ def run_child(args: argparse.Namespace, mode: str, shards: int, store: Path, wor
                   f"{eight.get('batch', 0):.1f} queries a batch); "
                   f"kernel {r['kernel'] or 'on shards'}; empty GET p50 "
                   f"{r['health_p50']:.1f} ms; identical to exhaustive top-5: "
-                  f"{one['identical'] and eight['identical']}")
+                  f"{one['identical'] and eight['identical']}"
+                  + (f"; the same queries to a handler that ranks nothing: p50 "
+                     f"{r['floor']['p50']:.1f} ms, p99 {r['floor']['p99']:.1f} ms"
+                     if "floor" in r else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", nargs="+", default=[""], metavar="NAME=VALUE,...",
                         help="environment variants to alternate ('' = unchanged)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the variants")
-    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--floor", action="store_true",
+                        help="also time the same queries to a handler that ranks nothing")
+    parser.add_argument("--child", choices=[*MODES, "floor"], help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -278,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                       + (" --env " + " ".join(f"'{text}'" for text in args.env)
                          if args.env != [""] else "")
                       + (f" --rounds {args.rounds}" if args.rounds > 1 else "")
+                      + (" --floor" if args.floor else "")
                       + shape.flags())
     return 0
 

@@ -159,20 +159,26 @@ def entries(query, scale, where, shift, indptr):  # pragma: no cover - compiled
 @numba.njit(inline="always", fastmath={"reassoc", "contract"})
 def group_into(acc, columns, rows, values, r, end):  # pragma: no cover - compiled
     """acc (GROUP, N) += Σ values[i, t] · columns[rows[i]] for i in [r, end): each count
-    widened once for the GROUP queries of a batch (a row read once for all of them)."""
+    widened once for the GROUP queries of a batch (a row read once for all of them). The 16
+    weights are scalars before the loop: read from ``values`` inside it, LLVM reloaded them
+    (6-20% slower in one process, AVX2 EPYC)."""
     a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
     n = a0.shape[0]
     while r + 4 <= end:
         c0, c1 = columns[rows[r]], columns[rows[r + 1]]
         c2, c3 = columns[rows[r + 2]], columns[rows[r + 3]]
-        w0, w1, w2, w3 = values[r], values[r + 1], values[r + 2], values[r + 3]
+        v = values[r:r + 4]
+        p00, p01, p02, p03 = v[0, 0], v[0, 1], v[0, 2], v[0, 3]
+        p10, p11, p12, p13 = v[1, 0], v[1, 1], v[1, 2], v[1, 3]
+        p20, p21, p22, p23 = v[2, 0], v[2, 1], v[2, 2], v[2, 3]
+        p30, p31, p32, p33 = v[3, 0], v[3, 1], v[3, 2], v[3, 3]
         for s in range(n):
             x0, x1 = np.float32(c0[s]), np.float32(c1[s])
             x2, x3 = np.float32(c2[s]), np.float32(c3[s])
-            a0[s] += (w0[0] * x0 + w1[0] * x1) + (w2[0] * x2 + w3[0] * x3)
-            a1[s] += (w0[1] * x0 + w1[1] * x1) + (w2[1] * x2 + w3[1] * x3)
-            a2[s] += (w0[2] * x0 + w1[2] * x1) + (w2[2] * x2 + w3[2] * x3)
-            a3[s] += (w0[3] * x0 + w1[3] * x1) + (w2[3] * x2 + w3[3] * x3)
+            a0[s] += (p00 * x0 + p10 * x1) + (p20 * x2 + p30 * x3)
+            a1[s] += (p01 * x0 + p11 * x1) + (p21 * x2 + p31 * x3)
+            a2[s] += (p02 * x0 + p12 * x1) + (p22 * x2 + p32 * x3)
+            a3[s] += (p03 * x0 + p13 * x1) + (p23 * x2 + p33 * x3)
         r += 4
     while r < end:
         c0, w0 = columns[rows[r]], values[r]

@@ -16,7 +16,6 @@ neighbours, so few more sources survive the screen to the exact re-rank.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 from scipy import sparse
@@ -38,13 +37,6 @@ SUM_BLOCK = 256
 # and widened once for all four (batches of 8 at 1,000 sources: 3.05 ms a query against 4.04
 # one after another, bench_batches).
 GROUP = 4
-# How long numba's OpenMP workers (GNU libgomp) spin for more work before they sleep. libgomp's
-# default, 300,000 pauses, kept a worker spinning ~9 ms after every query on the 2-core EPYC: a
-# whole core taken from the event loop and the clients for longer than a query lasts. 10,000
-# (~0.3 ms) alternated against it in one run (bench_ingress --env, 1,000 sources, 4 runs each):
-# HTTP p99 9.4-12.2 ms against 15.5-21.1, p50 6.2-7.7 against 5.4-10.3. Read once, when numba
-# loads libgomp; a GOMP_SPINCOUNT or OMP_WAIT_POLICY the user set is kept.
-OMP_SPINCOUNT = 10_000
 
 _COMPILED: dict[str, object] = {}
 
@@ -56,8 +48,6 @@ def threadsafe_numba(kernels: str):
         import numba
     except ImportError as exc:  # pragma: no cover - numba is a dependency
         raise ConfigError(f"{kernels} need numba: {exc}") from None
-    if "OMP_WAIT_POLICY" not in os.environ:  # before numba's first parallel loop loads libgomp
-        os.environ.setdefault("GOMP_SPINCOUNT", str(OMP_SPINCOUNT))
     numba.config.THREADING_LAYER = "threadsafe"
     return numba
 
