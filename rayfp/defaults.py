@@ -30,12 +30,12 @@ MAX_PARTS = 1_000  # sites of one pooled task
 MAX_ID_LENGTH = 200  # task and space ids
 BODY_TIMEOUT_S = 10.0  # a request body not complete after this gets 408
 # How long OpenMP workers (GNU libgomp: numba's thread-safe layer, torch's) spin for more work
-# before they sleep. libgomp's default, 300,000 pauses, kept a worker spinning ~9 ms after every
-# query on the 2-core EPYC: a whole core taken from the event loop and the clients for longer
-# than a query lasts. 10,000 (~0.3 ms) alternated against it in one run (bench_ingress --env,
-# 1,000 sources, 4 runs each): HTTP p99 9.4-12.2 ms against 15.5-21.1. libgomp reads it once,
-# when it loads, so `import rayfp` sets it (rayfp/__init__.py) unless the user set it or
-# OMP_WAIT_POLICY.
+# before they sleep, in the processes that rank (Serve replicas, index shards). libgomp's
+# default, 300,000 pauses, kept a worker spinning ~9 ms after every query on the 2-core EPYC: a
+# whole core taken from the event loop and the clients for longer than a query lasts. 10,000
+# (~0.3 ms) alternated against it in one run (bench_ingress --env, 1,000 sources, 3 runs each):
+# HTTP p99 9.4-13.0 ms against 15.0-21.1. Not set elsewhere: torch's convolutions ran ~7%
+# slower with it. libgomp reads it once, when it loads (rayfp.search.cpu.openmp_spin).
 OMP_SPINCOUNT = 10_000
 
 # What a knowledge cloud records per task (docs/design.md §2 `components`).

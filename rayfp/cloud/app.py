@@ -243,7 +243,7 @@ class KnowledgeCloud:
     def __init__(self, args: AppArgs, shards: list[Any] | None = None) -> None:
         # Ray pins OMP/BLAS to the replica's num_cpus (1); the memory-bound ranking GEMM runs
         # faster with the cores the host has (AppArgs.threads).
-        configure_threads(args.threads)
+        self.openmp_spin = configure_threads(args.threads)
         self.args = args
         self.cpu = cpu.describe()
         # A deployment's args are plain text (serve config, RayService): the token may instead
@@ -343,6 +343,7 @@ class KnowledgeCloud:
         out = {"status": "ok", "spaces": len(self.kb.space_ids()), "cpu": self.cpu,
                "replica": serve.get_replica_context().replica_id.unique_id,
                "batches": {"ranked": self.batcher.batches, "queries": self.batcher.queries},
+               "openmp_spin": self.openmp_spin,
                "unreadable": {space: sorted(tasks) for space, tasks
                               in self.kb.unreadable.items() if tasks}}
         return {**out, **await self.ranker.describe()}

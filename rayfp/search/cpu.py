@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import platform
 
+from rayfp import defaults
+
 # SIMD features that decide which GEMM kernels are fast (int8 needs VNNI to beat float32).
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd",
               "asimddp", "sve")
@@ -68,3 +70,24 @@ def one_line() -> str:
     if info.get("blas"):
         parts.append("BLAS " + ", ".join(info["blas"]))
     return "; ".join(parts)
+
+
+def _libgomp_loaded() -> bool:
+    try:
+        with open("/proc/self/maps") as handle:
+            return any("libgomp" in line for line in handle)
+    except OSError:  # not Linux: no way to tell; libgomp is Linux's
+        return False
+
+
+def openmp_spin(spin: int = defaults.OMP_SPINCOUNT) -> str:
+    """Let OpenMP's idle workers spin ``spin`` pauses before they sleep (GOMP_SPINCOUNT), for a
+    process that ranks: unless the environment says otherwise, and only while libgomp has not
+    loaded (it reads the setting once). What is in effect, in words (GET /v1/health)."""
+    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        if name in os.environ:
+            return f"{name}={os.environ[name]} (the environment's)"
+    if _libgomp_loaded():
+        return "libgomp's default (loaded before it could be set)"
+    os.environ["GOMP_SPINCOUNT"] = str(spin)
+    return f"GOMP_SPINCOUNT={spin}"

@@ -56,7 +56,7 @@ from scipy import sparse
 
 from rayfp.errors import ConfigError
 from rayfp.registry import look_up
-from rayfp.search import columns
+from rayfp.search import columns, cpu
 
 INT8_MAX = 127
 _INT32_MAX = 2**31 - 1
@@ -68,16 +68,19 @@ DIGITS = 3  # remainder <= 0.5 · 254^-2 ≈ 8e-6 of the query's largest entry /
 FLOAT_SLACK = 1e-12  # relative, covers float64 rounding when the digit products are combined
 
 
-def configure_threads(threads: int) -> None:
+def configure_threads(threads: int) -> str:
     """Give the GEMM (torch's OpenMP pool) the cores and keep numpy/scipy BLAS at one
     thread: OpenBLAS threads spin-wait after each small call, which more than doubled torch's
-    GEMM time on 2 cores when both pools had 2 threads."""
+    GEMM time on 2 cores when both pools had 2 threads. OpenMP's idle workers spin briefly
+    (cpu.openmp_spin, set before torch loads libgomp); returns what spin is in effect."""
     global _ORT_THREADS
+    spin = cpu.openmp_spin()
     _ORT_THREADS = threads  # int8-onnxruntime's sessions (made per thread count)
     import torch
 
     torch.set_num_threads(threads)
     _blas_threads(1)  # applied at once; float32-numpy raises it around its own GEMV
+    return spin
 
 
 def query_digits(queries: np.ndarray, digits: int = DIGITS) -> tuple[np.ndarray, np.ndarray]:

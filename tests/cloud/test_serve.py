@@ -19,6 +19,7 @@ from conftest import (
     random_fingerprint,
 )
 
+from rayfp import defaults
 from rayfp.cloud.client import CloudClient, ServerError, exchange
 from rayfp.cloud.knowledge import KnowledgeBase
 from rayfp.cloud.paper_import import import_paper
@@ -78,6 +79,9 @@ def test_health_spaces_and_openapi(cloud):
     assert chosen["kernel"] in KERNELS and set(chosen["measured_ms"]) == set(KERNELS)
     assert chosen["passed_over"] == {}  # few counts pass 127 here: every kernel was timed
     assert chosen["sources"] >= 5 and health["cpu"]["cores"] >= 1 and "simd" in health["cpu"]
+    # the replica set OpenMP's short spin before anything loaded libgomp (rayfp.search.cpu),
+    # or inherited it from this process (a test here called configure_threads first)
+    assert health["openmp_spin"].startswith(f"GOMP_SPINCOUNT={defaults.OMP_SPINCOUNT}")
     status, spaces = http(cloud, "GET", "/v1/spaces")
     assert status == 200 and spaces[0]["space_id"] == cloud["space"].space_id
     # 5, or 6 once a test has registered site-5 over HTTP: whatever the store holds now
