@@ -127,9 +127,9 @@ def child(args: argparse.Namespace) -> int:
         from bench.ingress_floor import floor_app
 
         start_local_serve("127.0.0.1", port, ingress="direct", num_cpus=2, log_to_driver=False)
-        serve.run(floor_app(json.loads(Path(args.work).read_text())), name="floor",
+        serve.run(floor_app(json.loads(Path(args.answer).read_text())), name="floor",
                   route_prefix="/")
-        work = json.loads(Path(args.store).read_text())
+        work = json.loads(Path(args.work).read_text())
         floor = measure(port, [b.encode() for b in work["bodies"]], work["wanted"],
                         args.queries, 1)
         serve.shutdown()
@@ -225,8 +225,7 @@ def run_child(args: argparse.Namespace, mode: str, shards: int, store: Path, wor
     """One mode in a fresh process (and Ray) with ``extra`` in its environment: a table row."""
     command = [sys.executable, "-m", "bench.bench_ingress", "--child", mode,
                "--store", str(store), "--work", str(work), "--shards", str(shards),
-               "--queries", str(args.queries), "--replicas", str(args.replicas),
-               *(["--floor"] if args.floor else [])]
+               "--queries", str(args.queries), "--replicas", str(args.replicas)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, **extra})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -236,17 +235,7 @@ def run_child(args: argparse.Namespace, mode: str, shards: int, store: Path, wor
         print(f"{mode}: failed\n{done.stderr[-3000:]}", flush=True)
         return what, f"did not run: {done.stderr.strip().splitlines()[-1][:200]}"
     r = json.loads(lines[-1][len("RESULT "):])
-    if args.floor:  # the floor child: --work holds the answer, --store the queries
-        answer = work.with_name("answer.json")
-        answer.write_text(json.dumps(r["answer"]))
-        done = subprocess.run([sys.executable, "-m", "bench.bench_ingress", "--child", "floor",
-                               "--store", str(work), "--work", str(answer), "--queries",
-                               str(args.queries)], capture_output=True, text=True,
-                              timeout=1800, env={**os.environ, **extra})
-        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        if done.returncode or not lines:
-            raise RuntimeError(f"the floor did not run: {done.stderr[-3000:]}")
-        r["floor"] = json.loads(lines[-1][len("RESULT "):])
+    floor = run_floor(args, work, r["answer"], extra) if args.floor else ""
     one, eight = r["one"], r["eight"]
     return what, (f"1 client p50 {one['p50']:.1f} ms, p99 {one['p99']:.1f} ms "
                   f"(in the app {one['app']:.1f}, ranking {one['rank']:.1f}; "
@@ -256,10 +245,26 @@ def run_child(args: argparse.Namespace, mode: str, shards: int, store: Path, wor
                   f"{eight.get('batch', 0):.1f} queries a batch); "
                   f"kernel {r['kernel'] or 'on shards'}; empty GET p50 "
                   f"{r['health_p50']:.1f} ms; identical to exhaustive top-5: "
-                  f"{one['identical'] and eight['identical']}"
-                  + (f"; the same queries to a handler that ranks nothing: p50 "
-                     f"{r['floor']['p50']:.1f} ms, p99 {r['floor']['p99']:.1f} ms"
-                     if "floor" in r else ""))
+                  f"{one['identical'] and eight['identical']}{floor}")
+
+
+def run_floor(args: argparse.Namespace, work: Path, answer: dict, extra: dict[str, str]
+              ) -> str:
+    """The same queries, one client, to a handler that ranks nothing and answers ``answer``
+    (a fresh process and Ray): the end of a table row."""
+    path = work.with_name("answer.json")
+    path.write_text(json.dumps(answer))
+    done = subprocess.run([sys.executable, "-m", "bench.bench_ingress", "--child", "floor",
+                           "--work", str(work), "--answer", str(path), "--queries",
+                           str(args.queries)], capture_output=True, text=True, timeout=1800,
+                          env={**os.environ, **extra})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        print(f"floor: failed\n{done.stderr[-3000:]}", flush=True)
+        return f"; the floor did not run: {done.stderr.strip().splitlines()[-1][:200]}"
+    floor = json.loads(lines[-1][len("RESULT "):])
+    return (f"; the same queries to a handler that ranks nothing: p50 {floor['p50']:.1f} ms, "
+            f"p99 {floor['p99']:.1f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", choices=[*MODES, "floor"], help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--answer", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         args.shards = args.shards[0]
@@ -292,13 +298,13 @@ def main(argv: list[str] | None = None) -> int:
         variants = [environment_of(text) for text in args.env]
         for shards in args.shards:
             for mode in args.modes:
-                for _, text, extra in ((r, t, e) for r in range(args.rounds)
-                                       for t, e in zip(args.env, variants)):
-                    row = run_child(args, mode, shards, store, work, extra)
-                    if len(args.env) > 1 or args.rounds > 1:
-                        row = (f"{row[0]}, {text or 'environment unchanged'}", row[1])
-                    rows.append(row)
-                    print(rows[-1], flush=True)
+                for _ in range(args.rounds):
+                    for text, extra in zip(args.env, variants):
+                        row = run_child(args, mode, shards, store, work, extra)
+                        if len(args.env) > 1 or args.rounds > 1:
+                            row = (f"{row[0]}, {text or 'environment unchanged'}", row[1])
+                        rows.append(row)
+                        print(rows[-1], flush=True)
     if not args.no_write:
         label = f", {args.label}" if args.label else ""
         label += shape.title()
