@@ -261,16 +261,26 @@ def test_the_kernel_chooser_shares_one_encoding_and_it_answers_as_a_fresh_one(so
 
 def test_the_light_clients_gather_sums_as_the_compiled_one():
     """Without numba (the light client) the exact re-rank's products come from numpy: the
-    same float64 sums of exact products, to rounding."""
+    same float64 sums of exact products, to rounding, on one thread or (a batch's many
+    candidates) on every thread, four targets a pass and the rest one by one; the caller's
+    numba thread count comes back."""
+    import numba
+
+    from rayfp.search import kernels
     from rayfp.search.kernels import _gather_numpy, gather_products
 
     rng = np.random.default_rng(5)
-    matrix = rng.integers(0, 300, (40, 600)).astype(np.float32)
-    rows = np.array([3, 17, 39, 0])
-    weighted = rng.random((3, 600))
-    out = np.empty((4, 3))
-    _gather_numpy(matrix, rows, weighted, out)
-    np.testing.assert_allclose(out, gather_products(matrix, rows, weighted), rtol=1e-12)
+    for n_rows, n_targets, length in ((4, 3, 600), (33, 6, 1_500)):
+        matrix = rng.integers(0, 300, (40, length)).astype(np.uint16)
+        rows = rng.choice(40, n_rows, replace=False)
+        weighted = rng.random((n_targets, length))
+        out = np.empty((n_rows, n_targets))
+        _gather_numpy(matrix, rows, weighted, out)
+        wide = out.size * length >= kernels.GATHER_PARALLEL_FROM
+        assert wide == (n_rows > 4)  # both paths run
+        before = numba.get_num_threads()
+        np.testing.assert_allclose(out, gather_products(matrix, rows, weighted), rtol=1e-12)
+        assert numba.get_num_threads() == before
 
 
 def test_the_screens_float32_lse_terms_stay_within_their_bound():
