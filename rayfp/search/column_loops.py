@@ -233,9 +233,10 @@ def group_products(narrow, n_rows, n_values, wide, w_rows, w_values, indptr, sou
 
 @numba.njit(cache=True, nogil=True)
 def group_entries(queries, scales, where, shift, indptr):  # pragma: no cover - compiled
-    """entries for GROUP queries (L, GROUP): the union of their nonzero rows, each row's
-    GROUP values (zero where a query is), and each query's middle."""
-    length = queries.shape[0]
+    """entries for GROUP queries (GROUP, L), each query a contiguous row (the index's own
+    layout: a transposed copy took 0.5 ms a group): the union of their nonzero rows, each
+    row's GROUP values (zero where a query is), and each query's middle."""
+    length = queries.shape[1]
     n_rows, w_rows, e_rows = (np.empty(length, np.int64), np.empty(length, np.int64),
                               np.empty(length, np.int64))
     n_values = np.empty((length, GROUP), np.float32)
@@ -246,7 +247,7 @@ def group_entries(queries, scales, where, shift, indptr):  # pragma: no cover - 
     for i in range(length):
         nonzero = False
         for t in range(GROUP):
-            nonzero |= queries[i, t] != 0
+            nonzero |= queries[t, i] != 0
         if not nonzero:
             continue
         w = where[i]
@@ -254,19 +255,19 @@ def group_entries(queries, scales, where, shift, indptr):  # pragma: no cover - 
             k = shift[i]
             n_rows[nn] = w
             for t in range(GROUP):
-                v = queries[i, t] / scales[t]
+                v = queries[t, i] / scales[t]
                 n_values[nn, t] = np.float32(v) * np.float32(1 << k)
                 middles[t] += v * ((1 << k) - 1) * 0.5
             nn += 1
             if indptr[i + 1] > indptr[i]:
                 e_rows[ne] = i
                 for t in range(GROUP):
-                    e_values[ne, t] = np.float32(queries[i, t] / scales[t])
+                    e_values[ne, t] = np.float32(queries[t, i] / scales[t])
                 ne += 1
         else:
             w_rows[nw] = -1 - w
             for t in range(GROUP):
-                w_values[nw, t] = np.float32(queries[i, t] / scales[t])
+                w_values[nw, t] = np.float32(queries[t, i] / scales[t])
             nw += 1
     return (n_rows[:nn], n_values[:nn], w_rows[:nw], w_values[:nw], e_rows[:ne],
             e_values[:ne], middles)

@@ -75,7 +75,7 @@ def compile_loops() -> dict[str, object]:
         group_products(u8, none, group_values, u16, none, group_values, np.zeros(2, np.int64),
                        np.zeros(0, np.int32), no_values, none, group_values,
                        np.empty((1, GROUP, 8), np.float32), np.empty((1, GROUP, 8)))
-        group_entries(np.zeros((1, GROUP)), np.ones(GROUP), np.zeros(1, np.int64),
+        group_entries(np.zeros((GROUP, 1)), np.ones(GROUP), np.zeros(1, np.int64),
                       np.zeros(1, np.int64), np.zeros(2, np.int64))
         for dtype in (np.uint8, np.uint16):
             whole = np.zeros((2, 3), dtype)
@@ -180,7 +180,7 @@ class ColumnCodes:
 
     def group_products(self, queries: np.ndarray, scales: np.ndarray, blocks: np.ndarray,
                        parts: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-        """products for GROUP queries (L, GROUP) at once: (N, GROUP) sums, the most terms any
+        """products for GROUP queries (GROUP, L) at once: (N, GROUP) sums, the most terms any
         float32 sum added, and each query's middle (GROUP,). blocks, parts: (P, GROUP, N)."""
         compiled = compile_loops()
         n_rows, n_values, w_rows, w_values, e_rows, e_values, middles = compiled[

@@ -542,7 +542,8 @@ class _SparseColumns:
             blocks = np.empty((shape[0], group, shape[1]), np.float32)
             parts = np.empty((shape[0], group, shape[1]))
             for j in range(0, grouped, group):
-                sums, terms, middles = codes.group_products(queries[:, j:j + group],
+                # (GROUP, L): rows of the index's (T, L) query table, as they lie
+                sums, terms, middles = codes.group_products(queries.T[j:j + group],
                                                             scale[j:j + group], blocks, parts)
                 settle(slice(j, j + group), sums, terms, middles)
         if grouped < n_queries:  # a lone query, or a batch's last few
