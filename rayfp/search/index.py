@@ -42,6 +42,7 @@ from rayfp.search.kernels import (  # noqa: F401 - DIGIT, DIGITS, query_digits: 
     lse_excess_terms,
     overflow_share,
     query_digits,
+    ranking_threads,
     weighted_query,
 )
 from rayfp.search.pages import without_hugepage_advice
@@ -407,7 +408,9 @@ class ScreenedIndex:
     def _lse_terms(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Σ_d w_d LSE_s,d for every source and weight column (D, T), and a rigorous bound on
         each value's error: log B · Σ w (float64) plus the float32 excess terms."""
-        terms = np.concatenate([lse_excess_terms(seg.rows.lse_excess, weights)
+        # every thread, unless the kernel leaves a pool spinning beside them
+        threads = 1 if getattr(self._kernel_class, "spinning_pool", False) else ranking_threads()
+        terms = np.concatenate([lse_excess_terms(seg.rows.lse_excess, weights, threads=threads)
                                 for seg in self.segments])
         peak = np.concatenate([seg.rows.lse_excess_peak for seg in self.segments])
         sums = weights.sum(axis=0)

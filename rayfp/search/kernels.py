@@ -231,13 +231,31 @@ _MATMUL_SESSIONS: dict[int, object] = {}
 _ORT_THREADS: int | None = None  # configure_threads sets it; None: the machine's cores
 
 
+def ranking_threads() -> int:
+    """The threads a ranking may use (configure_threads'; the machine's cores before it)."""
+    return _ORT_THREADS or os.cpu_count() or 1
+
+
+def run_on(threads: int, loop: Callable, *args) -> None:
+    """A compiled parallel loop on at most ``threads`` of numba's threads (1: the calling
+    thread alone); numba's setting is per calling thread, and this thread's comes back."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        loop(*args)
+    finally:
+        numba.set_num_threads(before)
+
+
 def _matmul_session():
     """One ONNX Runtime session computing MatMulInteger(A uint8, B int8) -> int32, per thread
     count: MLAS's integer GEMM (VNNI or AMX on Xeons, vpmaddubsw on AVX2 CPUs)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    threads = _ORT_THREADS or os.cpu_count() or 1
+    threads = ranking_threads()
     session = _MATMUL_SESSIONS.get(threads)
     if session is None:
         graph = helper.make_graph(
@@ -263,6 +281,7 @@ class Int8Onnx(Int8Counts):
     products stay below 2^31, as for int8-gemm)."""
 
     kernel = "int8-onnxruntime"
+    spinning_pool = True  # ONNX Runtime's threads spin after each call (see lse_excess_terms)
 
     @staticmethod
     def _operand(chunk: np.ndarray) -> np.ndarray:
@@ -402,6 +421,7 @@ class Int8Packed(Int8Counts):
     the CPU has no VNNI), int32 sums kept below 2^31 by the dimension chunks."""
 
     kernel = "int8-packed"
+    spinning_pool = True
     SMALL = 64  # sources below which a segment's product runs on one thread (registrations)
 
     def __init__(self, low: np.ndarray, overflow: sparse.csr_matrix, dim: int, bins: int,
@@ -430,7 +450,7 @@ class Int8Packed(Int8Counts):
         return super().nbytes + self.low.nbytes  # + ONNX Runtime's packed copy
 
     def _sessions_now(self) -> list:
-        threads = _ORT_THREADS or os.cpu_count() or 1
+        threads = ranking_threads()
         sessions = self._sessions.get(threads)
         if sessions is None:
             # A small segment (recent registrations) multiplies on one thread: a pool of its
@@ -520,7 +540,7 @@ class _SparseColumns:
 
         codes, residual = self._columns_now()
         scale = _power_of_two_scale(queries)
-        threads = _ORT_THREADS or os.cpu_count() or 1
+        threads = ranking_threads()
         shape = (threads if len(self) >= self.SMALL else 1, len(self))
         numba.set_num_threads(min(shape[0], numba.config.NUMBA_NUM_THREADS))
         n_queries = queries.shape[1]
@@ -704,15 +724,9 @@ def gather_products(matrix: np.ndarray, rows: np.ndarray, weighted: np.ndarray) 
     if _GATHER is _gather_numpy:
         _GATHER(matrix, rows, weighted, out)
         return out
-    import numba
-
-    before = numba.get_num_threads()  # thread-local: this thread's setting comes back
     wide = out.size * matrix.shape[1] >= GATHER_PARALLEL_FROM
-    numba.set_num_threads(min(len(rows), before) if wide else 1)
-    try:
-        _GATHER(matrix, rows, weighted, out)
-    finally:
-        numba.set_num_threads(before)
+    run_on(min(len(rows), ranking_threads()) if wide else 1, _GATHER, matrix, rows, weighted,
+           out)
     return out
 
 
@@ -767,34 +781,53 @@ def _weighted_numpy(counts, n, weights, table, out) -> float:
 
 
 _EXCESS = None
+# Table entries (N·D) from which the screen's LSE terms are summed on every thread, where no
+# other pool spins beside them (``spinning_pool`` kernels keep one thread: a parallel loop next
+# to ONNX Runtime's spinning pool took 4 ms, not 0.1, for 1,000 sources). A lone query at
+# 10,000 sources read the 20 MB table in 1.84 ms on one thread (AVX2 EPYC).
+LSE_PARALLEL_FROM = 250_000
 
 
-def lse_excess_terms(excess: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _excess_loop():
+    try:
+        numba = columns.threadsafe_numba("the screen's LSE terms")
+    except ConfigError:  # the light client: numpy's product
+        return None
+
+    @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
+    def terms(excess, weights, out):  # pragma: no cover - compiled
+        for s in numba.prange(excess.shape[0]):
+            row = excess[s]
+            for t in range(weights.shape[0]):
+                w = weights[t]
+                total = np.float32(0)
+                for d in range(row.shape[0]):
+                    total += row[d] * w[d]
+                out[s, t] = total
+
+    try:
+        terms(np.ones((2, 3), np.float32), np.ones((1, 3), np.float32),
+              np.empty((2, 1), np.float32))
+    except Exception:  # no thread-safe layer (e.g. no libgomp)
+        return None
+    return terms
+
+
+def lse_excess_terms(excess: np.ndarray, weights: np.ndarray, *, threads: int = 1
+                     ) -> np.ndarray:
     """(N, T) float64 of Σ_d weights[d, t] · excess[s, d] in float32 (the screen's share of
     the LSE term; rayfp.search.index bounds its rounding): half the bytes of the float64
-    table. One thread: a parallel loop next to ONNX Runtime's spinning pool took 4 ms, not
-    0.1, for 1,000 sources."""
+    table. On up to ``threads`` threads from LSE_PARALLEL_FROM entries, else one."""
     global _EXCESS
     if _EXCESS is None:
-        try:
-            import numba
-        except ImportError:
-            _EXCESS = _excess_numpy
-        else:
-            @numba.njit(fastmath={"reassoc", "contract"}, cache=True, nogil=True)
-            def terms(excess, weights, out):  # pragma: no cover - compiled
-                for s in range(excess.shape[0]):
-                    row = excess[s]
-                    for t in range(weights.shape[0]):
-                        w = weights[t]
-                        total = np.float32(0)
-                        for d in range(row.shape[0]):
-                            total += row[d] * w[d]
-                        out[s, t] = total
-
-            _EXCESS = terms
+        _EXCESS = _excess_loop() or _excess_numpy
     out = np.empty((excess.shape[0], weights.shape[1]), np.float32)
-    _EXCESS(excess, np.ascontiguousarray(weights.T, dtype=np.float32), out)
+    weights = np.ascontiguousarray(weights.T, dtype=np.float32)
+    if _EXCESS is _excess_numpy:
+        _EXCESS(excess, weights, out)
+    else:
+        run_on(threads if excess.size >= LSE_PARALLEL_FROM else 1, _EXCESS, excess, weights,
+               out)
     return out.astype(np.float64)
 
 

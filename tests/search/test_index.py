@@ -286,7 +286,12 @@ def test_the_light_clients_gather_sums_as_the_compiled_one():
 def test_the_screens_float32_lse_terms_stay_within_their_bound():
     """The screen reads LSE - log B in float32; its terms must lie within the stated bound of the
     float64 sums, also for weights far below float32's range and excesses of either sign."""
-    from rayfp.search.kernels import _excess_numpy, lse_excess_error, lse_excess_terms
+    from rayfp.search.kernels import (
+        LSE_PARALLEL_FROM,
+        _excess_numpy,
+        lse_excess_error,
+        lse_excess_terms,
+    )
 
     rng = np.random.default_rng(9)
     dim = 512
@@ -304,6 +309,11 @@ def test_the_screens_float32_lse_terms_stay_within_their_bound():
     out = np.empty((40, 3), np.float32)
     _excess_numpy(excess, np.ascontiguousarray(weights.T, dtype=np.float32), out)
     np.testing.assert_allclose(out, got, rtol=1e-4, atol=1e-30)
+    # on every thread (a table past LSE_PARALLEL_FROM): each source's sum is the same sum
+    many = np.tile(excess, (LSE_PARALLEL_FROM // excess.size + 1, 1))
+    assert many.size >= LSE_PARALLEL_FROM
+    np.testing.assert_array_equal(lse_excess_terms(many, weights, threads=2),
+                                  np.tile(got, (len(many) // 40, 1)))
 
 
 def test_many_small_changes_merge_among_themselves_and_keep_the_big_segment():
