@@ -30,7 +30,7 @@ def histogram(whole, top):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def encode(whole, where, shift, indptr, narrow, wide, source, excess):  # pragma: no cover
+def encode(whole, where, shift, indptr, narrow, wide, source, extra):  # pragma: no cover
     n, length = whole.shape
     for b in numba.prange((length + ROW_BLOCK - 1) // ROW_BLOCK):
         lo, hi = b * ROW_BLOCK, min(b * ROW_BLOCK + ROW_BLOCK, length)
@@ -48,10 +48,17 @@ def encode(whole, where, shift, indptr, narrow, wide, source, excess):  # pragma
                     narrow[w, s] = 255
                     e = fill[r - lo]
                     source[e] = s
-                    excess[e] = c - (255 << k) - ((1 << k) - 1) * 0.5
+                    extra[e] = c - (255 << k)
                     fill[r - lo] = e + 1
                 else:
                     narrow[w, s] = code
+
+
+@numba.njit(inline="always")
+def excess_middle(k):  # pragma: no cover - compiled
+    """What a saturated code's reading adds above 255 << k, (2^k − 1)/2: an exception's
+    excess over that reading is extra − this, a half-integer below 2^16, exact in float32."""
+    return np.float32(((1 << k) - 1) * 0.5)
 
 
 @numba.njit(inline="always", fastmath={"reassoc", "contract"})
@@ -93,7 +100,7 @@ def blocks_into(acc, block, columns, rows, values, r, end):  # pragma: no cover 
 
 
 @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
-def products(narrow, n_rows, n_values, wide, w_rows, w_values, indptr, source, excess,
+def products(narrow, n_rows, n_values, wide, w_rows, w_values, shift, indptr, source, extra,
              e_rows, e_values, blocks, parts):  # pragma: no cover - compiled
     """(P, N) float64 partial sums, one per thread, each over its share of the query's
     coarse rows, uint16 rows and exception rows; each SUM_BLOCK rows are summed in float32
@@ -113,8 +120,9 @@ def products(narrow, n_rows, n_values, wide, w_rows, w_values, indptr, source, e
             block[:] = 0
             for j in range(i, stop):
                 r, v = e_rows[j], e_values[j]
+                middle = excess_middle(shift[r])
                 for e in range(indptr[r], indptr[r + 1]):
-                    block[source[e]] += v * excess[e]
+                    block[source[e]] += v * (np.float32(extra[e]) - middle)
             for s in range(acc.shape[0]):
                 acc[s] += block[s]
             i = stop
@@ -204,8 +212,8 @@ def group_blocks_into(acc, block, columns, rows, values, r, end):  # pragma: no 
 
 
 @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
-def group_products(narrow, n_rows, n_values, wide, w_rows, w_values, indptr, source,
-                   excess, e_rows, e_values, blocks, parts):  # pragma: no cover - compiled
+def group_products(narrow, n_rows, n_values, wide, w_rows, w_values, shift, indptr, source,
+                   extra, e_rows, e_values, blocks, parts):  # pragma: no cover - compiled
     """products for GROUP queries at once over the union of their rows: (P, GROUP, N)."""
     n_parts = parts.shape[0]
     for p in numba.prange(n_parts):
@@ -221,8 +229,9 @@ def group_products(narrow, n_rows, n_values, wide, w_rows, w_values, indptr, sou
             block[:] = 0
             for j in range(i, stop):
                 r, v = e_rows[j], e_values[j]
+                middle = excess_middle(shift[r])
                 for e in range(indptr[r], indptr[r + 1]):
-                    x = excess[e]
+                    x = np.float32(extra[e]) - middle
                     for t in range(GROUP):
                         block[t, source[e]] += v[t] * x
             for t in range(GROUP):

@@ -101,6 +101,39 @@ def test_a_query_that_hits_no_coarse_row_adds_nothing_for_the_codes():
     assert (np.abs(sums + middle - whole[:, 0]) <= middle).all()
 
 
+def test_exceptions_keep_two_bytes_a_source_until_a_segment_outgrows_them(monkeypatch):
+    """An exception's source is uint16 up to 65,536 sources and int32 past them; its count,
+    two bytes above 255·2^s, reads back exactly up to 65,535 either way, alone and in a group."""
+    assert columns.source_type(65_536) == np.uint16 and columns.source_type(65_537) == np.int32
+    rng = np.random.default_rng(11)
+    whole = rng.integers(0, 1000, (128, 300)).astype(np.uint16)
+    whole[rng.integers(0, 128, 300), np.arange(300)] = 65_535  # one exception a row at most
+    whole[:2, :100] = 2000
+    query = rng.random((4, 300)) * (rng.random((4, 300)) < 0.6)
+    answers = []
+    for kind in (np.uint16, np.int32):
+        monkeypatch.setattr(columns, "source_type", lambda sources, kind=kind: kind)
+        codes = ColumnCodes.build(whole)
+        assert codes.source.dtype == kind and codes.extra.dtype == np.uint16
+        assert codes.indptr[-1] > 100
+        read, half = codes.decoded()
+        exceptions = np.zeros(whole.shape, bool)
+        rows = np.repeat(np.arange(300), np.diff(codes.indptr))
+        exceptions[codes.source, rows] = True
+        np.testing.assert_array_equal(read[exceptions], whole[exceptions])  # exact
+        assert (whole[exceptions] == 65_535).any()
+        lone = [codes.products(q, 1.0, np.empty((2, 128), np.float32), np.empty((2, 128)))
+                for q in query]
+        group = codes.group_products(query, np.ones(4), np.empty((2, 4, 128), np.float32),
+                                     np.empty((2, 4, 128)))
+        for t, (sums, _, middle) in enumerate(lone):
+            exact = whole.astype(np.float64) @ query[t]
+            assert (np.abs(sums + middle - exact) <= middle + 1e-4 * exact).all()
+            np.testing.assert_allclose(group[0][:, t], sums, rtol=1e-6)
+        answers.append(np.stack([sums for sums, _, _ in lone]))
+    np.testing.assert_array_equal(answers[0], answers[1])
+
+
 def test_codes_refuse_a_shift_past_uint16():
     with pytest.raises(columns.ConfigError, match="max_shift"):
         ColumnCodes.build(np.zeros((2, 2), np.uint16), max_shift=8)
