@@ -70,19 +70,16 @@ def compile_loops() -> dict[str, object]:
         u8, u16 = np.zeros((1, 8), np.uint8), np.zeros((1, 8), np.uint16)
         none, no_values = np.zeros(0, np.int64), np.zeros(0, np.float32)
         group_values = np.zeros((0, GROUP), np.float32)
-        no_extra = np.zeros(0, np.uint16)
-        for source in (np.zeros(0, np.uint16),):
-            products(u8, none, no_values, u16, none, no_values, none, np.zeros(2, np.int64),
-                     source, no_extra, none, no_values, np.empty((1, 8), np.float32),
-                     np.empty((1, 8)))
-            group_products(u8, none, group_values, u16, none, group_values, none,
-                           np.zeros(2, np.int64), source, no_extra, none, group_values,
-                           np.empty((1, GROUP, 8), np.float32), np.empty((1, GROUP, 8)))
-            for dtype in (np.uint8, np.uint16):
-                whole = np.zeros((2, 3), dtype)
-                encode(whole, np.array([0, 1, -1]), np.zeros(3, np.int64),
-                       np.zeros(4, np.int64), np.empty((2, 2), np.uint8),
-                       np.empty((1, 2), np.uint16), source, no_extra)
+        source, extra = np.zeros(0, np.uint16), np.zeros(0, np.uint16)
+        products(u8, none, no_values, u16, none, no_values, none, np.zeros(2, np.int64), source,
+                 extra, none, no_values, np.empty((1, 8), np.float32), np.empty((1, 8)))
+        group_products(u8, none, group_values, u16, none, group_values, none,
+                       np.zeros(2, np.int64), source, extra, none, group_values,
+                       np.empty((1, GROUP, 8), np.float32), np.empty((1, GROUP, 8)))
+        for dtype in (np.uint8, np.uint16):
+            whole = np.zeros((2, 3), dtype)
+            encode(whole, np.array([0, 1, -1]), np.zeros(3, np.int64), np.zeros(4, np.int64),
+                   np.empty((2, 2), np.uint8), np.empty((1, 2), np.uint16), source, extra)
         entries(np.zeros(1), 1.0, np.zeros(1, np.int64), np.zeros(1, np.int64),
                 np.zeros(2, np.int64))
         group_entries(np.zeros((GROUP, 1)), np.ones(GROUP), np.zeros(1, np.int64),
