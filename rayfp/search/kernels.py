@@ -249,6 +249,16 @@ def run_on(threads: int, loop: Callable, *args) -> None:
         numba.set_num_threads(before)
 
 
+def _probed(loop: Callable, *args) -> Callable | None:
+    """A compiled parallel loop once a tiny call has run (compiling it), or None where it
+    cannot (no thread-safe layer, e.g. no libgomp): the caller falls back to numpy."""
+    try:
+        loop(*args)
+    except Exception:
+        return None
+    return loop
+
+
 def _matmul_session():
     """One ONNX Runtime session computing MatMulInteger(A uint8, B int8) -> int32, per thread
     count: MLAS's integer GEMM (VNNI or AMX on Xeons, vpmaddubsw on AVX2 CPUs)."""
@@ -704,11 +714,8 @@ def _gather_loop():
                 out[r, t] = total
                 t += 1
 
-    try:
-        gather(np.ones((2, 8), np.uint8), np.arange(2), np.ones((5, 8)), np.empty((2, 5)))
-    except Exception:  # no thread-safe layer (e.g. no libgomp): numpy's product
-        return None
-    return gather
+    return _probed(gather, np.ones((2, 8), np.uint8), np.arange(2), np.ones((5, 8)),
+                   np.empty((2, 5)))
 
 
 def gather_products(matrix: np.ndarray, rows: np.ndarray, weighted: np.ndarray) -> np.ndarray:
@@ -805,12 +812,8 @@ def _excess_loop():
                     total += row[d] * w[d]
                 out[s, t] = total
 
-    try:
-        terms(np.ones((2, 3), np.float32), np.ones((1, 3), np.float32),
-              np.empty((2, 1), np.float32))
-    except Exception:  # no thread-safe layer (e.g. no libgomp)
-        return None
-    return terms
+    return _probed(terms, np.ones((2, 3), np.float32), np.ones((1, 3), np.float32),
+                   np.empty((2, 1), np.float32))
 
 
 def lse_excess_terms(excess: np.ndarray, weights: np.ndarray, *, threads: int = 1
