@@ -148,15 +148,9 @@ def child(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     app_args = {"store": args.store, "token": "x", "min_images": 1, "max_epsilon": None,
                 "shards": args.shards, "shard_cpus": 1.0 / args.shards}
-    if args.replicas > 1:  # the 2 CPUs split between replicas, one ranking thread each
-        from rayfp.cloud.app import KnowledgeCloud
-        from rayfp.cloud.models import AppArgs
-
-        app = KnowledgeCloud.options(
-            num_replicas=args.replicas, ray_actor_options={"num_cpus": 2 / args.replicas}
-        ).bind(AppArgs(**app_args, threads=max(1, 2 // args.replicas)))
-    else:
-        app = build_app(app_args)
+    # the 2 cores shared among the replicas: by default one ranking thread a core
+    app = build_app({**app_args, "replicas": args.replicas,
+                     "threads": args.threads or max(1, 2 // args.replicas)})
     serve.run(app, name="bench", route_prefix="/")
     ready_s = time.perf_counter() - started
     work = json.loads(Path(args.work).read_text())
@@ -220,17 +214,19 @@ def environment_of(text: str) -> dict[str, str]:
     return {name.strip(): value for name, value in pairs}
 
 
-def run_child(args: argparse.Namespace, mode: str, shards: int, store: Path, work: Path,
-              extra: dict[str, str]) -> tuple[str, str]:
+def run_child(args: argparse.Namespace, mode: str, shards: int, replicas: int, store: Path,
+              work: Path, extra: dict[str, str]) -> tuple[str, str]:
     """One mode in a fresh process (and Ray) with ``extra`` in its environment: a table row."""
     command = [sys.executable, "-m", "bench.bench_ingress", "--child", mode,
                "--store", str(store), "--work", str(work), "--shards", str(shards),
-               "--queries", str(args.queries), "--replicas", str(args.replicas)]
+               "--queries", str(args.queries), "--replicas", str(replicas),
+               "--threads", str(args.threads)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, **extra})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    replicas = f", {args.replicas} replicas" if args.replicas > 1 else ""
-    what = f"{args.sources:,} sources, {shards} shard(s){replicas}, {mode}"
+    threads = args.threads or max(1, 2 // replicas)
+    what = (f"{args.sources:,} sources, {shards} shard(s), {replicas} replica(s) of "
+            f"{threads} ranking thread(s), {mode}")
     if done.returncode or not lines:
         print(f"{mode}: failed\n{done.stderr[-3000:]}", flush=True)
         return what, f"did not run: {done.stderr.strip().splitlines()[-1][:200]}"
@@ -277,8 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     add_shape_options(parser)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--label", default="", help="added to the section title (a rerun)")
-    parser.add_argument("--replicas", type=int, default=1,
-                        help="ingress replicas (one shard only; HAProxy balances them)")
+    parser.add_argument("--replicas", type=int, nargs="+", default=[1],
+                        help="ingress replicas, each count in turn (one shard only; HAProxy "
+                             "balances them: direct ingress runs only one)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="ranking threads a replica (default: 2 / replicas, at least 1)")
     parser.add_argument("--env", nargs="+", default=[""], metavar="NAME=VALUE,...",
                         help="environment variants to alternate ('' = unchanged)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the variants")
@@ -290,17 +289,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--answer", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        args.shards = args.shards[0]
+        args.shards, args.replicas = args.shards[0], args.replicas[0]
         return child(args)
     shape, rows = shape_of(args), []
     with tempfile.TemporaryDirectory() as tmp:
         store, work = prepare(Path(tmp), args.sources, args.checked, shape)
         variants = [environment_of(text) for text in args.env]
         for shards in args.shards:
-            for mode in args.modes:
-                for _ in range(args.rounds):
+            runs = [(mode, replicas) for mode in args.modes for replicas in args.replicas
+                    if replicas == 1 or mode not in RAYFP_INGRESS
+                    or RAYFP_INGRESS[mode] != "direct"]  # direct ingress: one replica a port
+            for _ in range(args.rounds):
+                for mode, replicas in runs:
                     for text, extra in zip(args.env, variants):
-                        row = run_child(args, mode, shards, store, work, extra)
+                        row = run_child(args, mode, shards, replicas, store, work, extra)
                         if len(args.env) > 1 or args.rounds > 1:
                             row = (f"{row[0]}, {text or 'environment unchanged'}", row[1])
                         rows.append(row)
@@ -312,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
                             f"{cpu.describe()['torch_capability']}{label})",
                       f"python -m bench.bench_ingress --sources {args.sources} --modes "
                       + " ".join(args.modes) + " --shards " + " ".join(map(str, args.shards))
-                      + (f" --replicas {args.replicas}" if args.replicas > 1 else "")
+                      + (" --replicas " + " ".join(map(str, args.replicas))
+                         if args.replicas != [1] else "")
+                      + (f" --threads {args.threads}" if args.threads else "")
                       + (f" --label '{args.label}'" if args.label else "")
                       + (" --env " + " ".join(f"'{text}'" for text in args.env)
                          if args.env != [""] else "")

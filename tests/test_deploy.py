@@ -11,6 +11,8 @@ import pytest
 import ray.autoscaler
 import yaml
 
+from rayfp.errors import ConfigError
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -168,6 +170,19 @@ def test_every_cloud_setting_is_declared_once(monkeypatch):
         app = build_app({"store": "here", "access_log": on})
         assert app._bound_deployment._deployment_config.logging_config[
             "enable_access_log"] is on
+    # replicas reach the deployment, sharing one CPU of Ray's, behind HAProxy only: direct
+    # ingress serves one replica on its port
+    monkeypatch.delenv("RAY_SERVE_ENABLE_DIRECT_INGRESS", raising=False)
+    args = build_parser().parse_args(["serve", "--store", "here", "--replicas", "2",
+                                      "--threads", "1"])
+    config = build_app(settings_from(args))._bound_deployment._deployment_config
+    assert config.num_replicas == 2
+    assert build_app(settings_from(args))._bound_deployment.ray_actor_options[
+        "num_cpus"] == 0.5
+    assert build_app({"store": "here"})._bound_deployment._deployment_config.num_replicas == 1
+    monkeypatch.setenv("RAY_SERVE_ENABLE_DIRECT_INGRESS", "1")
+    with pytest.raises(ConfigError, match="haproxy"):
+        build_app(settings_from(args))
     import pydantic
 
     with pytest.raises(pydantic.ValidationError):  # the registries still check the choices

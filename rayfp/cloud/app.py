@@ -552,9 +552,17 @@ def build_app(args: dict[str, Any]) -> Application:
     """Typed app builder: `serve run rayfp.cloud.app:build_app store=STORE token=...`.
     With shards > 1, S IndexShard deployments rank and KnowledgeCloud fans out to them."""
     app_args = AppArgs(**args)
+    if app_args.replicas > 1 and os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1":
+        raise ConfigError(f"replicas = {app_args.replicas}: direct ingress serves one replica "
+                          "on its port; several need the haproxy ingress (`rayfp serve "
+                          "--ingress haproxy`), which balances them")
     # Serve's access log writes a line per request to a file and stderr (which Ray then
     # tails): off by default, as it cost about as much as the rest of the HTTP path.
     cloud = KnowledgeCloud.options(logging_config={"enable_access_log": app_args.access_log})
+    if app_args.replicas > 1:  # (a Serve config's autoscaling_config is left alone otherwise)
+        # together one CPU of Ray's, as one replica: on one host they share its cores
+        cloud = cloud.options(num_replicas=app_args.replicas,
+                              ray_actor_options={"num_cpus": 1 / app_args.replicas})
     if app_args.shards == 1:
         return cloud.bind(app_args)
     shards = [IndexShard.options(name=f"IndexShard{i}",

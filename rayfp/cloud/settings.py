@@ -48,6 +48,10 @@ SETTINGS: tuple[Setting, ...] = (
             "refuse fingerprints that are not (ε <= this)-DP with 403; null ('inf' on the "
             "command line) accepts all: a cloud of public data only", {"gt": 0}, optional=True),
     Setting("threads", int, 2, "BLAS threads of a replica (Ray sets 1)", {"ge": 1}),
+    Setting("replicas", int, 1, "ingress replicas; several need the haproxy ingress, which "
+            "balances them. On one host, one replica a core with threads 1 ranks more queries "
+            "under load, one replica with every core answers a lone query sooner "
+            "(docs/cloud.md)", {"ge": 1, "le": 64}),
     Setting("max_request_bytes", int, defaults.MAX_REQUEST_BYTES,
             "larger request bodies get 413", {"ge": 1024}),
     Setting("body_timeout_s", float, defaults.BODY_TIMEOUT_S,

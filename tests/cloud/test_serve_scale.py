@@ -160,14 +160,12 @@ def test_replicas_of_the_cloud_stay_in_step_with_the_store(cloud):
     replica on the next query (each brings its index up to date incrementally)."""
     from ray import serve
 
-    from rayfp.cloud.app import KnowledgeCloud
-    from rayfp.cloud.models import AppArgs
+    from rayfp.cloud.app import build_app
 
     # A clean start, not a rolling update: the previous app's replicas would hold the 2 CPUs
     # while they drain, and the second replica would wait for them.
     serve.delete("rayfp")
-    client = deploy(cloud, KnowledgeCloud.options(
-        num_replicas=2, ray_actor_options={"num_cpus": 0.5}).bind(AppArgs(**app_args(cloud))))
+    client = deploy(cloud, build_app(app_args(cloud, replicas=2, threads=1)))
     assert replicas_answering(cloud, 2) == 2  # both answer
     rng = np.random.default_rng(5)
     news = [private_fingerprint(rng, cloud["space"], f"late-{i}", n=300) for i in range(4)]
