@@ -46,6 +46,7 @@ keeps the fastest; `rayfp serve` logs the choice and /v1/health reports it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -236,17 +237,24 @@ def ranking_threads() -> int:
     return _ORT_THREADS or os.cpu_count() or 1
 
 
-def run_on(threads: int, loop: Callable, *args) -> None:
-    """A compiled parallel loop on at most ``threads`` of numba's threads (1: the calling
+@contextlib.contextmanager
+def numba_threads(threads: int):
+    """numba's parallel loops called inside run on at most ``threads`` threads (1: the calling
     thread alone); numba's setting is per calling thread, and this thread's comes back."""
     import numba
 
     before = numba.get_num_threads()
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     try:
-        loop(*args)
+        yield
     finally:
         numba.set_num_threads(before)
+
+
+def run_on(threads: int, loop: Callable, *args) -> None:
+    """A compiled parallel loop on at most ``threads`` of numba's threads (numba_threads)."""
+    with numba_threads(threads):
+        loop(*args)
 
 
 def _probed(loop: Callable, *args) -> Callable | None:
@@ -546,13 +554,21 @@ class _SparseColumns:
                       ) -> tuple[np.ndarray, np.ndarray]:
         """As inner, each query over its own nonzero columns: alone, or GROUP of a batch at a
         time over the union of theirs (each column row read once for the group)."""
-        import numba
-
         codes, residual = self._columns_now()
         scale = _power_of_two_scale(queries)
         threads = ranking_threads()
         shape = (threads if len(self) >= self.SMALL else 1, len(self))
-        numba.set_num_threads(min(shape[0], numba.config.NUMBA_NUM_THREADS))
+        with numba_threads(shape[0]):
+            approx, error = self._column_products(codes, queries, scale, count_total, shape)
+        if residual.nnz:  # counts above 65,535: few integers times the query, float64
+            approx = approx + residual @ queries
+        return approx, error + FLOAT_SLACK * np.abs(approx)
+
+    def _column_products(self, codes: columns.ColumnCodes, queries: np.ndarray,
+                         scale: np.ndarray, count_total: np.ndarray, shape: tuple[int, int]
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's products over the codes and their error bounds, (N, T) each: GROUP
+        queries a pass, the rest alone; shape: (P threads, N)."""
         n_queries = queries.shape[1]
         approx = np.empty((len(self), n_queries))
         error = np.empty_like(approx)
@@ -581,9 +597,7 @@ class _SparseColumns:
         for j in range(grouped, n_queries):
             sums, terms, middle = codes.products(queries[:, j], scale[j], blocks, parts)
             settle(slice(j, j + 1), sums[:, None], terms, np.array([middle]))
-        if residual.nnz:  # counts above 65,535: few integers times the query, float64
-            approx = approx + residual @ queries
-        return approx, error + FLOAT_SLACK * np.abs(approx)
+        return approx, error
 
 
 class Int8Columns(_SparseColumns):

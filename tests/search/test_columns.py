@@ -157,7 +157,12 @@ def test_a_batch_in_groups_answers_as_its_queries_one_by_one(batch):
     queries = rng.random((dim * bins, batch)) * (rng.random((dim * bins, batch)) < 0.4)
     queries[:, 1] = np.where(half == 0, rng.random(dim * bins), 0)  # exact rows only
     total = counts.sum(axis=1).astype(np.float64)
+    import numba
+
+    numba.set_num_threads(1)  # the caller's setting (per thread) comes back after the loops
     approx, error = matrix.inner(queries, total)
+    assert numba.get_num_threads() == 1
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     exact = counts.astype(np.float64) @ queries
     assert (np.abs(approx - exact) <= error).all()
     float32 = 2 * SUM_BLOCK * 2.0**-24 * exact  # float32's share, at most
