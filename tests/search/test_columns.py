@@ -139,12 +139,12 @@ def test_codes_refuse_a_shift_past_uint16():
         ColumnCodes.build(np.zeros((2, 2), np.uint16), max_shift=8)
 
 
-@pytest.mark.parametrize("batch", [4, 5, 7, 8])
+@pytest.mark.parametrize("batch", [2, 3, 4, 5, 6, 7, 8])
 def test_a_batch_in_groups_answers_as_its_queries_one_by_one(batch):
     """GROUP queries share one pass over the union of their rows (zero where a query is zero);
-    the rest of a batch goes one by one. Every query keeps its own bound, and its own codes'
-    share: a query nonzero only in exact rows adds nothing for the shifted ones its group
-    reads."""
+    a batch's last 3 make a group with the last repeated, a last one or two go alone. Every
+    query keeps its own bound, and its own codes' share: a query nonzero only in exact rows
+    adds nothing for the shifted ones its group reads."""
     rng = np.random.default_rng(11)
     n, dim, bins = 130, 12, 40
     counts = rng.integers(0, 900, (n, dim * bins)) * (rng.random((n, dim * bins)) < 0.7)
