@@ -510,6 +510,10 @@ def _narrowest(peak: int) -> type:
     return next((d for d in COLUMN_DTYPES if peak <= np.iinfo(d).max), COLUMN_DTYPES[-1])
 
 
+# A batch's last queries from this many on make a group with the last repeated (_SparseColumns)
+PAD_GROUP_FROM = 3
+
+
 class _SparseColumns:
     """The counts once more as columns (D·B, N), for queries that read only the columns where
     they are nonzero. A target's histogram is zero wherever none of its samples fell (51-80% of
@@ -568,7 +572,7 @@ class _SparseColumns:
                          scale: np.ndarray, count_total: np.ndarray, shape: tuple[int, int]
                          ) -> tuple[np.ndarray, np.ndarray]:
         """Each query's products over the codes and their error bounds, (N, T) each: GROUP
-        queries a pass, the rest alone; shape: (P threads, N)."""
+        queries a pass (a batch's last three too), the rest alone; shape: (P threads, N)."""
         n_queries = queries.shape[1]
         approx = np.empty((len(self), n_queries))
         error = np.empty_like(approx)
@@ -600,16 +604,12 @@ class _SparseColumns:
                 rows = queries.T[j:j + group] if members == group else queries.T[take]
                 sums, terms, middles = codes.group_products(rows, scale[take], blocks, parts)
                 settle(slice(j, j + members), sums[:, :members], terms, middles[:members])
-        if grouped < n_queries:  # a lone query, or a batch's last one
+        if grouped < n_queries:  # a lone query, or a batch's last one or two
             blocks, parts = np.empty(shape, np.float32), np.empty(shape)
         for j in range(grouped, n_queries):
             sums, terms, middle = codes.products(queries[:, j], scale[j], blocks, parts)
             settle(slice(j, j + 1), sums[:, None], terms, np.array([middle]))
         return approx, error
-
-
-# A batch's last queries from this many on make a group with the last repeated (_SparseColumns)
-PAD_GROUP_FROM = 3
 
 
 class Int8Columns(_SparseColumns):
