@@ -148,9 +148,8 @@ def child(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     app_args = {"store": args.store, "token": "x", "min_images": 1, "max_epsilon": None,
                 "shards": args.shards, "shard_cpus": 1.0 / args.shards}
-    # the 2 cores shared among the replicas: by default one ranking thread a core
     app = build_app({**app_args, "replicas": args.replicas,
-                     "threads": args.threads or max(1, 2 // args.replicas)})
+                     "threads": threads_of(args, args.replicas)})
     serve.run(app, name="bench", route_prefix="/")
     ready_s = time.perf_counter() - started
     work = json.loads(Path(args.work).read_text())
@@ -214,6 +213,11 @@ def environment_of(text: str) -> dict[str, str]:
     return {name.strip(): value for name, value in pairs}
 
 
+def threads_of(args: argparse.Namespace, replicas: int) -> int:
+    """Ranking threads a replica: --threads, or the 2 cores shared among the replicas."""
+    return args.threads or max(1, 2 // replicas)
+
+
 def run_child(args: argparse.Namespace, mode: str, shards: int, replicas: int, store: Path,
               work: Path, extra: dict[str, str]) -> tuple[str, str]:
     """One mode in a fresh process (and Ray) with ``extra`` in its environment: a table row."""
@@ -224,9 +228,8 @@ def run_child(args: argparse.Namespace, mode: str, shards: int, replicas: int, s
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, **extra})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    threads = args.threads or max(1, 2 // replicas)
     what = (f"{args.sources:,} sources, {shards} shard(s), {replicas} replica(s) of "
-            f"{threads} ranking thread(s), {mode}")
+            f"{threads_of(args, replicas)} ranking thread(s), {mode}")
     if done.returncode or not lines:
         print(f"{mode}: failed\n{done.stderr[-3000:]}", flush=True)
         return what, f"did not run: {done.stderr.strip().splitlines()[-1][:200]}"
@@ -297,8 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = [environment_of(text) for text in args.env]
         for shards in args.shards:
             runs = [(mode, replicas) for mode in args.modes for replicas in args.replicas
-                    if replicas == 1 or mode not in RAYFP_INGRESS
-                    or RAYFP_INGRESS[mode] != "direct"]  # direct ingress: one replica a port
+                    if replicas == 1 or RAYFP_INGRESS.get(mode) != "direct"]  # one a port
             for _ in range(args.rounds):
                 for mode, replicas in runs:
                     for text, extra in zip(args.env, variants):
