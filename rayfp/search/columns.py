@@ -38,6 +38,9 @@ SUM_BLOCK = 256
 # and widened once for all four (batches of 8 at 1,000 sources: 3.05 ms a query against 4.04
 # one after another, bench_batches).
 GROUP = 4
+# Groups of a batch in one pass (group_products): a block of rows is read from memory once for
+# both groups of a batch of 8. Wider groups (8 queries a row) vectorised worse (numba): slower.
+GROUPS_A_PASS = 2
 
 _COMPILED: dict[str, object] = {}
 
@@ -69,21 +72,20 @@ def compile_loops() -> dict[str, object]:
     try:
         u8, u16 = np.zeros((1, 8), np.uint8), np.zeros((1, 8), np.uint16)
         none, no_values = np.zeros(0, np.int64), np.zeros(0, np.float32)
-        group_values = np.zeros((0, GROUP), np.float32)
         source, extra = np.zeros(0, np.uint16), np.zeros(0, np.uint16)
         products(u8, none, no_values, u16, none, no_values, none, np.zeros(2, np.int64), source,
                  extra, none, no_values, np.empty((1, 8), np.float32), np.empty((1, 8)))
-        group_products(u8, none, group_values, u16, none, group_values, none,
-                       np.zeros(2, np.int64), source, extra, none, group_values,
-                       np.empty((1, GROUP, 8), np.float32), np.empty((1, GROUP, 8)))
+        found = group_entries(np.zeros((GROUP, 1)), np.ones(GROUP), np.zeros(1, np.int64),
+                              np.zeros(1, np.int64), np.zeros(2, np.int64))
+        group_products(u8, *found[:3], u16, *found[3:5], none, np.zeros(2, np.int64), source,
+                       extra, *found[5:10], np.empty((1, 1, GROUP, 8), np.float32),
+                       np.empty((1, 1, GROUP, 8)))
         for dtype in (np.uint8, np.uint16):
             whole = np.zeros((2, 3), dtype)
             encode(whole, np.array([0, 1, -1]), np.zeros(3, np.int64), np.zeros(4, np.int64),
                    np.empty((2, 2), np.uint8), np.empty((1, 2), np.uint16), source, extra)
         entries(np.zeros(1), 1.0, np.zeros(1, np.int64), np.zeros(1, np.int64),
                 np.zeros(2, np.int64))
-        group_entries(np.zeros((GROUP, 1)), np.ones(GROUP), np.zeros(1, np.int64),
-                      np.zeros(1, np.int64), np.zeros(2, np.int64))
         for dtype in (np.uint8, np.uint16):
             histogram(np.zeros((2, 3), dtype), MAX_SHIFT + 1)
     except Exception as exc:  # no thread-safe layer (e.g. no libgomp): leave the kernels out
@@ -193,17 +195,20 @@ class ColumnCodes:
 
     def group_products(self, queries: np.ndarray, scales: np.ndarray, blocks: np.ndarray,
                        parts: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-        """products for GROUP queries (GROUP, L) at once: (N, GROUP) sums, the most terms any
-        float32 sum added, and each query's middle (GROUP,). blocks, parts: (P, GROUP, N)."""
+        """products for G groups of GROUP queries (G·GROUP, L) in one pass: (N, G·GROUP)
+        sums, the most terms any float32 sum added, and each query's middle (G·GROUP,).
+        scales: powers of two; blocks, parts: (P, G, GROUP, N)."""
         compiled = compile_loops()
-        n_rows, n_values, w_rows, w_values, e_rows, e_values, middles = compiled[
-            "group_entries"](np.ascontiguousarray(queries), np.asarray(scales, np.float64),
-                             self.where, self.shift, self.indptr)
-        compiled["group_products"](self.narrow, n_rows, n_values, self.wide, w_rows, w_values,
-                                   self.shift, self.indptr, self.source, self.extra, e_rows,
-                                   e_values, blocks, parts)
-        longest = max(min(len(rows), SUM_BLOCK) for rows in (n_rows, w_rows, e_rows))
-        return parts.sum(axis=0).T, longest, middles
+        (n_rows, n_values, n_ptr, w_rows, w_values, e_rows, e_values, single, single_values,
+         single_ptr, middles) = compiled["group_entries"](
+            np.ascontiguousarray(queries), np.asarray(scales, np.float64), self.where,
+            self.shift, self.indptr)
+        compiled["group_products"](self.narrow, n_rows, n_values, n_ptr, self.wide, w_rows,
+                                   w_values, self.shift, self.indptr, self.source, self.extra,
+                                   e_rows, e_values, single, single_values, single_ptr, blocks,
+                                   parts)
+        longest = max(min(len(rows), SUM_BLOCK) for rows in (n_rows, w_rows, e_rows, single))
+        return parts.sum(axis=0).reshape(-1, parts.shape[-1]).T, longest, middles
 
 
 def whole_counts(low: np.ndarray, overflow: sparse.csr_matrix, dtype: type, block: int = 256

@@ -124,8 +124,8 @@ def test_exceptions_keep_two_bytes_a_source_until_a_segment_outgrows_them(monkey
         assert (whole[exceptions] == 65_535).any()
         lone = [codes.products(q, 1.0, np.empty((2, 128), np.float32), np.empty((2, 128)))
                 for q in query]
-        group = codes.group_products(query, np.ones(4), np.empty((2, 4, 128), np.float32),
-                                     np.empty((2, 4, 128)))
+        group = codes.group_products(query, np.ones(4), np.empty((2, 1, 4, 128), np.float32),
+                                     np.empty((2, 1, 4, 128)))
         for t, (sums, _, middle) in enumerate(lone):
             exact = whole.astype(np.float64) @ query[t]
             assert (np.abs(sums + middle - exact) <= middle + 1e-4 * exact).all()

@@ -147,8 +147,11 @@ def test_large_counts_overflow_and_dimension_chunks_stay_exact(kernel, largest):
 
 
 @pytest.mark.parametrize("kernel", ALL_KERNELS)
-def test_changes_go_to_new_segments_then_compact_and_stay_exact(sources, kernel):
+def test_changes_go_to_new_segments_then_compact_and_stay_exact(sources, kernel, monkeypatch):
     space, fps = sources
+    exact_pairs, paired = ScreenedIndex._exact_pairs, []
+    monkeypatch.setattr(ScreenedIndex, "_exact_pairs", lambda self, rows, *rest: (
+        paired.append(len(rows)) or exact_pairs(self, rows, *rest)))
     rng = np.random.default_rng(4)
     index = ScreenedIndex(fps[:200], kernel=kernel)
     live = {fp.task_id: fp for fp in fps[:200]}
@@ -170,6 +173,16 @@ def test_changes_go_to_new_segments_then_compact_and_stay_exact(sources, kernel)
                 assert (index.top_k(target, 7, weighting=weighting)
                         == fresh.top_k(target, 7, weighting=weighting))
             assert index.top_k_metric(target, 3, "js") == fresh.top_k_metric(target, 3, "js")
+        # a batch re-ranks each query's own candidates in one pass over every segment
+        batch = [random_fingerprint(rng, space, f"b{i}", n=400) for i in range(7)]
+        paired.clear()
+        for got, target in zip(index.top_k_many([*batch, live["s010"]], 7),
+                               [*batch, live["s010"]]):
+            want = fresh.top_k(target, 7)
+            assert [t for t, _ in got] == [t for t, _ in want]
+            np.testing.assert_allclose([d for _, d in got], [d for _, d in want], rtol=0,
+                                       atol=1e-12)
+        assert paired and paired[0] >= 8 * 7
     assert index.alive.all()
     with pytest.raises(ConfigError, match="at least one"):
         ScreenedIndex(fps[:1]).with_changes([], ["s000"])
@@ -262,12 +275,12 @@ def test_the_kernel_chooser_shares_one_encoding_and_it_answers_as_a_fresh_one(so
 def test_the_light_clients_gather_sums_as_the_compiled_one():
     """Without numba (the light client) the exact re-rank's products come from numpy: the
     same float64 sums of exact products, to rounding, on one thread or (a batch's many
-    candidates) on every thread, four targets a pass and the rest one by one; the caller's
-    numba thread count comes back."""
+    candidates) on every thread, four targets a pass and the rest one by one, or each row with
+    its own target; the caller's numba thread count comes back."""
     import numba
 
     from rayfp.search import kernels
-    from rayfp.search.kernels import _gather_numpy, gather_products
+    from rayfp.search.kernels import _gather_numpy, _pairs_numpy, gather_products, pair_products
 
     rng = np.random.default_rng(5)
     for n_rows, n_targets, length in ((4, 3, 600), (33, 6, 1_500)):
@@ -280,6 +293,14 @@ def test_the_light_clients_gather_sums_as_the_compiled_one():
         assert wide == (n_rows > 4)  # both paths run
         before = numba.get_num_threads()
         np.testing.assert_allclose(out, gather_products(matrix, rows, weighted), rtol=1e-12)
+        assert numba.get_num_threads() == before
+        # each row with its own target (a batch's own candidates): the same sums
+        targets = rng.integers(0, n_targets, n_rows)
+        alone = np.empty(n_rows)
+        _pairs_numpy(matrix, rows, targets, weighted, alone)
+        np.testing.assert_allclose(alone, out[np.arange(n_rows), targets], rtol=1e-12)
+        np.testing.assert_allclose(pair_products(matrix, rows, targets, weighted), alone,
+                                   rtol=1e-12)
         assert numba.get_num_threads() == before
 
 
@@ -334,3 +355,20 @@ def test_many_small_changes_merge_among_themselves_and_keep_the_big_segment():
     target = random_fingerprint(rng, space, "t", n=200)
     assert index.top_k(target, 9) == fresh.top_k(target, 9)
     assert sorted(index.task_ids) == sorted(fp.task_id for fp in live)
+
+
+def test_a_batchs_exact_rerank_answers_alike_by_gather_gemm_or_pairs(sources, monkeypatch):
+    """Shared candidates are re-ranked by widening counts in registers (up to GATHER_TARGETS
+    targets) or by a float64 GEMM (more), few shared by each query's own pairs: one answer."""
+    space, fps = sources
+    index = ScreenedIndex(fps)
+    rng = np.random.default_rng(8)
+    targets = [random_fingerprint(rng, space, f"t{i}", n=400) for i in range(9)]
+    want = [index.top_k(t, 5) for t in targets]  # one by one: no sharing
+    for gather_targets, shared in ((64, 100), (0, 100), (64, 0)):  # gather, GEMM, pairs
+        monkeypatch.setattr(ScreenedIndex, "GATHER_TARGETS", gather_targets)
+        monkeypatch.setattr(ScreenedIndex, "SHARED_CANDIDATES", shared)
+        for got, alone in zip(index.top_k_many(targets, 5), want):
+            assert [t for t, _ in got] == [t for t, _ in alone]
+            np.testing.assert_allclose([d for _, d in got], [d for _, d in alone], rtol=0,
+                                       atol=1e-12)
