@@ -243,81 +243,58 @@ def exceptions_into(acc, block, shift, indptr, source, extra, e_rows, e_values, 
         i = stop
 
 
-@numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
-def group_products(narrow, n_rows, n_values, n_ptr, wide, w_rows, w_values, shift, indptr,
-                   source, extra, e_rows, e_values, single, single_values, single_ptr, blocks,
-                   parts):  # pragma: no cover - compiled
-    """products for G groups of GROUP queries in one pass over the union of their rows:
-    (P, G, GROUP, N). The coarse rows come in classes by which groups read them (class m,
-    a bit per group, in ``n_ptr[m]:n_ptr[m + 1]``); a block of SUM_BLOCK rows is multiplied
-    with each group that reads it while it is in cache, so a batch of 8 reads a row shared by
-    both its groups once from memory, not twice (a batch of 8 at 1,000 sources: 15-20% less
-    time than a pass per group, AVX2 EPYC). A coarse row only one query reads goes into that
-    query's sums alone (rows_into's pass), not with GROUP − 1 zero products. Values:
-    (G, rows, GROUP)."""
-    n_parts, n_groups = parts.shape[0], parts.shape[1]
-    for p in numba.prange(n_parts):
-        acc, block = parts[p], blocks[p]
-        acc[:] = 0
-        for m in range(1, len(n_ptr) - 1):
-            first, count = n_ptr[m], n_ptr[m + 1] - n_ptr[m]
-            r, end = first + count * p // n_parts, first + count * (p + 1) // n_parts
-            while r < end:
-                stop = min(r + SUM_BLOCK, end)
-                for g in range(n_groups):
-                    if m >> g & 1:
-                        scratch, sums = block[g], acc[g]
-                        scratch[:] = 0
-                        group_into(scratch, narrow, n_rows, n_values[g], r, stop)
-                        for t in range(GROUP):
-                            for s in range(sums.shape[1]):
-                                sums[t, s] += scratch[t, s]
-                r = stop
-        for g in range(n_groups):
-            group_blocks_into(acc[g], block[g], wide, w_rows, w_values[g],
-                              len(w_rows) * p // n_parts, len(w_rows) * (p + 1) // n_parts)
-            for t in range(GROUP):
-                q = g * GROUP + t
-                first, count = single_ptr[q], single_ptr[q + 1] - single_ptr[q]
-                blocks_into(acc[g, t], block[g, 0], narrow, single, single_values,
-                            first + count * p // n_parts, first + count * (p + 1) // n_parts)
-            exceptions_into(acc[g], block[g], shift, indptr, source, extra, e_rows,
-                            e_values[g], len(e_rows) * p // n_parts,
-                            len(e_rows) * (p + 1) // n_parts)
-
-
 @numba.njit(cache=True, nogil=True)
-def group_entries(queries, scales, where, shift, indptr):  # pragma: no cover - compiled
-    """entries for G groups of GROUP queries (G·GROUP, L), each query a contiguous row (the
-    index's own layout: a transposed copy took 0.5 ms a group): the coarse rows two or more
-    of them read, in classes by which groups read them (``n_ptr``, see group_products), with
-    each group's values (G, rows, GROUP; zero where a query is); the coarse rows only one
-    reads, by query (``single``, ``single_values``, query q's in ``single_ptr[q]:
-    single_ptr[q + 1]``); the uint16 rows and the rows with exceptions any reads, with each
-    group's values; each query's middle. The scales are powers of two, so q · (1 / scale) is
-    q / scale exactly."""
+def group_split(queries, n_parts):  # pragma: no cover - compiled
+    """(n_parts + 1,) bounds that split the rows (bins) into parts of about equal work for
+    group_products: a row costs a pass for each group that reads it."""
     n_queries, length = queries.shape
+    cost = np.zeros(length, np.int64)
+    for g in range(n_queries // GROUP):
+        for i in range(length):
+            reads = False
+            for t in range(GROUP):
+                reads |= queries[g * GROUP + t, i] != 0
+            cost[i] += reads
+    total = np.cumsum(cost)
+    bounds = np.empty(n_parts + 1, np.int64)
+    bounds[0], bounds[n_parts] = 0, length
+    for p in range(1, n_parts):
+        bounds[p] = np.searchsorted(total, total[-1] * p // n_parts)
+    return bounds
+
+
+@numba.njit(inline="always")
+def part_entries(queries, inverse, where, shift, indptr, lo, hi):  # pragma: no cover
+    """group_products' rows among the bins [lo, hi): the coarse rows two or more queries read,
+    in classes by which groups read them (class m, a bit per group, in ``n_ptr[m]:n_ptr[m +
+    1]``), with each group's values (G, rows, GROUP; zero where a query is); the coarse rows
+    only one reads, by query (query q's in ``single_ptr[q]:single_ptr[q + 1]``); the uint16
+    rows and the rows with exceptions any reads, with each group's values; each query's share
+    of its middle. Scales are powers of two: q · (1 / scale) is q / scale exactly."""
+    n_queries = queries.shape[0]
     n_groups = n_queries // GROUP
-    readers = np.zeros(length, np.uint8)  # how many of the queries read each row
-    groups = np.zeros(length, np.uint8)  # which groups read it, a bit each
+    size = hi - lo
+    readers = np.zeros(size, np.uint8)  # how many of the queries read each row
+    groups = np.zeros(size, np.uint8)  # which groups read it, a bit each
     for q in range(n_queries):
         query, bit = queries[q], np.uint8(1 << (q // GROUP))
-        for i in range(length):
-            nonzero = query[i] != 0
+        for i in range(size):
+            nonzero = query[lo + i] != 0
             readers[i] += nonzero
             groups[i] |= bit * nonzero
-    rows = np.flatnonzero(readers)
     n_ptr = np.zeros((1 << n_groups) + 1, np.int64)
     single_ptr = np.zeros(n_queries + 1, np.int64)
     n_wide = n_exceptional = 0
-    for i in rows:
-        if where[i] < 0:
+    for i in range(size):
+        if readers[i] == 0:
+            continue
+        if where[lo + i] < 0:
             n_wide += 1
             continue
-        n_exceptional += indptr[i + 1] > indptr[i]
+        n_exceptional += indptr[lo + i + 1] > indptr[lo + i]
         if readers[i] == 1:
             q = 0
-            while queries[q, i] == 0:  # the one reader
+            while queries[q, lo + i] == 0:  # the one reader
                 q += 1
             single_ptr[q + 1] += 1
         else:
@@ -331,22 +308,24 @@ def group_entries(queries, scales, where, shift, indptr):  # pragma: no cover - 
     e_values = np.empty((n_groups, n_exceptional, GROUP), np.float32)
     single = np.empty(single_ptr[-1], np.int64)
     single_values = np.empty(single_ptr[-1], np.float32)
-    inverse = 1.0 / scales
     middles = np.zeros(n_queries)
     v = np.empty(n_queries)
     nw = ne = 0
-    for i in rows:
+    for i in range(size):
+        if readers[i] == 0:
+            continue
+        row = lo + i
         for q in range(n_queries):
-            v[q] = queries[q, i] * inverse[q]
-        w = where[i]
+            v[q] = queries[q, row] * inverse[q]
+        w = where[row]
         if w >= 0:
-            k = shift[i]
+            k = shift[row]
             half = ((1 << k) - 1) * 0.5
             for q in range(n_queries):
                 middles[q] += v[q] * half
             if readers[i] == 1:
                 q = 0
-                while queries[q, i] == 0:
+                while queries[q, row] == 0:
                     q += 1
                 single[single_fill[q]] = w
                 single_values[single_fill[q]] = np.float32(v[q]) * np.float32(1 << k)
@@ -357,8 +336,8 @@ def group_entries(queries, scales, where, shift, indptr):  # pragma: no cover - 
                 n_rows[at] = w
                 for q in range(n_queries):
                     n_values[q // GROUP, at, q % GROUP] = np.float32(v[q]) * np.float32(1 << k)
-            if indptr[i + 1] > indptr[i]:
-                e_rows[ne] = i
+            if indptr[row + 1] > indptr[row]:
+                e_rows[ne] = row
                 for q in range(n_queries):
                     e_values[q // GROUP, ne, q % GROUP] = np.float32(v[q])
                 ne += 1
@@ -369,3 +348,51 @@ def group_entries(queries, scales, where, shift, indptr):  # pragma: no cover - 
             nw += 1
     return (n_rows, n_values, n_ptr, w_rows, w_values, e_rows, e_values, single,
             single_values, single_ptr, middles)
+
+
+@numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
+def group_products(narrow, wide, queries, scales, where, shift, indptr, source, extra, bounds,
+                   blocks, parts, middles, longest):  # pragma: no cover - compiled
+    """products for G groups of GROUP queries (G·GROUP, L) in one pass over the union of their
+    rows: parts (P, G, GROUP, N), each part's share of each query's middle (P, G·GROUP) and
+    the most terms any of its float32 sums added (P,). Part p takes the bins bounds[p] to
+    bounds[p + 1] (group_split), finds its rows there (part_entries: on every thread; one
+    thread took 1.4 ms a batch of 8 at 1,000 sources) and multiplies them. A block of
+    SUM_BLOCK coarse rows is multiplied with each group that reads it while it is in cache,
+    so a batch of 8 reads a row shared by both its groups once from memory, not twice (15-20%
+    less time than a pass a group, AVX2 EPYC); a coarse row only one query reads goes into
+    that query's sums alone (rows_into's pass), not with GROUP − 1 zero products."""
+    n_parts, n_groups = parts.shape[0], parts.shape[1]
+    inverse = 1.0 / scales
+    for p in numba.prange(n_parts):
+        (n_rows, n_values, n_ptr, w_rows, w_values, e_rows, e_values, single, single_values,
+         single_ptr, part_middles) = part_entries(queries, inverse, where, shift, indptr,
+                                                  bounds[p], bounds[p + 1])
+        middles[p] = part_middles
+        most = min(max(len(w_rows), len(e_rows)), SUM_BLOCK)
+        acc, block = parts[p], blocks[p]
+        acc[:] = 0
+        for m in range(1, len(n_ptr) - 1):
+            r, end = n_ptr[m], n_ptr[m + 1]
+            most = max(most, min(end - r, SUM_BLOCK))
+            while r < end:
+                stop = min(r + SUM_BLOCK, end)
+                for g in range(n_groups):
+                    if m >> g & 1:
+                        scratch, sums = block[g], acc[g]
+                        scratch[:] = 0
+                        group_into(scratch, narrow, n_rows, n_values[g], r, stop)
+                        for t in range(GROUP):
+                            for s in range(sums.shape[1]):
+                                sums[t, s] += scratch[t, s]
+                r = stop
+        for g in range(n_groups):
+            group_blocks_into(acc[g], block[g], wide, w_rows, w_values[g], 0, len(w_rows))
+            for t in range(GROUP):
+                q = g * GROUP + t
+                most = max(most, min(single_ptr[q + 1] - single_ptr[q], SUM_BLOCK))
+                blocks_into(acc[g, t], block[g, 0], narrow, single, single_values,
+                            single_ptr[q], single_ptr[q + 1])
+            exceptions_into(acc[g], block[g], shift, indptr, source, extra, e_rows,
+                            e_values[g], 0, len(e_rows))
+        longest[p] = most

@@ -64,8 +64,8 @@ def compile_loops() -> dict[str, object]:
     threadsafe_numba("int8-sparse and int8-columns")  # ConfigError without numba
     from rayfp.search import column_loops as loops
 
-    histogram, encode, entries, group_entries = (loops.histogram, loops.encode, loops.entries,
-                                                 loops.group_entries)
+    histogram, encode, entries, group_split = (loops.histogram, loops.encode, loops.entries,
+                                               loops.group_split)
     products, group_products = loops.products, loops.group_products
     # compiled now, not on a first query; a segment past 65,536 sources (int32 sources, see
     # source_type) compiles its own on first use, once per machine (numba's disk cache)
@@ -75,11 +75,12 @@ def compile_loops() -> dict[str, object]:
         source, extra = np.zeros(0, np.uint16), np.zeros(0, np.uint16)
         products(u8, none, no_values, u16, none, no_values, none, np.zeros(2, np.int64), source,
                  extra, none, no_values, np.empty((1, 8), np.float32), np.empty((1, 8)))
-        found = group_entries(np.zeros((GROUP, 1)), np.ones(GROUP), np.zeros(1, np.int64),
-                              np.zeros(1, np.int64), np.zeros(2, np.int64))
-        group_products(u8, *found[:3], u16, *found[3:5], none, np.zeros(2, np.int64), source,
-                       extra, *found[5:10], np.empty((1, 1, GROUP, 8), np.float32),
-                       np.empty((1, 1, GROUP, 8)))
+        queries = np.zeros((GROUP, 1))
+        group_products(u8, u16, queries, np.ones(GROUP), np.zeros(1, np.int64),
+                       np.zeros(1, np.int64), np.zeros(2, np.int64), source, extra,
+                       group_split(queries, 1), np.empty((1, 1, GROUP, 8), np.float32),
+                       np.empty((1, 1, GROUP, 8)), np.empty((1, GROUP)),
+                       np.empty(1, np.int64))
         for dtype in (np.uint8, np.uint16):
             whole = np.zeros((2, 3), dtype)
             encode(whole, np.array([0, 1, -1]), np.zeros(3, np.int64), np.zeros(4, np.int64),
@@ -91,7 +92,7 @@ def compile_loops() -> dict[str, object]:
     except Exception as exc:  # no thread-safe layer (e.g. no libgomp): leave the kernels out
         raise ConfigError(f"int8-sparse and int8-columns cannot run here: {exc}") from None
     _COMPILED.update({name: getattr(loops, name) for name in (
-        "histogram", "encode", "products", "entries", "group_products", "group_entries")})
+        "histogram", "encode", "products", "entries", "group_products", "group_split")})
     return _COMPILED
 
 
@@ -199,16 +200,16 @@ class ColumnCodes:
         sums, the most terms any float32 sum added, and each query's middle (G·GROUP,).
         scales: powers of two; blocks, parts: (P, G, GROUP, N)."""
         compiled = compile_loops()
-        (n_rows, n_values, n_ptr, w_rows, w_values, e_rows, e_values, single, single_values,
-         single_ptr, middles) = compiled["group_entries"](
-            np.ascontiguousarray(queries), np.asarray(scales, np.float64), self.where,
-            self.shift, self.indptr)
-        compiled["group_products"](self.narrow, n_rows, n_values, n_ptr, self.wide, w_rows,
-                                   w_values, self.shift, self.indptr, self.source, self.extra,
-                                   e_rows, e_values, single, single_values, single_ptr, blocks,
-                                   parts)
-        longest = max(min(len(rows), SUM_BLOCK) for rows in (n_rows, w_rows, e_rows, single))
-        return parts.sum(axis=0).reshape(-1, parts.shape[-1]).T, longest, middles
+        queries = np.ascontiguousarray(queries)
+        n_parts = parts.shape[0]
+        middles, longest = np.empty((n_parts, len(queries))), np.empty(n_parts, np.int64)
+        compiled["group_products"](self.narrow, self.wide, queries,
+                                   np.asarray(scales, np.float64), self.where, self.shift,
+                                   self.indptr, self.source, self.extra,
+                                   compiled["group_split"](queries, n_parts), blocks, parts,
+                                   middles, longest)
+        return (parts.sum(axis=0).reshape(-1, parts.shape[-1]).T, int(longest.max()),
+                middles.sum(axis=0))
 
 
 def whole_counts(low: np.ndarray, overflow: sparse.csr_matrix, dtype: type, block: int = 256

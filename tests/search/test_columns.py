@@ -193,7 +193,7 @@ def test_a_new_process_loads_the_loops_from_numbas_cache_and_compiles_nothing():
         "m.inner(np.random.default_rng(1).random((60, 5)), counts.sum(1) * 1.0)\n"
         "from rayfp.search import column_loops as loops\n"
         "names = ('histogram', 'encode', 'products', 'entries', 'group_products',\n"
-        "         'group_entries')\n"
+        "         'group_split')\n"
         "stats = [getattr(loops, n).stats for n in names]\n"
         "print(sum(sum(s.cache_misses.values()) for s in stats),\n"
         "      sum(sum(s.cache_hits.values()) for s in stats),\n"
