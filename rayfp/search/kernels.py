@@ -722,18 +722,19 @@ class Int8Sparse(_SparseColumns, Int8Packed):
         return self._sparse_inner(queries, count_total)
 
 
-_GATHER = None
 # Row-target products from which the exact re-rank runs on every thread: a batch's ~50
 # candidates x 4 targets (10 M products at D·B = 51,200) took 1.96 ms on one thread, 0.83 on
 # two with four targets a pass (AVX2 EPYC, one process); whole batches of 4, 0.26 ms a query
 # quicker (3.13 against 2.87). Below (a lone query's ~5 candidates) one thread: no gain, and no
 # pool woken beside another's spin (ONNX Runtime's, after its GEMM).
 GATHER_PARALLEL_FROM = 250_000
+_RERANK: dict[str, Callable] | None = None  # the re-rank's loops, made once per process
 
 
-def _gather_loop():
-    """numba's compiled re-rank loop (None without numba): each candidate row read once per
-    four targets, rows split over the threads."""
+def _compiled_rerank() -> dict[str, Callable] | None:
+    """numba's compiled re-rank loops (None without numba): ``gather``, each candidate row
+    read once per four targets, and ``pairs``, each row with its own target; rows or pairs
+    split over the threads."""
     try:
         numba = columns.threadsafe_numba("the exact re-rank")
     except ConfigError:  # the light client (no rayfp[site]/[cloud]): numpy's product
@@ -764,44 +765,6 @@ def _gather_loop():
                 out[r, t] = total
                 t += 1
 
-    return _probed(gather, np.ones((2, 8), np.uint8), np.arange(2), np.ones((5, 8)),
-                   np.empty((2, 5)))
-
-
-def gather_products(matrix: np.ndarray, rows: np.ndarray, weighted: np.ndarray) -> np.ndarray:
-    """(len(rows), T) float64 Σ_i matrix[row, i] · weighted[t, i], each count widened to
-    float64 in registers: the exact re-rank of a query's few candidates, without the
-    (rows x D·B) float64 copy of their counts (a visible share of a query's time). Sums in any
-    order are float64 sums of exact products, as the re-rank assumes."""
-    global _GATHER
-    if _GATHER is None:
-        _GATHER = _gather_loop() or _gather_numpy
-    out = np.empty((len(rows), weighted.shape[0]))
-    weighted = np.ascontiguousarray(weighted, np.float64)
-    if _GATHER is _gather_numpy:
-        _GATHER(matrix, rows, weighted, out)
-        return out
-    wide = out.size * matrix.shape[1] >= GATHER_PARALLEL_FROM
-    run_on(min(len(rows), ranking_threads()) if wide else 1, _GATHER, matrix, rows, weighted,
-           out)
-    return out
-
-
-def _gather_numpy(matrix: np.ndarray, rows: np.ndarray, weighted: np.ndarray,
-                  out: np.ndarray) -> None:
-    out[:] = matrix[rows].astype(np.float64) @ weighted.T
-
-
-_PAIRS = None
-
-
-def _pairs_loop():
-    """numba's compiled loop of pair_products (None without numba): one pair a task."""
-    try:
-        numba = columns.threadsafe_numba("the exact re-rank")
-    except ConfigError:  # the light client: numpy's product
-        return None
-
     @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
     def pairs(matrix, rows, targets, weighted, out):  # pragma: no cover - compiled
         for j in numba.prange(rows.shape[0]):
@@ -811,8 +774,41 @@ def _pairs_loop():
                 total += np.float64(row[i]) * query[i]
             out[j] = total
 
-    return _probed(pairs, np.ones((2, 8), np.uint8), np.arange(2), np.zeros(2, np.int64),
-                   np.ones((1, 8)), np.empty(2))
+    loops = {"gather": _probed(gather, np.ones((2, 8), np.uint8), np.arange(2), np.ones((5, 8)),
+                               np.empty((2, 5))),
+             "pairs": _probed(pairs, np.ones((2, 8), np.uint8), np.arange(2),
+                              np.zeros(2, np.int64), np.ones((1, 8)), np.empty(2))}
+    return None if None in loops.values() else loops
+
+
+def _rerank(name: str, matrix: np.ndarray, rows: np.ndarray, *args: np.ndarray,
+            out: np.ndarray) -> np.ndarray:
+    """Run the re-rank loop ``name`` into ``out``: compiled, on every ranking thread from
+    GATHER_PARALLEL_FROM products, or numpy's (the light client)."""
+    global _RERANK
+    if _RERANK is None:
+        _RERANK = _compiled_rerank() or {"gather": _gather_numpy, "pairs": _pairs_numpy}
+    loop = _RERANK[name]
+    if loop in (_gather_numpy, _pairs_numpy):
+        loop(matrix, rows, *args, out)
+        return out
+    wide = out.size * matrix.shape[1] >= GATHER_PARALLEL_FROM
+    run_on(min(len(rows), ranking_threads()) if wide else 1, loop, matrix, rows, *args, out)
+    return out
+
+
+def gather_products(matrix: np.ndarray, rows: np.ndarray, weighted: np.ndarray) -> np.ndarray:
+    """(len(rows), T) float64 Σ_i matrix[row, i] · weighted[t, i], each count widened to
+    float64 in registers: the exact re-rank of a query's few candidates, without the
+    (rows x D·B) float64 copy of their counts (a visible share of a query's time). Sums in any
+    order are float64 sums of exact products, as the re-rank assumes."""
+    return _rerank("gather", matrix, rows, np.ascontiguousarray(weighted, np.float64),
+                   out=np.empty((len(rows), weighted.shape[0])))
+
+
+def _gather_numpy(matrix: np.ndarray, rows: np.ndarray, weighted: np.ndarray,
+                  out: np.ndarray) -> None:
+    out[:] = matrix[rows].astype(np.float64) @ weighted.T
 
 
 def pair_products(matrix: np.ndarray, rows: np.ndarray, targets: np.ndarray,
@@ -821,19 +817,8 @@ def pair_products(matrix: np.ndarray, rows: np.ndarray, targets: np.ndarray,
     re-rank of a batch whose queries share few candidates, every query's candidates in one
     call (8 calls of gather_products, one a query, took 2.4 ms of a batch of 8's 21 at 1,000
     sources, AVX2 EPYC). Float64 sums of exact products, as gather_products'."""
-    global _PAIRS
-    if _PAIRS is None:
-        _PAIRS = _pairs_loop() or _pairs_numpy
-    rows, targets = np.asarray(rows, np.int64), np.asarray(targets, np.int64)
-    weighted = np.ascontiguousarray(weighted, np.float64)
-    out = np.empty(len(rows))
-    if _PAIRS is _pairs_numpy:
-        _PAIRS(matrix, rows, targets, weighted, out)
-        return out
-    wide = out.size * matrix.shape[1] >= GATHER_PARALLEL_FROM
-    run_on(min(len(rows), ranking_threads()) if wide else 1, _PAIRS, matrix, rows, targets,
-           weighted, out)
-    return out
+    return _rerank("pairs", matrix, np.asarray(rows, np.int64), np.asarray(targets, np.int64),
+                   np.ascontiguousarray(weighted, np.float64), out=np.empty(len(rows)))
 
 
 def _pairs_numpy(matrix: np.ndarray, rows: np.ndarray, targets: np.ndarray,
