@@ -245,43 +245,53 @@ def exceptions_into(acc, block, shift, indptr, source, extra, e_rows, e_values, 
 
 @numba.njit(cache=True, nogil=True)
 def group_split(queries, n_parts):  # pragma: no cover - compiled
-    """(n_parts + 1,) bounds that split the rows (bins) into parts of about equal work for
-    group_products: a row costs a pass for each group that reads it."""
+    """For group_products: how many queries read each row (bin), which groups do (a bit
+    each), and (n_parts + 1,) bounds that split the rows into parts of about equal work (a
+    row costs a pass for each group that reads it)."""
     n_queries, length = queries.shape
+    readers = np.zeros(length, np.uint8)
+    groups = np.zeros(length, np.uint8)
+    for q in range(n_queries):
+        query, bit = queries[q], np.uint8(1 << (q // GROUP))
+        for i in range(length):
+            nonzero = query[i] != 0
+            readers[i] += nonzero
+            groups[i] |= bit * nonzero
     cost = np.zeros(length, np.int64)
     for g in range(n_queries // GROUP):
         for i in range(length):
-            reads = False
-            for t in range(GROUP):
-                reads |= queries[g * GROUP + t, i] != 0
-            cost[i] += reads
+            cost[i] += groups[i] >> g & 1
     total = np.cumsum(cost)
     bounds = np.empty(n_parts + 1, np.int64)
     bounds[0], bounds[n_parts] = 0, length
     for p in range(1, n_parts):
         bounds[p] = np.searchsorted(total, total[-1] * p // n_parts)
-    return bounds
+    return bounds, readers, groups
 
 
 @numba.njit(inline="always")
-def part_entries(queries, inverse, where, shift, indptr, lo, hi):  # pragma: no cover
+def one_reader(queries, row):  # pragma: no cover - compiled
+    """The query that reads a row only one does."""
+    q = 0
+    while queries[q, row] == 0:
+        q += 1
+    return q
+
+
+@numba.njit(inline="always")
+def part_entries(queries, inverse, where, shift, indptr, readers, groups, lo, hi
+                 ):  # pragma: no cover - compiled
     """group_products' rows among the bins [lo, hi): the coarse rows two or more queries read,
     in classes by which groups read them (class m, a bit per group, in ``n_ptr[m]:n_ptr[m +
     1]``), with each group's values (G, rows, GROUP; zero where a query is); the coarse rows
     only one reads, by query (query q's in ``single_ptr[q]:single_ptr[q + 1]``); the uint16
     rows and the rows with exceptions any reads, with each group's values; each query's share
-    of its middle. Scales are powers of two: q · (1 / scale) is q / scale exactly."""
+    of its middle. readers, groups: group_split's. Scales are powers of two: q · (1 / scale)
+    is q / scale exactly."""
     n_queries = queries.shape[0]
     n_groups = n_queries // GROUP
+    readers, groups = readers[lo:hi], groups[lo:hi]
     size = hi - lo
-    readers = np.zeros(size, np.uint8)  # how many of the queries read each row
-    groups = np.zeros(size, np.uint8)  # which groups read it, a bit each
-    for q in range(n_queries):
-        query, bit = queries[q], np.uint8(1 << (q // GROUP))
-        for i in range(size):
-            nonzero = query[lo + i] != 0
-            readers[i] += nonzero
-            groups[i] |= bit * nonzero
     n_ptr = np.zeros((1 << n_groups) + 1, np.int64)
     single_ptr = np.zeros(n_queries + 1, np.int64)
     n_wide = n_exceptional = 0
@@ -293,10 +303,7 @@ def part_entries(queries, inverse, where, shift, indptr, lo, hi):  # pragma: no 
             continue
         n_exceptional += indptr[lo + i + 1] > indptr[lo + i]
         if readers[i] == 1:
-            q = 0
-            while queries[q, lo + i] == 0:  # the one reader
-                q += 1
-            single_ptr[q + 1] += 1
+            single_ptr[one_reader(queries, lo + i) + 1] += 1
         else:
             n_ptr[groups[i] + 1] += 1
     n_ptr, single_ptr = np.cumsum(n_ptr), np.cumsum(single_ptr)
@@ -324,9 +331,7 @@ def part_entries(queries, inverse, where, shift, indptr, lo, hi):  # pragma: no 
             for q in range(n_queries):
                 middles[q] += v[q] * half
             if readers[i] == 1:
-                q = 0
-                while queries[q, row] == 0:
-                    q += 1
+                q = one_reader(queries, row)
                 single[single_fill[q]] = w
                 single_values[single_fill[q]] = np.float32(v[q]) * np.float32(1 << k)
                 single_fill[q] += 1
@@ -351,12 +356,12 @@ def part_entries(queries, inverse, where, shift, indptr, lo, hi):  # pragma: no 
 
 
 @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True, nogil=True)
-def group_products(narrow, wide, queries, scales, where, shift, indptr, source, extra, bounds,
+def group_products(narrow, wide, queries, scales, where, shift, indptr, source, extra, split,
                    blocks, parts, middles, longest):  # pragma: no cover - compiled
     """products for G groups of GROUP queries (G·GROUP, L) in one pass over the union of their
     rows: parts (P, G, GROUP, N), each part's share of each query's middle (P, G·GROUP) and
     the most terms any of its float32 sums added (P,). Part p takes the bins bounds[p] to
-    bounds[p + 1] (group_split), finds its rows there (part_entries: on every thread; one
+    bounds[p + 1] (split: group_split's), finds its rows there (part_entries: on every thread; one
     thread took 1.4 ms a batch of 8 at 1,000 sources) and multiplies them. A block of
     SUM_BLOCK coarse rows is multiplied with each group that reads it while it is in cache,
     so a batch of 8 reads a row shared by both its groups once from memory, not twice (15-20%
@@ -364,10 +369,11 @@ def group_products(narrow, wide, queries, scales, where, shift, indptr, source, 
     that query's sums alone (rows_into's pass), not with GROUP − 1 zero products."""
     n_parts, n_groups = parts.shape[0], parts.shape[1]
     inverse = 1.0 / scales
+    bounds, readers, groups = split
     for p in numba.prange(n_parts):
         (n_rows, n_values, n_ptr, w_rows, w_values, e_rows, e_values, single, single_values,
          single_ptr, part_middles) = part_entries(queries, inverse, where, shift, indptr,
-                                                  bounds[p], bounds[p + 1])
+                                                  readers, groups, bounds[p], bounds[p + 1])
         middles[p] = part_middles
         most = min(max(len(w_rows), len(e_rows)), SUM_BLOCK)
         acc, block = parts[p], blocks[p]

@@ -349,13 +349,15 @@ class ScreenedIndex:
     def _locate(self, rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.offsets, rows, side="right") - 1
 
-    def _per_segment(self, rows: np.ndarray, fetch) -> np.ndarray:
-        """fetch(segment, its local rows) for rows of the whole index, stacked in their order."""
+    def _per_segment(self, rows: np.ndarray, fetch, *aligned: np.ndarray) -> np.ndarray:
+        """fetch(segment, its local rows, its share of each ``aligned`` array: one entry a
+        row) for rows of the whole index, stacked in their order."""
         rows = np.asarray(rows, np.int64)
         if len(self.segments) == 1 or len(rows) == 0:
-            return fetch(self.segments[0], rows)
+            return fetch(self.segments[0], rows, *aligned)
         where = self._locate(rows)
-        parts = {seg: fetch(self.segments[seg], rows[where == seg] - self.offsets[seg])
+        parts = {seg: fetch(self.segments[seg], rows[where == seg] - self.offsets[seg],
+                            *(a[where == seg] for a in aligned))
                  for seg in np.unique(where)}
         first = next(iter(parts.values()))
         out = np.empty((len(rows), *first.shape[1:]), first.dtype)
@@ -502,13 +504,8 @@ class ScreenedIndex:
         """(len(rows),) bKLD of target targets[j] to row rows[j]: _exact_table's formula, each
         row with its own target, in one pass over all of a batch's candidates."""
         rows = np.asarray(rows, np.int64)
-        inner = np.empty(len(rows))
-        where = (self._locate(rows) if len(self.segments) > 1
-                 else np.zeros(len(rows), np.int64))
-        for seg in np.unique(where):
-            mine = where == seg
-            inner[mine] = self.segments[seg].rows.counts.exact_pairs(
-                rows[mine] - self.offsets[seg], targets[mine], query.weighted)
+        inner = self._per_segment(rows, lambda seg, local, own: seg.rows.counts.exact_pairs(
+            local, own, query.weighted), targets)
         weights = query.weights[:, targets]  # (D, pairs)
         lse = np.einsum("pd,dp->p", self._lse_rows(rows), weights)
         return (lse - inner / self.n[rows] + query.constants[targets]) / weights.sum(axis=0)
